@@ -1,0 +1,42 @@
+/// @file platform.cuh
+/// @brief The one layer between kernel sources and the compiler that builds them: nvcc for the
+/// CUDA library, the host compiler for the CPU executor (CUBN_SIM). Kernels include this and
+/// nothing CUDA-specific besides.
+#pragma once
+
+#include <cstdint>
+
+#if defined(CUBN_SIM)
+#include "cubn/sim/device_runtime.hpp"
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#endif
+
+/// Functions that run on both host and device.
+#define CUBN_HOST_DEVICE __host__ __device__ __forceinline__
+/// Device functions.
+#define CUBN_DEVICE __device__ __forceinline__
+/// Kernel entry points: hidden visibility so two libraries built from these sources do not
+/// clash (cuCollections does the same).
+#define CUBN_KERNEL __global__ __attribute__((visibility("hidden")))
+
+/// Declares `name` as a `T*` to the block's dynamic shared memory (16-byte aligned).
+#if defined(CUBN_SIM)
+#define CUBN_DYNAMIC_SHARED(T, name) \
+  T* name = static_cast<T*>(::cubn::sim::detail::dynamic_shared_memory())
+#else
+#define CUBN_DYNAMIC_SHARED(T, name)                              \
+  extern __shared__ __align__(16) unsigned char cubn_dynamic_smem_[]; \
+  T* name = reinterpret_cast<T*>(cubn_dynamic_smem_)
+#endif
+
+namespace cubn::kernels {
+
+/// The index of the calling thread within its block, counting x fastest.
+CUBN_DEVICE unsigned linear_thread_index() {
+  return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+}
+
+}  // namespace cubn::kernels

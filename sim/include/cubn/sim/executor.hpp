@@ -1,0 +1,84 @@
+/// @file executor.hpp
+/// @brief The SIMT executor: runs CUDA kernel sources on the CPU, for tests and debugging.
+///
+/// This is a test and debugging backend, not a fast CPU path. Each CUDA thread of a block runs as
+/// a fiber (ucontext) on the calling host thread; a block's fibers run one after another until each
+/// reaches a barrier, a warp collective or its end, and blocks of a grid run one after another.
+/// Several host threads may launch at once: each runs its own launches with its own fibers.
+///
+/// What it checks, reporting a cubn::Error with Status::kKernelFault instead of hanging:
+///  - a __syncthreads() that not every thread of the block reaches (threads that returned count as
+///    not reaching it), or that threads reach at different places in the source;
+///  - a warp intrinsic (__shfl*_sync, __ballot_sync, __all_sync, __any_sync, __syncwarp) whose mask
+///    does not include the calling lane, names lanes that do not exist or have returned, or names
+///    lanes that never arrive at the same intrinsic with the same mask; a shuffle reading a lane
+///    outside the mask; a width that is not a power of two up to 32;
+///  - a block collective used against its contract (cubn::kernels::BlockReduce: the result read
+///    outside thread 0, temporary storage reused without a barrier in between);
+///  - launch shapes a device refuses (more than 1024 threads, too much shared memory, grid limits).
+/// Out-of-bounds global memory access is caught by building with AddressSanitizer (preset `asan`).
+///
+/// What it cannot show: timing of any kind; the GPU memory model (weak ordering, visibility between
+/// blocks, the need for __threadfence) since blocks run one after another; warp scheduling and
+/// lockstep execution (threads run one at a time, so code that relies on lockstep without
+/// __syncwarp gets wrong results here, which tests then catch, but the converse is not shown);
+/// races on shared memory between two barriers (threads do not interleave between sync points).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include <vector_types.h>
+
+#include "cubn/detail/launch_shape.hpp"
+
+namespace cubn::sim {
+
+/// The SM count the executor reports, like an H100 SXM (132 SMs).
+constexpr int kSmCount = 132;
+
+/// The limits of the device the executor stands in for (an H100-like part; constant).
+const cubn::detail::LaunchLimits& device_limits() noexcept;
+
+/// Counters of the calling host thread's executor, for benchmarks and tests.
+struct Counters {
+  std::uint64_t launches = 0;
+  std::uint64_t blocks = 0;
+  std::uint64_t threads = 0;
+  std::uint64_t switches = 0;  ///< fiber context switches (into a fiber and back count as two)
+};
+/// The calling host thread's counters.
+Counters& counters() noexcept;
+
+/// The order in which a block's runnable threads are resumed. Reversing it changes which thread
+/// reaches a sync point first, which shakes out kernels that depend on thread order.
+enum class Schedule { kForward, kReverse };
+/// Sets the calling host thread's schedule (default kForward).
+void set_schedule(Schedule s) noexcept;
+
+/// Runs body(ctx) as every thread of a grid of `grid` blocks of `block` threads, with
+/// `dynamic_smem` bytes of dynamic shared memory per block. Synchronous. Throws cubn::Error
+/// (kInvalidLaunch for a shape the device refuses, kKernelFault for a broken CUDA rule).
+void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*), void* ctx);
+
+/// Launches `kernel` like kernel<<<grid, block, dynamic_smem>>>(args...): each thread gets its own
+/// copy of the arguments, converted to the kernel's parameter types. Synchronous.
+template <class... P, class... A>
+void launch(void (*kernel)(P...), dim3 grid, dim3 block, std::size_t dynamic_smem, A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
+  struct Call {
+    void (*kernel)(P...);
+    std::tuple<std::decay_t<P>...> params;
+    static void invoke(void* self) {
+      auto* call = static_cast<Call*>(self);
+      std::apply(call->kernel, call->params);  // by-value parameters: each thread copies
+    }
+  };
+  Call call{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
+  run_grid(grid, block, dynamic_smem, &Call::invoke, &call);
+}
+
+}  // namespace cubn::sim

@@ -1,0 +1,521 @@
+// The SIMT executor: CUDA threads as fibers (ucontext) on the calling host thread.
+//
+// Fibers beat host threads here: a 1024-thread block with 20 barriers takes milliseconds as
+// fibers and far longer as 1024 host threads on 2 cores (bench/executor_backends.cpp measures
+// both), and fibers need no ThreadSanitizer, since a block never runs on two host threads.
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "cubn/detail/launch_shape.hpp"
+#include "cubn/error.hpp"
+#include "cubn/sim/device_runtime.hpp"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define CUBN_SIM_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CUBN_SIM_ASAN 1
+#endif
+#endif
+
+#if defined(CUBN_SIM_ASAN)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+thread_local uint3 threadIdx;
+thread_local uint3 blockIdx;
+thread_local uint3 blockDim;
+thread_local uint3 gridDim;
+
+namespace cubn::sim {
+namespace {
+
+using detail::WarpOp;
+
+#if defined(CUBN_SIM_ASAN)
+constexpr std::size_t kStackBytes = 1024 * 1024;  // sanitizer frames are larger
+#else
+constexpr std::size_t kStackBytes = 256 * 1024;
+#endif
+constexpr unsigned kWarp = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+[[noreturn]] void throw_fault(const std::string& msg) {
+  throw Error(Status::kKernelFault, "cubn executor: " + msg);
+}
+
+std::string hex(unsigned v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%08x", v);
+  return buf;
+}
+
+std::string where(const char* file, int line) {
+  return std::string(file ? file : "?") + ":" + std::to_string(line);
+}
+
+std::string coords(uint3 v) {
+  return "(" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + ")";
+}
+
+const char* op_name(WarpOp op) {
+  switch (op) {
+    case WarpOp::kShflIdx: return "__shfl_sync";
+    case WarpOp::kShflUp: return "__shfl_up_sync";
+    case WarpOp::kShflDown: return "__shfl_down_sync";
+    case WarpOp::kShflXor: return "__shfl_xor_sync";
+    case WarpOp::kBallot: return "__ballot_sync";
+    case WarpOp::kAll: return "__all_sync";
+    case WarpOp::kAny: return "__any_sync";
+    case WarpOp::kSync: return "__syncwarp";
+  }
+  return "?";
+}
+
+bool is_shuffle(WarpOp op) { return op <= WarpOp::kShflXor; }
+
+// One fiber stack: a guard page below, then kStackBytes of stack, mapped once and reused.
+class Stack {
+ public:
+  Stack() {
+    const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    total_ = kStackBytes + page;
+    base_ = mmap(nullptr, total_, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (base_ == MAP_FAILED) throw Error(Status::kInvalidLaunch, "cubn executor: out of memory for fiber stacks");
+    mprotect(base_, page, PROT_NONE);
+    bottom_ = static_cast<char*>(base_) + page;
+  }
+  Stack(const Stack&) = delete;
+  Stack& operator=(const Stack&) = delete;
+  ~Stack() { munmap(base_, total_); }
+  void* bottom() const { return bottom_; }
+
+ private:
+  void* base_;
+  void* bottom_;
+  std::size_t total_;
+};
+
+enum class State { kRunnable, kBarrier, kWarp, kDone };
+
+struct Fiber {
+  ucontext_t ctx;
+  bool ctx_ready = false;
+  std::unique_ptr<Stack> stack;
+  State state = State::kRunnable;
+  uint3 tid{};
+  unsigned linear = 0;
+  const char* file = nullptr;  // where it waits
+  int line = 0;
+  // the warp collective it waits in
+  WarpOp op = WarpOp::kSync;
+  unsigned mask = 0;
+  std::uint64_t value = 0;
+  int arg = 0;
+  int width = 32;
+  std::uint64_t result = 0;
+#if defined(CUBN_SIM_ASAN)
+  void* fake_stack = nullptr;
+#endif
+};
+
+// Everything of one host thread's executor.
+struct Engine {
+  std::vector<Fiber> fibers;
+  std::vector<unsigned char> smem;  // dynamic shared memory of the running block
+  Counters counters;
+  Schedule schedule = Schedule::kForward;
+
+  // the running block
+  bool running = false;
+  unsigned nthreads = 0;
+  void (*body)(void*) = nullptr;
+  void* body_ctx = nullptr;
+  Fiber* current = nullptr;
+  ucontext_t sched_ctx;
+  unsigned at_barrier = 0;
+  unsigned exited = 0;
+  std::uint64_t epoch = 0;
+  std::string fault;
+  std::unordered_map<const void*, std::uint64_t> tags;
+#if defined(CUBN_SIM_ASAN)
+  void* sched_fake_stack = nullptr;
+  const void* sched_bottom = nullptr;
+  std::size_t sched_size = 0;
+#endif
+};
+
+thread_local Engine g_engine;
+
+// ---- switching ------------------------------------------------------------------------------
+
+void fiber_entry();
+
+// Scheduler -> fiber.
+void resume(Engine& e, Fiber& f) {
+  e.current = &f;
+  threadIdx = f.tid;
+  ++e.counters.switches;
+#if defined(CUBN_SIM_ASAN)
+  __sanitizer_start_switch_fiber(&e.sched_fake_stack, f.stack->bottom(), kStackBytes);
+#endif
+  swapcontext(&e.sched_ctx, &f.ctx);
+#if defined(CUBN_SIM_ASAN)
+  __sanitizer_finish_switch_fiber(e.sched_fake_stack, nullptr, nullptr);
+#endif
+  e.current = nullptr;
+}
+
+// Fiber -> scheduler. `final` when the fiber will never be resumed.
+void yield(Engine& e, bool final = false) {
+  Fiber& f = *e.current;
+  ++e.counters.switches;
+#if defined(CUBN_SIM_ASAN)
+  __sanitizer_start_switch_fiber(final ? nullptr : &f.fake_stack, e.sched_bottom, e.sched_size);
+#else
+  (void)final;
+#endif
+  swapcontext(&f.ctx, &e.sched_ctx);
+#if defined(CUBN_SIM_ASAN)
+  __sanitizer_finish_switch_fiber(f.fake_stack, &e.sched_bottom, &e.sched_size);
+#endif
+}
+
+// Records a fault and leaves the fiber for good: the scheduler abandons the block.
+[[noreturn]] void raise(Engine& e, std::string msg) {
+  if (e.fault.empty()) e.fault = std::move(msg);
+  yield(e, true);
+  std::abort();  // never resumed
+}
+
+std::string thread_name(const Fiber& f) {
+  return "thread " + coords(f.tid) + " of block " + coords(blockIdx);
+}
+
+void fiber_entry() {
+  Engine& e = g_engine;
+#if defined(CUBN_SIM_ASAN)
+  __sanitizer_finish_switch_fiber(nullptr, &e.sched_bottom, &e.sched_size);
+#endif
+  try {
+    e.body(e.body_ctx);
+  } catch (const std::exception& ex) {
+    raise(e, thread_name(*e.current) + " threw: " + ex.what());
+  }
+  Fiber& f = *e.current;
+  f.state = State::kDone;
+  ++e.exited;
+  if (e.at_barrier > 0) {
+    for (const Fiber& o : e.fibers) {
+      if (&o - e.fibers.data() >= static_cast<long>(e.nthreads)) break;
+      if (o.state == State::kBarrier) {
+        raise(e, "__syncthreads() at " + where(o.file, o.line) + " is not reached by every thread: " +
+                     thread_name(f) + " returned while " + std::to_string(e.at_barrier) +
+                     " thread(s) wait there");
+      }
+    }
+  }
+  const unsigned warp0 = f.linear / kWarp * kWarp;
+  const unsigned lane = f.linear % kWarp;
+  for (unsigned i = warp0; i < std::min(warp0 + kWarp, e.nthreads); ++i) {
+    const Fiber& o = e.fibers[i];
+    if (o.state == State::kWarp && (o.mask >> lane & 1u)) {
+      raise(e, std::string(op_name(o.op)) + " at " + where(o.file, o.line) + " with mask " +
+                   hex(o.mask) + " names lane " + std::to_string(lane) + ", but " +
+                   thread_name(f) + " returned without calling it");
+    }
+  }
+  yield(e, true);
+  std::abort();  // never resumed
+}
+
+// ---- the block scheduler --------------------------------------------------------------------
+
+std::string describe_deadlock(Engine& e) {
+  std::string msg = "block " + coords(blockIdx) + " cannot make progress:";
+  if (e.at_barrier > 0) {
+    const Fiber* at = nullptr;
+    for (unsigned i = 0; i < e.nthreads; ++i)
+      if (e.fibers[i].state == State::kBarrier) { at = &e.fibers[i]; break; }
+    msg += " " + std::to_string(e.at_barrier) + " of " + std::to_string(e.nthreads) +
+           " thread(s) wait at __syncthreads() at " + where(at->file, at->line) + ";";
+  }
+  for (unsigned w = 0; w * kWarp < e.nthreads; ++w) {
+    for (unsigned i = w * kWarp; i < std::min((w + 1) * kWarp, e.nthreads); ++i) {
+      const Fiber& f = e.fibers[i];
+      if (f.state != State::kWarp) continue;
+      unsigned missing = 0;
+      std::string elsewhere;
+      for (unsigned l = 0; l < kWarp; ++l) {
+        if (!(f.mask >> l & 1u)) continue;
+        const Fiber& o = e.fibers[w * kWarp + l];
+        if (o.state == State::kWarp && o.mask == f.mask) continue;
+        missing |= 1u << l;
+        if (o.state == State::kBarrier && elsewhere.empty())
+          elsewhere = " (lane " + std::to_string(l) + " waits at __syncthreads() at " +
+                      where(o.file, o.line) + ")";
+      }
+      msg += " warp " + std::to_string(w) + ": " + op_name(f.op) + " at " + where(f.file, f.line) +
+             " with mask " + hex(f.mask) + " waits for lanes " + hex(missing) +
+             " that never call it" + elsewhere + ";";
+      break;  // one line per warp
+    }
+  }
+  return msg;
+}
+
+void run_block(Engine& e) {
+  e.at_barrier = 0;
+  e.exited = 0;
+  e.epoch = 0;
+  e.tags.clear();
+  std::fill(e.smem.begin(), e.smem.end(), static_cast<unsigned char>(0xCD));  // uninitialised
+  for (unsigned i = 0; i < e.nthreads; ++i) {
+    Fiber& f = e.fibers[i];
+    if (!f.stack) f.stack = std::make_unique<Stack>();
+    if (!f.ctx_ready) {
+      getcontext(&f.ctx);
+      f.ctx_ready = true;
+    }
+    f.ctx.uc_stack.ss_sp = f.stack->bottom();
+    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, &fiber_entry, 0);
+    f.state = State::kRunnable;
+#if defined(CUBN_SIM_ASAN)
+    // a fiber abandoned at a fault leaves its frames poisoned
+    __asan_unpoison_memory_region(f.stack->bottom(), kStackBytes);
+#endif
+  }
+  ++e.counters.blocks;
+  e.counters.threads += e.nthreads;
+  const bool reverse = e.schedule == Schedule::kReverse;
+  while (e.exited < e.nthreads) {
+    bool progressed = false;
+    for (unsigned k = 0; k < e.nthreads; ++k) {
+      Fiber& f = e.fibers[reverse ? e.nthreads - 1 - k : k];
+      if (f.state != State::kRunnable) continue;
+      progressed = true;
+      resume(e, f);
+      if (!e.fault.empty()) return;
+    }
+    if (!progressed) {
+      e.fault = describe_deadlock(e);
+      return;
+    }
+  }
+}
+
+Engine& engine_in_kernel(const char* what) {
+  Engine& e = g_engine;
+  if (!e.running || e.current == nullptr) {
+    std::fprintf(stderr, "cubn executor: %s called outside a kernel launched by the executor\n", what);
+    std::abort();
+  }
+  return e;
+}
+
+}  // namespace
+
+// ---- public API -----------------------------------------------------------------------------
+
+const cubn::detail::LaunchLimits& device_limits() noexcept {
+  static const cubn::detail::LaunchLimits limits;  // H100-like defaults
+  return limits;
+}
+
+Counters& counters() noexcept { return g_engine.counters; }
+
+void set_schedule(Schedule s) noexcept { g_engine.schedule = s; }
+
+void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*), void* ctx) {
+  cubn::detail::check_launch_shape("kernel (executor)", grid, block, dynamic_smem, device_limits());
+  Engine& e = g_engine;
+  if (e.running) throw_fault("a kernel launched another kernel; dynamic parallelism is not supported");
+  e.nthreads = block.x * block.y * block.z;
+  if (e.fibers.size() < e.nthreads) e.fibers.resize(e.nthreads);
+  for (unsigned i = 0; i < e.nthreads; ++i) {
+    e.fibers[i].linear = i;
+    e.fibers[i].tid = uint3{i % block.x, i / block.x % block.y, i / (block.x * block.y)};
+  }
+  // round up so vector loads of the last bytes stay inside the allocation
+  e.smem.assign((dynamic_smem + 15) / 16 * 16, 0);
+  e.body = body;
+  e.body_ctx = ctx;
+  e.fault.clear();
+  blockDim = uint3{block.x, block.y, block.z};
+  gridDim = uint3{grid.x, grid.y, grid.z};
+  ++e.counters.launches;
+  e.running = true;
+  for (unsigned z = 0; z < grid.z; ++z) {
+    for (unsigned y = 0; y < grid.y; ++y) {
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = uint3{x, y, z};
+        run_block(e);
+        if (!e.fault.empty()) {
+          e.running = false;
+          throw_fault(e.fault);
+        }
+      }
+    }
+  }
+  e.running = false;
+}
+
+namespace detail {
+
+void syncthreads(const char* file, int line) {
+  Engine& e = engine_in_kernel("__syncthreads");
+  Fiber& f = *e.current;
+  f.file = file;
+  f.line = line;
+  if (e.exited > 0) {
+    for (unsigned i = 0; i < e.nthreads; ++i) {
+      if (e.fibers[i].state == State::kDone) {
+        raise(e, "__syncthreads() at " + where(file, line) + " is not reached by every thread: " +
+                     std::to_string(e.exited) + " thread(s) returned before it, e.g. " +
+                     thread_name(e.fibers[i]));
+      }
+    }
+  }
+  f.state = State::kBarrier;
+  if (++e.at_barrier < e.nthreads) {
+    yield(e);
+    return;
+  }
+  // the last to arrive: every thread is here; all must be at the same barrier
+  for (unsigned i = 0; i < e.nthreads; ++i) {
+    const Fiber& o = e.fibers[i];
+    if (o.line != line || std::strcmp(o.file, file) != 0) {
+      raise(e, "threads of block " + coords(blockIdx) + " wait at different __syncthreads(): " +
+                   thread_name(o) + " at " + where(o.file, o.line) + ", " + thread_name(f) +
+                   " at " + where(file, line));
+    }
+  }
+  for (unsigned i = 0; i < e.nthreads; ++i) e.fibers[i].state = State::kRunnable;
+  e.at_barrier = 0;
+  ++e.epoch;
+}
+
+std::uint64_t warp_collective(WarpOp op, unsigned mask, std::uint64_t value, int arg, int width,
+                              const char* file, int line) {
+  Engine& e = engine_in_kernel(op_name(op));
+  Fiber& f = *e.current;
+  const unsigned lane = f.linear % kWarp;
+  const unsigned base = f.linear - lane;
+  const unsigned lanes = std::min(kWarp, e.nthreads - base);
+  const unsigned exists = lanes == kWarp ? kFullMask : (1u << lanes) - 1u;
+  const std::string at = std::string(op_name(op)) + " at " + where(file, line) + " with mask " + hex(mask);
+  if (!(mask >> lane & 1u)) raise(e, at + " is called by lane " + std::to_string(lane) + ", which the mask does not include");
+  if (mask & ~exists)
+    raise(e, at + " names lanes " + hex(mask & ~exists) + " that do not exist (warp " +
+                 std::to_string(base / kWarp) + " has " + std::to_string(lanes) + " threads)");
+  if (is_shuffle(op) && (width < 1 || width > 32 || (width & (width - 1)) != 0))
+    raise(e, at + ": width " + std::to_string(width) + " is not a power of two from 1 to 32");
+  unsigned done = 0, arrived = 0;
+  for (unsigned l = 0; l < lanes; ++l) {
+    const Fiber& o = e.fibers[base + l];
+    if (o.state == State::kDone) done |= 1u << l;
+    if (o.state != State::kWarp || !(o.mask & mask)) continue;
+    if (o.mask != mask || o.op != op || (op != WarpOp::kSync && (o.line != line || std::strcmp(o.file, file) != 0)))
+      raise(e, "lanes of warp " + std::to_string(base / kWarp) + " disagree: lane " +
+                   std::to_string(l) + " waits in " + op_name(o.op) + " at " + where(o.file, o.line) +
+                   " with mask " + hex(o.mask) + ", lane " + std::to_string(lane) + " calls " + at);
+    arrived |= 1u << l;
+  }
+  if (mask & done)
+    raise(e, at + " names lanes " + hex(mask & done) + " that have already returned");
+  f.op = op;
+  f.mask = mask;
+  f.value = value;
+  f.arg = arg;
+  f.width = width;
+  f.file = file;
+  f.line = line;
+  f.state = State::kWarp;
+  arrived |= 1u << lane;
+  if (arrived != mask) {
+    yield(e);
+    return f.result;
+  }
+  // the last lane of the mask to arrive computes every lane's result
+  std::uint64_t ballot = 0;
+  bool all = true, any = false;
+  for (unsigned l = 0; l < lanes; ++l) {
+    if (!(mask >> l & 1u)) continue;
+    const bool pred = e.fibers[base + l].value != 0;
+    ballot |= static_cast<std::uint64_t>(pred) << l;
+    all = all && pred;
+    any = any || pred;
+  }
+  for (unsigned l = 0; l < lanes; ++l) {
+    if (!(mask >> l & 1u)) continue;
+    Fiber& o = e.fibers[base + l];
+    o.state = State::kRunnable;
+    const int seg = static_cast<int>(l) & ~(width - 1);
+    // PTX shfl.sync: the lane field is 5 bits; up may not read below its segment, down, xor
+    // and idx not above it (xor may read an earlier segment, as CUDA documents)
+    const int b = arg & 31;
+    int src = static_cast<int>(l);
+    switch (op) {
+      case WarpOp::kShflIdx: src = seg + (b & (width - 1)); break;
+      case WarpOp::kShflUp: src = static_cast<int>(l) - b; break;
+      case WarpOp::kShflDown: src = static_cast<int>(l) + b; break;
+      case WarpOp::kShflXor: src = static_cast<int>(l) ^ b; break;
+      case WarpOp::kBallot: o.result = ballot; continue;
+      case WarpOp::kAll: o.result = all; continue;
+      case WarpOp::kAny: o.result = any; continue;
+      case WarpOp::kSync: o.result = 0; continue;
+    }
+    const bool valid = op == WarpOp::kShflUp ? src >= seg : src < seg + width;
+    if (!valid) {  // the lane keeps its own value
+      o.result = o.value;
+      continue;
+    }
+    if (!(mask >> src & 1u))
+      raise(e, at + ": lane " + std::to_string(l) + " reads lane " + std::to_string(src) +
+                   ", which the mask does not include");
+    o.result = e.fibers[base + static_cast<unsigned>(src)].value;
+  }
+  return f.result;
+}
+
+unsigned active_mask() {
+  // Threads run one at a time here, so the only lane known to be executing is the caller; on a
+  // GPU too, __activemask() promises no more than that (it does not guarantee convergence).
+  return 1u << (engine_in_kernel("__activemask").current->linear % kWarp);
+}
+
+void* dynamic_shared_memory() {
+  Engine& e = engine_in_kernel("dynamic shared memory");
+  return e.smem.empty() ? nullptr : e.smem.data();
+}
+
+unsigned linear_thread_index() { return engine_in_kernel("linear_thread_index").current->linear; }
+
+void fault(const char* what) {
+  Engine& e = engine_in_kernel("fault");
+  raise(e, thread_name(*e.current) + ": " + what);
+}
+
+std::uint64_t barrier_epoch() { return engine_in_kernel("barrier_epoch").epoch; }
+
+std::uint64_t& collective_tag(const void* storage) {
+  Engine& e = engine_in_kernel("collective_tag");
+  return e.tags.try_emplace(storage, UINT64_MAX).first->second;
+}
+
+}  // namespace detail
+}  // namespace cubn::sim
