@@ -115,6 +115,7 @@ struct Fiber {
   bool ctx_ready = false;
   std::unique_ptr<Stack> stack;
   State state = State::kRunnable;
+  bool started = false;  // has frames on its stack
   uint3 tid{};
   unsigned linear = 0;
   const char* file = nullptr;  // where it waits
@@ -140,6 +141,7 @@ struct Engine {
 
   // the running block
   bool running = false;
+  bool aborting = false;  // a fault was raised: resumed fibers unwind
   unsigned nthreads = 0;
   void (*body)(void*) = nullptr;
   void* body_ctx = nullptr;
@@ -162,6 +164,10 @@ thread_local Engine g_engine;
 // ---- switching ------------------------------------------------------------------------------
 
 void fiber_entry();
+
+// Thrown inside a fiber to leave it for good after a fault: unwinding to fiber_entry destroys the
+// kernel's and the checks' locals, so an abandoned block leaks nothing.
+struct Abandon {};
 
 // Scheduler -> fiber.
 void resume(Engine& e, Fiber& f) {
@@ -191,35 +197,27 @@ void yield(Engine& e, bool final = false) {
 #if defined(CUBN_SIM_ASAN)
   __sanitizer_finish_switch_fiber(f.fake_stack, &e.sched_bottom, &e.sched_size);
 #endif
+  if (e.aborting) throw Abandon{};
 }
 
-// Records a fault and leaves the fiber for good: the scheduler abandons the block.
+// Records a fault; the scheduler then abandons the block.
 [[noreturn]] void raise(Engine& e, std::string msg) {
   if (e.fault.empty()) e.fault = std::move(msg);
-  yield(e, true);
-  std::abort();  // never resumed
+  throw Abandon{};
 }
 
 std::string thread_name(const Fiber& f) {
   return "thread " + coords(f.tid) + " of block " + coords(blockIdx);
 }
 
-void fiber_entry() {
-  Engine& e = g_engine;
-#if defined(CUBN_SIM_ASAN)
-  __sanitizer_finish_switch_fiber(nullptr, &e.sched_bottom, &e.sched_size);
-#endif
-  try {
-    e.body(e.body_ctx);
-  } catch (const std::exception& ex) {
-    raise(e, thread_name(*e.current) + " threw: " + ex.what());
-  }
+// A thread returned: the barrier or warp collectives that wait for it can never complete.
+void on_exit(Engine& e) {
   Fiber& f = *e.current;
   f.state = State::kDone;
   ++e.exited;
   if (e.at_barrier > 0) {
-    for (const Fiber& o : e.fibers) {
-      if (&o - e.fibers.data() >= static_cast<long>(e.nthreads)) break;
+    for (unsigned i = 0; i < e.nthreads; ++i) {
+      const Fiber& o = e.fibers[i];
       if (o.state == State::kBarrier) {
         raise(e, "__syncthreads() at " + where(o.file, o.line) + " is not reached by every thread: " +
                      thread_name(f) + " returned while " + std::to_string(e.at_barrier) +
@@ -237,6 +235,22 @@ void fiber_entry() {
                    thread_name(f) + " returned without calling it");
     }
   }
+}
+
+void fiber_entry() {
+  Engine& e = g_engine;
+#if defined(CUBN_SIM_ASAN)
+  __sanitizer_finish_switch_fiber(nullptr, &e.sched_bottom, &e.sched_size);
+#endif
+  e.current->started = true;
+  try {
+    e.body(e.body_ctx);
+    on_exit(e);
+  } catch (const Abandon&) {
+  } catch (const std::exception& ex) {
+    if (e.fault.empty()) e.fault = thread_name(*e.current) + " threw: " + ex.what();
+  }
+  e.current->started = false;
   yield(e, true);
   std::abort();  // never resumed
 }
@@ -276,6 +290,29 @@ std::string describe_deadlock(Engine& e) {
   return msg;
 }
 
+// Points the fiber's context at fiber_entry on its own stack. Kept out of run_block: getcontext
+// returns twice, which would make the compiler distrust run_block's locals.
+__attribute__((noinline)) void start_context(Fiber& f) {
+  if (!f.ctx_ready) {
+    getcontext(&f.ctx);
+    f.ctx_ready = true;
+  }
+  f.ctx.uc_stack.ss_sp = f.stack->bottom();
+  f.ctx.uc_stack.ss_size = kStackBytes;
+  f.ctx.uc_link = nullptr;
+  makecontext(&f.ctx, &fiber_entry, 0);
+}
+
+// After a fault: resumes every fiber that has frames on its stack so that it unwinds.
+void unwind_all(Engine& e) {
+  e.aborting = true;
+  for (unsigned i = 0; i < e.nthreads; ++i) {
+    Fiber& f = e.fibers[i];
+    if (f.started) resume(e, f);
+  }
+  e.aborting = false;
+}
+
 void run_block(Engine& e) {
   e.at_barrier = 0;
   e.exited = 0;
@@ -285,14 +322,7 @@ void run_block(Engine& e) {
   for (unsigned i = 0; i < e.nthreads; ++i) {
     Fiber& f = e.fibers[i];
     if (!f.stack) f.stack = std::make_unique<Stack>();
-    if (!f.ctx_ready) {
-      getcontext(&f.ctx);
-      f.ctx_ready = true;
-    }
-    f.ctx.uc_stack.ss_sp = f.stack->bottom();
-    f.ctx.uc_stack.ss_size = kStackBytes;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, &fiber_entry, 0);
+    start_context(f);
     f.state = State::kRunnable;
 #if defined(CUBN_SIM_ASAN)
     // a fiber abandoned at a fault leaves its frames poisoned
@@ -309,10 +339,14 @@ void run_block(Engine& e) {
       if (f.state != State::kRunnable) continue;
       progressed = true;
       resume(e, f);
-      if (!e.fault.empty()) return;
+      if (!e.fault.empty()) {
+        unwind_all(e);
+        return;
+      }
     }
     if (!progressed) {
       e.fault = describe_deadlock(e);
+      unwind_all(e);
       return;
     }
   }
