@@ -11,7 +11,7 @@ namespace {
 
 using cubn::Status;
 
-CUBN_KERNEL void fill_index(int* out, int n) {
+__global__ void fill_index(int* out, int n) {
   const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   if (i < n) out[i] = i;
 }

@@ -23,7 +23,7 @@ using cubn::kernels::WelfordState;
 using State = WelfordState<float>;
 
 template <int B>
-CUBN_KERNEL void __launch_bounds__(B)
+__global__ void __launch_bounds__(B)
     welford_per_block(const float* x, std::int64_t n, std::int64_t per_block, State* block_out,
                       State* warp_out) {
   using namespace cubn::kernels;
