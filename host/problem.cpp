@@ -1,0 +1,65 @@
+#include "problem.hpp"
+
+#include <cstdint>
+#include <limits>
+
+namespace cubn::detail {
+
+void fail(Status status, const char* call, const std::string& what) {
+  throw Error(status, std::string(call) + ": " + what);
+}
+
+Problem canonicalize(const char* call, const char* arg, const TensorDesc& d) {
+  const std::string a = arg;
+  if (element_size(d.dtype) == 0)
+    fail(Status::kInvalidDataType, call, a + ".dtype is not a cubn::DataType value");
+  if (d.order != MemoryOrder::kChannelsFirst && d.order != MemoryOrder::kChannelsLast)
+    fail(Status::kInvalidLayout, call, a + ".order is not a cubn::MemoryOrder value");
+  if (d.rank < 2 || d.rank > TensorDesc::kMaxRank)
+    fail(Status::kInvalidLayout, call,
+         a + " has rank " + std::to_string(d.rank) + "; batch norm takes (N, C) to (N, C, D, H, W), rank 2 to 5");
+  static const char* names[] = {"N", "C", "dims[2]", "dims[3]", "dims[4]"};
+  for (int i = 0; i < d.rank; ++i) {
+    if (d.dims[i] < 1)
+      fail(Status::kInvalidArgument, call,
+           a + ".dims[" + std::to_string(i) + "] (" + names[i] + ") is " + std::to_string(d.dims[i]) +
+               "; every dim must be at least 1" + (i == 1 ? " (a tensor needs channels)" : ""));
+  }
+  const std::int64_t limit = std::numeric_limits<std::int64_t>::max() /
+                             static_cast<std::int64_t>(element_size(d.dtype));
+  std::int64_t numel = 1;
+  for (int i = 0; i < d.rank; ++i) {
+    if (numel > limit / d.dims[i])
+      fail(Status::kSizeOverflow, call,
+           a + " has more elements than 64-bit byte offsets can address");
+    numel *= d.dims[i];
+  }
+  Problem p;
+  p.dtype = d.dtype;
+  p.n = d.dims[0];
+  p.c = d.dims[1];
+  p.s = numel / (p.n * p.c);
+  p.numel = numel;
+  p.order = d.order;
+  if (p.c == 1) {  // one contiguous channel
+    p.order = MemoryOrder::kChannelsFirst;
+    p.s = p.n * p.s;
+    p.n = 1;
+  } else if (p.s == 1) {  // [N][C] either way
+    p.order = MemoryOrder::kChannelsLast;
+  }
+  return p;
+}
+
+void check_pointer(const char* call, const char* arg, const void* p, std::size_t align,
+                   bool optional) {
+  if (p == nullptr) {
+    if (optional) return;
+    fail(Status::kInvalidArgument, call, std::string(arg) + " is null");
+  }
+  if (reinterpret_cast<std::uintptr_t>(p) % align != 0)
+    fail(Status::kMisalignedOperand, call,
+         std::string(arg) + " is not aligned to " + std::to_string(align) + " bytes (its element size)");
+}
+
+}  // namespace cubn::detail

@@ -1,0 +1,40 @@
+/// @file problem.hpp
+/// @brief Checking a TensorDesc and reducing it to the one model every kernel sees:
+/// (N, C, S, memory order) with 64-bit sizes.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "cubn/error.hpp"
+#include "cubn/tensor.hpp"
+
+namespace cubn::detail {
+
+/// A checked, canonical batch-norm problem.
+struct Problem {
+  DataType dtype = DataType::kFloat32;
+  /// The memory order the kernels use. C == 1 is always channels-first with N = 1 and
+  /// S = N * S (one contiguous channel); S == 1 (and C > 1) is always channels-last with
+  /// R = N rows: both memory orders coincide there.
+  MemoryOrder order = MemoryOrder::kChannelsFirst;
+  std::int64_t n = 0, c = 0, s = 0;
+  std::int64_t numel = 0;
+  /// Elements per channel, N * S.
+  std::int64_t m() const { return n * s; }
+  std::size_t bytes() const { return static_cast<std::size_t>(numel) * element_size(dtype); }
+};
+
+/// Throws Error(status) with "<call>: <what>".
+[[noreturn]] void fail(Status status, const char* call, const std::string& what);
+
+/// Checks `desc` (named `arg` in errors of `call`) and canonicalizes it. Throws Error for an
+/// invalid dtype or order, a rank outside 2..5, a dim below 1, or sizes whose product (in
+/// elements or bytes) overflows 64 bits.
+Problem canonicalize(const char* call, const char* arg, const TensorDesc& desc);
+
+/// Checks that `p` is non-null (unless `optional`) and aligned to `align` bytes.
+void check_pointer(const char* call, const char* arg, const void* p, std::size_t align,
+                   bool optional = false);
+
+}  // namespace cubn::detail

@@ -1,0 +1,7 @@
+/// @file cubn.hpp
+/// @brief cubn's umbrella header: include this.
+#pragma once
+
+#include "cubn/batch_norm.hpp"
+#include "cubn/error.hpp"
+#include "cubn/tensor.hpp"

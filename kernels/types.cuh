@@ -1,0 +1,55 @@
+/// @file types.cuh
+/// @brief Element types and their accumulation types: float for fp16, bf16 and fp32, double for
+/// fp64, with conversions that run on host and device.
+#pragma once
+
+#include "platform.cuh"
+
+namespace cubn::kernels {
+
+template <class T>
+struct AccumulateOf {
+  using type = float;
+};
+template <>
+struct AccumulateOf<double> {
+  using type = double;
+};
+/// The type arithmetic on T accumulates in (also the type of parameters and statistics).
+template <class T>
+using acc_t = typename AccumulateOf<T>::type;
+
+CUBN_HOST_DEVICE float to_acc(__half v) { return __half2float(v); }
+CUBN_HOST_DEVICE float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+CUBN_HOST_DEVICE float to_acc(float v) { return v; }
+CUBN_HOST_DEVICE double to_acc(double v) { return v; }
+
+/// Rounds an accumulated value to T (round to nearest even).
+template <class T>
+CUBN_HOST_DEVICE T from_acc(acc_t<T> v);
+template <>
+CUBN_HOST_DEVICE __half from_acc<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+CUBN_HOST_DEVICE __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <>
+CUBN_HOST_DEVICE float from_acc<float>(float v) {
+  return v;
+}
+template <>
+CUBN_HOST_DEVICE double from_acc<double>(double v) {
+  return v;
+}
+
+/// Square root in the accumulation type (correctly rounded on host and device).
+CUBN_HOST_DEVICE float sqrt_acc(float v) { return sqrtf(v); }
+CUBN_HOST_DEVICE double sqrt_acc(double v) { return sqrt(v); }
+
+/// Elements of T in one 16-byte vector access.
+template <class T>
+constexpr int kVec16 = static_cast<int>(16 / sizeof(T));
+
+}  // namespace cubn::kernels

@@ -1,0 +1,167 @@
+/// @file bn_harness.hpp
+/// @brief Runs cubn's batch-norm calls on generated data and the double-precision reference on
+/// the same (rounded) data, for tests that compare the two.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cubn/cubn.hpp"
+#include "reference.hpp"
+#include "support/device.hpp"
+#include "support/tolerance.hpp"
+
+namespace cubn::test {
+
+inline double to_double(__half v) { return __half2float(v); }
+inline double to_double(__nv_bfloat16 v) { return __bfloat162float(v); }
+inline double to_double(float v) { return v; }
+inline double to_double(double v) { return v; }
+
+template <class T>
+T from_double(double v) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __double2half(v);
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __double2bfloat16(v);
+  } else {
+    return static_cast<T>(v);
+  }
+}
+
+template <class T>
+constexpr DataType dtype_of() {
+  if constexpr (std::is_same_v<T, __half>) return DataType::kFloat16;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return DataType::kBFloat16;
+  if constexpr (std::is_same_v<T, float>) return DataType::kFloat32;
+  return DataType::kFloat64;
+}
+
+template <class T>
+using param_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <class T>
+Rounding rounding_of() {
+  if constexpr (std::is_same_v<T, __half>) return {std::ldexp(1.0, -24), std::ldexp(1.0, -11)};
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return {std::ldexp(1.0, -24), std::ldexp(1.0, -8)};
+  if constexpr (std::is_same_v<T, float>) return {std::ldexp(1.0, -24), std::ldexp(1.0, -24)};
+  return {std::ldexp(1.0, -53), std::ldexp(1.0, -53)};
+}
+
+inline ref::Order ref_order(MemoryOrder o) {
+  return o == MemoryOrder::kChannelsFirst ? ref::Order::kChannelsFirst : ref::Order::kChannelsLast;
+}
+
+inline TensorDesc make_desc(DataType t, MemoryOrder o, const std::vector<std::int64_t>& dims) {
+  TensorDesc d;
+  d.dtype = t;
+  d.order = o;
+  d.rank = static_cast<int>(dims.size());
+  for (int i = 0; i < d.rank && i < TensorDesc::kMaxRank; ++i) d.dims[i] = dims[i];
+  return d;
+}
+
+inline std::string shape_string(const std::vector<std::int64_t>& dims, MemoryOrder o) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < dims.size(); ++i) s += (i ? "," : "") + std::to_string(dims[i]);
+  return s + ") " + to_string(o);
+}
+
+/// Data of one case: x rounded to T, per-channel means and sigmas it was drawn with, parameters.
+template <class T>
+struct Data {
+  ref::Shape shape;
+  std::vector<T> x;
+  std::vector<double> xd;  ///< x as the reference sees it (exactly the T values)
+  std::vector<double> mean, sigma;
+  std::vector<double> scale, offset, running_mean, running_var;
+};
+
+/// Draws x ~ N(mean_c, sigma_c) per channel (mean_c in [-2, 2] + offset, sigma_c in [0.5, 2]) and
+/// random parameters and running statistics.
+template <class T>
+Data<T> make_data(const std::vector<std::int64_t>& dims, MemoryOrder order, unsigned seed,
+                  double common_offset = 0) {
+  Data<T> d;
+  d.shape = ref::Shape{dims, ref_order(order)};
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> u(0, 1);
+  const auto C = static_cast<std::size_t>(d.shape.c());
+  d.mean.resize(C);
+  d.sigma.resize(C);
+  d.scale.resize(C);
+  d.offset.resize(C);
+  d.running_mean.resize(C);
+  d.running_var.resize(C);
+  for (std::size_t c = 0; c < C; ++c) {
+    d.mean[c] = common_offset + 4 * u(rng) - 2;
+    d.sigma[c] = 0.5 + 1.5 * u(rng);
+    d.scale[c] = 0.5 + u(rng);
+    d.offset[c] = u(rng) - 0.5;
+    d.running_mean[c] = u(rng) - 0.5;
+    d.running_var[c] = 0.5 + u(rng);
+  }
+  d.x.resize(static_cast<std::size_t>(d.shape.numel()));
+  d.xd.resize(d.x.size());
+  std::normal_distribution<double> z(0, 1);
+  for (std::int64_t n = 0; n < d.shape.n(); ++n)
+    for (std::int64_t c = 0; c < d.shape.c(); ++c)
+      for (std::int64_t s = 0; s < d.shape.s(); ++s) {
+        const auto i = static_cast<std::size_t>(d.shape.index(n, c, s));
+        d.x[i] = from_double<T>(d.mean[c] + d.sigma[c] * z(rng));
+        d.xd[i] = to_double(d.x[i]);
+      }
+  return d;
+}
+
+template <class P>
+std::vector<P> to_params(const std::vector<double>& v) {
+  return std::vector<P>(v.begin(), v.end());
+}
+
+template <class T>
+std::vector<double> to_doubles(const std::vector<T>& v) {
+  std::vector<double> r(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) r[i] = to_double(v[i]);
+  return r;
+}
+
+/// Compares y with the reference element by element with y_tolerance; prints the first few
+/// mismatches with their index. The reference must not be all zero.
+template <class T>
+void expect_y_near(const Data<T>& d, const std::vector<double>& y, const std::vector<double>& y_ref,
+                   const std::vector<double>& mean, const std::vector<double>& invstd,
+                   const std::vector<double>& offset, const std::vector<double>& scale,
+                   const std::vector<StatTolerance>& st, const std::string& what) {
+  const Rounding u = rounding_of<T>();
+  int shown = 0, bad = 0;
+  double norm = 0;
+  for (std::int64_t n = 0; n < d.shape.n(); ++n)
+    for (std::int64_t c = 0; c < d.shape.c(); ++c)
+      for (std::int64_t s = 0; s < d.shape.s(); ++s) {
+        const auto i = static_cast<std::size_t>(d.shape.index(n, c, s));
+        const double a = (scale.empty() ? 1.0 : scale[c]) * invstd[c];
+        const double tol = y_tolerance(u, st[c], d.xd[i], mean[c], a,
+                                       offset.empty() ? 0.0 : offset[c], y_ref[i]);
+        norm += std::fabs(y_ref[i]);
+        if (!(std::fabs(y[i] - y_ref[i]) <= tol)) {
+          ++bad;
+          if (shown++ < 5)
+            ADD_FAILURE() << what << ": y[" << i << "] (n=" << n << ", c=" << c << ", s=" << s
+                          << ") = " << y[i] << ", reference " << y_ref[i] << ", tolerance " << tol;
+        }
+      }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << y.size() << " outputs out of tolerance";
+  EXPECT_GT(norm, 0) << what << ": the reference output is all zero";
+}
+
+}  // namespace cubn::test
