@@ -14,7 +14,6 @@
 #include "problem.hpp"
 
 namespace cubn {
-inline namespace CUBN_BACKEND_NAMESPACE {
 
 namespace {
 
@@ -151,5 +150,4 @@ void forward_inference(const TensorDesc& x_desc, const void* x, void* y,
   forward_inference_impl(x_desc, x, y, args, stream);
 }
 
-}  // namespace CUBN_BACKEND_NAMESPACE
 }  // namespace cubn

@@ -27,7 +27,6 @@
 
 #include <driver_types.h>  // cudaStream_t
 
-#include "cubn/config.hpp"
 #include "cubn/error.hpp"
 #include "cubn/tensor.hpp"
 
@@ -113,8 +112,45 @@ struct InferenceForwardArgs {
   double epsilon = 1e-5;         ///< added to the running variance; must be > 0
 };
 
-inline namespace CUBN_BACKEND_NAMESPACE {
-#include "cubn/detail/batch_norm_api.inc"
-}  // namespace CUBN_BACKEND_NAMESPACE
+/// Workspace bytes forward_training() needs for `x` on the current device (0 never: at least
+/// the per-channel partial statistics). Throws Error for a descriptor forward_training() would
+/// reject.
+std::size_t forward_training_workspace_size(const TensorDesc& x);
+
+/// Training-mode forward batch normalization (fp16/bf16/fp32 tensors with float parameters).
+///
+/// Reads x, args.affine, args.running (to update it). Writes y, args.running (updated with
+/// args.momentum from this batch's mean and unbiased variance), args.saved (batch mean and
+/// invstd), the workspace. The running statistics never affect y.
+/// y may be the same pointer as x (in place); any other overlap of y with x is an error.
+/// Deterministic: the same inputs give bitwise-identical outputs on the same device and build.
+/// Does not synchronize the host with the device.
+///
+/// @param[in]  x_desc    dtype, memory order and dims of x and y; N * S must exceed 1.
+/// @param[in]  x         input, x_desc.dtype, aligned to its element size.
+/// @param[out] y         output, same descriptor as x.
+/// @param[in,out] args   parameters and statistics, see TrainingForwardArgs.
+/// @param[in]  workspace at least forward_training_workspace_size(x_desc) bytes, 16-byte aligned.
+/// @param[in]  stream    the CUDA stream every kernel runs on.
+/// @throws Error naming the argument for bad input (nothing is written), or a CUDA error.
+void forward_training(const TensorDesc& x_desc, const void* x, void* y,
+                      const TrainingForwardArgs<float>& args, Workspace workspace,
+                      cudaStream_t stream);
+/// The same for fp64 tensors (double parameters and statistics).
+void forward_training(const TensorDesc& x_desc, const void* x, void* y,
+                      const TrainingForwardArgs<double>& args, Workspace workspace,
+                      cudaStream_t stream);
+
+/// Inference-mode forward batch normalization: y = (x - running.mean) / sqrt(running.var +
+/// epsilon) * scale + offset, one fused multiply-add per element, no reduction, no workspace.
+///
+/// Reads x, args.running, args.affine. Writes y only. y may be the same pointer as x.
+/// Does not synchronize the host with the device.
+/// @throws Error naming the argument for bad input (nothing is written), or a CUDA error.
+void forward_inference(const TensorDesc& x_desc, const void* x, void* y,
+                       const InferenceForwardArgs<float>& args, cudaStream_t stream);
+/// The same for fp64 tensors.
+void forward_inference(const TensorDesc& x_desc, const void* x, void* y,
+                       const InferenceForwardArgs<double>& args, cudaStream_t stream);
 
 }  // namespace cubn

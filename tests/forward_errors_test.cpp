@@ -1,0 +1,203 @@
+// Bad input to the forward calls: each case gets its error, naming the argument, and leaves every
+// output byte and running statistic as it was (sentinel-filled buffers are compared after).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "cubn/cubn.hpp"
+#include "support/bn_harness.hpp"
+#include "support/device.hpp"
+
+namespace {
+
+using namespace cubn;
+using namespace cubn::test;
+
+constexpr unsigned char kSentinel = 0x5A;
+
+class ForwardErrors : public DeviceTest {
+ protected:
+  static constexpr std::int64_t kN = 4, kC = 6, kS = 9;
+  const TensorDesc desc_ = TensorDesc(DataType::kFloat32, MemoryOrder::kChannelsFirst, {kN, kC, 3, 3});
+  // made in SetUp, after the device check: a GPU build without a device skips instead
+  struct Buffers {
+    DeviceBuffer<float> x{std::vector<float>(kN * kC * kS, 1.5f)};
+    DeviceBuffer<float> y{kN * kC * kS};
+    DeviceBuffer<float> rmean{kC}, rvar{kC}, smean{kC}, sinvstd{kC};
+    DeviceBytes ws{1 << 16};
+  };
+  std::unique_ptr<Buffers> b_;
+  void SetUp() override {
+    DeviceTest::SetUp();
+    if (IsSkipped()) return;
+    b_ = std::make_unique<Buffers>();
+    for (auto* b : outputs()) b->fill_bytes(kSentinel);
+    b_->ws.fill(kSentinel);
+  }
+  std::vector<DeviceBuffer<float>*> outputs() {
+    return {&b_->y, &b_->rmean, &b_->rvar, &b_->smean, &b_->sinvstd};
+  }
+  float* x() { return b_->x.data(); }
+  float* y() { return b_->y.data(); }
+
+  TrainingForwardArgs<float> training_args() {
+    TrainingForwardArgs<float> a;
+    a.running = {b_->rmean.data(), b_->rvar.data()};
+    a.saved = {b_->smean.data(), b_->sinvstd.data()};
+    return a;
+  }
+  Workspace workspace() { return {b_->ws.data(), b_->ws.bytes()}; }
+
+  // Runs `call`, expects Error(status) whose message contains `needle`, then checks that no
+  // output byte changed.
+  void expect_error(const std::function<void()>& call, Status status, const std::string& needle) {
+    bool thrown = false;
+    try {
+      call();
+    } catch (const Error& e) {
+      thrown = true;
+      EXPECT_EQ(e.status(), status) << e.what();
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
+          << "message does not name '" << needle << "': " << e.what();
+    }
+    EXPECT_TRUE(thrown) << "no error for a call that should fail with '" << needle << "'";
+    device_sync();
+    for (auto* b : outputs()) {
+      const auto v = b->download();
+      const auto* bytes = reinterpret_cast<const unsigned char*>(v.data());
+      for (std::size_t i = 0; i < v.size() * sizeof(float); ++i)
+        ASSERT_EQ(bytes[i], kSentinel) << "a failed call wrote an output (" << needle << ")";
+    }
+  }
+
+  void train(const TensorDesc& d, const void* x, void* y, const TrainingForwardArgs<float>& a, Workspace w) {
+    forward_training(d, x, y, a, w, nullptr);
+  }
+};
+
+TEST_F(ForwardErrors, NullAndMisalignedTensors) {
+  expect_error([&] { train(desc_, nullptr, y(), training_args(), workspace()); },
+               Status::kInvalidArgument, "x is null");
+  expect_error([&] { train(desc_, x(), nullptr, training_args(), workspace()); },
+               Status::kInvalidArgument, "y is null");
+  const void* odd = reinterpret_cast<const char*>(x()) + 2;
+  expect_error([&] { train(desc_, odd, y(), training_args(), workspace()); },
+               Status::kMisalignedOperand, "x is not aligned to 4 bytes");
+  auto a = training_args();
+  a.running.mean = reinterpret_cast<float*>(reinterpret_cast<char*>(b_->rmean.data()) + 1);
+  expect_error([&] { train(desc_, x(), y(), a, workspace()); },
+               Status::kMisalignedOperand, "args.running.mean");
+}
+
+TEST_F(ForwardErrors, PartialOverlapOfInputAndOutput) {
+  DeviceBuffer<float> big(kN * kC * kS + 1);
+  expect_error([&] { train(desc_, big.data(), big.data() + 1, training_args(), workspace()); },
+               Status::kInvalidArgument, "y overlaps x");
+}
+
+TEST_F(ForwardErrors, BadDescriptors) {
+  auto with = [&](TensorDesc d) {
+    return [this, d] { train(d, x(), y(), training_args(), workspace()); };
+  };
+  expect_error(with(TensorDesc(DataType::kFloat32, MemoryOrder::kChannelsFirst, {kN})),
+               Status::kInvalidLayout, "x_desc has rank 1");
+  expect_error(with(TensorDesc(DataType::kFloat32, MemoryOrder::kChannelsFirst, {1, 2, 3, 4, 5, 6})),
+               Status::kInvalidLayout, "rank 6");
+  expect_error(with(TensorDesc(DataType::kFloat32, MemoryOrder::kChannelsFirst, {kN, 0, 3, 3})),
+               Status::kInvalidArgument, "x_desc.dims[1] (C) is 0");
+  expect_error(with(TensorDesc(DataType::kFloat32, MemoryOrder::kChannelsFirst, {kN, kC, -3, 3})),
+               Status::kInvalidArgument, "x_desc.dims[2]");
+  expect_error(with(TensorDesc(DataType::kFloat32, MemoryOrder::kChannelsFirst,
+                               {std::int64_t{1} << 40, std::int64_t{1} << 30})),
+               Status::kSizeOverflow, "x_desc has more elements");
+  TensorDesc bad_type = desc_;
+  bad_type.dtype = static_cast<DataType>(42);
+  expect_error(with(bad_type), Status::kInvalidDataType, "x_desc.dtype");
+  TensorDesc bad_order = desc_;
+  bad_order.order = static_cast<MemoryOrder>(7);
+  expect_error(with(bad_order), Status::kInvalidLayout, "x_desc.order");
+  // fp64 tensors take double parameters
+  expect_error(with(TensorDesc(DataType::kFloat64, MemoryOrder::kChannelsFirst, {kN, kC, 3, 3})),
+               Status::kInvalidDataType, "fp64");
+}
+
+TEST_F(ForwardErrors, OneElementPerChannelInTraining) {
+  const TensorDesc one(DataType::kFloat32, MemoryOrder::kChannelsLast, {1, kC, 1, 1});
+  expect_error([&] { train(one, x(), y(), training_args(), workspace()); },
+               Status::kInvalidArgument, "one element per channel");
+}
+
+TEST_F(ForwardErrors, EpsilonAndMomentumOutOfRange) {
+  for (double eps : {0.0, -1e-5, std::numeric_limits<double>::quiet_NaN(),
+                     std::numeric_limits<double>::infinity()}) {
+    auto a = training_args();
+    a.epsilon = eps;
+    expect_error([&] { train(desc_, x(), y(), a, workspace()); },
+                 Status::kInvalidArgument, "epsilon");
+  }
+  for (double m : {-0.1, 1.5, std::numeric_limits<double>::quiet_NaN()}) {
+    auto a = training_args();
+    a.momentum.mean = m;
+    expect_error([&] { train(desc_, x(), y(), a, workspace()); },
+                 Status::kInvalidArgument, "args.momentum.mean");
+    a = training_args();
+    a.momentum.var = m;
+    expect_error([&] { train(desc_, x(), y(), a, workspace()); },
+                 Status::kInvalidArgument, "args.momentum.var");
+  }
+}
+
+TEST_F(ForwardErrors, WorkspaceTooSmallNullOrMisaligned) {
+  const std::size_t need = forward_training_workspace_size(desc_);
+  ASSERT_LE(need, b_->ws.bytes());
+  expect_error([&] { train(desc_, x(), y(), training_args(), {b_->ws.data(), need - 1}); },
+               Status::kWorkspaceTooSmall, "workspace.bytes");
+  expect_error([&] { train(desc_, x(), y(), training_args(), {nullptr, need}); },
+               Status::kInvalidArgument, "workspace.ptr is null");
+  expect_error([&] {
+    train(desc_, x(), y(), training_args(), {static_cast<char*>(b_->ws.data()) + 8, need});
+  }, Status::kMisalignedOperand, "workspace.ptr");
+}
+
+TEST_F(ForwardErrors, InferenceNeedsBothRunningStatistics) {
+  InferenceForwardArgs<float> a;
+  a.running = {b_->rmean.data(), nullptr};
+  expect_error([&] { forward_inference(desc_, x(), y(), a, nullptr); },
+               Status::kInvalidArgument, "args.running.var is null");
+  a.running = {nullptr, b_->rvar.data()};
+  expect_error([&] { forward_inference(desc_, x(), y(), a, nullptr); },
+               Status::kInvalidArgument, "args.running.mean is null");
+  a.running = {b_->rmean.data(), b_->rvar.data()};
+  a.epsilon = 0;
+  expect_error([&] { forward_inference(desc_, x(), y(), a, nullptr); },
+               Status::kInvalidArgument, "epsilon");
+}
+
+TEST(ForwardSizes, TensorsPastTwoToTheThirtyOneByShapeArithmetic) {
+  // No allocation: the size query plans the call. 2^38 elements channels-first and 2^36
+  // channels-last, and C past 2^31 / 2^16.
+  const TensorDesc huge_cf(DataType::kFloat16, MemoryOrder::kChannelsFirst,
+                           {std::int64_t{1} << 20, 64, 64, 64});
+  const TensorDesc huge_cl(DataType::kBFloat16, MemoryOrder::kChannelsLast,
+                           {std::int64_t{1} << 16, 1024, 32, 32});
+  const TensorDesc many_channels(DataType::kFloat32, MemoryOrder::kChannelsLast,
+                                 {4, std::int64_t{1} << 24});
+  try {
+    for (const TensorDesc& d : {huge_cf, huge_cl, many_channels}) {
+      const std::size_t bytes = forward_training_workspace_size(d);
+      EXPECT_GT(bytes, 0u);
+      // at most 65535 splits per channel, 16 bytes per partial state, plus a and b
+      EXPECT_LE(bytes, 65535u * static_cast<std::size_t>(d.dims[1]) * 16 + 2 * 4 * d.dims[1] + 1024);
+    }
+  } catch (const Error& e) {
+    if (e.status() != Status::kCudaError) throw;
+    GTEST_SKIP() << "the size query needs the device's properties: " << e.what();
+  }
+}
+
+}  // namespace
