@@ -1,10 +1,12 @@
-// The SIMT executor: CUDA threads as fibers (ucontext) on the calling host thread.
+// The SIMT executor: CUDA threads as fibers on the calling host thread.
 //
 // Fibers beat host threads here: a 1024-thread block with 20 barriers takes milliseconds as
 // fibers and far longer as 1024 host threads on 2 cores (bench/executor_backends.cpp measures
 // both), and fibers need no ThreadSanitizer, since a block never runs on two host threads.
 #include <sys/mman.h>
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 #include <unistd.h>
 
 #include <algorithm>
@@ -108,14 +110,88 @@ class Stack {
   std::size_t total_;
 };
 
+// ---- fiber contexts -------------------------------------------------------------------------
+// On x86-64 a switch saves the callee-saved registers and the FP control words on the stack and
+// swaps stack pointers (a few nanoseconds). Elsewhere ucontext, whose swapcontext makes a system
+// call per switch and which AddressSanitizer slows down further by clearing the target stack's
+// shadow on every switch.
+#if defined(__x86_64__)
+
+extern "C" void cubn_sim_switch_stack(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .p2align 4
+  .type cubn_sim_switch_stack, @function
+cubn_sim_switch_stack:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size cubn_sim_switch_stack, .-cubn_sim_switch_stack
+)");
+
+struct Context {
+  void* sp = nullptr;
+};
+
+// A context that starts `entry` (which never returns) on [bottom, bottom + size). Not
+// instrumented: the stack's top still carries the poison of the last fiber_entry frame there
+// (fiber_entry never returns), which each new frame then overwrites.
+__attribute__((no_sanitize_address)) void make_context(Context& c, void* bottom, std::size_t size, void (*entry)()) {
+  auto top = (reinterpret_cast<std::uintptr_t>(bottom) + size) & ~std::uintptr_t{15};
+  auto* slot = reinterpret_cast<std::uint64_t*>(top);
+  *--slot = 0;                                          // entry's return address: none
+  *--slot = reinterpret_cast<std::uint64_t>(entry);     // popped by ret
+  for (int i = 0; i < 6; ++i) *--slot = 0;              // rbp rbx r12 r13 r14 r15
+  *--slot = 0x1F80ull | (0x037Full << 32);              // MXCSR and x87 control word defaults
+  c.sp = slot;
+}
+
+void switch_context(Context& from, Context& to) { cubn_sim_switch_stack(&from.sp, to.sp); }
+
+#else
+
+struct Context {
+  ucontext_t uc;
+};
+
+void make_context(Context& c, void* bottom, std::size_t size, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = bottom;
+  c.uc.uc_stack.ss_size = size;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+
+void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+
+#endif
+
 enum class State { kRunnable, kBarrier, kWarp, kDone };
 
 struct Fiber {
-  ucontext_t ctx;
-  bool ctx_ready = false;
+  Context ctx;
   std::unique_ptr<Stack> stack;
   State state = State::kRunnable;
   bool started = false;  // has frames on its stack
+  bool unwound = false;  // left through Abandon: AddressSanitizer may keep stale stack poison
   uint3 tid{};
   unsigned linear = 0;
   const char* file = nullptr;  // where it waits
@@ -146,7 +222,7 @@ struct Engine {
   void (*body)(void*) = nullptr;
   void* body_ctx = nullptr;
   Fiber* current = nullptr;
-  ucontext_t sched_ctx;
+  Context sched_ctx;
   unsigned at_barrier = 0;
   unsigned exited = 0;
   std::uint64_t epoch = 0;
@@ -177,7 +253,7 @@ void resume(Engine& e, Fiber& f) {
 #if defined(CUBN_SIM_ASAN)
   __sanitizer_start_switch_fiber(&e.sched_fake_stack, f.stack->bottom(), kStackBytes);
 #endif
-  swapcontext(&e.sched_ctx, &f.ctx);
+  switch_context(e.sched_ctx, f.ctx);
 #if defined(CUBN_SIM_ASAN)
   __sanitizer_finish_switch_fiber(e.sched_fake_stack, nullptr, nullptr);
 #endif
@@ -193,7 +269,7 @@ void yield(Engine& e, bool final = false) {
 #else
   (void)final;
 #endif
-  swapcontext(&f.ctx, &e.sched_ctx);
+  switch_context(f.ctx, e.sched_ctx);
 #if defined(CUBN_SIM_ASAN)
   __sanitizer_finish_switch_fiber(f.fake_stack, &e.sched_bottom, &e.sched_size);
 #endif
@@ -247,6 +323,7 @@ void fiber_entry() {
     e.body(e.body_ctx);
     on_exit(e);
   } catch (const Abandon&) {
+    e.current->unwound = true;
   } catch (const std::exception& ex) {
     if (e.fault.empty()) e.fault = thread_name(*e.current) + " threw: " + ex.what();
   }
@@ -291,16 +368,9 @@ std::string describe_deadlock(Engine& e) {
 }
 
 // Points the fiber's context at fiber_entry on its own stack. Kept out of run_block: getcontext
-// returns twice, which would make the compiler distrust run_block's locals.
+// (the ucontext path) returns twice, which would make the compiler distrust run_block's locals.
 __attribute__((noinline)) void start_context(Fiber& f) {
-  if (!f.ctx_ready) {
-    getcontext(&f.ctx);
-    f.ctx_ready = true;
-  }
-  f.ctx.uc_stack.ss_sp = f.stack->bottom();
-  f.ctx.uc_stack.ss_size = kStackBytes;
-  f.ctx.uc_link = nullptr;
-  makecontext(&f.ctx, &fiber_entry, 0);
+  make_context(f.ctx, f.stack->bottom(), kStackBytes, &fiber_entry);
 }
 
 // After a fault: resumes every fiber that has frames on its stack so that it unwinds.
@@ -325,9 +395,10 @@ void run_block(Engine& e) {
     start_context(f);
     f.state = State::kRunnable;
 #if defined(CUBN_SIM_ASAN)
-    // a fiber abandoned at a fault leaves its frames poisoned
-    __asan_unpoison_memory_region(f.stack->bottom(), kStackBytes);
+    // a fiber unwound after a fault may leave its frames poisoned
+    if (f.unwound) __asan_unpoison_memory_region(f.stack->bottom(), kStackBytes);
 #endif
+    f.unwound = false;
   }
   ++e.counters.blocks;
   e.counters.threads += e.nthreads;
