@@ -5,49 +5,23 @@
 
 #include "forward.cuh"
 #include "forward_launch.hpp"
-#include "launch.hpp"
+#include "launch_ops.cuh"
 
 namespace cubn::detail {
 
-namespace forward_impl {
+namespace {
 
-template <class T, int V>
+// y = x * a + b with the coefficients `affine` gives.
+template <class T>
 void normalize(const Problem& p, const NormalizePlan& plan, const T* x, T* y,
                const kernels::ChannelAffine<param_t<T>>& affine, cudaStream_t stream) {
-  const dim3 block(kernels::kBlockThreads);
-  if (p.order == MemoryOrder::kChannelsFirst) {
-    launch("cubn::bn_normalize_channels_first", kernels::bn_normalize_channels_first<T, V>,
-           plan.grid, block, 0, stream, x, y, plan.cf, affine);
-  } else {
-    launch("cubn::bn_normalize_channels_last", kernels::bn_normalize_channels_last<T, V>,
-           plan.grid, block, 0, stream, x, y, plan.cl, affine);
-  }
+  with_vec<T>(plan.vec, [&](auto v) {
+    launch_pair("cubn::bn_normalize", p, plan, kernels::bn_normalize_channels_first<T, v()>,
+                kernels::bn_normalize_channels_last<T, v()>, stream, x, y, affine);
+  });
 }
 
-template <class T, int V>
-void stats(const Problem& p, const TrainingPlan& plan, const T* x,
-           kernels::WelfordState<param_t<T>>* partials, cudaStream_t stream) {
-  const dim3 block(kernels::kBlockThreads);
-  if (p.order == MemoryOrder::kChannelsFirst) {
-    launch("cubn::bn_stats_channels_first", kernels::bn_stats_channels_first<T, V>,
-           plan.stats_grid, block, 0, stream, x, plan.stats_cf, partials);
-  } else {
-    launch("cubn::bn_stats_channels_last", kernels::bn_stats_channels_last<T, V>,
-           plan.stats_grid, block, 0, stream, x, plan.stats_cl, partials);
-  }
-}
-
-template <class T>
-void normalize_any(const Problem& p, const NormalizePlan& plan, const T* x, T* y,
-                   const kernels::ChannelAffine<param_t<T>>& affine, cudaStream_t stream) {
-  if (plan.vec == 1) {
-    normalize<T, 1>(p, plan, x, y, affine, stream);
-  } else {
-    normalize<T, kernels::kVec16<T>>(p, plan, x, y, affine, stream);
-  }
-}
-
-}  // namespace forward_impl
+}  // namespace
 
 template <class T>
 void launch_forward_training(const Problem& p, const TrainingPlan& plan, const T* x, T* y,
@@ -62,15 +36,14 @@ void launch_forward_training(const Problem& p, const TrainingPlan& plan, const T
   auto* a = reinterpret_cast<Acc*>(base + plan.a_offset);
   auto* b = reinterpret_cast<Acc*>(base + plan.b_offset);
 
-  if (plan.stats_vec == 1) {
-    forward_impl::stats<T, 1>(p, plan, x, partials, stream);
-  } else {
-    forward_impl::stats<T, kernels::kVec16<T>>(p, plan, x, partials, stream);
-  }
+  with_vec<T>(plan.stats.vec, [&](auto v) {
+    launch_pair("cubn::bn_stats", p, plan.stats, kernels::bn_stats_channels_first<T, v()>,
+                kernels::bn_stats_channels_last<T, v()>, stream, x, partials);
+  });
 
   kernels::FinalizeArgs<Acc> fin{};
   fin.partials = partials;
-  fin.splits = plan.splits;
+  fin.splits = plan.stats.splits;
   fin.c = p.c;
   fin.epsilon = static_cast<Acc>(args.epsilon);
   fin.scale = args.affine.scale;
@@ -89,7 +62,7 @@ void launch_forward_training(const Problem& p, const TrainingPlan& plan, const T
   kernels::ChannelAffine<Acc> affine;
   affine.a = a;
   affine.b = b;
-  forward_impl::normalize_any<T>(p, plan.normalize, x, y, affine, stream);
+  normalize<T>(p, plan.normalize, x, y, affine, stream);
 }
 
 template <class T>
@@ -101,7 +74,7 @@ void launch_forward_inference(const Problem& p, const NormalizePlan& plan, const
   affine.scale = args.affine.scale;
   affine.offset = args.affine.offset;
   affine.epsilon = static_cast<param_t<T>>(args.epsilon);
-  forward_impl::normalize_any<T>(p, plan, x, y, affine, stream);
+  normalize<T>(p, plan, x, y, affine, stream);
 }
 
 }  // namespace cubn::detail

@@ -70,9 +70,10 @@ std::int64_t target_blocks(const DeviceInfo& dev) { return kBlocksPerSm * dev.sm
 
 }  // namespace
 
-bool aligned16(const void* a, const void* b) {
-  return reinterpret_cast<std::uintptr_t>(a) % 16 == 0 &&
-         reinterpret_cast<std::uintptr_t>(b) % 16 == 0;
+bool aligned16(const void* a, const void* b, const void* c) {
+  for (const void* ptr : {a, b, c})
+    if (reinterpret_cast<std::uintptr_t>(ptr) % 16 != 0) return false;
+  return true;
 }
 
 int vector_width(const Problem& p, bool aligned) {
@@ -102,10 +103,9 @@ NormalizePlan plan_normalize(const Problem& p, const DeviceInfo& dev, bool align
   return np;
 }
 
-TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_aligned,
-                           bool xy_aligned) {
+ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned) {
   check_grid_limits(p);
-  TrainingPlan tp;
+  ReducePlan rp;
   // Splits per channel come from the widest-vector geometry, so they (and the workspace) do not
   // depend on the pointers.
   const int widest = vector_width(p, true);
@@ -122,28 +122,61 @@ TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_align
     // at least four rows per thread row and split
     max_splits = std::max<std::int64_t>(1, g.rows / (4 * (kBlockThreads / g.bx)));
   }
-  tp.splits = std::clamp<std::int64_t>(ceil_div(target, channel_blocks), 1,
+  rp.splits = std::clamp<std::int64_t>(ceil_div(target, channel_blocks), 1,
                                        std::min(max_splits, kMaxGridY));
 
-  tp.stats_vec = vector_width(p, x_aligned);
+  rp.vec = vector_width(p, aligned);
   if (p.order == MemoryOrder::kChannelsFirst) {
-    tp.stats_cf = cf_geometry(p, tp.stats_vec);
-    tp.stats_grid = dim3(static_cast<unsigned>(p.c), static_cast<unsigned>(tp.splits));
+    rp.cf = cf_geometry(p, rp.vec);
+    rp.grid = dim3(static_cast<unsigned>(p.c), static_cast<unsigned>(rp.splits));
   } else {
-    tp.stats_cl = cl_geometry(p, tp.stats_vec);
-    tp.stats_grid = dim3(static_cast<unsigned>(ceil_div(ceil_div(p.c, tp.stats_vec), tp.stats_cl.bx)),
-                         static_cast<unsigned>(tp.splits));
+    rp.cl = cl_geometry(p, rp.vec);
+    rp.grid = dim3(static_cast<unsigned>(ceil_div(ceil_div(p.c, rp.vec), rp.cl.bx)),
+                   static_cast<unsigned>(rp.splits));
   }
-  tp.finalize_grid = dim3(static_cast<unsigned>(ceil_div(p.c, kBlockThreads)));
-  tp.normalize = plan_normalize(p, dev, xy_aligned);
+  return rp;
+}
 
+dim3 plan_per_channel(const Problem& p) {
+  return dim3(static_cast<unsigned>(ceil_div(p.c, kBlockThreads)));
+}
+
+std::size_t WorkspaceLayout::add(std::size_t bytes) {
+  const std::size_t offset = total;
+  total += align256(bytes);
+  return offset;
+}
+
+TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_aligned,
+                           bool xy_aligned) {
+  TrainingPlan tp;
+  tp.stats = plan_reduce(p, dev, x_aligned);
+  tp.finalize_grid = plan_per_channel(p);
+  tp.normalize = plan_normalize(p, dev, xy_aligned);
   const std::size_t acc = p.dtype == DataType::kFloat64 ? 8 : 4;
-  tp.partials_offset = 0;
-  tp.a_offset = align256(static_cast<std::size_t>(tp.splits) * static_cast<std::size_t>(p.c) *
-                         kernels::welford_state_bytes(acc));
-  tp.b_offset = tp.a_offset + align256(static_cast<std::size_t>(p.c) * acc);
-  tp.workspace_bytes = tp.b_offset + align256(static_cast<std::size_t>(p.c) * acc);
+  const auto c = static_cast<std::size_t>(p.c);
+  WorkspaceLayout ws;
+  tp.partials_offset = ws.add(static_cast<std::size_t>(tp.stats.splits) * c *
+                              kernels::welford_state_bytes(acc));
+  tp.a_offset = ws.add(c * acc);
+  tp.b_offset = ws.add(c * acc);
+  tp.workspace_bytes = ws.total;
   return tp;
+}
+
+BackwardPlan plan_backward(const Problem& p, const DeviceInfo& dev, bool inputs_aligned,
+                           bool all_aligned) {
+  BackwardPlan bp;
+  bp.sums = plan_reduce(p, dev, inputs_aligned);
+  bp.finalize_grid = plan_per_channel(p);
+  bp.dx = plan_normalize(p, dev, all_aligned);
+  const std::size_t acc = p.dtype == DataType::kFloat64 ? 8 : 4;
+  const auto c = static_cast<std::size_t>(p.c);
+  WorkspaceLayout ws;
+  bp.partials_offset = ws.add(static_cast<std::size_t>(bp.sums.splits) * c * 2 * acc);
+  bp.coeffs_offset = ws.add(4 * c * acc);
+  bp.workspace_bytes = ws.total;
+  return bp;
 }
 
 }  // namespace cubn::detail

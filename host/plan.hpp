@@ -22,17 +22,37 @@ struct NormalizePlan {
   dim3 grid;
 };
 
+/// How a per-channel reduction (statistics, gradient sums) runs: one partial state per (split,
+/// channel).
+struct ReducePlan {
+  int vec = 1;
+  kernels::ChannelsFirstGeometry cf;
+  kernels::ChannelsLastGeometry cl;
+  dim3 grid;               ///< (C or channel blocks, splits)
+  std::int64_t splits = 1; ///< blocks per channel (grid y); partial states: splits * C
+};
+
+/// Consecutive 256-byte-aligned regions of a workspace.
+struct WorkspaceLayout {
+  std::size_t total = 0;
+  /// Reserves `bytes` and returns their offset.
+  std::size_t add(std::size_t bytes);
+};
+
 /// How the training forward runs: statistics, finalization, normalization, and the workspace.
 struct TrainingPlan {
-  int stats_vec = 1;
-  kernels::ChannelsFirstGeometry stats_cf;
-  kernels::ChannelsLastGeometry stats_cl;
-  dim3 stats_grid;         ///< (C or channel blocks, splits)
-  std::int64_t splits = 1; ///< blocks per channel (grid y); partial states: splits * C
+  ReducePlan stats;
   dim3 finalize_grid;
   NormalizePlan normalize;
-  // workspace layout, each region 256-byte aligned
   std::size_t partials_offset = 0, a_offset = 0, b_offset = 0, workspace_bytes = 0;
+};
+
+/// How the backward runs: gradient sums, finalization (dscale, doffset and dx's coefficients), dx.
+struct BackwardPlan {
+  ReducePlan sums;
+  dim3 finalize_grid;
+  NormalizePlan dx;
+  std::size_t partials_offset = 0, coeffs_offset = 0, workspace_bytes = 0;
 };
 
 /// Elements per vector access for `p`: 16 bytes' worth when `aligned` (the pointers are
@@ -43,12 +63,22 @@ int vector_width(const Problem& p, bool aligned);
 /// The normalize kernel's plan.
 NormalizePlan plan_normalize(const Problem& p, const DeviceInfo& dev, bool aligned);
 
-/// The training forward's plan. The workspace layout does not depend on `x_aligned`, so
-/// forward_training_workspace_size() (which has no pointers) sizes it for any call.
+/// A per-channel reduction's plan. The splits do not depend on `aligned`, so workspaces sized
+/// without pointers fit every call.
+ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned);
+
+/// The per-channel finalization kernels' grid: one thread per channel.
+dim3 plan_per_channel(const Problem& p);
+
+/// The training forward's plan (x_aligned: x is 16-byte aligned; xy_aligned: x and y are).
 TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_aligned,
                            bool xy_aligned);
 
+/// The backward's plan (inputs_aligned: x and dy are 16-byte aligned; all_aligned: dx too).
+BackwardPlan plan_backward(const Problem& p, const DeviceInfo& dev, bool inputs_aligned,
+                           bool all_aligned);
+
 /// True when every pointer given is 16-byte aligned (null pointers count as aligned).
-bool aligned16(const void* a, const void* b = nullptr);
+bool aligned16(const void* a, const void* b = nullptr, const void* c = nullptr);
 
 }  // namespace cubn::detail

@@ -53,7 +53,7 @@ struct WelfordOp {
 /// partials[blockIdx.y * C + blockIdx.x].
 template <class T, int V>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads)
-    bn_stats_channels_first(const T* __restrict__ x, ChannelsFirstGeometry g,
+    bn_stats_channels_first(ChannelsFirstGeometry g, const T* __restrict__ x,
                             WelfordState<acc_t<T>>* __restrict__ partials) {
   reduce_channels_first<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<acc_t<T>>{}, partials);
 }
@@ -62,7 +62,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads)
 /// to partials[blockIdx.y * C + channel].
 template <class T, int V>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads)
-    bn_stats_channels_last(const T* __restrict__ x, ChannelsLastGeometry g,
+    bn_stats_channels_last(ChannelsLastGeometry g, const T* __restrict__ x,
                            WelfordState<acc_t<T>>* __restrict__ partials) {
   reduce_channels_last<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<acc_t<T>>{}, partials);
 }
@@ -110,7 +110,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads) bn_finalize_stats(FinalizeArgs
 /// y = x * a + b over a channels-first tensor. y may equal x.
 template <class T, int V>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads)
-    bn_normalize_channels_first(const T* x, T* y, ChannelsFirstGeometry g,
+    bn_normalize_channels_first(ChannelsFirstGeometry g, const T* x, T* y,
                                 ChannelAffine<acc_t<T>> affine) {
   map_channels_first<T, V>(x, static_cast<const T*>(nullptr), y, g, affine);
 }
@@ -118,7 +118,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads)
 /// y = x * a + b over a channels-last tensor. y may equal x.
 template <class T, int V>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads)
-    bn_normalize_channels_last(const T* x, T* y, ChannelsLastGeometry g,
+    bn_normalize_channels_last(ChannelsLastGeometry g, const T* x, T* y,
                                ChannelAffine<acc_t<T>> affine) {
   map_channels_last<T, V>(x, static_cast<const T*>(nullptr), y, g, affine);
 }

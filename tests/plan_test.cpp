@@ -41,27 +41,27 @@ TEST(Plan, ChannelsFirstPastTwoToTheThirtyOne) {
   EXPECT_EQ(p.numel, std::int64_t{1} << 38);
   const auto& dev = cubn::detail::current_device_info();
   const auto plan = cubn::detail::plan_training(p, dev, true, true);
-  expect_within_limits(plan.stats_grid);
+  expect_within_limits(plan.stats.grid);
   expect_within_limits(plan.normalize.grid);
-  EXPECT_EQ(plan.stats_vec, 8);
-  const auto& g = plan.stats_cf;
+  EXPECT_EQ(plan.stats.vec, 8);
+  const auto& g = plan.stats.cf;
   // every element is covered: chunks of bx * V span a row, rows times chunks are the tiles
-  EXPECT_GE(g.chunks * g.bx * plan.stats_vec, p.s);
-  EXPECT_LT((g.chunks - 1) * g.bx * plan.stats_vec, p.s);
+  EXPECT_GE(g.chunks * g.bx * plan.stats.vec, p.s);
+  EXPECT_LT((g.chunks - 1) * g.bx * plan.stats.vec, p.s);
   EXPECT_GT(p.n * g.chunks, std::int64_t{1} << 20);
   // the last element's offset needs 64 bits
   EXPECT_GT(((p.n - 1) * p.c + (p.c - 1)) * p.s + p.s - 1, std::int64_t{1} << 31);
-  EXPECT_EQ(plan.splits, 17);  // ceil(8 blocks x 132 SMs / 64 channels)
+  EXPECT_EQ(plan.stats.splits, 17);  // ceil(8 blocks x 132 SMs / 64 channels)
 }
 
 TEST(Plan, ChannelsLastPastTwoToTheThirtyOne) {
   const Problem p = problem(DataType::kBFloat16, MemoryOrder::kChannelsLast, {1 << 16, 1024, 32, 32});
   const auto plan = cubn::detail::plan_training(p, cubn::detail::current_device_info(), true, true);
-  expect_within_limits(plan.stats_grid);
+  expect_within_limits(plan.stats.grid);
   expect_within_limits(plan.normalize.grid);
-  EXPECT_EQ(plan.stats_cl.rows, std::int64_t{1} << 26);
-  EXPECT_EQ(plan.stats_grid.x * plan.stats_cl.bx * plan.stats_vec, 1024u);
-  EXPECT_EQ(plan.splits, 1056);  // one block covers the 1024 channels: 8 x 132 splits
+  EXPECT_EQ(plan.stats.cl.rows, std::int64_t{1} << 26);
+  EXPECT_EQ(plan.stats.grid.x * plan.stats.cl.bx * plan.stats.vec, 1024u);
+  EXPECT_EQ(plan.stats.splits, 1056);  // one block covers the 1024 channels: 8 x 132 splits
 }
 
 TEST(Plan, WorkspaceDoesNotDependOnPointerAlignment) {
@@ -71,8 +71,8 @@ TEST(Plan, WorkspaceDoesNotDependOnPointerAlignment) {
     const auto a = cubn::detail::plan_training(p, dev, true, true);
     const auto b = cubn::detail::plan_training(p, dev, false, false);
     EXPECT_EQ(a.workspace_bytes, b.workspace_bytes);
-    EXPECT_EQ(a.splits, b.splits);
-    EXPECT_EQ(b.stats_vec, 1);
+    EXPECT_EQ(a.stats.splits, b.stats.splits);
+    EXPECT_EQ(b.stats.vec, 1);
   }
 }
 
