@@ -9,7 +9,7 @@
 
 #include "device_info.hpp"
 #include "dispatch.hpp"
-#include "forward_launch.hpp"
+#include "launchers.hpp"
 #include "plan.hpp"
 #include "problem.hpp"
 
@@ -21,6 +21,8 @@ using detail::fail;
 
 constexpr const char* kTrainingCall = "cubn::forward_training";
 constexpr const char* kInferenceCall = "cubn::forward_inference";
+constexpr const char* kBackwardCall = "cubn::backward_training";
+constexpr const char* kFrozenCall = "cubn::backward_frozen";
 
 // The problem of x_desc, checked for a call with parameters of type P.
 template <class P>
@@ -46,17 +48,35 @@ void check_momentum(const char* call, const char* arg, double m) {
          std::string(arg) + " is " + std::to_string(m) + "; it must lie in [0, 1]");
 }
 
-// x and y: present, aligned to their element size, and either the same or disjoint.
-void check_tensors(const char* call, const detail::Problem& p, const void* x, const char* x_name,
-                   const void* y, const char* y_name) {
-  const std::size_t es = element_size(p.dtype);
-  detail::check_pointer(call, x_name, x, es);
-  detail::check_pointer(call, y_name, y, es);
-  const auto xa = reinterpret_cast<std::uintptr_t>(x), ya = reinterpret_cast<std::uintptr_t>(y);
-  if (xa != ya && xa < ya + p.bytes() && ya < xa + p.bytes())
+// `out` and `in` (either may be null) are the same pointer or do not overlap.
+void check_overlap(const char* call, const detail::Problem& p, const void* in, const char* in_name,
+                   const void* out, const char* out_name) {
+  if (in == nullptr || out == nullptr) return;
+  const auto a = reinterpret_cast<std::uintptr_t>(in), b = reinterpret_cast<std::uintptr_t>(out);
+  if (a != b && a < b + p.bytes() && b < a + p.bytes())
     fail(Status::kInvalidArgument, call,
-         std::string(y_name) + " overlaps " + x_name +
+         std::string(out_name) + " overlaps " + in_name +
              " without being the same pointer; only exact in-place operation is supported");
+}
+
+// A tensor argument: present (unless optional) and aligned to its element size.
+void check_tensor(const char* call, const detail::Problem& p, const void* t, const char* name,
+                  bool optional = false) {
+  detail::check_pointer(call, name, t, element_size(p.dtype), optional);
+}
+
+void check_workspace(const char* call, const Workspace& ws, std::size_t needed, const char* query) {
+  if (ws.bytes < needed)
+    fail(Status::kWorkspaceTooSmall, call,
+         "workspace.bytes is " + std::to_string(ws.bytes) + "; this call needs " +
+             std::to_string(needed) + " (" + query + ")");
+  detail::check_pointer(call, "workspace.ptr", ws.ptr, 16);
+}
+
+template <class P>
+void check_grads(const char* call, const ParamGradients<P>& g) {
+  detail::check_pointer(call, "args.grads.dscale", g.dscale, sizeof(P), true);
+  detail::check_pointer(call, "args.grads.doffset", g.doffset, sizeof(P), true);
 }
 
 template <class P>
@@ -75,7 +95,9 @@ void forward_training_impl(const TensorDesc& desc, const void* x, void* y,
          "x_desc has one element per channel (N * spatial = 1): the batch variance is 0 and the "
          "unbiased variance for the running statistics is undefined; training needs at least two "
          "values per channel (use forward_inference to normalize a single sample)");
-  check_tensors(kTrainingCall, p, x, "x", y, "y");
+  check_tensor(kTrainingCall, p, x, "x");
+  check_tensor(kTrainingCall, p, y, "y");
+  check_overlap(kTrainingCall, p, x, "x", y, "y");
   check_epsilon(kTrainingCall, args.epsilon);
   check_momentum(kTrainingCall, "args.momentum.mean", args.momentum.mean);
   check_momentum(kTrainingCall, "args.momentum.var", args.momentum.var);
@@ -87,11 +109,7 @@ void forward_training_impl(const TensorDesc& desc, const void* x, void* y,
 
   const detail::TrainingPlan plan = detail::plan_training(
       p, detail::current_device_info(), detail::aligned16(x), detail::aligned16(x, y));
-  if (ws.bytes < plan.workspace_bytes)
-    fail(Status::kWorkspaceTooSmall, kTrainingCall,
-         "workspace.bytes is " + std::to_string(ws.bytes) + "; this call needs " +
-             std::to_string(plan.workspace_bytes) + " (forward_training_workspace_size)");
-  detail::check_pointer(kTrainingCall, "workspace.ptr", ws.ptr, 16);
+  check_workspace(kTrainingCall, ws, plan.workspace_bytes, "forward_training_workspace_size");
 
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -105,7 +123,9 @@ void forward_inference_impl(const TensorDesc& desc, const void* x, void* y,
                             const InferenceForwardArgs<P>& args, cudaStream_t stream) {
   nvtx3::scoped_range range{kInferenceCall};
   const detail::Problem p = checked_problem<P>(kInferenceCall, desc);
-  check_tensors(kInferenceCall, p, x, "x", y, "y");
+  check_tensor(kInferenceCall, p, x, "x");
+  check_tensor(kInferenceCall, p, y, "y");
+  check_overlap(kInferenceCall, p, x, "x", y, "y");
   check_epsilon(kInferenceCall, args.epsilon);
   check_affine(kInferenceCall, args.affine);
   detail::check_pointer(kInferenceCall, "args.running.mean", args.running.mean, sizeof(P));
@@ -117,6 +137,56 @@ void forward_inference_impl(const TensorDesc& desc, const void* x, void* y,
     using T = typename decltype(tag)::type;
     detail::launch_forward_inference<T>(p, plan, static_cast<const T*>(x), static_cast<T*>(y),
                                         args, stream);
+  });
+}
+
+template <class P>
+void backward_training_impl(const TensorDesc& desc, const void* x, const void* dy, void* dx,
+                            const TrainingBackwardArgs<P>& args, Workspace ws, cudaStream_t stream) {
+  nvtx3::scoped_range range{kBackwardCall};
+  const detail::Problem p = checked_problem<P>(kBackwardCall, desc);
+  check_tensor(kBackwardCall, p, x, "x");
+  check_tensor(kBackwardCall, p, dy, "dy");
+  check_tensor(kBackwardCall, p, dx, "dx", true);
+  check_overlap(kBackwardCall, p, x, "x", dx, "dx");
+  check_overlap(kBackwardCall, p, dy, "dy", dx, "dx");
+  detail::check_pointer(kBackwardCall, "args.scale", args.scale, sizeof(P), true);
+  detail::check_pointer(kBackwardCall, "args.saved.mean", args.saved.mean, sizeof(P));
+  detail::check_pointer(kBackwardCall, "args.saved.invstd", args.saved.invstd, sizeof(P));
+  check_grads(kBackwardCall, args.grads);
+  const detail::BackwardPlan plan = detail::plan_backward(
+      p, detail::current_device_info(), detail::aligned16(x, dy), detail::aligned16(x, dy, dx));
+  check_workspace(kBackwardCall, ws, plan.workspace_bytes, "backward_workspace_size");
+  detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    detail::launch_backward_training<T>(p, plan, static_cast<const T*>(x), static_cast<const T*>(dy),
+                                        static_cast<T*>(dx), args, ws.ptr, stream);
+  });
+}
+
+template <class P>
+void backward_frozen_impl(const TensorDesc& desc, const void* x, const void* dy, void* dx,
+                          const FrozenBackwardArgs<P>& args, Workspace ws, cudaStream_t stream) {
+  nvtx3::scoped_range range{kFrozenCall};
+  const detail::Problem p = checked_problem<P>(kFrozenCall, desc);
+  const bool sums = args.grads.dscale != nullptr || args.grads.doffset != nullptr;
+  check_tensor(kFrozenCall, p, x, "x", args.grads.dscale == nullptr);
+  check_tensor(kFrozenCall, p, dy, "dy");
+  check_tensor(kFrozenCall, p, dx, "dx", true);
+  check_overlap(kFrozenCall, p, x, "x", dx, "dx");
+  check_overlap(kFrozenCall, p, dy, "dy", dx, "dx");
+  check_epsilon(kFrozenCall, args.epsilon);
+  detail::check_pointer(kFrozenCall, "args.scale", args.scale, sizeof(P), true);
+  detail::check_pointer(kFrozenCall, "args.running.mean", args.running.mean, sizeof(P));
+  detail::check_pointer(kFrozenCall, "args.running.var", args.running.var, sizeof(P));
+  check_grads(kFrozenCall, args.grads);
+  const detail::BackwardPlan plan = detail::plan_backward(
+      p, detail::current_device_info(), detail::aligned16(x, dy), detail::aligned16(dy, dx));
+  if (sums) check_workspace(kFrozenCall, ws, plan.workspace_bytes, "backward_workspace_size");
+  detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    detail::launch_backward_frozen<T>(p, plan, static_cast<const T*>(x), static_cast<const T*>(dy),
+                                      static_cast<T*>(dx), args, ws.ptr, stream);
   });
 }
 
@@ -148,6 +218,35 @@ void forward_inference(const TensorDesc& x_desc, const void* x, void* y,
 void forward_inference(const TensorDesc& x_desc, const void* x, void* y,
                        const InferenceForwardArgs<double>& args, cudaStream_t stream) {
   forward_inference_impl(x_desc, x, y, args, stream);
+}
+
+std::size_t backward_workspace_size(const TensorDesc& x) {
+  const detail::Problem p = detail::canonicalize("cubn::backward_workspace_size", "x", x);
+  return detail::plan_backward(p, detail::current_device_info(), true, true).workspace_bytes;
+}
+
+void backward_training(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,
+                       const TrainingBackwardArgs<float>& args, Workspace workspace,
+                       cudaStream_t stream) {
+  backward_training_impl(x_desc, x, dy, dx, args, workspace, stream);
+}
+
+void backward_training(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,
+                       const TrainingBackwardArgs<double>& args, Workspace workspace,
+                       cudaStream_t stream) {
+  backward_training_impl(x_desc, x, dy, dx, args, workspace, stream);
+}
+
+void backward_frozen(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,
+                     const FrozenBackwardArgs<float>& args, Workspace workspace,
+                     cudaStream_t stream) {
+  backward_frozen_impl(x_desc, x, dy, dx, args, workspace, stream);
+}
+
+void backward_frozen(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,
+                     const FrozenBackwardArgs<double>& args, Workspace workspace,
+                     cudaStream_t stream) {
+  backward_frozen_impl(x_desc, x, dy, dx, args, workspace, stream);
 }
 
 }  // namespace cubn

@@ -4,7 +4,7 @@
 #pragma once
 
 #include "forward.cuh"
-#include "forward_launch.hpp"
+#include "launchers.hpp"
 #include "launch_ops.cuh"
 
 namespace cubn::detail {

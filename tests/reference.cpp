@@ -59,10 +59,11 @@ std::vector<double> normalize(const Shape& sh, const std::vector<double>& x, con
   return y;
 }
 
-// dx, dscale, doffset given xhat's statistics; `batch` adds the terms through mean and var.
-Gradients backward(const Shape& sh, const std::vector<double>& x, const std::vector<double>& dy,
+}  // namespace
+
+Gradients backward_with_stats(const Shape& sh, const std::vector<double>& x, const std::vector<double>& dy,
                    const Params& p, const std::vector<double>& mean,
-                   const std::vector<double>& invstd, bool batch) {
+                              const std::vector<double>& invstd, bool batch) {
   const auto C = static_cast<std::size_t>(sh.c());
   const double m = static_cast<double>(sh.m());
   Gradients g{std::vector<double>(x.size()), std::vector<double>(C), std::vector<double>(C)};
@@ -82,8 +83,6 @@ Gradients backward(const Shape& sh, const std::vector<double>& x, const std::vec
   }
   return g;
 }
-
-}  // namespace
 
 TrainingForward forward_training(const Shape& sh, const std::vector<double>& x, const Params& p,
                                  double momentum_mean, double momentum_var,
@@ -113,7 +112,7 @@ std::vector<double> forward_inference(const Shape& sh, const std::vector<double>
 Gradients backward_training(const Shape& sh, const std::vector<double>& x,
                             const std::vector<double>& dy, const Params& p) {
   const BatchStats st = batch_stats(sh, x, p.eps);
-  return backward(sh, x, dy, p, st.mean, st.invstd, true);
+  return backward_with_stats(sh, x, dy, p, st.mean, st.invstd, true);
 }
 
 Gradients backward_frozen(const Shape& sh, const std::vector<double>& x,
@@ -122,7 +121,7 @@ Gradients backward_frozen(const Shape& sh, const std::vector<double>& x,
                           const std::vector<double>& running_var) {
   std::vector<double> invstd(running_var.size());
   for (std::size_t c = 0; c < invstd.size(); ++c) invstd[c] = 1.0 / std::sqrt(running_var[c] + p.eps);
-  return backward(sh, x, dy, p, running_mean, invstd, false);
+  return backward_with_stats(sh, x, dy, p, running_mean, invstd, false);
 }
 
 std::vector<double> reorder(const Shape& from, const std::vector<double>& x, Order to) {

@@ -81,6 +81,14 @@ Gradients backward_frozen(const Shape& shape, const std::vector<double>& x,
                           const std::vector<double>& running_mean,
                           const std::vector<double>& running_var);
 
+/// The gradient with the statistics given instead of computed: `mean` and `invstd` per channel;
+/// `batch` adds the terms through the batch statistics (training), else they are constants
+/// (frozen). backward_training and backward_frozen are this with their own statistics.
+Gradients backward_with_stats(const Shape& shape, const std::vector<double>& x,
+                              const std::vector<double>& dy, const Params& p,
+                              const std::vector<double>& mean, const std::vector<double>& invstd,
+                              bool batch);
+
 /// The same logical tensor in the other memory order.
 std::vector<double> reorder(const Shape& from, const std::vector<double>& x, Order to);
 

@@ -112,6 +112,37 @@ struct InferenceForwardArgs {
   double epsilon = 1e-5;         ///< added to the running variance; must be > 0
 };
 
+/// Gradients of the affine parameters, C values each, optional each. By default a call
+/// overwrites them (as PyTorch does); with `accumulate` it adds to what they hold (cuDNN's
+/// beta = 1 blending), for gradients summed over several calls.
+template <class P>
+struct ParamGradients {
+  P* dscale = nullptr;  ///< sum(dy * xhat)
+  P* doffset = nullptr; ///< sum(dy)
+  bool accumulate = false;
+};
+
+/// Arguments of backward_training(): the gradient of forward_training(). P is float for
+/// fp16/bf16/fp32 tensors, double for fp64.
+template <class P>
+struct TrainingBackwardArgs {
+  const P* scale = nullptr;  ///< read; the forward call's scale (null means 1)
+  /// Read: what forward_training() wrote to its args.saved for this batch (mean and invstd; not
+  /// running statistics, which this call cannot take). Both required.
+  SavedStats<const P> saved;
+  ParamGradients<P> grads;   ///< written (or added to); optional
+};
+
+/// Arguments of backward_frozen(): the gradient of forward_inference(), for layers whose
+/// statistics are frozen while the rest of the network trains. P as above.
+template <class P>
+struct FrozenBackwardArgs {
+  const P* scale = nullptr;       ///< read (null means 1)
+  RunningStats<const P> running;  ///< read: the statistics forward_inference() used; both required
+  double epsilon = 1e-5;          ///< the forward call's epsilon; must be > 0
+  ParamGradients<P> grads;        ///< written (or added to); optional
+};
+
 /// Workspace bytes forward_training() needs for `x` on the current device (0 never: at least
 /// the per-channel partial statistics). Throws Error for a descriptor forward_training() would
 /// reject.
@@ -152,5 +183,48 @@ void forward_inference(const TensorDesc& x_desc, const void* x, void* y,
 /// The same for fp64 tensors.
 void forward_inference(const TensorDesc& x_desc, const void* x, void* y,
                        const InferenceForwardArgs<double>& args, cudaStream_t stream);
+
+/// Workspace bytes backward_training() and backward_frozen() need for `x` on the current device.
+/// Throws Error for a descriptor the calls would reject.
+std::size_t backward_workspace_size(const TensorDesc& x);
+
+/// Training-mode backward: the gradient of forward_training() with respect to x, scale and
+/// offset, through the batch statistics.
+///   dx = scale * invstd / M * (M dy - sum(dy) - xhat sum(dy xhat)), xhat = (x - mean) invstd
+///   dscale = sum(dy xhat), doffset = sum(dy)
+/// Reads x, dy, args.scale, args.saved. Writes dx (when not null), args.grads (overwritten, or
+/// added to with args.grads.accumulate), the workspace. dx may be the same pointer as dy or x;
+/// any other overlap is an error. Deterministic. Does not synchronize the host with the device.
+///
+/// @param[in]  x_desc    the descriptor of x, dy and dx (as in the forward call).
+/// @param[in]  x         the forward call's input.
+/// @param[in]  dy        gradient of the loss with respect to y.
+/// @param[out] dx        gradient with respect to x; null skips it (a first layer).
+/// @param[in,out] args   see TrainingBackwardArgs.
+/// @param[in]  workspace at least backward_workspace_size(x_desc) bytes, 16-byte aligned.
+/// @param[in]  stream    the CUDA stream every kernel runs on.
+/// @throws Error naming the argument for bad input (nothing is written), or a CUDA error.
+void backward_training(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,
+                       const TrainingBackwardArgs<float>& args, Workspace workspace,
+                       cudaStream_t stream);
+/// The same for fp64 tensors.
+void backward_training(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,
+                       const TrainingBackwardArgs<double>& args, Workspace workspace,
+                       cudaStream_t stream);
+
+/// Frozen-statistics backward: the gradient of forward_inference().
+///   dx = scale / sqrt(running.var + epsilon) * dy
+///   dscale = sum(dy xhat) with xhat from the running statistics, doffset = sum(dy)
+/// Reads dy, args.scale, args.running, and x only when dscale is asked for. Writes dx (when not
+/// null), args.grads, the workspace (only when dscale or doffset is asked for). dx may be the
+/// same pointer as dy or x. Does not synchronize the host with the device.
+/// @throws Error naming the argument for bad input (nothing is written), or a CUDA error.
+void backward_frozen(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,
+                     const FrozenBackwardArgs<float>& args, Workspace workspace,
+                     cudaStream_t stream);
+/// The same for fp64 tensors.
+void backward_frozen(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,
+                     const FrozenBackwardArgs<double>& args, Workspace workspace,
+                     cudaStream_t stream);
 
 }  // namespace cubn

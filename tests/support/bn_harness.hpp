@@ -51,10 +51,13 @@ using param_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 template <class T>
 Rounding rounding_of() {
-  if constexpr (std::is_same_v<T, __half>) return {std::ldexp(1.0, -24), std::ldexp(1.0, -11)};
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) return {std::ldexp(1.0, -24), std::ldexp(1.0, -8)};
-  if constexpr (std::is_same_v<T, float>) return {std::ldexp(1.0, -24), std::ldexp(1.0, -24)};
-  return {std::ldexp(1.0, -53), std::ldexp(1.0, -53)};
+  if constexpr (std::is_same_v<T, __half>)
+    return {std::ldexp(1.0, -24), std::ldexp(1.0, -11), std::ldexp(1.0, -25)};
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    return {std::ldexp(1.0, -24), std::ldexp(1.0, -8), std::ldexp(1.0, -134)};
+  if constexpr (std::is_same_v<T, float>)
+    return {std::ldexp(1.0, -24), std::ldexp(1.0, -24), std::ldexp(1.0, -150)};
+  return {std::ldexp(1.0, -53), std::ldexp(1.0, -53), 0.0};
 }
 
 inline ref::Order ref_order(MemoryOrder o) {

@@ -16,9 +16,11 @@ DeviceBytes::DeviceBytes(std::size_t bytes) : bytes_(bytes) {
 }
 DeviceBytes::~DeviceBytes() { ::operator delete(ptr_, std::align_val_t(256)); }
 void DeviceBytes::upload(const void* src, std::size_t bytes, std::size_t offset) {
+  if (bytes == 0) return;  // src may be null
   std::memcpy(static_cast<char*>(ptr_) + offset, src, bytes);
 }
 void DeviceBytes::download(void* dst, std::size_t bytes, std::size_t offset) const {
+  if (bytes == 0) return;  // dst may be null
   std::memcpy(dst, static_cast<const char*>(ptr_) + offset, bytes);
 }
 void DeviceBytes::fill(unsigned char byte) { std::memset(ptr_, byte, bytes_); }
@@ -50,10 +52,12 @@ DeviceBytes::DeviceBytes(std::size_t bytes) : bytes_(bytes) {
 }
 DeviceBytes::~DeviceBytes() { cudaFree(ptr_); }
 void DeviceBytes::upload(const void* src, std::size_t bytes, std::size_t offset) {
+  if (bytes == 0) return;
   check(cudaMemcpy(static_cast<char*>(ptr_) + offset, src, bytes, cudaMemcpyHostToDevice),
         "cudaMemcpy to device");
 }
 void DeviceBytes::download(void* dst, std::size_t bytes, std::size_t offset) const {
+  if (bytes == 0) return;
   check(cudaMemcpy(dst, static_cast<const char*>(ptr_) + offset, bytes, cudaMemcpyDeviceToHost),
         "cudaMemcpy to host");
 }

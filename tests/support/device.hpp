@@ -68,6 +68,7 @@ class DeviceBuffer {
     return host;
   }
   void fill_bytes(unsigned char byte) { mem_.fill(byte); }
+  const DeviceBytes& bytes() const { return mem_; }
 
  private:
   DeviceBytes mem_;

@@ -18,7 +18,7 @@
 ///
 /// Outputs. y = x * a + b in the accumulation type rounds x * a and the sum: 2 u_acc (|x a| +
 /// |b|); a and b carry the statistics' error: |a| tol_mean + |x - mean| |a| rel_var / 2; the
-/// final rounding to the output type adds u_out |y|. (The x * a + b form trades accuracy for one
+/// final rounding to the output type adds u_out |y| (plus out_abs where y is subnormal). (The x * a + b form trades accuracy for one
 /// FMA when |mean| >> sigma; the first term states that cost.)
 #pragma once
 
@@ -27,8 +27,10 @@
 namespace cubn::test {
 
 struct Rounding {
-  double acc;  ///< u of the accumulation type
-  double out;  ///< u of the element type
+  double acc;        ///< u of the accumulation type
+  double out;        ///< u of the element type (relative, for normal numbers)
+  double out_abs;    ///< half the smallest subnormal of the element type: the absolute rounding
+                     ///< error below its normal range (fp16 2^-25; negligible for the others)
 };
 
 /// Statistic tolerances of one channel.
@@ -50,7 +52,7 @@ inline double y_tolerance(const Rounding& u, const StatTolerance& st, double x, 
   const double b = offset - mean * a;
   return 2 * u.acc * (std::fabs(x * a) + std::fabs(b)) + std::fabs(a) * st.mean +
          std::fabs((x - mean) * a) * (st.rel_var / 2 + 2 * u.acc) + u.out * std::fabs(y_ref) +
-         1e-300;
+         u.out_abs + 1e-300;
 }
 
 }  // namespace cubn::test

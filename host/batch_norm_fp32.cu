@@ -1,6 +1,8 @@
-// Forward launchers for fp32 tensors.
+// The launchers for fp32 tensors.
+#include "backward_launch.cuh"
 #include "forward_launch.cuh"
 
 namespace cubn::detail {
 CUBN_INSTANTIATE_FORWARD(float)
+CUBN_INSTANTIATE_BACKWARD(float)
 }  // namespace cubn::detail

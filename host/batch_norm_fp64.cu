@@ -1,6 +1,8 @@
-// Forward launchers for fp64 tensors.
+// The launchers for fp64 tensors.
+#include "backward_launch.cuh"
 #include "forward_launch.cuh"
 
 namespace cubn::detail {
 CUBN_INSTANTIATE_FORWARD(double)
+CUBN_INSTANTIATE_BACKWARD(double)
 }  // namespace cubn::detail

@@ -1,6 +1,8 @@
-// Forward launchers for fp16 tensors.
+// The launchers for fp16 tensors.
+#include "backward_launch.cuh"
 #include "forward_launch.cuh"
 
 namespace cubn::detail {
 CUBN_INSTANTIATE_FORWARD(__half)
+CUBN_INSTANTIATE_BACKWARD(__half)
 }  // namespace cubn::detail

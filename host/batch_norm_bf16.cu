@@ -1,6 +1,8 @@
-// Forward launchers for bf16 tensors.
+// The launchers for bf16 tensors.
+#include "backward_launch.cuh"
 #include "forward_launch.cuh"
 
 namespace cubn::detail {
 CUBN_INSTANTIATE_FORWARD(__nv_bfloat16)
+CUBN_INSTANTIATE_BACKWARD(__nv_bfloat16)
 }  // namespace cubn::detail

@@ -1,0 +1,64 @@
+/// @file launchers.hpp
+/// @brief The kernels' launchers, explicitly instantiated once per element type, each type in its
+/// own .cu file (batch_norm_<dtype>.cu) so nvcc builds them in parallel.
+#pragma once
+
+#include <type_traits>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <driver_types.h>
+
+#include "cubn/batch_norm.hpp"
+#include "plan.hpp"
+
+namespace cubn::detail {
+
+/// Parameter and statistic type of element type T: float, or double for double.
+template <class T>
+using param_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+/// Statistics, finalization and normalization kernels of forward_training(), on `stream`.
+template <class T>
+void launch_forward_training(const Problem& p, const TrainingPlan& plan, const T* x, T* y,
+                             const TrainingForwardArgs<param_t<T>>& args, void* workspace,
+                             cudaStream_t stream);
+
+/// The normalization kernel of forward_inference(), on `stream`.
+template <class T>
+void launch_forward_inference(const Problem& p, const NormalizePlan& plan, const T* x, T* y,
+                              const InferenceForwardArgs<param_t<T>>& args, cudaStream_t stream);
+
+/// Backward: sums and finalization when dscale, doffset or (training) dx need them, then dx.
+/// `training` selects the saved-statistics formula; `frozen` the running-statistics one.
+template <class T>
+void launch_backward_training(const Problem& p, const BackwardPlan& plan, const T* x, const T* dy,
+                              T* dx, const TrainingBackwardArgs<param_t<T>>& args,
+                              void* workspace, cudaStream_t stream);
+template <class T>
+void launch_backward_frozen(const Problem& p, const BackwardPlan& plan, const T* x, const T* dy,
+                            T* dx, const FrozenBackwardArgs<param_t<T>>& args, void* workspace,
+                            cudaStream_t stream);
+
+#define CUBN_DECLARE_LAUNCHERS(T)                                                                \
+  extern template void launch_forward_training<T>(const Problem&, const TrainingPlan&, const T*, \
+                                                  T*, const TrainingForwardArgs<param_t<T>>&,  \
+                                                  void*, cudaStream_t);                        \
+  extern template void launch_forward_inference<T>(const Problem&, const NormalizePlan&,        \
+                                                   const T*, T*,                               \
+                                                   const InferenceForwardArgs<param_t<T>>&,    \
+                                                   cudaStream_t);   \
+  extern template void launch_backward_training<T>(                                            \
+      const Problem&, const BackwardPlan&, const T*, const T*, T*,                              \
+      const TrainingBackwardArgs<param_t<T>>&, void*, cudaStream_t);                           \
+  extern template void launch_backward_frozen<T>(const Problem&, const BackwardPlan&, const T*, \
+                                                 const T*, T*,                                 \
+                                                 const FrozenBackwardArgs<param_t<T>>&, void*, \
+                                                 cudaStream_t);
+CUBN_DECLARE_LAUNCHERS(__half)
+CUBN_DECLARE_LAUNCHERS(__nv_bfloat16)
+CUBN_DECLARE_LAUNCHERS(float)
+CUBN_DECLARE_LAUNCHERS(double)
+#undef CUBN_DECLARE_LAUNCHERS
+
+}  // namespace cubn::detail
