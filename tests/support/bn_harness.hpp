@@ -73,6 +73,20 @@ inline TensorDesc make_desc(DataType t, MemoryOrder o, const std::vector<std::in
   return d;
 }
 
+using Dims = std::vector<std::int64_t>;
+
+/// The edge shapes every batch-norm call is tested on: two values per channel at least (the
+/// training minimum), C = 1, S = 1, N = 1, odd and prime sizes, every rank, C past 2^16, S not a
+/// multiple of any vector width, and sizes that split channels over several blocks.
+inline const std::vector<Dims>& edge_shapes() {
+  static const std::vector<Dims> shapes = {
+      {2, 3},         {7, 1},        {1, 5, 3},     {3, 5, 7},      {4, 1, 5, 5},
+      {2, 3, 4, 5},   {2, 3, 2, 3, 4}, {1, 2, 1025}, {5, 17, 13, 1}, {1, 64, 3, 3},
+      {32, 16, 8, 8}, {3, 40, 7, 7}, {2, 70000},    {16, 8, 1, 96}, {2, 3, 1, 1, 1},
+      {64, 24, 16, 16}};
+  return shapes;
+}
+
 inline std::string shape_string(const std::vector<std::int64_t>& dims, MemoryOrder o) {
   std::string s = "(";
   for (std::size_t i = 0; i < dims.size(); ++i) s += (i ? "," : "") + std::to_string(dims[i]);
