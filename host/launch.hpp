@@ -33,7 +33,7 @@ void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, std::
   check_launch_shape(name, grid, block, smem, current_device_info().limits);
 #if defined(CUBN_SIM)
   (void)stream;
-  sim::launch(kernel, grid, block, smem, std::forward<A>(args)...);
+  sim::launch_named(name, kernel, grid, block, smem, std::forward<A>(args)...);
 #else
   kernel<<<grid, block, smem, stream>>>(std::forward<A>(args)...);
   check_cuda(cudaGetLastError(), name);

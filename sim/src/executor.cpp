@@ -208,8 +208,18 @@ struct Fiber {
 #endif
 };
 
+struct Access {
+  std::uintptr_t addr;
+  std::size_t bytes;
+};
+
 // Everything of one host thread's executor.
 struct Engine {
+  // profiling (ProfileScope)
+  ProfileScope* profile = nullptr;
+  LaunchProfile* launch_profile = nullptr;
+  std::vector<std::vector<Access>> lane_accesses;  // per thread of the running block
+
   std::vector<Fiber> fibers;
   std::vector<unsigned char> smem;  // dynamic shared memory of the running block
   Counters counters;
@@ -383,6 +393,32 @@ void unwind_all(Engine& e) {
   e.aborting = false;
 }
 
+// Groups each warp's k-th accesses into one warp access and counts the sectors they touch.
+void analyze_accesses(Engine& e) {
+  LaunchProfile& lp = *e.launch_profile;
+  std::vector<std::uintptr_t> sectors;
+  for (unsigned base = 0; base < e.nthreads; base += kWarp) {
+    const unsigned end = std::min(base + kWarp, e.nthreads);
+    std::size_t longest = 0;
+    for (unsigned t = base; t < end; ++t) longest = std::max(longest, e.lane_accesses[t].size());
+    for (std::size_t k = 0; k < longest; ++k) {
+      sectors.clear();
+      std::size_t requested = 0;
+      for (unsigned t = base; t < end; ++t) {
+        if (k >= e.lane_accesses[t].size()) continue;
+        const Access& a = e.lane_accesses[t][k];
+        requested += a.bytes;
+        for (std::uintptr_t sct = a.addr / 32; sct <= (a.addr + a.bytes - 1) / 32; ++sct) sectors.push_back(sct);
+      }
+      std::sort(sectors.begin(), sectors.end());
+      lp.sectors_touched += static_cast<std::uint64_t>(std::unique(sectors.begin(), sectors.end()) - sectors.begin());
+      lp.sectors_needed += (requested + 31) / 32;
+      ++lp.warp_accesses;
+    }
+  }
+  for (unsigned t = 0; t < e.nthreads; ++t) e.lane_accesses[t].clear();
+}
+
 void run_block(Engine& e) {
   e.at_barrier = 0;
   e.exited = 0;
@@ -421,6 +457,7 @@ void run_block(Engine& e) {
       return;
     }
   }
+  if (e.launch_profile != nullptr) analyze_accesses(e);
 }
 
 Engine& engine_in_kernel(const char* what) {
@@ -445,7 +482,19 @@ Counters& counters() noexcept { return g_engine.counters; }
 
 void set_schedule(Schedule s) noexcept { g_engine.schedule = s; }
 
-void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*), void* ctx) {
+struct ProfileAccess {
+  static std::vector<LaunchProfile>& launches(ProfileScope& p) { return p.launches_; }
+};
+
+ProfileScope::ProfileScope() {
+  if (g_engine.profile != nullptr) throw Error(Status::kInvalidArgument, "cubn executor: a ProfileScope is already active on this thread");
+  g_engine.profile = this;
+}
+
+ProfileScope::~ProfileScope() { g_engine.profile = nullptr; }
+
+void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*), void* ctx,
+              const char* name) {
   cubn::detail::check_launch_shape("kernel (executor)", grid, block, dynamic_smem, device_limits());
   Engine& e = g_engine;
   if (e.running) throw_fault("a kernel launched another kernel; dynamic parallelism is not supported");
@@ -463,6 +512,14 @@ void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void
   blockDim = uint3{block.x, block.y, block.z};
   gridDim = uint3{grid.x, grid.y, grid.z};
   ++e.counters.launches;
+  e.launch_profile = nullptr;
+  if (e.profile != nullptr) {
+    auto& launches = ProfileAccess::launches(*e.profile);
+    launches.push_back(LaunchProfile{name});
+    e.launch_profile = &launches.back();
+    if (e.lane_accesses.size() < e.nthreads) e.lane_accesses.resize(e.nthreads);
+    for (auto& v : e.lane_accesses) v.clear();  // a faulted launch leaves some behind
+  }
   e.running = true;
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {
@@ -613,6 +670,14 @@ unsigned linear_thread_index() { return engine_in_kernel("linear_thread_index").
 void fault(const char* what) {
   Engine& e = engine_in_kernel("fault");
   raise(e, thread_name(*e.current) + ": " + what);
+}
+
+void record_global(const void* p, std::size_t bytes, bool write) {
+  Engine& e = engine_in_kernel("global memory access");
+  (write ? e.counters.global_write_bytes : e.counters.global_read_bytes) += bytes;
+  if (e.launch_profile == nullptr) return;
+  (write ? e.launch_profile->write_bytes : e.launch_profile->read_bytes) += bytes;
+  e.lane_accesses[e.current->linear].push_back({reinterpret_cast<std::uintptr_t>(p), bytes});
 }
 
 std::uint64_t barrier_epoch() { return engine_in_kernel("barrier_epoch").epoch; }

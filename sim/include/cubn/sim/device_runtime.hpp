@@ -54,6 +54,8 @@ void* dynamic_shared_memory();
 unsigned linear_thread_index();
 /// Stops the kernel with a kernel fault (for contract checks in sim-side collectives).
 [[noreturn]] void fault(const char* what);
+/// Records a global-memory access of `bytes` at `p` by the calling thread (kernels/memory.cuh).
+void record_global(const void* p, std::size_t bytes, bool write);
 /// Barrier epoch of the calling thread's block: how many __syncthreads() have completed.
 std::uint64_t barrier_epoch();
 /// The epoch recorded for a collective's temporary storage, or UINT64_MAX if none.

@@ -27,9 +27,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <vector_types.h>
 
@@ -49,6 +51,8 @@ struct Counters {
   std::uint64_t blocks = 0;
   std::uint64_t threads = 0;
   std::uint64_t switches = 0;  ///< fiber context switches (into a fiber and back count as two)
+  std::uint64_t global_read_bytes = 0;   ///< through kernels::load_pack (kernels/memory.cuh)
+  std::uint64_t global_write_bytes = 0;  ///< through kernels::store_pack
 };
 /// The calling host thread's counters.
 Counters& counters() noexcept;
@@ -59,15 +63,49 @@ enum class Schedule { kForward, kReverse };
 /// Sets the calling host thread's schedule (default kForward).
 void set_schedule(Schedule s) noexcept;
 
+/// Global-memory traffic of one launch, from the kernels' load and store helpers
+/// (kernels/memory.cuh); plain pointer accesses (the per-channel vectors of the finalization
+/// kernels) are not seen.
+struct LaunchProfile {
+  std::string name;
+  std::uint64_t read_bytes = 0, write_bytes = 0;
+  /// Warp-wide accesses: the k-th helper access of each lane of a warp taken together (lanes run
+  /// the same sequence of accesses in these kernels; a lane that has stopped drops out).
+  std::uint64_t warp_accesses = 0;
+  std::uint64_t sectors_touched = 0;  ///< distinct 32-byte sectors those accesses touch
+  std::uint64_t sectors_needed = 0;   ///< ceil(bytes requested / 32), per warp access
+  /// sectors_needed / sectors_touched: 1 when every warp access is contiguous and aligned.
+  double sector_efficiency() const {
+    return sectors_touched == 0 ? 1.0 : static_cast<double>(sectors_needed) / sectors_touched;
+  }
+};
+
+/// While alive, records a LaunchProfile of every launch the calling host thread makes (one
+/// scope at a time per thread). Recording each access costs time: tests of the proxies use it.
+class ProfileScope {
+ public:
+  ProfileScope();
+  ~ProfileScope();
+  ProfileScope(const ProfileScope&) = delete;
+  ProfileScope& operator=(const ProfileScope&) = delete;
+  const std::vector<LaunchProfile>& launches() const { return launches_; }
+
+ private:
+  friend struct ProfileAccess;
+  std::vector<LaunchProfile> launches_;
+};
+
 /// Runs body(ctx) as every thread of a grid of `grid` blocks of `block` threads, with
 /// `dynamic_smem` bytes of dynamic shared memory per block. Synchronous. Throws cubn::Error
 /// (kInvalidLaunch for a shape the device refuses, kKernelFault for a broken CUDA rule).
-void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*), void* ctx);
+void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*), void* ctx,
+              const char* name = "kernel");
 
 /// Launches `kernel` like kernel<<<grid, block, dynamic_smem>>>(args...): each thread gets its own
 /// copy of the arguments, converted to the kernel's parameter types. Synchronous.
 template <class... P, class... A>
-void launch(void (*kernel)(P...), dim3 grid, dim3 block, std::size_t dynamic_smem, A&&... args) {
+void launch_named(const char* name, void (*kernel)(P...), dim3 grid, dim3 block,
+                  std::size_t dynamic_smem, A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
   struct Call {
     void (*kernel)(P...);
@@ -78,7 +116,13 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block, std::size_t dynamic_sme
     }
   };
   Call call{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
-  run_grid(grid, block, dynamic_smem, &Call::invoke, &call);
+  run_grid(grid, block, dynamic_smem, &Call::invoke, &call, name);
+}
+
+/// launch_named with the name "kernel".
+template <class... P, class... A>
+void launch(void (*kernel)(P...), dim3 grid, dim3 block, std::size_t dynamic_smem, A&&... args) {
+  launch_named("kernel", kernel, grid, block, dynamic_smem, std::forward<A>(args)...);
 }
 
 }  // namespace cubn::sim
