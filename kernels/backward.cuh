@@ -77,7 +77,7 @@ struct FrozenDxOp {
 
 /// Partial gradient sums of channel blockIdx.x over split blockIdx.y.
 template <class T, int V>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_backward_sums_channels_first(ChannelsFirstGeometry g, const T* __restrict__ dy,
                                     const T* __restrict__ x, GradSumOp<acc_t<T>> op,
                                     GradSums<acc_t<T>>* __restrict__ partials) {
@@ -86,7 +86,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads)
 
 /// Partial gradient sums of the V channels each thread owns over split blockIdx.y.
 template <class T, int V>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_backward_sums_channels_last(ChannelsLastGeometry g, const T* __restrict__ dy,
                                    const T* __restrict__ x, GradSumOp<acc_t<T>> op,
                                    GradSums<acc_t<T>>* __restrict__ partials) {
@@ -113,7 +113,7 @@ struct BackwardFinalizeArgs {
 /// One thread per channel: merges the partial sums in split order, writes (or adds to) dscale and
 /// doffset, and stores dx's coefficients.
 template <class Acc>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads) bn_backward_finalize(BackwardFinalizeArgs<Acc> p) {
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) bn_backward_finalize(BackwardFinalizeArgs<Acc> p) {
   const std::int64_t ch = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (ch >= p.c) return;
   GradSums<Acc> s;
@@ -137,14 +137,14 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads) bn_backward_finalize(BackwardF
 
 /// dx over a channels-first tensor (in0 = dy, in1 = x). dx may equal dy or x.
 template <class T, int V, class Op>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_backward_dx_channels_first(ChannelsFirstGeometry g, const T* dy, const T* x, T* dx, Op op) {
   map_channels_first<T, V>(dy, x, dx, g, op);
 }
 
 /// dx over a channels-last tensor (in0 = dy, in1 = x). dx may equal dy or x.
 template <class T, int V, class Op>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_backward_dx_channels_last(ChannelsLastGeometry g, const T* dy, const T* x, T* dx, Op op) {
   map_channels_last<T, V>(dy, x, dx, g, op);
 }

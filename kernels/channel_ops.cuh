@@ -45,10 +45,12 @@ struct ThreadTile {
 template <int V, class T>
 CUBN_DEVICE void load_acc(const T* p, std::int64_t i, acc_t<T> (&out)[V]) {
   if (p == nullptr) {
+    CUBN_UNROLL
     for (int k = 0; k < V; ++k) out[k] = acc_t<T>(0);
     return;
   }
   const Pack<T, V> v = load_pack<V>(p + i);
+  CUBN_UNROLL
   for (int k = 0; k < V; ++k) out[k] = to_acc(v.v[k]);
 }
 
@@ -72,6 +74,7 @@ CUBN_DEVICE void reduce_channels_first(const T* in0, const T* in1, const Channel
     Acc a[V], b[V];
     load_acc<V>(in0, i, a);
     load_acc<V>(in1, i, b);
+    CUBN_UNROLL
     for (int k = 0; k < V; ++k) op.update(st, cst, a[k], b[k]);
   }
   using Reduce = BlockReduce<State, kBlockThreads>;
@@ -93,16 +96,19 @@ CUBN_DEVICE void reduce_channels_last(const T* in0, const T* in1, const Channels
   State st[V];
   if (c0 < g.c) {
     typename R::Channel cst[V];
+    CUBN_UNROLL
     for (int k = 0; k < V; ++k) cst[k] = op.channel(c0 + k);
     for (std::int64_t r = split * tt.by + tt.ty; r < g.rows; r += splits * tt.by) {
       Acc a[V], b[V];
       load_acc<V>(in0, r * g.c + c0, a);
       load_acc<V>(in1, r * g.c + c0, b);
+      CUBN_UNROLL
       for (int k = 0; k < V; ++k) op.update(st[k], cst[k], a[k], b[k]);
     }
   }
   // merge the by thread rows of each channel in row order, one of the V channels at a time
   __shared__ State rows[kBlockThreads];
+  CUBN_UNROLL
   for (int k = 0; k < V; ++k) {
     rows[threadIdx.x] = st[k];
     __syncthreads();
@@ -134,6 +140,7 @@ CUBN_DEVICE void map_channels_first(const T* in0, const T* in1, T* out,
     load_acc<V>(in0, i, a);
     load_acc<V>(in1, i, b);
     Pack<T, V> o;
+    CUBN_UNROLL
     for (int v = 0; v < V; ++v) o.v[v] = from_acc<T>(f.apply(k, a[v], b[v]));
     store_pack<V>(out + i, o);
   }
@@ -149,6 +156,7 @@ CUBN_DEVICE void map_channels_last(const T* in0, const T* in1, T* out,
   const std::int64_t c0 = (static_cast<std::int64_t>(blockIdx.x) * tt.bx + tt.tx) * V;
   if (c0 >= g.c) return;
   typename F::Coeffs k[V];
+  CUBN_UNROLL
   for (int v = 0; v < V; ++v) k[v] = f.coeffs(c0 + v);
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.y) * tt.by;
   for (std::int64_t r = static_cast<std::int64_t>(blockIdx.y) * tt.by + tt.ty; r < g.rows; r += stride) {
@@ -157,6 +165,7 @@ CUBN_DEVICE void map_channels_last(const T* in0, const T* in1, T* out,
     load_acc<V>(in0, i, a);
     load_acc<V>(in1, i, b);
     Pack<T, V> o;
+    CUBN_UNROLL
     for (int v = 0; v < V; ++v) o.v[v] = from_acc<T>(f.apply(k[v], a[v], b[v]));
     store_pack<V>(out + i, o);
   }

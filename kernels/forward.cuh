@@ -52,7 +52,7 @@ struct WelfordOp {
 /// Partial Welford statistics of channel blockIdx.x over split blockIdx.y, written to
 /// partials[blockIdx.y * C + blockIdx.x].
 template <class T, int V>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_stats_channels_first(ChannelsFirstGeometry g, const T* __restrict__ x,
                             WelfordState<acc_t<T>>* __restrict__ partials) {
   reduce_channels_first<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<acc_t<T>>{}, partials);
@@ -61,7 +61,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads)
 /// Partial Welford statistics of the V channels each thread owns over split blockIdx.y, written
 /// to partials[blockIdx.y * C + channel].
 template <class T, int V>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_stats_channels_last(ChannelsLastGeometry g, const T* __restrict__ x,
                            WelfordState<acc_t<T>>* __restrict__ partials) {
   reduce_channels_last<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<acc_t<T>>{}, partials);
@@ -87,7 +87,7 @@ struct FinalizeArgs {
 /// One thread per channel: merges the partial states in split order, then writes mean and invstd,
 /// updates the running statistics (unbiased variance M2 / (M - 1)) and stores a and b.
 template <class Acc>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads) bn_finalize_stats(FinalizeArgs<Acc> p) {
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) bn_finalize_stats(FinalizeArgs<Acc> p) {
   const std::int64_t ch = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (ch >= p.c) return;
   WelfordState<Acc> st;
@@ -109,7 +109,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads) bn_finalize_stats(FinalizeArgs
 
 /// y = x * a + b over a channels-first tensor. y may equal x.
 template <class T, int V>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_normalize_channels_first(ChannelsFirstGeometry g, const T* x, T* y,
                                 ChannelAffine<acc_t<T>> affine) {
   map_channels_first<T, V>(x, static_cast<const T*>(nullptr), y, g, affine);
@@ -117,7 +117,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads)
 
 /// y = x * a + b over a channels-last tensor. y may equal x.
 template <class T, int V>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_normalize_channels_last(ChannelsLastGeometry g, const T* x, T* y,
                                ChannelAffine<acc_t<T>> affine) {
   map_channels_last<T, V>(x, static_cast<const T*>(nullptr), y, g, affine);

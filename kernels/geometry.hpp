@@ -12,6 +12,12 @@ namespace cubn::kernels {
 /// memory-bound kernels; it awaits a GPU measurement (bench/).
 constexpr int kBlockThreads = 256;
 
+/// Resident blocks per SM the kernels are compiled for (__launch_bounds__'s second argument):
+/// 4 x 256 threads = 50% occupancy on sm_80/sm_90, the least a memory-bound kernel should have.
+/// It caps registers at 64 per thread; without it ptxas capped some kernels at 40 and spilled
+/// (sm_80, bench/ptxas_report.py).
+constexpr int kMinBlocksPerSm = 4;
+
 /// Channels-first geometry: memory [N][C][S]; a channel is N rows of S, a row is cut into
 /// `chunks` chunks of bx * V elements.
 struct ChannelsFirstGeometry {

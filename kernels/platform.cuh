@@ -22,6 +22,14 @@
 /// clash (cuCollections does the same).
 #define CUBN_KERNEL __global__ __attribute__((visibility("hidden")))
 
+/// Unrolls the loop that follows: loops over register arrays indexed by the loop variable stay in
+/// registers only when unrolled (ptxas otherwise puts the array in local memory).
+#if defined(__CUDACC__)
+#define CUBN_UNROLL _Pragma("unroll")
+#else
+#define CUBN_UNROLL _Pragma("GCC unroll 16")
+#endif
+
 /// Declares `name` as a `T*` to the block's dynamic shared memory (16-byte aligned).
 #if defined(CUBN_SIM)
 #define CUBN_DYNAMIC_SHARED(T, name) \

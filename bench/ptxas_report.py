@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Resources of every kernel instantiation from ptxas -v logs: registers per thread, spills,
+static shared memory, and the theoretical occupancy at the block size host/ launches with.
+
+  ptxas_report.py [--check] [--block 256] [--min-occupancy 0.5] LOG...
+
+Each LOG is the output of `nvcc -cubin -arch=sm_XX -Xptxas=-v` (CMake target cubn_ptxas_logs).
+Prints a Markdown table. With --check, exits 1 when a kernel spills or its occupancy falls below
+--min-occupancy: batch norm is memory-bound and needs enough warps in flight to hide latency.
+"""
+import argparse
+import re
+import subprocess
+import sys
+
+# Per-SM limits (CUDA C++ Programming Guide, compute capabilities table; occupancy calculator):
+# registers, max resident threads, max resident blocks, shared memory per SM (bytes), shared
+# memory the system reserves per block, register allocation unit (per warp).
+LIMITS = {
+    "sm_80": dict(regs=65536, threads=2048, blocks=32, smem=164 * 1024, reserved=1024, reg_unit=256),
+    "sm_86": dict(regs=65536, threads=1536, blocks=16, smem=100 * 1024, reserved=1024, reg_unit=256),
+    "sm_89": dict(regs=65536, threads=1536, blocks=24, smem=100 * 1024, reserved=1024, reg_unit=256),
+    "sm_90": dict(regs=65536, threads=2048, blocks=32, smem=228 * 1024, reserved=1024, reg_unit=256),
+}
+
+
+def occupancy(arch, regs, smem, block):
+    lim = LIMITS[arch]
+    warps = (block + 31) // 32
+    regs_per_warp = -(-regs * 32 // lim["reg_unit"]) * lim["reg_unit"]
+    by_regs = lim["regs"] // (regs_per_warp * warps) if regs else lim["blocks"]
+    by_threads = lim["threads"] // block
+    by_smem = lim["smem"] // (smem + lim["reserved"]) if smem else lim["blocks"]
+    blocks = min(by_regs, by_threads, by_smem, lim["blocks"])
+    return blocks * warps / (lim["threads"] // 32), blocks
+
+
+def parse(path):
+    kernels = []
+    current = None
+    for line in open(path, encoding="utf-8", errors="replace"):
+        m = re.search(r"Compiling entry function '(\S+)' for '(sm_\d+)'", line)
+        if m:
+            current = dict(mangled=m.group(1), arch=m.group(2), regs=0, smem=0, spill=0, stack=0)
+            kernels.append(current)
+            continue
+        if current is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            current["stack"] = int(m.group(1))
+            current["spill"] = int(m.group(2)) + int(m.group(3))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            current["regs"] = int(m.group(1))
+            s = re.search(r"(\d+) bytes smem", line)
+            current["smem"] = int(s.group(1)) if s else 0
+    return kernels
+
+
+def demangle(names):
+    try:
+        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True)
+        return out.stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return names
+
+
+def short(name):
+    name = re.sub(r"^void ", "", name)
+    name = name.replace("cubn::kernels::", "").replace("cubn_sim::kernels::", "")
+    return re.sub(r"\(.*\)$", "", name)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("logs", nargs="+")
+    ap.add_argument("--block", type=int, default=256)
+    ap.add_argument("--min-occupancy", type=float, default=0.5)
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    kernels = [k for log in args.logs for k in parse(log)]
+    if not kernels:
+        print("no kernels found in", " ".join(args.logs))
+        return 1
+    for k, name in zip(kernels, demangle([k["mangled"] for k in kernels])):
+        k["name"] = short(name)
+    failures = 0
+    print(f"| kernel | arch | registers | spill bytes | stack | static smem | occupancy at {args.block} threads |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for k in sorted(kernels, key=lambda k: (k["name"], k["arch"])):
+        occ, blocks = occupancy(k["arch"], k["regs"], k["smem"], args.block)
+        bad = k["spill"] > 0 or occ < args.min_occupancy
+        failures += bad
+        print(f"| `{k['name']}` | {k['arch']} | {k['regs']} | {k['spill']} | {k['stack']} | {k['smem']} | "
+              f"{occ:.0%} ({blocks} blocks){' **FAIL**' if bad else ''} |")
+    print(f"\n{len(kernels)} kernel instantiations; {failures} spill or fall below "
+          f"{args.min_occupancy:.0%} occupancy")
+    return 1 if args.check and failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
