@@ -32,13 +32,13 @@
 
 namespace {
 
-#define CHECK_CUDA(x)                                                                  \
-  do {                                                                                 \
-    cudaError_t err_ = (x);                                                            \
-    if (err_ != cudaSuccess) {                                                         \
+#define CHECK_CUDA(x)                                                                            \
+  do {                                                                                           \
+    cudaError_t err_ = (x);                                                                      \
+    if (err_ != cudaSuccess) {                                                                   \
       std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                    \
-    }                                                                                  \
+      std::exit(1);                                                                              \
+    }                                                                                            \
   } while (0)
 
 struct Shape {
@@ -112,7 +112,8 @@ float compare(const T* a, const T* b, std::size_t n, unsigned* scratch) {
 }
 
 __global__ void fill_pattern(unsigned char* p, std::size_t bytes, int element, int kind) {
-  // a smooth pseudo-random pattern in [-2, 2] per element, for T = fp32 (kind 0), fp16 (1), bf16 (2)
+  // a smooth pseudo-random pattern in [-2, 2] per element, for T = fp32 (kind 0), fp16 (1), bf16
+  // (2)
   const std::size_t n = bytes / element;
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
@@ -123,7 +124,9 @@ __global__ void fill_pattern(unsigned char* p, std::size_t bytes, int element, i
   }
 }
 
-const char* order_name(cubn::MemoryOrder o) { return o == cubn::MemoryOrder::kChannelsLast ? "NHWC" : "NCHW"; }
+const char* order_name(cubn::MemoryOrder o) {
+  return o == cubn::MemoryOrder::kChannelsLast ? "NHWC" : "NCHW";
+}
 
 std::string dims_string(const std::vector<std::int64_t>& d) {
   std::string s;
@@ -145,15 +148,18 @@ void print_row(const Row& r, std::FILE* csv) {
               r.family.c_str(), r.shape.c_str(), r.dtype.c_str(), r.order.c_str(), r.call.c_str(),
               r.cubn.median_us, r.cudnn.median_us, gbs(r.cubn), gbs(r.cudnn), gbs(r.copy),
               gbs(r.cubn) / gbs(r.copy), r.cudnn.median_us / r.cubn.median_us,
-              r.cudnn_note.empty() ? (std::isnan(r.agree) ? "" : ("agree " + std::to_string(r.agree)).c_str())
-                                   : r.cudnn_note.c_str());
+              r.cudnn_note.empty()
+                  ? (std::isnan(r.agree) ? "" : ("agree " + std::to_string(r.agree)).c_str())
+                  : r.cudnn_note.c_str());
   if (csv)
-    std::fprintf(csv, "%s,%s,%s,%s,%s,%.0f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%g,%s\n",
-                 r.family.c_str(), r.shape.c_str(), r.dtype.c_str(), r.order.c_str(), r.call.c_str(), r.bytes,
-                 r.cubn.median_us, r.cubn.p10_us, r.cubn.p90_us, r.cudnn.median_us, r.cudnn.p10_us,
-                 r.cudnn.p90_us, r.copy.median_us, gbs(r.cubn), gbs(r.cudnn), gbs(r.copy),
-                 gbs(r.cubn) / gbs(r.copy), r.cudnn.median_us / r.cubn.median_us, r.agree,
-                 r.cudnn_note.c_str());
+    std::fprintf(
+        csv,
+        "%s,%s,%s,%s,%s,%.0f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%g,%s\n",
+        r.family.c_str(), r.shape.c_str(), r.dtype.c_str(), r.order.c_str(), r.call.c_str(),
+        r.bytes, r.cubn.median_us, r.cubn.p10_us, r.cubn.p90_us, r.cudnn.median_us, r.cudnn.p10_us,
+        r.cudnn.p90_us, r.copy.median_us, gbs(r.cubn), gbs(r.cudnn), gbs(r.copy),
+        gbs(r.cubn) / gbs(r.copy), r.cudnn.median_us / r.cubn.median_us, r.agree,
+        r.cudnn_note.c_str());
 }
 
 #if defined(CUBN_BENCH_HAVE_CUDNN)
@@ -170,11 +176,13 @@ struct Cudnn {
     const cudnnDataType_t t = d.dtype == cubn::DataType::kFloat16    ? CUDNN_DATA_HALF
                               : d.dtype == cubn::DataType::kBFloat16 ? CUDNN_DATA_BFLOAT16
                                                                      : CUDNN_DATA_FLOAT;
-    const cudnnTensorFormat_t f = d.order == cubn::MemoryOrder::kChannelsLast ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
+    const cudnnTensorFormat_t f =
+        d.order == cubn::MemoryOrder::kChannelsLast ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
     int dims[5] = {1, 1, 1, 1, 1};
     int nb = std::max(4, d.rank);
     for (int i = 0; i < d.rank; ++i) dims[i] = static_cast<int>(d.dims[i]);
-    mode = d.order == cubn::MemoryOrder::kChannelsLast ? CUDNN_BATCHNORM_SPATIAL_PERSISTENT : CUDNN_BATCHNORM_SPATIAL;
+    mode = d.order == cubn::MemoryOrder::kChannelsLast ? CUDNN_BATCHNORM_SPATIAL_PERSISTENT
+                                                       : CUDNN_BATCHNORM_SPATIAL;
     cudnnStatus_t s = cudnnSetTensorNdDescriptorEx(x, f, t, nb, dims);
     if (s == CUDNN_STATUS_SUCCESS) s = cudnnDeriveBNTensorDescriptor(bn, x, mode);
     ok = s == CUDNN_STATUS_SUCCESS;
@@ -208,13 +216,16 @@ void run_case(const Shape& shape, cubn::DataType dtype, cubn::MemoryOrder order,
   void *x, *y, *dy, *dx, *y2, *dx2, *ws;
   float *params, *stats;
   unsigned* scratch;
-  const std::size_t ws_bytes = std::max(cubn::forward_training_workspace_size(d), cubn::backward_workspace_size(d));
+  const std::size_t ws_bytes =
+      std::max(cubn::forward_training_workspace_size(d), cubn::backward_workspace_size(d));
   for (void** p : {&x, &y, &dy, &dx, &y2, &dx2}) CHECK_CUDA(cudaMalloc(p, bytes));
   CHECK_CUDA(cudaMalloc(&ws, ws_bytes));
   CHECK_CUDA(cudaMalloc(&params, 2 * C * sizeof(float)));
   CHECK_CUDA(cudaMalloc(&stats, 8 * C * sizeof(float)));
   CHECK_CUDA(cudaMalloc(&scratch, sizeof(unsigned)));
-  const int kind = dtype == cubn::DataType::kFloat32 ? 0 : dtype == cubn::DataType::kFloat16 ? 1 : 2;
+  const int kind = dtype == cubn::DataType::kFloat32   ? 0
+                   : dtype == cubn::DataType::kFloat16 ? 1
+                                                       : 2;
   fill_pattern<<<1024, 256>>>(static_cast<unsigned char*>(x), bytes, static_cast<int>(es), kind);
   fill_pattern<<<1024, 256>>>(static_cast<unsigned char*>(dy), bytes, static_cast<int>(es), kind);
   std::vector<float> host_params(2 * C, 1.0f), host_stats(8 * C, 0.0f);
@@ -222,14 +233,18 @@ void run_case(const Shape& shape, cubn::DataType dtype, cubn::MemoryOrder order,
     host_params[C + c] = 0.0f;
     host_stats[C + c] = 1.0f;  // running var
   }
-  CHECK_CUDA(cudaMemcpy(params, host_params.data(), host_params.size() * sizeof(float), cudaMemcpyHostToDevice));
-  CHECK_CUDA(cudaMemcpy(stats, host_stats.data(), host_stats.size() * sizeof(float), cudaMemcpyHostToDevice));
-  float *scale = params, *offset = params + C, *rmean = stats, *rvar = stats + C, *smean = stats + 2 * C,
-        *sinv = stats + 3 * C, *dscale = stats + 4 * C, *doffset = stats + 5 * C, *cmean = stats + 6 * C,
-        *cinv = stats + 7 * C;
+  CHECK_CUDA(cudaMemcpy(params, host_params.data(), host_params.size() * sizeof(float),
+                        cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(stats, host_stats.data(), host_stats.size() * sizeof(float),
+                        cudaMemcpyHostToDevice));
+  float *scale = params, *offset = params + C, *rmean = stats, *rvar = stats + C,
+        *smean = stats + 2 * C, *sinv = stats + 3 * C, *dscale = stats + 4 * C,
+        *doffset = stats + 5 * C, *cmean = stats + 6 * C, *cinv = stats + 7 * C;
 
   const std::size_t vec = bytes / 16;
-  const Timing copy = time_it(dev, reps, [&] { copy16<<<4096, 256>>>(static_cast<const uint4*>(x), static_cast<uint4*>(y2), vec); });
+  const Timing copy = time_it(dev, reps, [&] {
+    copy16<<<4096, 256>>>(static_cast<const uint4*>(x), static_cast<uint4*>(y2), vec);
+  });
 
   cubn::TrainingForwardArgs<float> ta;
   ta.affine = {scale, offset};
@@ -273,24 +288,41 @@ void run_case(const Shape& shape, cubn::DataType dtype, cubn::MemoryOrder order,
   const float one = 1.0f, zero = 0.0f;
   std::size_t fws = 0, bws = 0, rs = 0;
   void *cws = nullptr, *reserve = nullptr;
-  if (cd.ok) cd.check(cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize(cd.handle, cd.mode, CUDNN_BATCHNORM_OPS_BN, cd.x, nullptr, cd.x, cd.bn, nullptr, &fws));
-  if (cd.ok) cd.check(cudnnGetBatchNormalizationBackwardExWorkspaceSize(cd.handle, cd.mode, CUDNN_BATCHNORM_OPS_BN, cd.x, cd.x, cd.x, nullptr, cd.x, cd.bn, nullptr, &bws));
-  if (cd.ok) cd.check(cudnnGetBatchNormalizationTrainingExReserveSpaceSize(cd.handle, cd.mode, CUDNN_BATCHNORM_OPS_BN, nullptr, cd.x, &rs));
+  if (cd.ok)
+    cd.check(cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize(
+        cd.handle, cd.mode, CUDNN_BATCHNORM_OPS_BN, cd.x, nullptr, cd.x, cd.bn, nullptr, &fws));
+  if (cd.ok)
+    cd.check(cudnnGetBatchNormalizationBackwardExWorkspaceSize(
+        cd.handle, cd.mode, CUDNN_BATCHNORM_OPS_BN, cd.x, cd.x, cd.x, nullptr, cd.x, cd.bn, nullptr,
+        &bws));
+  if (cd.ok)
+    cd.check(cudnnGetBatchNormalizationTrainingExReserveSpaceSize(
+        cd.handle, cd.mode, CUDNN_BATCHNORM_OPS_BN, nullptr, cd.x, &rs));
   if (cd.ok) {
     CHECK_CUDA(cudaMalloc(&cws, std::max<std::size_t>({fws, bws, 16})));
     CHECK_CUDA(cudaMalloc(&reserve, std::max<std::size_t>(rs, 16)));
   }
   auto cudnn_fwd = [&] {
-    cd.check(cudnnBatchNormalizationForwardTrainingEx(cd.handle, cd.mode, CUDNN_BATCHNORM_OPS_BN, &one, &zero, cd.x, x, nullptr, nullptr, cd.x, y2, cd.bn, scale, offset, 0.1, rmean, rvar, 1e-5, cmean, cinv, nullptr, cws, fws, reserve, rs));
+    cd.check(cudnnBatchNormalizationForwardTrainingEx(
+        cd.handle, cd.mode, CUDNN_BATCHNORM_OPS_BN, &one, &zero, cd.x, x, nullptr, nullptr, cd.x,
+        y2, cd.bn, scale, offset, 0.1, rmean, rvar, 1e-5, cmean, cinv, nullptr, cws, fws, reserve,
+        rs));
   };
   if (cd.ok) fwd.cudnn = time_it(dev, reps, cudnn_fwd);
-  if (cd.ok) inf.cudnn = time_it(dev, reps, [&] {
-    cd.check(cudnnBatchNormalizationForwardInference(cd.handle, cd.mode == CUDNN_BATCHNORM_SPATIAL_PERSISTENT ? CUDNN_BATCHNORM_SPATIAL : cd.mode, &one, &zero, cd.x, x, cd.x, y2, cd.bn, scale, offset, rmean, rvar, 1e-5));
-  });
+  if (cd.ok)
+    inf.cudnn = time_it(dev, reps, [&] {
+      cd.check(cudnnBatchNormalizationForwardInference(
+          cd.handle,
+          cd.mode == CUDNN_BATCHNORM_SPATIAL_PERSISTENT ? CUDNN_BATCHNORM_SPATIAL : cd.mode, &one,
+          &zero, cd.x, x, cd.x, y2, cd.bn, scale, offset, rmean, rvar, 1e-5));
+    });
   if (cd.ok) {
     cudnn_fwd();
     bwd.cudnn = time_it(dev, reps, [&] {
-      cd.check(cudnnBatchNormalizationBackwardEx(cd.handle, cd.mode, CUDNN_BATCHNORM_OPS_BN, &one, &zero, &one, &zero, cd.x, x, nullptr, nullptr, cd.x, dy, nullptr, nullptr, cd.x, dx2, cd.bn, scale, offset, dscale, doffset, 1e-5, cmean, cinv, nullptr, cws, bws, reserve, rs));
+      cd.check(cudnnBatchNormalizationBackwardEx(
+          cd.handle, cd.mode, CUDNN_BATCHNORM_OPS_BN, &one, &zero, &one, &zero, cd.x, x, nullptr,
+          nullptr, cd.x, dy, nullptr, nullptr, cd.x, dx2, cd.bn, scale, offset, dscale, doffset,
+          1e-5, cmean, cinv, nullptr, cws, bws, reserve, rs));
     });
   }
   if (cd.ok) {
@@ -298,13 +330,22 @@ void run_case(const Shape& shape, cubn::DataType dtype, cubn::MemoryOrder order,
     cubn::forward_training(d, x, y, ta, w, nullptr);
     cudnn_fwd();
     cubn::backward_training(d, x, dy, dx, ba, w, nullptr);
-    cd.check(cudnnBatchNormalizationBackwardEx(cd.handle, cd.mode, CUDNN_BATCHNORM_OPS_BN, &one, &zero, &one, &zero, cd.x, x, nullptr, nullptr, cd.x, dy, nullptr, nullptr, cd.x, dx2, cd.bn, scale, offset, dscale, doffset, 1e-5, cmean, cinv, nullptr, cws, bws, reserve, rs));
+    cd.check(cudnnBatchNormalizationBackwardEx(
+        cd.handle, cd.mode, CUDNN_BATCHNORM_OPS_BN, &one, &zero, &one, &zero, cd.x, x, nullptr,
+        nullptr, cd.x, dy, nullptr, nullptr, cd.x, dx2, cd.bn, scale, offset, dscale, doffset, 1e-5,
+        cmean, cinv, nullptr, cws, bws, reserve, rs));
     CHECK_CUDA(cudaDeviceSynchronize());
     auto cmp = [&](const void* a, const void* b) {
       switch (dtype) {
-        case cubn::DataType::kFloat16: return compare(static_cast<const __half*>(a), static_cast<const __half*>(b), numel, scratch);
-        case cubn::DataType::kBFloat16: return compare(static_cast<const __nv_bfloat16*>(a), static_cast<const __nv_bfloat16*>(b), numel, scratch);
-        default: return compare(static_cast<const float*>(a), static_cast<const float*>(b), numel, scratch);
+        case cubn::DataType::kFloat16:
+          return compare(static_cast<const __half*>(a), static_cast<const __half*>(b), numel,
+                         scratch);
+        case cubn::DataType::kBFloat16:
+          return compare(static_cast<const __nv_bfloat16*>(a), static_cast<const __nv_bfloat16*>(b),
+                         numel, scratch);
+        default:
+          return compare(static_cast<const float*>(a), static_cast<const float*>(b), numel,
+                         scratch);
       }
     };
     fwd.agree = cmp(y, y2);
@@ -330,16 +371,21 @@ int main(int argc, char** argv) {
   const char* csv_path = "cubn_bench.csv";
   std::string filter;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--quick")) quick = true;
-    else if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) csv_path = argv[++i];
-    else if (!std::strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
+    if (!std::strcmp(argv[i], "--quick"))
+      quick = true;
+    else if (!std::strcmp(argv[i], "--csv") && i + 1 < argc)
+      csv_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--filter") && i + 1 < argc)
+      filter = argv[++i];
   }
   int devices = 0;
   const cudaError_t err = cudaGetDeviceCount(&devices);
   if (err != cudaSuccess || devices == 0) {
-    std::printf("cubn_bench: no usable CUDA device (%s); nothing to time. Without a GPU the CPU-side\n"
-                "proxies are the measure: build/<preset>/bench/cubn_proxy_report and the ptxas_resources test.\n",
-                err != cudaSuccess ? cudaGetErrorString(err) : "none present");
+    std::printf(
+        "cubn_bench: no usable CUDA device (%s); nothing to time. Without a GPU the CPU-side\n"
+        "proxies are the measure: build/<preset>/bench/cubn_proxy_report and the ptxas_resources "
+        "test.\n",
+        err != cudaSuccess ? cudaGetErrorString(err) : "none present");
     return 0;
   }
   cudaDeviceProp prop{};
@@ -352,8 +398,9 @@ int main(int argc, char** argv) {
   dev.flush_bytes = 2 * static_cast<std::size_t>(l2);
   CHECK_CUDA(cudaMalloc(&dev.flush, dev.flush_bytes));
   const int reps = quick ? 5 : 20;
-  std::printf("device: %s, %d SMs, L2 %d MiB, driver %d, runtime %d; %d repetitions per call, median\n",
-              prop.name, prop.multiProcessorCount, l2 >> 20, driver, runtime, reps);
+  std::printf(
+      "device: %s, %d SMs, L2 %d MiB, driver %d, runtime %d; %d repetitions per call, median\n",
+      prop.name, prop.multiProcessorCount, l2 >> 20, driver, runtime, reps);
   void* handle = nullptr;
 #if defined(CUBN_BENCH_HAVE_CUDNN)
   cudnnHandle_t h;
@@ -362,19 +409,27 @@ int main(int argc, char** argv) {
 #endif
   std::FILE* csv = std::fopen(csv_path, "w");
   if (csv)
-    std::fprintf(csv, "family,shape,dtype,order,call,bytes,cubn_us,cubn_p10_us,cubn_p90_us,cudnn_us,cudnn_p10_us,"
-                      "cudnn_p90_us,copy_us,cubn_gbs,cudnn_gbs,copy_gbs,cubn_over_copy,cudnn_over_cubn_time,agree,note\n");
-  std::printf("%-7s %-20s %-5s %-4s %-18s %9s %9s %8s %8s %8s %6s %6s\n", "family", "shape", "dtype", "ord", "call",
-              "cubn_us", "cudnn_us", "cubnGB/s", "cudnnGB/s", "copyGB/s", "/copy", "speedup");
+    std::fprintf(
+        csv,
+        "family,shape,dtype,order,call,bytes,cubn_us,cubn_p10_us,cubn_p90_us,cudnn_us,cudnn_p10_us,"
+        "cudnn_p90_us,copy_us,cubn_gbs,cudnn_gbs,copy_gbs,cubn_over_copy,cudnn_over_cubn_time,"
+        "agree,note\n");
+  std::printf("%-7s %-20s %-5s %-4s %-18s %9s %9s %8s %8s %8s %6s %6s\n", "family", "shape",
+              "dtype", "ord", "call", "cubn_us", "cudnn_us", "cubnGB/s", "cudnnGB/s", "copyGB/s",
+              "/copy", "speedup");
   const std::vector<Shape> shapes = {
-      {"resnet", {32, 64, 112, 112}}, {"resnet", {32, 256, 56, 56}}, {"resnet", {32, 512, 28, 28}},
-      {"resnet", {32, 2048, 7, 7}},   {"resnet", {256, 64, 112, 112}}, {"resnet", {256, 256, 56, 56}},
-      {"resnet", {256, 512, 28, 28}}, {"resnet", {256, 2048, 7, 7}}, {"bn1d", {65536, 1024}},
-      {"small", {1, 64, 8, 8}},       {"small", {8, 32, 16, 16}},    {"3d", {16, 64, 64, 64, 64}}};
+      {"resnet", {32, 64, 112, 112}},  {"resnet", {32, 256, 56, 56}},
+      {"resnet", {32, 512, 28, 28}},   {"resnet", {32, 2048, 7, 7}},
+      {"resnet", {256, 64, 112, 112}}, {"resnet", {256, 256, 56, 56}},
+      {"resnet", {256, 512, 28, 28}},  {"resnet", {256, 2048, 7, 7}},
+      {"bn1d", {65536, 1024}},         {"small", {1, 64, 8, 8}},
+      {"small", {8, 32, 16, 16}},      {"3d", {16, 64, 64, 64, 64}}};
   for (const Shape& s : shapes)
-    for (auto dtype : {cubn::DataType::kFloat32, cubn::DataType::kFloat16, cubn::DataType::kBFloat16})
+    for (auto dtype :
+         {cubn::DataType::kFloat32, cubn::DataType::kFloat16, cubn::DataType::kBFloat16})
       for (auto order : {cubn::MemoryOrder::kChannelsFirst, cubn::MemoryOrder::kChannelsLast}) {
-        const std::string key = std::string(s.family) + " " + dims_string(s.dims) + " " + cubn::to_string(dtype) + " " + order_name(order);
+        const std::string key = std::string(s.family) + " " + dims_string(s.dims) + " " +
+                                cubn::to_string(dtype) + " " + order_name(order);
         if (!filter.empty() && key.find(filter) == std::string::npos) continue;
         if (quick && s.dims[0] == 256 && dtype != cubn::DataType::kFloat16) continue;
         run_case(s, dtype, order, reps, dev, csv, handle);

@@ -75,7 +75,8 @@ double median_ms(int reps, F&& f) {
   for (int i = 0; i < reps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     f();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
@@ -95,8 +96,10 @@ int main(int argc, char** argv) {
   const double threads = median_ms(reps, [&] { host_threads(in.data(), b.data()); });
   bool same = true;
   for (int t = 0; t < kThreads; ++t) same = same && a[t] == b[t];
-  std::printf("one block of %d threads, %d barriers, a 5-step warp shuffle reduction each (median of %d, %u cores)\n",
-              kThreads, kBarriers, reps, std::thread::hardware_concurrency());
+  std::printf(
+      "one block of %d threads, %d barriers, a 5-step warp shuffle reduction each (median of %d, "
+      "%u cores)\n",
+      kThreads, kBarriers, reps, std::thread::hardware_concurrency());
   std::printf("  fibers (the executor): %8.2f ms  (%.0f context switches)\n", fibers, switches);
   std::printf("  host threads:          %8.2f ms\n", threads);
   std::printf("  results %s\n", same ? "identical" : "DIFFER");

@@ -3,15 +3,15 @@
 // accesses, for the benchmark's shape families scaled down to executor size. Not GPU timings.
 //
 //   build/<preset>/bench/cubn_proxy_report [--markdown]
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cstdio>
 #include <cstring>
 #include <functional>
 #include <new>
 #include <string>
 #include <vector>
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include "cubn/cubn.hpp"
 #include "cubn/sim/executor.hpp"
@@ -42,7 +42,8 @@ cubn::TensorDesc desc_of(const Case& c) {
 
 template <class T>
 struct Aligned {
-  explicit Aligned(std::size_t n) : p(static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(256)))) {}
+  explicit Aligned(std::size_t n)
+      : p(static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(256)))) {}
   ~Aligned() { ::operator delete(p, std::align_val_t(256)); }
   T* p;
 };
@@ -55,7 +56,8 @@ struct Row {
 
 void print(const Case& c, const std::vector<Row>& rows, bool markdown) {
   std::string shape;
-  for (std::size_t i = 0; i < c.dims.size(); ++i) shape += (i ? "x" : "") + std::to_string(c.dims[i]);
+  for (std::size_t i = 0; i < c.dims.size(); ++i)
+    shape += (i ? "x" : "") + std::to_string(c.dims[i]);
   for (const Row& r : rows) {
     std::string eff;
     for (const auto& k : r.kernels) {
@@ -66,14 +68,16 @@ void print(const Case& c, const std::vector<Row>& rows, bool markdown) {
       eff += buf;
     }
     if (markdown) {
-      std::printf("| %s | %s %s %s | %s | %.2f / %.0f | %.2f / %.0f | %s |\n", c.label, shape.c_str(),
-                  cubn::to_string(c.dtype), c.order == cubn::MemoryOrder::kChannelsLast ? "CL" : "CF",
-                  r.call.c_str(), r.read_passes, r.model_read, r.write_passes, r.model_write, eff.c_str());
-    } else {
-      std::printf("%-10s %-18s %-5s %-3s %-18s reads %.2f (model %.0f)  writes %.2f (model %.0f)  %s\n",
-                  c.label, shape.c_str(), cubn::to_string(c.dtype),
+      std::printf("| %s | %s %s %s | %s | %.2f / %.0f | %.2f / %.0f | %s |\n", c.label,
+                  shape.c_str(), cubn::to_string(c.dtype),
                   c.order == cubn::MemoryOrder::kChannelsLast ? "CL" : "CF", r.call.c_str(),
                   r.read_passes, r.model_read, r.write_passes, r.model_write, eff.c_str());
+    } else {
+      std::printf(
+          "%-10s %-18s %-5s %-3s %-18s reads %.2f (model %.0f)  writes %.2f (model %.0f)  %s\n",
+          c.label, shape.c_str(), cubn::to_string(c.dtype),
+          c.order == cubn::MemoryOrder::kChannelsLast ? "CL" : "CF", r.call.c_str(), r.read_passes,
+          r.model_read, r.write_passes, r.model_write, eff.c_str());
     }
   }
 }
@@ -105,24 +109,29 @@ void run(const Case& c, bool markdown) {
     dy[i] = static_cast<T>(static_cast<float>(i % 89) * 0.01f - 0.4f);
   }
   std::vector<float> rm(C, 0.0f), rv(C, 1.0f), sm(C), si(C), ds(C), dof(C);
-  std::vector<unsigned char> ws(std::max(cubn::forward_training_workspace_size(d), cubn::backward_workspace_size(d)) + 256);
+  std::vector<unsigned char> ws(
+      std::max(cubn::forward_training_workspace_size(d), cubn::backward_workspace_size(d)) + 256);
   void* wsp = ws.data() + (256 - reinterpret_cast<std::uintptr_t>(ws.data()) % 256) % 256;
   const cubn::Workspace w{wsp, ws.size() - 256};
   std::vector<Row> rows;
   cubn::TrainingForwardArgs<float> ta;
   ta.running = {rm.data(), rv.data()};
   ta.saved = {sm.data(), si.data()};
-  rows.push_back(measure("forward_training", 2, 1, bytes, [&] { cubn::forward_training(d, x, y, ta, w, nullptr); }));
+  rows.push_back(measure("forward_training", 2, 1, bytes,
+                         [&] { cubn::forward_training(d, x, y, ta, w, nullptr); }));
   cubn::InferenceForwardArgs<float> ia;
   ia.running = {rm.data(), rv.data()};
-  rows.push_back(measure("forward_inference", 1, 1, bytes, [&] { cubn::forward_inference(d, x, y, ia, nullptr); }));
+  rows.push_back(measure("forward_inference", 1, 1, bytes,
+                         [&] { cubn::forward_inference(d, x, y, ia, nullptr); }));
   cubn::TrainingBackwardArgs<float> ba;
   ba.saved = {sm.data(), si.data()};
   ba.grads = {ds.data(), dof.data()};
-  rows.push_back(measure("backward_training", 4, 1, bytes, [&] { cubn::backward_training(d, x, dy, dx, ba, w, nullptr); }));
+  rows.push_back(measure("backward_training", 4, 1, bytes,
+                         [&] { cubn::backward_training(d, x, dy, dx, ba, w, nullptr); }));
   cubn::FrozenBackwardArgs<float> fa;
   fa.running = {rm.data(), rv.data()};
-  rows.push_back(measure("backward_frozen(dx)", 1, 1, bytes, [&] { cubn::backward_frozen(d, x, dy, dx, fa, w, nullptr); }));
+  rows.push_back(measure("backward_frozen(dx)", 1, 1, bytes,
+                         [&] { cubn::backward_frozen(d, x, dy, dx, fa, w, nullptr); }));
   print(c, rows, markdown);
 }
 
@@ -147,7 +156,9 @@ int main(int argc, char** argv) {
       {"3d", DataType::kFloat16, MemoryOrder::kChannelsLast, {2, 16, 16, 16, 16}},
   };
   if (markdown) {
-    std::printf("| family | shape, dtype, order | call | reads / model (passes) | writes / model | sector efficiency per kernel |\n");
+    std::printf(
+        "| family | shape, dtype, order | call | reads / model (passes) | writes / model | sector "
+        "efficiency per kernel |\n");
     std::printf("| --- | --- | --- | --- | --- | --- |\n");
   }
   for (const Case& c : cases) {

@@ -18,8 +18,8 @@ void sums_and_finalize(const Problem& p, const BackwardPlan& plan, const T* x, c
                        const param_t<T>* mean, kernels::BackwardFinalizeArgs<param_t<T>> fin,
                        void* workspace, cudaStream_t stream) {
   using Acc = param_t<T>;
-  auto* partials = reinterpret_cast<kernels::GradSums<Acc>*>(static_cast<unsigned char*>(workspace) +
-                                                             plan.partials_offset);
+  auto* partials = reinterpret_cast<kernels::GradSums<Acc>*>(
+      static_cast<unsigned char*>(workspace) + plan.partials_offset);
   with_vec<T>(plan.sums.vec, [&](auto v) {
     launch_pair("cubn::bn_backward_sums", p, plan.sums,
                 kernels::bn_backward_sums_channels_first<T, v()>,
@@ -49,8 +49,8 @@ void dx_map(const Problem& p, const BackwardPlan& plan, const T* dy, const T* x,
 
 template <class T>
 void launch_backward_training(const Problem& p, const BackwardPlan& plan, const T* x, const T* dy,
-                              T* dx, const TrainingBackwardArgs<param_t<T>>& args,
-                              void* workspace, cudaStream_t stream) {
+                              T* dx, const TrainingBackwardArgs<param_t<T>>& args, void* workspace,
+                              cudaStream_t stream) {
   using Acc = param_t<T>;
   if (dx == nullptr && args.grads.dscale == nullptr && args.grads.doffset == nullptr) return;
   auto* k = reinterpret_cast<Acc*>(static_cast<unsigned char*>(workspace) + plan.coeffs_offset);
@@ -87,11 +87,10 @@ void launch_backward_frozen(const Problem& p, const BackwardPlan& plan, const T*
 
 }  // namespace cubn::detail
 
-#define CUBN_INSTANTIATE_BACKWARD(T)                                                           \
-  template void launch_backward_training<T>(const Problem&, const BackwardPlan&, const T*,     \
-                                            const T*, T*,                                      \
-                                            const TrainingBackwardArgs<param_t<T>>&, void*,    \
-                                            cudaStream_t);                                     \
-  template void launch_backward_frozen<T>(const Problem&, const BackwardPlan&, const T*,       \
-                                          const T*, T*, const FrozenBackwardArgs<param_t<T>>&, \
-                                          void*, cudaStream_t);
+#define CUBN_INSTANTIATE_BACKWARD(T)                                                               \
+  template void launch_backward_training<T>(const Problem&, const BackwardPlan&, const T*,         \
+                                            const T*, T*, const TrainingBackwardArgs<param_t<T>>&, \
+                                            void*, cudaStream_t);                                  \
+  template void launch_backward_frozen<T>(const Problem&, const BackwardPlan&, const T*, const T*, \
+                                          T*, const FrozenBackwardArgs<param_t<T>>&, void*,        \
+                                          cudaStream_t);

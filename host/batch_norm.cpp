@@ -3,9 +3,8 @@
 
 #include <cmath>
 #include <cstdint>
-#include <string>
-
 #include <nvtx3/nvtx3.hpp>
+#include <string>
 
 #include "device_info.hpp"
 #include "dispatch.hpp"
@@ -31,8 +30,10 @@ detail::Problem checked_problem(const char* call, const TensorDesc& desc) {
   const bool wants_double = p.dtype == DataType::kFloat64;
   if (wants_double != std::is_same_v<P, double>)
     fail(Status::kInvalidDataType, call,
-         std::string("x_desc.dtype is ") + to_string(p.dtype) + ", whose parameters and statistics are " +
-             (wants_double ? "double: pass the <double> arguments" : "float: pass the <float> arguments"));
+         std::string("x_desc.dtype is ") + to_string(p.dtype) +
+             ", whose parameters and statistics are " +
+             (wants_double ? "double: pass the <double> arguments"
+                           : "float: pass the <float> arguments"));
   return p;
 }
 
@@ -135,14 +136,15 @@ void forward_inference_impl(const TensorDesc& desc, const void* x, void* y,
       detail::plan_normalize(p, detail::current_device_info(), detail::aligned16(x, y));
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    detail::launch_forward_inference<T>(p, plan, static_cast<const T*>(x), static_cast<T*>(y),
-                                        args, stream);
+    detail::launch_forward_inference<T>(p, plan, static_cast<const T*>(x), static_cast<T*>(y), args,
+                                        stream);
   });
 }
 
 template <class P>
 void backward_training_impl(const TensorDesc& desc, const void* x, const void* dy, void* dx,
-                            const TrainingBackwardArgs<P>& args, Workspace ws, cudaStream_t stream) {
+                            const TrainingBackwardArgs<P>& args, Workspace ws,
+                            cudaStream_t stream) {
   nvtx3::scoped_range range{kBackwardCall};
   const detail::Problem p = checked_problem<P>(kBackwardCall, desc);
   check_tensor(kBackwardCall, p, x, "x");
@@ -159,8 +161,9 @@ void backward_training_impl(const TensorDesc& desc, const void* x, const void* d
   check_workspace(kBackwardCall, ws, plan.workspace_bytes, "backward_workspace_size");
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    detail::launch_backward_training<T>(p, plan, static_cast<const T*>(x), static_cast<const T*>(dy),
-                                        static_cast<T*>(dx), args, ws.ptr, stream);
+    detail::launch_backward_training<T>(p, plan, static_cast<const T*>(x),
+                                        static_cast<const T*>(dy), static_cast<T*>(dx), args,
+                                        ws.ptr, stream);
   });
 }
 

@@ -2,9 +2,9 @@
 /// @brief Turns CUDA runtime errors into cubn::Error (CUDA build only).
 #pragma once
 
-#include <string>
-
 #include <cuda_runtime_api.h>
+
+#include <string>
 
 #include "cubn/error.hpp"
 

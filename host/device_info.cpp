@@ -35,7 +35,8 @@ DeviceInfo query(int device) {
   info.device = device;
   info.sm_count = attr(cudaDevAttrMultiProcessorCount, "cudaDeviceGetAttribute(SM count)");
   LaunchLimits& l = info.limits;
-  l.max_threads_per_block = static_cast<unsigned>(attr(cudaDevAttrMaxThreadsPerBlock, "max threads"));
+  l.max_threads_per_block =
+      static_cast<unsigned>(attr(cudaDevAttrMaxThreadsPerBlock, "max threads"));
   l.max_block_x = static_cast<unsigned>(attr(cudaDevAttrMaxBlockDimX, "max block x"));
   l.max_block_y = static_cast<unsigned>(attr(cudaDevAttrMaxBlockDimY, "max block y"));
   l.max_block_z = static_cast<unsigned>(attr(cudaDevAttrMaxBlockDimZ, "max block z"));

@@ -2,10 +2,10 @@
 /// @brief The one place a runtime DataType becomes a compile-time element type.
 #pragma once
 
-#include <type_traits>
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <type_traits>
 
 #include "cubn/tensor.hpp"
 

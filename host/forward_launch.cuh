@@ -4,8 +4,8 @@
 #pragma once
 
 #include "forward.cuh"
-#include "launchers.hpp"
 #include "launch_ops.cuh"
+#include "launchers.hpp"
 
 namespace cubn::detail {
 
@@ -79,10 +79,10 @@ void launch_forward_inference(const Problem& p, const NormalizePlan& plan, const
 
 }  // namespace cubn::detail
 
-#define CUBN_INSTANTIATE_FORWARD(T)                                                            \
-  template void launch_forward_training<T>(                                      \
-      const Problem&, const TrainingPlan&, const T*, T*,                                       \
-      const TrainingForwardArgs<param_t<T>>&, void*, cudaStream_t);                            \
-  template void launch_forward_inference<T>(                                     \
-      const Problem&, const NormalizePlan&, const T*, T*,                                      \
-      const InferenceForwardArgs<param_t<T>>&, cudaStream_t);
+#define CUBN_INSTANTIATE_FORWARD(T)                                                             \
+  template void launch_forward_training<T>(const Problem&, const TrainingPlan&, const T*, T*,   \
+                                           const TrainingForwardArgs<param_t<T>>&, void*,       \
+                                           cudaStream_t);                                       \
+  template void launch_forward_inference<T>(const Problem&, const NormalizePlan&, const T*, T*, \
+                                            const InferenceForwardArgs<param_t<T>>&,            \
+                                            cudaStream_t);

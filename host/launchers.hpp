@@ -3,11 +3,11 @@
 /// own .cu file (batch_norm_<dtype>.cu) so nvcc builds them in parallel.
 #pragma once
 
-#include <type_traits>
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <driver_types.h>
+
+#include <type_traits>
 
 #include "cubn/batch_norm.hpp"
 #include "plan.hpp"
@@ -33,28 +33,26 @@ void launch_forward_inference(const Problem& p, const NormalizePlan& plan, const
 /// `training` selects the saved-statistics formula; `frozen` the running-statistics one.
 template <class T>
 void launch_backward_training(const Problem& p, const BackwardPlan& plan, const T* x, const T* dy,
-                              T* dx, const TrainingBackwardArgs<param_t<T>>& args,
-                              void* workspace, cudaStream_t stream);
+                              T* dx, const TrainingBackwardArgs<param_t<T>>& args, void* workspace,
+                              cudaStream_t stream);
 template <class T>
 void launch_backward_frozen(const Problem& p, const BackwardPlan& plan, const T* x, const T* dy,
                             T* dx, const FrozenBackwardArgs<param_t<T>>& args, void* workspace,
                             cudaStream_t stream);
 
-#define CUBN_DECLARE_LAUNCHERS(T)                                                                \
-  extern template void launch_forward_training<T>(const Problem&, const TrainingPlan&, const T*, \
-                                                  T*, const TrainingForwardArgs<param_t<T>>&,  \
-                                                  void*, cudaStream_t);                        \
-  extern template void launch_forward_inference<T>(const Problem&, const NormalizePlan&,        \
-                                                   const T*, T*,                               \
-                                                   const InferenceForwardArgs<param_t<T>>&,    \
-                                                   cudaStream_t);   \
-  extern template void launch_backward_training<T>(                                            \
-      const Problem&, const BackwardPlan&, const T*, const T*, T*,                              \
-      const TrainingBackwardArgs<param_t<T>>&, void*, cudaStream_t);                           \
-  extern template void launch_backward_frozen<T>(const Problem&, const BackwardPlan&, const T*, \
-                                                 const T*, T*,                                 \
-                                                 const FrozenBackwardArgs<param_t<T>>&, void*, \
-                                                 cudaStream_t);
+#define CUBN_DECLARE_LAUNCHERS(T)                                                                  \
+  extern template void launch_forward_training<T>(const Problem&, const TrainingPlan&, const T*,   \
+                                                  T*, const TrainingForwardArgs<param_t<T>>&,      \
+                                                  void*, cudaStream_t);                            \
+  extern template void launch_forward_inference<T>(const Problem&, const NormalizePlan&, const T*, \
+                                                   T*, const InferenceForwardArgs<param_t<T>>&,    \
+                                                   cudaStream_t);                                  \
+  extern template void launch_backward_training<T>(                                                \
+      const Problem&, const BackwardPlan&, const T*, const T*, T*,                                 \
+      const TrainingBackwardArgs<param_t<T>>&, void*, cudaStream_t);                               \
+  extern template void launch_backward_frozen<T>(                                                  \
+      const Problem&, const BackwardPlan&, const T*, const T*, T*,                                 \
+      const FrozenBackwardArgs<param_t<T>>&, void*, cudaStream_t);
 CUBN_DECLARE_LAUNCHERS(__half)
 CUBN_DECLARE_LAUNCHERS(__nv_bfloat16)
 CUBN_DECLARE_LAUNCHERS(float)

@@ -39,7 +39,8 @@ kernels::ChannelsFirstGeometry cf_geometry(const Problem& p, int vec) {
     double best = -1;
     for (int bx : {256, 128, 64}) {
       const std::int64_t chunk = static_cast<std::int64_t>(bx) * vec;
-      const double used = static_cast<double>(p.s) / static_cast<double>(ceil_div(p.s, chunk) * chunk);
+      const double used =
+          static_cast<double>(p.s) / static_cast<double>(ceil_div(p.s, chunk) * chunk);
       if (used > best + 1e-9) {
         best = used;
         g.bx = bx;
@@ -92,12 +93,14 @@ NormalizePlan plan_normalize(const Problem& p, const DeviceInfo& dev, bool align
     np.cf = cf_geometry(p, np.vec);
     const std::int64_t by = kBlockThreads / np.cf.bx;
     const std::int64_t tiles = p.n * p.c * np.cf.chunks;
-    np.grid = dim3(static_cast<unsigned>(std::max<std::int64_t>(1, std::min(ceil_div(tiles, by), target))));
+    np.grid = dim3(
+        static_cast<unsigned>(std::max<std::int64_t>(1, std::min(ceil_div(tiles, by), target))));
   } else {
     np.cl = cl_geometry(p, np.vec);
     const std::int64_t by = kBlockThreads / np.cl.bx;
     const std::int64_t gx = ceil_div(ceil_div(p.c, np.vec), np.cl.bx);
-    const std::int64_t gy = std::min({ceil_div(np.cl.rows, by), std::max<std::int64_t>(1, ceil_div(target, gx)), kMaxGridY});
+    const std::int64_t gy = std::min(
+        {ceil_div(np.cl.rows, by), std::max<std::int64_t>(1, ceil_div(target, gx)), kMaxGridY});
     np.grid = dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
   }
   return np;
@@ -156,8 +159,8 @@ TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_align
   const std::size_t acc = p.dtype == DataType::kFloat64 ? 8 : 4;
   const auto c = static_cast<std::size_t>(p.c);
   WorkspaceLayout ws;
-  tp.partials_offset = ws.add(static_cast<std::size_t>(tp.stats.splits) * c *
-                              kernels::welford_state_bytes(acc));
+  tp.partials_offset =
+      ws.add(static_cast<std::size_t>(tp.stats.splits) * c * kernels::welford_state_bytes(acc));
   tp.a_offset = ws.add(c * acc);
   tp.b_offset = ws.add(c * acc);
   tp.workspace_bytes = ws.total;

@@ -3,10 +3,10 @@
 /// place from the problem and the device (host/ never touches tensor data).
 #pragma once
 
+#include <vector_types.h>
+
 #include <cstddef>
 #include <cstdint>
-
-#include <vector_types.h>
 
 #include "device_info.hpp"
 #include "geometry.hpp"
@@ -28,8 +28,8 @@ struct ReducePlan {
   int vec = 1;
   kernels::ChannelsFirstGeometry cf;
   kernels::ChannelsLastGeometry cl;
-  dim3 grid;               ///< (C or channel blocks, splits)
-  std::int64_t splits = 1; ///< blocks per channel (grid y); partial states: splits * C
+  dim3 grid;                ///< (C or channel blocks, splits)
+  std::int64_t splits = 1;  ///< blocks per channel (grid y); partial states: splits * C
 };
 
 /// Consecutive 256-byte-aligned regions of a workspace.

@@ -17,16 +17,18 @@ Problem canonicalize(const char* call, const char* arg, const TensorDesc& d) {
     fail(Status::kInvalidLayout, call, a + ".order is not a cubn::MemoryOrder value");
   if (d.rank < 2 || d.rank > TensorDesc::kMaxRank)
     fail(Status::kInvalidLayout, call,
-         a + " has rank " + std::to_string(d.rank) + "; batch norm takes (N, C) to (N, C, D, H, W), rank 2 to 5");
+         a + " has rank " + std::to_string(d.rank) +
+             "; batch norm takes (N, C) to (N, C, D, H, W), rank 2 to 5");
   static const char* names[] = {"N", "C", "dims[2]", "dims[3]", "dims[4]"};
   for (int i = 0; i < d.rank; ++i) {
     if (d.dims[i] < 1)
       fail(Status::kInvalidArgument, call,
-           a + ".dims[" + std::to_string(i) + "] (" + names[i] + ") is " + std::to_string(d.dims[i]) +
-               "; every dim must be at least 1" + (i == 1 ? " (a tensor needs channels)" : ""));
+           a + ".dims[" + std::to_string(i) + "] (" + names[i] + ") is " +
+               std::to_string(d.dims[i]) + "; every dim must be at least 1" +
+               (i == 1 ? " (a tensor needs channels)" : ""));
   }
-  const std::int64_t limit = std::numeric_limits<std::int64_t>::max() /
-                             static_cast<std::int64_t>(element_size(d.dtype));
+  const std::int64_t limit =
+      std::numeric_limits<std::int64_t>::max() / static_cast<std::int64_t>(element_size(d.dtype));
   std::int64_t numel = 1;
   for (int i = 0; i < d.rank; ++i) {
     if (numel > limit / d.dims[i])
@@ -59,7 +61,8 @@ void check_pointer(const char* call, const char* arg, const void* p, std::size_t
   }
   if (reinterpret_cast<std::uintptr_t>(p) % align != 0)
     fail(Status::kMisalignedOperand, call,
-         std::string(arg) + " is not aligned to " + std::to_string(align) + " bytes (its element size)");
+         std::string(arg) + " is not aligned to " + std::to_string(align) +
+             " bytes (its element size)");
 }
 
 }  // namespace cubn::detail

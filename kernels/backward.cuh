@@ -98,22 +98,23 @@ template <class Acc>
 struct BackwardFinalizeArgs {
   const GradSums<Acc>* partials;  ///< [splits][C]
   std::int64_t splits, c;
-  Acc m;                ///< elements per channel
-  const Acc* scale;     ///< null means 1
-  const Acc* mean;      ///< saved (training) or running (frozen)
-  const Acc* invstd;    ///< training: saved invstd; null for frozen statistics
-  const Acc* var;       ///< frozen: running variance, with epsilon
+  Acc m;              ///< elements per channel
+  const Acc* scale;   ///< null means 1
+  const Acc* mean;    ///< saved (training) or running (frozen)
+  const Acc* invstd;  ///< training: saved invstd; null for frozen statistics
+  const Acc* var;     ///< frozen: running variance, with epsilon
   Acc epsilon;
   Acc* dscale;
   Acc* doffset;
-  bool accumulate;      ///< add to dscale and doffset instead of overwriting them
-  Acc* k;               ///< training: dx's coefficients, [4][C] (TrainingDxOp); may be null
+  bool accumulate;  ///< add to dscale and doffset instead of overwriting them
+  Acc* k;           ///< training: dx's coefficients, [4][C] (TrainingDxOp); may be null
 };
 
 /// One thread per channel: merges the partial sums in split order, writes (or adds to) dscale and
 /// doffset, and stores dx's coefficients.
 template <class Acc>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) bn_backward_finalize(BackwardFinalizeArgs<Acc> p) {
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
+    bn_backward_finalize(BackwardFinalizeArgs<Acc> p) {
   const std::int64_t ch = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (ch >= p.c) return;
   GradSums<Acc> s;

@@ -79,7 +79,8 @@ CUBN_DEVICE void reduce_channels_first(const T* in0, const T* in1, const Channel
   }
   using Reduce = BlockReduce<State, kBlockThreads>;
   __shared__ typename Reduce::TempStorage storage;
-  const auto total = Reduce(storage).reduce(st, [&op](const State& x, const State& y) { return op.merge(x, y); });
+  const auto total =
+      Reduce(storage).reduce(st, [&op](const State& x, const State& y) { return op.merge(x, y); });
   if (threadIdx.x == 0) partials[split * g.c + ch] = total.get();
 }
 
@@ -130,7 +131,8 @@ CUBN_DEVICE void map_channels_first(const T* in0, const T* in1, T* out,
   const ThreadTile tt(g.bx);
   const std::int64_t tiles = g.n * g.c * g.chunks, chunk_len = static_cast<std::int64_t>(tt.bx) * V;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * tt.by;
-  for (std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * tt.by + tt.ty; t < tiles; t += stride) {
+  for (std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * tt.by + tt.ty; t < tiles;
+       t += stride) {
     const std::int64_t row = t / g.chunks;
     const std::int64_t s = (t - row * g.chunks) * chunk_len + static_cast<std::int64_t>(tt.tx) * V;
     if (s >= g.s) continue;
@@ -159,7 +161,8 @@ CUBN_DEVICE void map_channels_last(const T* in0, const T* in1, T* out,
   CUBN_UNROLL
   for (int v = 0; v < V; ++v) k[v] = f.coeffs(c0 + v);
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.y) * tt.by;
-  for (std::int64_t r = static_cast<std::int64_t>(blockIdx.y) * tt.by + tt.ty; r < g.rows; r += stride) {
+  for (std::int64_t r = static_cast<std::int64_t>(blockIdx.y) * tt.by + tt.ty; r < g.rows;
+       r += stride) {
     const std::int64_t i = r * g.c + c0;
     Acc a[V], b[V];
     load_acc<V>(in0, i, a);

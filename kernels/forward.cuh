@@ -55,7 +55,8 @@ template <class T, int V>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_stats_channels_first(ChannelsFirstGeometry g, const T* __restrict__ x,
                             WelfordState<acc_t<T>>* __restrict__ partials) {
-  reduce_channels_first<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<acc_t<T>>{}, partials);
+  reduce_channels_first<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<acc_t<T>>{},
+                              partials);
 }
 
 /// Partial Welford statistics of the V channels each thread owns over split blockIdx.y, written
@@ -87,7 +88,8 @@ struct FinalizeArgs {
 /// One thread per channel: merges the partial states in split order, then writes mean and invstd,
 /// updates the running statistics (unbiased variance M2 / (M - 1)) and stores a and b.
 template <class Acc>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) bn_finalize_stats(FinalizeArgs<Acc> p) {
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
+    bn_finalize_stats(FinalizeArgs<Acc> p) {
   const std::int64_t ch = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (ch >= p.c) return;
   WelfordState<Acc> st;
@@ -98,7 +100,8 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) bn_finalize_s
   if (p.saved_mean != nullptr) p.saved_mean[ch] = st.mean;
   if (p.saved_invstd != nullptr) p.saved_invstd[ch] = invstd;
   if (p.running_mean != nullptr)
-    p.running_mean[ch] = (Acc(1) - p.momentum_mean) * p.running_mean[ch] + p.momentum_mean * st.mean;
+    p.running_mean[ch] =
+        (Acc(1) - p.momentum_mean) * p.running_mean[ch] + p.momentum_mean * st.mean;
   if (p.running_var != nullptr)
     p.running_var[ch] =
         (Acc(1) - p.momentum_var) * p.running_var[ch] + p.momentum_var * (st.m2 / (m - Acc(1)));

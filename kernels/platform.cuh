@@ -35,7 +35,7 @@
 #define CUBN_DYNAMIC_SHARED(T, name) \
   T* name = static_cast<T*>(::cubn::sim::detail::dynamic_shared_memory())
 #else
-#define CUBN_DYNAMIC_SHARED(T, name)                              \
+#define CUBN_DYNAMIC_SHARED(T, name)                                  \
   extern __shared__ __align__(16) unsigned char cubn_dynamic_smem_[]; \
   T* name = reinterpret_cast<T*>(cubn_dynamic_smem_)
 #endif

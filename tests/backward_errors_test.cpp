@@ -18,7 +18,8 @@ using namespace cubn::test;
 class BackwardErrors : public DeviceTest {
  protected:
   static constexpr std::int64_t kN = 4, kC = 6, kS = 9;
-  const TensorDesc desc_ = TensorDesc(DataType::kFloat32, MemoryOrder::kChannelsLast, {kN, kC, 3, 3});
+  const TensorDesc desc_ =
+      TensorDesc(DataType::kFloat32, MemoryOrder::kChannelsLast, {kN, kC, 3, 3});
   struct Buffers {  // made after the device check
     DeviceBuffer<float> x{std::vector<float>(kN * kC * kS, 1.0f)};
     DeviceBuffer<float> dy{std::vector<float>(kN * kC * kS, 0.5f)};
@@ -51,7 +52,8 @@ class BackwardErrors : public DeviceTest {
     expect_error_and_no_writes(call, status, needle,
                                {&b_->dx.bytes(), &b_->dscale.bytes(), &b_->doffset.bytes()});
   }
-  void train(const void* x, const void* dy, void* dx, const TrainingBackwardArgs<float>& a, Workspace w) {
+  void train(const void* x, const void* dy, void* dx, const TrainingBackwardArgs<float>& a,
+             Workspace w) {
     backward_training(desc_, x, dy, dx, a, w, nullptr);
   }
 };
@@ -60,22 +62,29 @@ TEST_F(BackwardErrors, TrainingArguments) {
   float* x = b_->x.data();
   float* dy = b_->dy.data();
   float* dx = b_->dx.data();
-  expect_error([&] { train(nullptr, dy, dx, args(), ws()); }, Status::kInvalidArgument, "x is null");
-  expect_error([&] { train(x, nullptr, dx, args(), ws()); }, Status::kInvalidArgument, "dy is null");
+  expect_error([&] { train(nullptr, dy, dx, args(), ws()); }, Status::kInvalidArgument,
+               "x is null");
+  expect_error([&] { train(x, nullptr, dx, args(), ws()); }, Status::kInvalidArgument,
+               "dy is null");
   auto a = args();
   a.saved.invstd = nullptr;
-  expect_error([&] { train(x, dy, dx, a, ws()); }, Status::kInvalidArgument, "args.saved.invstd is null");
+  expect_error([&] { train(x, dy, dx, a, ws()); }, Status::kInvalidArgument,
+               "args.saved.invstd is null");
   a = args();
   a.saved.mean = nullptr;
-  expect_error([&] { train(x, dy, dx, a, ws()); }, Status::kInvalidArgument, "args.saved.mean is null");
+  expect_error([&] { train(x, dy, dx, a, ws()); }, Status::kInvalidArgument,
+               "args.saved.mean is null");
   a = args();
   a.grads.dscale = reinterpret_cast<float*>(reinterpret_cast<char*>(b_->dscale.data()) + 2);
   expect_error([&] { train(x, dy, dx, a, ws()); }, Status::kMisalignedOperand, "args.grads.dscale");
   expect_error([&] { train(x, dy, reinterpret_cast<char*>(dx) + 1, args(), ws()); },
                Status::kMisalignedOperand, "dx is not aligned");
   const std::size_t need = backward_workspace_size(desc_);
-  expect_error([&] { train(x, dy, dx, args(), {b_->ws.data(), need - 1}); },
-               Status::kWorkspaceTooSmall, "backward_workspace_size");
+  expect_error(
+      [&] {
+        train(x, dy, dx, args(), {b_->ws.data(), need - 1});
+      },
+      Status::kWorkspaceTooSmall, "backward_workspace_size");
 }
 
 TEST_F(BackwardErrors, PartialOverlaps) {
@@ -100,8 +109,11 @@ TEST_F(BackwardErrors, FrozenArguments) {
   // dscale needs x; dx and doffset do not
   expect_error(call(nullptr, frozen()), Status::kInvalidArgument, "x is null");
   const TensorDesc f64(DataType::kFloat64, MemoryOrder::kChannelsLast, {kN, kC, 3, 3});
-  expect_error([&] { backward_frozen(f64, b_->x.data(), b_->dy.data(), b_->dx.data(), frozen(), ws(), nullptr); },
-               Status::kInvalidDataType, "fp64");
+  expect_error(
+      [&] {
+        backward_frozen(f64, b_->x.data(), b_->dy.data(), b_->dx.data(), frozen(), ws(), nullptr);
+      },
+      Status::kInvalidDataType, "fp64");
 }
 
 }  // namespace

@@ -33,7 +33,6 @@ namespace {
 using namespace cubn;
 using namespace cubn::test;
 
-
 // dy ~ N(0, 1) rounded to T, in the tensor's memory order.
 template <class T>
 std::vector<T> make_dy(std::size_t n, unsigned seed, double constant = std::nan("")) {
@@ -51,7 +50,8 @@ struct BackwardTolerance {
 
   double dx(std::int64_t c, double x, double dy, double dx_ref, bool batch) const {
     const double xmu = x - mean[c];
-    if (!batch) return 4 * u.acc * std::fabs(a[c] * dy) + u.out * std::fabs(dx_ref) + u.out_abs + 1e-300;
+    if (!batch)
+      return 4 * u.acc * std::fabs(a[c] * dy) + u.out * std::fabs(dx_ref) + u.out_abs + 1e-300;
     const double kx = a[c] * invstd[c] / m[c];
     return std::fabs(kx * xmu) * dscale[c] + std::fabs(a[c] / m[c]) * doffset[c] +
            4 * u.acc * (std::fabs(a[c] * dy) + std::fabs(kx * xmu) * 8 + std::fabs(a[c]) * 8) +
@@ -61,9 +61,10 @@ struct BackwardTolerance {
 
 template <class T>
 BackwardTolerance backward_tolerance(const ref::Shape& sh, const std::vector<double>& x,
-                                     const std::vector<double>& dy, const std::vector<double>& scale,
-                                     const std::vector<double>& mean, const std::vector<double>& invstd,
-                                     const ref::Gradients& g) {
+                                     const std::vector<double>& dy,
+                                     const std::vector<double>& scale,
+                                     const std::vector<double>& mean,
+                                     const std::vector<double>& invstd, const ref::Gradients& g) {
   BackwardTolerance t;
   t.u = rounding_of<T>();
   const auto C = static_cast<std::size_t>(sh.c());
@@ -133,7 +134,8 @@ struct BackwardRun {
 // Training-mode backward with the given saved statistics (rounded to P).
 template <class T>
 BackwardRun<T> run_training_backward(const TensorDesc& desc, const std::vector<T>& x,
-                                     const std::vector<T>& dy, const std::vector<param_of<T>>& scale,
+                                     const std::vector<T>& dy,
+                                     const std::vector<param_of<T>>& scale,
                                      const std::vector<param_of<T>>& mean,
                                      const std::vector<param_of<T>>& invstd) {
   using P = param_of<T>;
@@ -145,7 +147,8 @@ BackwardRun<T> run_training_backward(const TensorDesc& desc, const std::vector<T
   args.scale = scale.empty() ? nullptr : sc.data();
   args.saved = {m.data(), is.data()};
   args.grads = {ds.data(), dof.data()};
-  backward_training(desc, dx_.data(), dy_.data(), out.data(), args, {ws.data(), ws.bytes()}, nullptr);
+  backward_training(desc, dx_.data(), dy_.data(), out.data(), args, {ws.data(), ws.bytes()},
+                    nullptr);
   device_sync();
   return {to_doubles(out.download()), to_doubles(ds.download()), to_doubles(dof.download())};
 }
@@ -153,31 +156,37 @@ BackwardRun<T> run_training_backward(const TensorDesc& desc, const std::vector<T
 template <class T>
 void check_training_backward(const Dims& dims, MemoryOrder order, unsigned seed) {
   using P = param_of<T>;
-  const std::string what = std::string(to_string(dtype_of<T>())) + " backward " + shape_string(dims, order);
+  const std::string what =
+      std::string(to_string(dtype_of<T>())) + " backward " + shape_string(dims, order);
   const Data<T> d = make_data<T>(dims, order, seed);
   const auto dy = make_dy<T>(d.x.size(), seed + 1);
   const auto dyd = to_doubles(dy);
   const TensorDesc desc = make_desc(dtype_of<T>(), order, dims);
   const auto st = ref::batch_stats(d.shape, d.xd, 1e-3);
-  const auto mean = to_params<P>(st.mean), invstd = to_params<P>(st.invstd), scale = to_params<P>(d.scale);
+  const auto mean = to_params<P>(st.mean), invstd = to_params<P>(st.invstd),
+             scale = to_params<P>(d.scale);
   const auto got = run_training_backward<T>(desc, d.x, dy, scale, mean, invstd);
   ref::Params p;
   p.scale = to_doubles(scale);
-  const auto r = ref::backward_with_stats(d.shape, d.xd, dyd, p, to_doubles(mean), to_doubles(invstd), true);
-  const auto tol = backward_tolerance<T>(d.shape, d.xd, dyd, p.scale, to_doubles(mean), to_doubles(invstd), r);
+  const auto r =
+      ref::backward_with_stats(d.shape, d.xd, dyd, p, to_doubles(mean), to_doubles(invstd), true);
+  const auto tol =
+      backward_tolerance<T>(d.shape, d.xd, dyd, p.scale, to_doubles(mean), to_doubles(invstd), r);
   expect_gradients_near<T>(d.shape, d.xd, dyd, r, got.dx, got.dscale, got.doffset, tol, true, what);
 }
 
 template <class T>
 void check_frozen_backward(const Dims& dims, MemoryOrder order, unsigned seed) {
   using P = param_of<T>;
-  const std::string what = std::string(to_string(dtype_of<T>())) + " frozen backward " + shape_string(dims, order);
+  const std::string what =
+      std::string(to_string(dtype_of<T>())) + " frozen backward " + shape_string(dims, order);
   const Data<T> d = make_data<T>(dims, order, seed);
   const auto dy = make_dy<T>(d.x.size(), seed + 1);
   const auto dyd = to_doubles(dy);
   const TensorDesc desc = make_desc(dtype_of<T>(), order, dims);
   const std::size_t C = d.scale.size();
-  const auto scale = to_params<P>(d.scale), rm = to_params<P>(d.running_mean), rv = to_params<P>(d.running_var);
+  const auto scale = to_params<P>(d.scale), rm = to_params<P>(d.running_mean),
+             rv = to_params<P>(d.running_var);
   DeviceBuffer<T> x(d.x), dyb(dy), dx(d.x.size());
   DeviceBuffer<P> sc(scale), m(rm), v(rv), ds(C), dof(C);
   DeviceBytes ws(backward_workspace_size(desc));
@@ -195,8 +204,8 @@ void check_frozen_backward(const Dims& dims, MemoryOrder order, unsigned seed) {
   std::vector<double> invstd(C);
   for (std::size_t c = 0; c < C; ++c) invstd[c] = 1 / std::sqrt(double(rv[c]) + 1e-3);
   const auto tol = backward_tolerance<T>(d.shape, d.xd, dyd, p.scale, to_doubles(rm), invstd, r);
-  expect_gradients_near<T>(d.shape, d.xd, dyd, r, to_doubles(dx.download()), to_doubles(ds.download()),
-                           to_doubles(dof.download()), tol, false, what);
+  expect_gradients_near<T>(d.shape, d.xd, dyd, r, to_doubles(dx.download()),
+                           to_doubles(ds.download()), to_doubles(dof.download()), tol, false, what);
 }
 
 TYPED_TEST(Backward, TrainingMatchesTheReference) {
@@ -219,7 +228,8 @@ TYPED_TEST(Backward, FullTrainingStepMatchesTheReference) {
   using P = param_of<T>;
   for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast}) {
     for (const Dims& dims : {Dims{8, 6, 5, 5}, Dims{3, 17, 4, 4, 3}, Dims{64, 12}}) {
-      const std::string what = std::string(to_string(dtype_of<T>())) + " step " + shape_string(dims, order);
+      const std::string what =
+          std::string(to_string(dtype_of<T>())) + " step " + shape_string(dims, order);
       const Data<T> d = make_data<T>(dims, order, 4000);
       const auto dy = make_dy<T>(d.x.size(), 4001);
       const auto dyd = to_doubles(dy);
@@ -237,7 +247,8 @@ TYPED_TEST(Backward, FullTrainingStepMatchesTheReference) {
       ba.scale = sc.data();
       ba.saved = {sm.data(), si.data()};
       ba.grads = {ds.data(), dof.data()};
-      backward_training(desc, x.data(), dyb.data(), dx.data(), ba, {bws.data(), bws.bytes()}, nullptr);
+      backward_training(desc, x.data(), dyb.data(), dx.data(), ba, {bws.data(), bws.bytes()},
+                        nullptr);
       device_sync();
 
       ref::Params p;
@@ -294,9 +305,9 @@ TEST_F(BackwardProperties, ZeroUpstreamGradientGivesExactlyZero) {
     const auto d = make_data<float>(dims, order, 5000);
     const auto dy = make_dy<float>(d.x.size(), 0, 0.0);
     const auto st = ref::batch_stats(d.shape, d.xd, 1e-5);
-    const auto got = run_training_backward<float>(make_desc(DataType::kFloat32, order, dims), d.x, dy,
-                                                  to_params<float>(d.scale), to_params<float>(st.mean),
-                                                  to_params<float>(st.invstd));
+    const auto got = run_training_backward<float>(
+        make_desc(DataType::kFloat32, order, dims), d.x, dy, to_params<float>(d.scale),
+        to_params<float>(st.mean), to_params<float>(st.invstd));
     for (double v : got.dx) ASSERT_EQ(v, 0.0);
     for (double v : got.dscale) ASSERT_EQ(v, 0.0);
     for (double v : got.doffset) ASSERT_EQ(v, 0.0);
@@ -312,13 +323,15 @@ TEST_F(BackwardProperties, ConstantUpstreamGradientGivesZeroDxInTraining) {
     const auto dy = make_dy<float>(d.x.size(), 0, 0.75);
     const auto st = ref::batch_stats(d.shape, d.xd, 1e-5);
     const auto mean = to_params<float>(st.mean), invstd = to_params<float>(st.invstd);
-    const auto got = run_training_backward<float>(make_desc(DataType::kFloat32, order, dims), d.x, dy,
-                                                  to_params<float>(d.scale), mean, invstd);
+    const auto got = run_training_backward<float>(make_desc(DataType::kFloat32, order, dims), d.x,
+                                                  dy, to_params<float>(d.scale), mean, invstd);
     ref::Params p;
     p.scale = to_doubles(to_params<float>(d.scale));
     const auto dyd = to_doubles(dy);
-    const auto r = ref::backward_with_stats(d.shape, d.xd, dyd, p, to_doubles(mean), to_doubles(invstd), true);
-    const auto tol = backward_tolerance<float>(d.shape, d.xd, dyd, p.scale, to_doubles(mean), to_doubles(invstd), r);
+    const auto r =
+        ref::backward_with_stats(d.shape, d.xd, dyd, p, to_doubles(mean), to_doubles(invstd), true);
+    const auto tol = backward_tolerance<float>(d.shape, d.xd, dyd, p.scale, to_doubles(mean),
+                                               to_doubles(invstd), r);
     for (std::int64_t c = 0; c < 5; ++c)
       for (std::int64_t n = 0; n < 6; ++n)
         for (std::int64_t s = 0; s < 21; ++s) {
@@ -336,7 +349,8 @@ TEST_F(BackwardProperties, AccumulateAddsAndOverwriteReplaces) {
   const auto st = ref::batch_stats(d.shape, d.xd, 1e-5);
   const auto once = run_training_backward<float>(desc, d.x, dy, {}, to_params<float>(st.mean),
                                                  to_params<float>(st.invstd));
-  DeviceBuffer<float> x(d.x), dyb(dy), m(to_params<float>(st.mean)), is(to_params<float>(st.invstd));
+  DeviceBuffer<float> x(d.x), dyb(dy), m(to_params<float>(st.mean)),
+      is(to_params<float>(st.invstd));
   DeviceBuffer<float> ds(std::vector<float>(3, 100.0f)), dof(std::vector<float>(3, -7.0f));
   DeviceBytes ws(backward_workspace_size(desc));
   TrainingBackwardArgs<float> args;
@@ -347,8 +361,12 @@ TEST_F(BackwardProperties, AccumulateAddsAndOverwriteReplaces) {
   device_sync();
   const auto acc_s = ds.download(), acc_o = dof.download();
   for (int c = 0; c < 3; ++c) {
-    EXPECT_EQ(acc_s[c], static_cast<float>(static_cast<float>(100.0f + static_cast<float>(once.dscale[c])) + static_cast<float>(once.dscale[c])));
-    EXPECT_EQ(acc_o[c], static_cast<float>(static_cast<float>(-7.0f + static_cast<float>(once.doffset[c])) + static_cast<float>(once.doffset[c])));
+    EXPECT_EQ(acc_s[c],
+              static_cast<float>(static_cast<float>(100.0f + static_cast<float>(once.dscale[c])) +
+                                 static_cast<float>(once.dscale[c])));
+    EXPECT_EQ(acc_o[c],
+              static_cast<float>(static_cast<float>(-7.0f + static_cast<float>(once.doffset[c])) +
+                                 static_cast<float>(once.doffset[c])));
   }
   args.grads.accumulate = false;  // overwrite: the 100 and -7 are gone
   backward_training(desc, x.data(), dyb.data(), nullptr, args, {ws.data(), ws.bytes()}, nullptr);
@@ -375,7 +393,8 @@ TEST_F(BackwardProperties, OptionalOutputsAndInPlaceGiveTheSameResults) {
     args.saved = {m.data(), is.data()};
     // dx in place of dy, no doffset
     args.grads = {ds.data(), nullptr};
-    backward_training(desc, x.data(), dyb.data(), dyb.data(), args, {ws.data(), ws.bytes()}, nullptr);
+    backward_training(desc, x.data(), dyb.data(), dyb.data(), args, {ws.data(), ws.bytes()},
+                      nullptr);
     device_sync();
     EXPECT_EQ(to_doubles(dyb.download()), full.dx);
     EXPECT_EQ(to_doubles(ds.download()), full.dscale);

@@ -190,7 +190,8 @@ __global__ void dynamic_shared(unsigned* seen_before_write, unsigned* seen_after
 
 TEST(Executor, DynamicSharedMemoryIsPerBlockAndStartsUninitialised) {
   std::vector<unsigned> before(6), after(6 * 32);
-  sim::launch(dynamic_shared, dim3(6), dim3(32), 32 * sizeof(unsigned), before.data(), after.data());
+  sim::launch(dynamic_shared, dim3(6), dim3(32), 32 * sizeof(unsigned), before.data(),
+              after.data());
   for (int b = 0; b < 6; ++b) {
     EXPECT_EQ(before[b], 0xCDCDCDCDu) << "block " << b << " saw an earlier block's data";
     for (int t = 0; t < 32; ++t) EXPECT_EQ(after[b * 32 + t], b * 1000u + (t + 1) % 32);
@@ -221,7 +222,8 @@ TEST(Executor, WarpSynchronousCodeWithoutSyncwarpGivesWrongResults) {
   sim::launch(warp_sum_through_shared<true>, dim3(1), dim3(32), 0, in.data(), &with);
   sim::launch(warp_sum_through_shared<false>, dim3(1), dim3(32), 0, in.data(), &without);
   EXPECT_EQ(with, 528);
-  EXPECT_NE(without, 528) << "threads ran in lockstep: the executor would hide a missing __syncwarp";
+  EXPECT_NE(without, 528)
+      << "threads ran in lockstep: the executor would hide a missing __syncwarp";
 }
 
 __global__ void warp_shuffle_sum(const float* in, float* out, int rounds) {
@@ -278,8 +280,8 @@ __global__ void barrier_after_early_return(int* out) {
 
 TEST(ExecutorCatches, SyncthreadsThatReturnedThreadsDoNotReach) {
   std::vector<int> out(64);
-  const std::string msg = fault_of(
-      [&] { sim::launch(barrier_after_early_return, dim3(1), dim3(64), 0, out.data()); });
+  const std::string msg =
+      fault_of([&] { sim::launch(barrier_after_early_return, dim3(1), dim3(64), 0, out.data()); });
   EXPECT_NE(msg.find("__syncthreads()"), std::string::npos) << msg;
   EXPECT_NE(msg.find("returned"), std::string::npos) << msg;
   EXPECT_NE(msg.find("executor_test.cu"), std::string::npos) << msg;
@@ -430,8 +432,9 @@ TEST(ExecutorCatches, LaunchShapesADeviceRefuses) {
             Status::kInvalidLaunch);
   EXPECT_EQ(status_of([&] { sim::launch(reduce_twice, dim3(1), dim3(1, 1, 65), 0, true, &out); }),
             Status::kInvalidLaunch);
-  EXPECT_EQ(status_of([&] { sim::launch(reduce_twice, dim3(1), dim3(64), 48 * 1024 + 1, true, &out); }),
-            Status::kInvalidLaunch);
+  EXPECT_EQ(
+      status_of([&] { sim::launch(reduce_twice, dim3(1), dim3(64), 48 * 1024 + 1, true, &out); }),
+      Status::kInvalidLaunch);
   EXPECT_EQ(status_of([&] { sim::launch(reduce_twice, dim3(1, 65536), dim3(64), 0, true, &out); }),
             Status::kInvalidLaunch);
 }
@@ -445,7 +448,9 @@ TEST(ExecutorCatches, AndKeepsWorkingAfterAFault) {
   EXPECT_EQ(rev[0], 255);
 }
 
-__global__ void write_one_past_the_end(int* out, int n) { out[threadIdx.x + (threadIdx.x == 0 ? n : 0)] = 1; }
+__global__ void write_one_past_the_end(int* out, int n) {
+  out[threadIdx.x + (threadIdx.x == 0 ? n : 0)] = 1;
+}
 
 #if defined(__SANITIZE_ADDRESS__)
 constexpr bool kAddressSanitizer = true;

@@ -4,8 +4,8 @@
 
 #include <cmath>
 #include <functional>
-#include <memory>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -22,7 +22,8 @@ using namespace cubn::test;
 class ForwardErrors : public DeviceTest {
  protected:
   static constexpr std::int64_t kN = 4, kC = 6, kS = 9;
-  const TensorDesc desc_ = TensorDesc(DataType::kFloat32, MemoryOrder::kChannelsFirst, {kN, kC, 3, 3});
+  const TensorDesc desc_ =
+      TensorDesc(DataType::kFloat32, MemoryOrder::kChannelsFirst, {kN, kC, 3, 3});
   // made in SetUp, after the device check: a GPU build without a device skips instead
   struct Buffers {
     DeviceBuffer<float> x{std::vector<float>(kN * kC * kS, 1.5f)};
@@ -58,7 +59,8 @@ class ForwardErrors : public DeviceTest {
     expect_error_and_no_writes(call, status, needle, out);
   }
 
-  void train(const TensorDesc& d, const void* x, void* y, const TrainingForwardArgs<float>& a, Workspace w) {
+  void train(const TensorDesc& d, const void* x, void* y, const TrainingForwardArgs<float>& a,
+             Workspace w) {
     forward_training(d, x, y, a, w, nullptr);
   }
 };
@@ -73,8 +75,8 @@ TEST_F(ForwardErrors, NullAndMisalignedTensors) {
                Status::kMisalignedOperand, "x is not aligned to 4 bytes");
   auto a = training_args();
   a.running.mean = reinterpret_cast<float*>(reinterpret_cast<char*>(b_->rmean.data()) + 1);
-  expect_error([&] { train(desc_, x(), y(), a, workspace()); },
-               Status::kMisalignedOperand, "args.running.mean");
+  expect_error([&] { train(desc_, x(), y(), a, workspace()); }, Status::kMisalignedOperand,
+               "args.running.mean");
 }
 
 TEST_F(ForwardErrors, PartialOverlapOfInputAndOutput) {
@@ -89,8 +91,9 @@ TEST_F(ForwardErrors, BadDescriptors) {
   };
   expect_error(with(TensorDesc(DataType::kFloat32, MemoryOrder::kChannelsFirst, {kN})),
                Status::kInvalidLayout, "x_desc has rank 1");
-  expect_error(with(TensorDesc(DataType::kFloat32, MemoryOrder::kChannelsFirst, {1, 2, 3, 4, 5, 6})),
-               Status::kInvalidLayout, "rank 6");
+  expect_error(
+      with(TensorDesc(DataType::kFloat32, MemoryOrder::kChannelsFirst, {1, 2, 3, 4, 5, 6})),
+      Status::kInvalidLayout, "rank 6");
   expect_error(with(TensorDesc(DataType::kFloat32, MemoryOrder::kChannelsFirst, {kN, 0, 3, 3})),
                Status::kInvalidArgument, "x_desc.dims[1] (C) is 0");
   expect_error(with(TensorDesc(DataType::kFloat32, MemoryOrder::kChannelsFirst, {kN, kC, -3, 3})),
@@ -120,45 +123,53 @@ TEST_F(ForwardErrors, EpsilonAndMomentumOutOfRange) {
                      std::numeric_limits<double>::infinity()}) {
     auto a = training_args();
     a.epsilon = eps;
-    expect_error([&] { train(desc_, x(), y(), a, workspace()); },
-                 Status::kInvalidArgument, "epsilon");
+    expect_error([&] { train(desc_, x(), y(), a, workspace()); }, Status::kInvalidArgument,
+                 "epsilon");
   }
   for (double m : {-0.1, 1.5, std::numeric_limits<double>::quiet_NaN()}) {
     auto a = training_args();
     a.momentum.mean = m;
-    expect_error([&] { train(desc_, x(), y(), a, workspace()); },
-                 Status::kInvalidArgument, "args.momentum.mean");
+    expect_error([&] { train(desc_, x(), y(), a, workspace()); }, Status::kInvalidArgument,
+                 "args.momentum.mean");
     a = training_args();
     a.momentum.var = m;
-    expect_error([&] { train(desc_, x(), y(), a, workspace()); },
-                 Status::kInvalidArgument, "args.momentum.var");
+    expect_error([&] { train(desc_, x(), y(), a, workspace()); }, Status::kInvalidArgument,
+                 "args.momentum.var");
   }
 }
 
 TEST_F(ForwardErrors, WorkspaceTooSmallNullOrMisaligned) {
   const std::size_t need = forward_training_workspace_size(desc_);
   ASSERT_LE(need, b_->ws.bytes());
-  expect_error([&] { train(desc_, x(), y(), training_args(), {b_->ws.data(), need - 1}); },
-               Status::kWorkspaceTooSmall, "workspace.bytes");
-  expect_error([&] { train(desc_, x(), y(), training_args(), {nullptr, need}); },
-               Status::kInvalidArgument, "workspace.ptr is null");
-  expect_error([&] {
-    train(desc_, x(), y(), training_args(), {static_cast<char*>(b_->ws.data()) + 8, need});
-  }, Status::kMisalignedOperand, "workspace.ptr");
+  expect_error(
+      [&] {
+        train(desc_, x(), y(), training_args(), {b_->ws.data(), need - 1});
+      },
+      Status::kWorkspaceTooSmall, "workspace.bytes");
+  expect_error(
+      [&] {
+        train(desc_, x(), y(), training_args(), {nullptr, need});
+      },
+      Status::kInvalidArgument, "workspace.ptr is null");
+  expect_error(
+      [&] {
+        train(desc_, x(), y(), training_args(), {static_cast<char*>(b_->ws.data()) + 8, need});
+      },
+      Status::kMisalignedOperand, "workspace.ptr");
 }
 
 TEST_F(ForwardErrors, InferenceNeedsBothRunningStatistics) {
   InferenceForwardArgs<float> a;
   a.running = {b_->rmean.data(), nullptr};
-  expect_error([&] { forward_inference(desc_, x(), y(), a, nullptr); },
-               Status::kInvalidArgument, "args.running.var is null");
+  expect_error([&] { forward_inference(desc_, x(), y(), a, nullptr); }, Status::kInvalidArgument,
+               "args.running.var is null");
   a.running = {nullptr, b_->rvar.data()};
-  expect_error([&] { forward_inference(desc_, x(), y(), a, nullptr); },
-               Status::kInvalidArgument, "args.running.mean is null");
+  expect_error([&] { forward_inference(desc_, x(), y(), a, nullptr); }, Status::kInvalidArgument,
+               "args.running.mean is null");
   a.running = {b_->rmean.data(), b_->rvar.data()};
   a.epsilon = 0;
-  expect_error([&] { forward_inference(desc_, x(), y(), a, nullptr); },
-               Status::kInvalidArgument, "epsilon");
+  expect_error([&] { forward_inference(desc_, x(), y(), a, nullptr); }, Status::kInvalidArgument,
+               "epsilon");
 }
 
 TEST(ForwardSizes, TensorsPastTwoToTheThirtyOneByShapeArithmetic) {
@@ -175,7 +186,8 @@ TEST(ForwardSizes, TensorsPastTwoToTheThirtyOneByShapeArithmetic) {
       const std::size_t bytes = forward_training_workspace_size(d);
       EXPECT_GT(bytes, 0u);
       // at most 65535 splits per channel, 16 bytes per partial state, plus a and b
-      EXPECT_LE(bytes, 65535u * static_cast<std::size_t>(d.dims[1]) * 16 + 2 * 4 * d.dims[1] + 1024);
+      EXPECT_LE(bytes,
+                65535u * static_cast<std::size_t>(d.dims[1]) * 16 + 2 * 4 * d.dims[1] + 1024);
     }
   } catch (const Error& e) {
     if (e.status() != Status::kCudaError) throw;

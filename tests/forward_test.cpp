@@ -24,7 +24,6 @@ namespace {
 using namespace cubn;
 using namespace cubn::test;
 
-
 // A few random shapes per run of a dtype/order, from a fixed seed so failures reproduce.
 std::vector<Dims> random_shapes(unsigned seed) {
   std::mt19937 rng(seed);
@@ -33,7 +32,13 @@ std::vector<Dims> random_shapes(unsigned seed) {
   for (int k = 0; k < 3; ++k) {
     Dims d{n(rng), c(rng)};
     for (int r = 2, R = rank(rng); r < R; ++r) d.push_back(small(rng));
-    if (d[0] * [&] { std::int64_t s = 1; for (std::size_t i = 2; i < d.size(); ++i) s *= d[i]; return s; }() < 2)
+    if (d[0] *
+            [&] {
+              std::int64_t s = 1;
+              for (std::size_t i = 2; i < d.size(); ++i) s *= d[i];
+              return s;
+            }() <
+        2)
       d[0] = 2;
     out.push_back(d);
   }
@@ -76,10 +81,10 @@ void check_training(const Dims& dims, MemoryOrder order, unsigned seed, bool aff
     p.offset = to_doubles(to_params<P>(d.offset));
   }
   p.eps = 1e-3;
-  const auto r = ref::forward_training(d.shape, d.xd, p, static_cast<double>(static_cast<P>(momentum)),
-                                       static_cast<double>(static_cast<P>(momentum)),
-                                       to_doubles(to_params<P>(d.running_mean)),
-                                       to_doubles(to_params<P>(d.running_var)));
+  const auto r = ref::forward_training(
+      d.shape, d.xd, p, static_cast<double>(static_cast<P>(momentum)),
+      static_cast<double>(static_cast<P>(momentum)), to_doubles(to_params<P>(d.running_mean)),
+      to_doubles(to_params<P>(d.running_var)));
   const Rounding u = rounding_of<T>();
   const double m = static_cast<double>(d.shape.m());
   std::vector<StatTolerance> st(C);
@@ -88,12 +93,15 @@ void check_training(const Dims& dims, MemoryOrder order, unsigned seed, bool aff
   for (std::size_t c = 0; c < C; ++c) {
     st[c] = stat_tolerance(u, m, r.stats.mean[c], std::sqrt(r.stats.var[c]));
     EXPECT_NEAR(got_mean[c], r.stats.mean[c], st[c].mean) << what << " saved mean, c=" << c;
-    EXPECT_NEAR(got_invstd[c], r.stats.invstd[c], r.stats.invstd[c] * (st[c].rel_var / 2 + 4 * u.acc))
+    EXPECT_NEAR(got_invstd[c], r.stats.invstd[c],
+                r.stats.invstd[c] * (st[c].rel_var / 2 + 4 * u.acc))
         << what << " saved invstd, c=" << c;
-    EXPECT_NEAR(got_rmean[c], r.running_mean[c], momentum * st[c].mean + 4 * u.acc * std::fabs(r.running_mean[c]))
+    EXPECT_NEAR(got_rmean[c], r.running_mean[c],
+                momentum * st[c].mean + 4 * u.acc * std::fabs(r.running_mean[c]))
         << what << " running mean, c=" << c;
     EXPECT_NEAR(got_rvar[c], r.running_var[c],
-                momentum * r.stats.var_unbiased[c] * (st[c].rel_var + 4 * u.acc) + 4 * u.acc * r.running_var[c])
+                momentum * r.stats.var_unbiased[c] * (st[c].rel_var + 4 * u.acc) +
+                    4 * u.acc * r.running_var[c])
         << what << " running var, c=" << c;
   }
   expect_y_near(d, to_doubles(y.download()), r.y, r.stats.mean, r.stats.invstd, p.offset, p.scale,
@@ -103,7 +111,8 @@ void check_training(const Dims& dims, MemoryOrder order, unsigned seed, bool aff
 template <class T>
 void check_inference(const Dims& dims, MemoryOrder order, unsigned seed) {
   using P = param_of<T>;
-  const std::string what = std::string(to_string(dtype_of<T>())) + " inference " + shape_string(dims, order);
+  const std::string what =
+      std::string(to_string(dtype_of<T>())) + " inference " + shape_string(dims, order);
   const Data<T> d = make_data<T>(dims, order, seed);
   const TensorDesc desc = make_desc(dtype_of<T>(), order, dims);
   DeviceBuffer<T> x(d.x), y(d.x.size());
@@ -120,7 +129,8 @@ void check_inference(const Dims& dims, MemoryOrder order, unsigned seed) {
   p.scale = to_doubles(to_params<P>(d.scale));
   p.offset = to_doubles(to_params<P>(d.offset));
   p.eps = 1e-3;
-  const auto rm = to_doubles(to_params<P>(d.running_mean)), rv = to_doubles(to_params<P>(d.running_var));
+  const auto rm = to_doubles(to_params<P>(d.running_mean)),
+             rv = to_doubles(to_params<P>(d.running_var));
   const auto y_ref = ref::forward_inference(d.shape, d.xd, p, rm, rv);
   std::vector<double> invstd(rv.size());
   for (std::size_t c = 0; c < rv.size(); ++c) invstd[c] = 1 / std::sqrt(rv[c] + 1e-3);
@@ -205,7 +215,8 @@ TEST_F(ForwardProperties, TrainingOutputIgnoresRunningStatisticsWhichItOnlyUpdat
   EXPECT_FALSE(bitwise_equal(a.rmean, b.rmean)) << "the running statistics were not updated";
 
   // inference reads them: different running statistics, different y
-  DeviceBuffer<float> x(d.x), y1(d.x.size()), y2(d.x.size()), m0(zeros), v1(ones), mw(wild), vw(wild);
+  DeviceBuffer<float> x(d.x), y1(d.x.size()), y2(d.x.size()), m0(zeros), v1(ones), mw(wild),
+      vw(wild);
   InferenceForwardArgs<float> args;
   args.running = {m0.data(), v1.data()};
   forward_inference(desc, x.data(), y1.data(), args, nullptr);
@@ -226,7 +237,8 @@ TEST_F(ForwardProperties, RunningStatisticsFollowTheReferenceOverSeveralSteps) {
     const auto r = run_training<float>(desc, d.x, rmean, rvar, momentum);
     rmean = r.rmean;
     rvar = r.rvar;
-    const auto ref = ref::forward_training(d.shape, d.xd, {}, momentum, momentum, ref_mean, ref_var);
+    const auto ref =
+        ref::forward_training(d.shape, d.xd, {}, momentum, momentum, ref_mean, ref_var);
     ref_mean = ref.running_mean;
     ref_var = ref.running_var;
   }
@@ -291,14 +303,17 @@ void check_large_offset(MemoryOrder order) {
   const Dims dims{16, 4, 16, 16};
   const auto d = make_data<T>(dims, order, 800, 1e4);
   const TensorDesc desc = make_desc(dtype_of<T>(), order, dims);
-  const auto r = run_training<T>(desc, d.x, std::vector<float>(4, 0.0f), std::vector<float>(4, 1.0f));
+  const auto r =
+      run_training<T>(desc, d.x, std::vector<float>(4, 0.0f), std::vector<float>(4, 1.0f));
   const auto st = ref::batch_stats(d.shape, d.xd, 1e-5);
   const double u = std::ldexp(1.0, -24);
   for (int c = 0; c < 4; ++c) {
     const double var = 1.0 / (double(r.sinvstd[c]) * r.sinvstd[c]) - 1e-5;
-    EXPECT_NEAR(var, st.var[c], 4 * std::ldexp(1.0, -11) * std::sqrt(st.var[c]) + 4 * u * (st.var[c] + 1e-5))
+    EXPECT_NEAR(var, st.var[c],
+                4 * std::ldexp(1.0, -11) * std::sqrt(st.var[c]) + 4 * u * (st.var[c] + 1e-5))
         << to_string(dtype_of<T>()) << " c=" << c;
-    EXPECT_NEAR(r.smean[c], st.mean[c], 8 * std::ldexp(1.0, -10)) << to_string(dtype_of<T>()) << " c=" << c;
+    EXPECT_NEAR(r.smean[c], st.mean[c], 8 * std::ldexp(1.0, -10))
+        << to_string(dtype_of<T>()) << " c=" << c;
   }
 }
 
@@ -316,7 +331,8 @@ TEST_F(ForwardProperties, NanAndInfStayInTheirChannel) {
     d.x[d.shape.index(3, 1, 7)] = std::numeric_limits<float>::quiet_NaN();
     d.x[d.shape.index(0, 2, 0)] = std::numeric_limits<float>::infinity();
     const TensorDesc desc = make_desc(DataType::kFloat32, order, dims);
-    const auto r = run_training<float>(desc, d.x, std::vector<float>(4, 0.0f), std::vector<float>(4, 1.0f));
+    const auto r =
+        run_training<float>(desc, d.x, std::vector<float>(4, 0.0f), std::vector<float>(4, 1.0f));
     EXPECT_TRUE(std::isnan(r.smean[1]));
     EXPECT_TRUE(std::isnan(r.rmean[1]) && std::isnan(r.rvar[1]));
     EXPECT_FALSE(std::isfinite(r.smean[2]));
@@ -329,7 +345,8 @@ TEST_F(ForwardProperties, NanAndInfStayInTheirChannel) {
       }
     // channels 0 and 3 are untouched: same as a run without the bad values
     auto clean = make_data<float>(dims, order, 900);
-    const auto rc = run_training<float>(desc, clean.x, std::vector<float>(4, 0.0f), std::vector<float>(4, 1.0f));
+    const auto rc = run_training<float>(desc, clean.x, std::vector<float>(4, 0.0f),
+                                        std::vector<float>(4, 1.0f));
     for (int c : {0, 3}) {
       EXPECT_EQ(r.smean[c], rc.smean[c]);
       EXPECT_EQ(r.sinvstd[c], rc.sinvstd[c]);
@@ -346,10 +363,12 @@ TEST_F(ForwardProperties, InPlaceGivesTheSameResult) {
     const Dims dims{4, 8, 6, 6};
     const auto d = make_data<__half>(dims, order, 1000);
     const TensorDesc desc = make_desc(DataType::kFloat16, order, dims);
-    const auto out = run_training<__half>(desc, d.x, std::vector<float>(8, 0.0f), std::vector<float>(8, 1.0f));
+    const auto out =
+        run_training<__half>(desc, d.x, std::vector<float>(8, 0.0f), std::vector<float>(8, 1.0f));
     DeviceBuffer<__half> xy(d.x);
     DeviceBytes ws(forward_training_workspace_size(desc));
-    forward_training(desc, xy.data(), xy.data(), TrainingForwardArgs<float>{}, {ws.data(), ws.bytes()}, nullptr);
+    forward_training(desc, xy.data(), xy.data(), TrainingForwardArgs<float>{},
+                     {ws.data(), ws.bytes()}, nullptr);
     device_sync();
     EXPECT_TRUE(bitwise_equal(out.y, xy.download()));
 
@@ -370,13 +389,15 @@ TEST_F(ForwardProperties, MisalignedPointersUseTheScalarPath) {
     const Dims dims{4, 8, 4, 4};  // C and S divide by every vector width
     const auto d = make_data<float>(dims, order, 1100);
     const TensorDesc desc = make_desc(DataType::kFloat32, order, dims);
-    const auto aligned = run_training<float>(desc, d.x, std::vector<float>(8, 0.0f), std::vector<float>(8, 1.0f));
+    const auto aligned =
+        run_training<float>(desc, d.x, std::vector<float>(8, 0.0f), std::vector<float>(8, 1.0f));
     DeviceBuffer<float> x(d.x.size() + 1), y(d.x.size() + 1);
     std::vector<float> shifted(d.x.size() + 1, 0.0f);
     std::copy(d.x.begin(), d.x.end(), shifted.begin() + 1);
     x.upload(shifted);
     DeviceBytes ws(forward_training_workspace_size(desc));
-    forward_training(desc, x.data() + 1, y.data() + 1, TrainingForwardArgs<float>{}, {ws.data(), ws.bytes()}, nullptr);
+    forward_training(desc, x.data() + 1, y.data() + 1, TrainingForwardArgs<float>{},
+                     {ws.data(), ws.bytes()}, nullptr);
     device_sync();
     const auto got = y.download();
     // same arithmetic in the same order per thread? Not necessarily (another vector width
@@ -396,12 +417,14 @@ TEST_F(ForwardProperties, SeveralHostThreadsAtOnce) {
   std::vector<TrainingRun<float>> serial, parallel(4);
   for (int t = 0; t < 4; ++t) {
     data.push_back(make_data<float>(dims, MemoryOrder::kChannelsLast, 1200 + t));
-    serial.push_back(run_training<float>(desc, data[t].x, std::vector<float>(16, 0.0f), std::vector<float>(16, 1.0f)));
+    serial.push_back(run_training<float>(desc, data[t].x, std::vector<float>(16, 0.0f),
+                                         std::vector<float>(16, 1.0f)));
   }
   std::vector<std::thread> pool;
   for (int t = 0; t < 4; ++t)
     pool.emplace_back([&, t] {
-      parallel[t] = run_training<float>(desc, data[t].x, std::vector<float>(16, 0.0f), std::vector<float>(16, 1.0f));
+      parallel[t] = run_training<float>(desc, data[t].x, std::vector<float>(16, 0.0f),
+                                        std::vector<float>(16, 1.0f));
     });
   for (auto& th : pool) th.join();
   for (int t = 0; t < 4; ++t) {
@@ -424,10 +447,12 @@ TEST_F(ForwardProperties, CapturesIntoACudaGraph) {
   const Dims dims{8, 32, 7, 7};
   const auto d = make_data<__half>(dims, MemoryOrder::kChannelsLast, 1300);
   const TensorDesc desc = make_desc(DataType::kFloat16, MemoryOrder::kChannelsLast, dims);
-  const auto eager = run_training<__half>(desc, d.x, std::vector<float>(32, 0.0f), std::vector<float>(32, 1.0f));
+  const auto eager =
+      run_training<__half>(desc, d.x, std::vector<float>(32, 0.0f), std::vector<float>(32, 1.0f));
 
   DeviceBuffer<__half> x(d.x), y(d.x.size()), y2(d.x.size());
-  DeviceBuffer<float> rm(std::vector<float>(32, 0.0f)), rv(std::vector<float>(32, 1.0f)), sm(32), si(32);
+  DeviceBuffer<float> rm(std::vector<float>(32, 0.0f)), rv(std::vector<float>(32, 1.0f)), sm(32),
+      si(32);
   DeviceBytes ws(forward_training_workspace_size(desc));
   TrainingForwardArgs<float> args;
   args.running = {rm.data(), rv.data()};

@@ -40,13 +40,16 @@ TEST_F(Launch, RefusesWhatTheDeviceRefusesBeforeLaunching) {
   cubn::test::DeviceBuffer<int> out(2048);
   out.fill_bytes(0xAB);
   EXPECT_EQ(status_of_launch(dim3(1), dim3(1025), 0, out.data(), 2048), Status::kInvalidLaunch);
-  EXPECT_EQ(status_of_launch(dim3(1), dim3(32, 32, 2), 0, out.data(), 2048), Status::kInvalidLaunch);
+  EXPECT_EQ(status_of_launch(dim3(1), dim3(32, 32, 2), 0, out.data(), 2048),
+            Status::kInvalidLaunch);
   EXPECT_EQ(status_of_launch(dim3(1), dim3(1, 1, 65), 0, out.data(), 2048), Status::kInvalidLaunch);
-  EXPECT_EQ(status_of_launch(dim3(1, 65536), dim3(32), 0, out.data(), 2048), Status::kInvalidLaunch);
+  EXPECT_EQ(status_of_launch(dim3(1, 65536), dim3(32), 0, out.data(), 2048),
+            Status::kInvalidLaunch);
   EXPECT_EQ(status_of_launch(dim3(0), dim3(32), 0, out.data(), 2048), Status::kInvalidLaunch);
   EXPECT_EQ(status_of_launch(dim3(1), dim3(32), 1 << 20, out.data(), 2048), Status::kInvalidLaunch);
   cubn::test::device_sync();
-  for (int v : out.download()) ASSERT_EQ(v, static_cast<int>(0xABABABAB)) << "a refused launch wrote";
+  for (int v : out.download())
+    ASSERT_EQ(v, static_cast<int>(0xABABABAB)) << "a refused launch wrote";
 }
 
 }  // namespace

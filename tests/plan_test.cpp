@@ -1,12 +1,13 @@
 // The planner (host/plan.cpp): launch shapes within device limits and 64-bit geometry for
 // tensors far past 2^31 elements, checked by shape arithmetic without allocating them.
+#include "plan.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cstdint>
 
 #include "cubn/sim/executor.hpp"
 #include "device_info.hpp"
-#include "plan.hpp"
 #include "problem.hpp"
 
 namespace {
@@ -55,7 +56,8 @@ TEST(Plan, ChannelsFirstPastTwoToTheThirtyOne) {
 }
 
 TEST(Plan, ChannelsLastPastTwoToTheThirtyOne) {
-  const Problem p = problem(DataType::kBFloat16, MemoryOrder::kChannelsLast, {1 << 16, 1024, 32, 32});
+  const Problem p =
+      problem(DataType::kBFloat16, MemoryOrder::kChannelsLast, {1 << 16, 1024, 32, 32});
   const auto plan = cubn::detail::plan_training(p, cubn::detail::current_device_info(), true, true);
   expect_within_limits(plan.stats.grid);
   expect_within_limits(plan.normalize.grid);
@@ -77,8 +79,10 @@ TEST(Plan, WorkspaceDoesNotDependOnPointerAlignment) {
 }
 
 TEST(Plan, ManyChannelsAreRefusedPastTheGridLimit) {
-  const Problem p = problem(DataType::kFloat16, MemoryOrder::kChannelsFirst, {1, std::int64_t{1} << 32, 2});
-  EXPECT_THROW(cubn::detail::plan_training(p, cubn::detail::current_device_info(), true, true), Error);
+  const Problem p =
+      problem(DataType::kFloat16, MemoryOrder::kChannelsFirst, {1, std::int64_t{1} << 32, 2});
+  EXPECT_THROW(cubn::detail::plan_training(p, cubn::detail::current_device_info(), true, true),
+               Error);
 }
 
 }  // namespace

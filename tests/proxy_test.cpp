@@ -41,7 +41,8 @@ Traffic profile(double tensor_bytes, const std::function<void()>& call) {
   return t;
 }
 
-void expect_traffic(const Traffic& t, double reads, double writes, bool contiguous, const std::string& what) {
+void expect_traffic(const Traffic& t, double reads, double writes, bool contiguous,
+                    const std::string& what) {
   EXPECT_EQ(t.read_passes, reads) << what;
   EXPECT_EQ(t.write_passes, writes) << what;
   if (!contiguous) return;
@@ -70,8 +71,9 @@ void check(const Dims& dims, MemoryOrder order) {
   TrainingForwardArgs<P> ta;
   ta.running = {rm.data(), rv.data()};
   ta.saved = {sm.data(), si.data()};
-  expect_traffic(profile(bytes, [&] { forward_training(desc, x.data(), y.data(), ta, w, nullptr); }),
-                 2, 1, contiguous, what + " forward_training");
+  expect_traffic(
+      profile(bytes, [&] { forward_training(desc, x.data(), y.data(), ta, w, nullptr); }), 2, 1,
+      contiguous, what + " forward_training");
   InferenceForwardArgs<P> ia;
   ia.running = {rm.data(), rv.data()};
   expect_traffic(profile(bytes, [&] { forward_inference(desc, x.data(), y.data(), ia, nullptr); }),
@@ -79,12 +81,16 @@ void check(const Dims& dims, MemoryOrder order) {
   TrainingBackwardArgs<P> ba;
   ba.saved = {sm.data(), si.data()};
   ba.grads = {ds.data(), dof.data()};
-  expect_traffic(profile(bytes, [&] { backward_training(desc, x.data(), dy.data(), dx.data(), ba, w, nullptr); }),
-                 4, 1, contiguous, what + " backward_training");
+  expect_traffic(
+      profile(bytes,
+              [&] { backward_training(desc, x.data(), dy.data(), dx.data(), ba, w, nullptr); }),
+      4, 1, contiguous, what + " backward_training");
   FrozenBackwardArgs<P> fa;
   fa.running = {rm.data(), rv.data()};
-  expect_traffic(profile(bytes, [&] { backward_frozen(desc, x.data(), dy.data(), dx.data(), fa, w, nullptr); }),
-                 1, 1, contiguous, what + " backward_frozen");
+  expect_traffic(
+      profile(bytes,
+              [&] { backward_frozen(desc, x.data(), dy.data(), dx.data(), fa, w, nullptr); }),
+      1, 1, contiguous, what + " backward_frozen");
 }
 
 TEST(Proxies, BytesMovedMatchTheModelAndWarpAccessesAreCoalesced) {
@@ -103,7 +109,8 @@ TEST(Proxies, EveryLaunchIsNamedAfterItsKernel) {
   DeviceBuffer<float> x(std::vector<float>(512, 1.0f)), y(512);
   DeviceBytes ws(forward_training_workspace_size(desc));
   sim::ProfileScope scope;
-  forward_training(desc, x.data(), y.data(), TrainingForwardArgs<float>{}, {ws.data(), ws.bytes()}, nullptr);
+  forward_training(desc, x.data(), y.data(), TrainingForwardArgs<float>{}, {ws.data(), ws.bytes()},
+                   nullptr);
   ASSERT_EQ(scope.launches().size(), 3u);
   EXPECT_EQ(scope.launches()[0].name, "cubn::bn_stats");
   EXPECT_EQ(scope.launches()[1].name, "cubn::bn_finalize_stats");

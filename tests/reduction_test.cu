@@ -86,7 +86,8 @@ TEST_F(WelfordKernel, WarpAndBlockReductionsMatchTheDoubleReference) {
     EXPECT_NEAR(cubn::kernels::welford_variance(s), e.var, tol * sigma) << "block " << b;
     // the warps of the block together hold the same data as the block
     State warps;
-    for (int w = 0; w < kWarps; ++w) warps = cubn::kernels::welford_merge(warps, warp_states[b * kWarps + w]);
+    for (int w = 0; w < kWarps; ++w)
+      warps = cubn::kernels::welford_merge(warps, warp_states[b * kWarps + w]);
     EXPECT_EQ(warps.count, s.count);
     EXPECT_NEAR(warps.mean, e.mean, tol);
     EXPECT_NEAR(cubn::kernels::welford_variance(warps), e.var, tol * sigma);

@@ -61,9 +61,10 @@ std::vector<double> normalize(const Shape& sh, const std::vector<double>& x, con
 
 }  // namespace
 
-Gradients backward_with_stats(const Shape& sh, const std::vector<double>& x, const std::vector<double>& dy,
-                   const Params& p, const std::vector<double>& mean,
-                              const std::vector<double>& invstd, bool batch) {
+Gradients backward_with_stats(const Shape& sh, const std::vector<double>& x,
+                              const std::vector<double>& dy, const Params& p,
+                              const std::vector<double>& mean, const std::vector<double>& invstd,
+                              bool batch) {
   const auto C = static_cast<std::size_t>(sh.c());
   const double m = static_cast<double>(sh.m());
   Gradients g{std::vector<double>(x.size()), std::vector<double>(C), std::vector<double>(C)};
@@ -96,8 +97,7 @@ TrainingForward forward_training(const Shape& sh, const std::vector<double>& x, 
   for (std::size_t c = 0; c < running_mean.size(); ++c)
     r.running_mean[c] = (1 - momentum_mean) * running_mean[c] + momentum_mean * r.stats.mean[c];
   for (std::size_t c = 0; c < running_var.size(); ++c)
-    r.running_var[c] =
-        (1 - momentum_var) * running_var[c] + momentum_var * r.stats.var_unbiased[c];
+    r.running_var[c] = (1 - momentum_var) * running_var[c] + momentum_var * r.stats.var_unbiased[c];
   return r;
 }
 
@@ -105,7 +105,8 @@ std::vector<double> forward_inference(const Shape& sh, const std::vector<double>
                                       const Params& p, const std::vector<double>& running_mean,
                                       const std::vector<double>& running_var) {
   std::vector<double> invstd(running_var.size());
-  for (std::size_t c = 0; c < invstd.size(); ++c) invstd[c] = 1.0 / std::sqrt(running_var[c] + p.eps);
+  for (std::size_t c = 0; c < invstd.size(); ++c)
+    invstd[c] = 1.0 / std::sqrt(running_var[c] + p.eps);
   return normalize(sh, x, p, running_mean, invstd);
 }
 
@@ -120,7 +121,8 @@ Gradients backward_frozen(const Shape& sh, const std::vector<double>& x,
                           const std::vector<double>& running_mean,
                           const std::vector<double>& running_var) {
   std::vector<double> invstd(running_var.size());
-  for (std::size_t c = 0; c < invstd.size(); ++c) invstd[c] = 1.0 / std::sqrt(running_var[c] + p.eps);
+  for (std::size_t c = 0; c < invstd.size(); ++c)
+    invstd[c] = 1.0 / std::sqrt(running_var[c] + p.eps);
   return backward_with_stats(sh, x, dy, p, running_mean, invstd, false);
 }
 

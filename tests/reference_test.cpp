@@ -1,12 +1,12 @@
 // The double-precision reference, checked on hand-computed cases and, for backward, against
 // central finite differences of its own forward.
+#include "reference.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <random>
 #include <vector>
-
-#include "reference.hpp"
 
 namespace {
 

@@ -6,6 +6,8 @@
 // * sigma, with c = 4 covering the roundings of one step. A merge adds O(u) relative error to
 // each. The bounds are worst-case (random rounding grows like sqrt(n)); the large-offset test
 // shows sum/sum-of-squares failing where Welford holds.
+#include "welford.cuh"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,8 +15,6 @@
 #include <limits>
 #include <random>
 #include <vector>
-
-#include "welford.cuh"
 
 namespace {
 
@@ -66,7 +66,8 @@ TEST(Welford, OnePassMatchesTwoPassDouble) {
 
 TEST(Welford, MergeOfTwoHalvesMatchesOnePass) {
   const auto x = normal(10001, -5.0, 0.5, 2);
-  for (std::size_t split : {std::size_t{1}, std::size_t{17}, std::size_t{5000}, std::size_t{10000}}) {
+  for (std::size_t split :
+       {std::size_t{1}, std::size_t{17}, std::size_t{5000}, std::size_t{10000}}) {
     const State merged = welford_merge(one_pass(x, 0, split), one_pass(x, split, x.size()));
     const State whole = one_pass(x, 0, x.size());
     expect_close(merged, two_pass(x, 0, x.size()), x.size(), 0.5);

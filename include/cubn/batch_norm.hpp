@@ -22,10 +22,10 @@
 ///   b = offset - mean * a.
 #pragma once
 
+#include <driver_types.h>  // cudaStream_t
+
 #include <cstddef>
 #include <cstdint>
-
-#include <driver_types.h>  // cudaStream_t
 
 #include "cubn/error.hpp"
 #include "cubn/tensor.hpp"
@@ -97,19 +97,20 @@ struct Workspace {
 /// Arguments of forward_training(). P is float for fp16/bf16/fp32 tensors, double for fp64.
 template <class P>
 struct TrainingForwardArgs {
-  Affine<P> affine;        ///< read; optional
-  double epsilon = 1e-5;   ///< added to the batch variance; must be > 0
-  RunningStats<P> running; ///< read and written (updated with `momentum`); optional, each pointer on its own
-  Momentum momentum;       ///< used only to update `running`
-  SavedStats<P> saved;     ///< written; optional, each pointer on its own
+  Affine<P> affine;       ///< read; optional
+  double epsilon = 1e-5;  ///< added to the batch variance; must be > 0
+  RunningStats<P>
+      running;  ///< read and written (updated with `momentum`); optional, each pointer on its own
+  Momentum momentum;    ///< used only to update `running`
+  SavedStats<P> saved;  ///< written; optional, each pointer on its own
 };
 
 /// Arguments of forward_inference(). P is float for fp16/bf16/fp32 tensors, double for fp64.
 template <class P>
 struct InferenceForwardArgs {
-  Affine<P> affine;              ///< read; optional
-  RunningStats<const P> running; ///< read; both required
-  double epsilon = 1e-5;         ///< added to the running variance; must be > 0
+  Affine<P> affine;               ///< read; optional
+  RunningStats<const P> running;  ///< read; both required
+  double epsilon = 1e-5;          ///< added to the running variance; must be > 0
 };
 
 /// Gradients of the affine parameters, C values each, optional each. By default a call
@@ -117,8 +118,8 @@ struct InferenceForwardArgs {
 /// beta = 1 blending), for gradients summed over several calls.
 template <class P>
 struct ParamGradients {
-  P* dscale = nullptr;  ///< sum(dy * xhat)
-  P* doffset = nullptr; ///< sum(dy)
+  P* dscale = nullptr;   ///< sum(dy * xhat)
+  P* doffset = nullptr;  ///< sum(dy)
   bool accumulate = false;
 };
 
@@ -130,7 +131,7 @@ struct TrainingBackwardArgs {
   /// Read: what forward_training() wrote to its args.saved for this batch (mean and invstd; not
   /// running statistics, which this call cannot take). Both required.
   SavedStats<const P> saved;
-  ParamGradients<P> grads;   ///< written (or added to); optional
+  ParamGradients<P> grads;  ///< written (or added to); optional
 };
 
 /// Arguments of backward_frozen(): the gradient of forward_inference(), for layers whose

@@ -10,7 +10,8 @@
 ///    channels_last_3d (NDHWC) memory formats.
 ///
 /// MATLAB's dimension labels (arrays are column-major: the first label varies fastest):
-///  - 'SSCB' (H x W x C x B) is channels-first with dims (B, C, W, H); 'SCB' (S x C x B) is (B, C, S);
+///  - 'SSCB' (H x W x C x B) is channels-first with dims (B, C, W, H); 'SCB' (S x C x B) is (B, C,
+///  S);
 ///    'SSSCB' is (B, C, D3, D2, D1); 'CB' is (B, C). The order of spatial dims does not change
 ///    batch norm, so (B, C, H, W) describes the same computation.
 ///  - 'CBT' (C x B x T) is channels-last with dims (T, C, B): memory [T][B][C], channel fastest,

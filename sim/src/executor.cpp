@@ -95,7 +95,8 @@ class Stack {
     total_ = kStackBytes + page;
     base_ = mmap(nullptr, total_, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
-    if (base_ == MAP_FAILED) throw Error(Status::kInvalidLaunch, "cubn executor: out of memory for fiber stacks");
+    if (base_ == MAP_FAILED)
+      throw Error(Status::kInvalidLaunch, "cubn executor: out of memory for fiber stacks");
     mprotect(base_, page, PROT_NONE);
     bottom_ = static_cast<char*>(base_) + page;
   }
@@ -154,13 +155,14 @@ struct Context {
 // A context that starts `entry` (which never returns) on [bottom, bottom + size). Not
 // instrumented: the stack's top still carries the poison of the last fiber_entry frame there
 // (fiber_entry never returns), which each new frame then overwrites.
-__attribute__((no_sanitize_address)) void make_context(Context& c, void* bottom, std::size_t size, void (*entry)()) {
+__attribute__((no_sanitize_address)) void make_context(Context& c, void* bottom, std::size_t size,
+                                                       void (*entry)()) {
   auto top = (reinterpret_cast<std::uintptr_t>(bottom) + size) & ~std::uintptr_t{15};
   auto* slot = reinterpret_cast<std::uint64_t*>(top);
-  *--slot = 0;                                          // entry's return address: none
-  *--slot = reinterpret_cast<std::uint64_t>(entry);     // popped by ret
-  for (int i = 0; i < 6; ++i) *--slot = 0;              // rbp rbx r12 r13 r14 r15
-  *--slot = 0x1F80ull | (0x037Full << 32);              // MXCSR and x87 control word defaults
+  *--slot = 0;                                       // entry's return address: none
+  *--slot = reinterpret_cast<std::uint64_t>(entry);  // popped by ret
+  for (int i = 0; i < 6; ++i) *--slot = 0;           // rbp rbx r12 r13 r14 r15
+  *--slot = 0x1F80ull | (0x037Full << 32);           // MXCSR and x87 control word defaults
   c.sp = slot;
 }
 
@@ -277,7 +279,7 @@ void yield(Engine& e, bool final = false) {
 #if defined(CUBN_SIM_ASAN)
   __sanitizer_start_switch_fiber(final ? nullptr : &f.fake_stack, e.sched_bottom, e.sched_size);
 #else
-  (void)final;
+  (void) final;
 #endif
   switch_context(f.ctx, e.sched_ctx);
 #if defined(CUBN_SIM_ASAN)
@@ -305,9 +307,9 @@ void on_exit(Engine& e) {
     for (unsigned i = 0; i < e.nthreads; ++i) {
       const Fiber& o = e.fibers[i];
       if (o.state == State::kBarrier) {
-        raise(e, "__syncthreads() at " + where(o.file, o.line) + " is not reached by every thread: " +
-                     thread_name(f) + " returned while " + std::to_string(e.at_barrier) +
-                     " thread(s) wait there");
+        raise(e, "__syncthreads() at " + where(o.file, o.line) +
+                     " is not reached by every thread: " + thread_name(f) + " returned while " +
+                     std::to_string(e.at_barrier) + " thread(s) wait there");
       }
     }
   }
@@ -317,8 +319,8 @@ void on_exit(Engine& e) {
     const Fiber& o = e.fibers[i];
     if (o.state == State::kWarp && (o.mask >> lane & 1u)) {
       raise(e, std::string(op_name(o.op)) + " at " + where(o.file, o.line) + " with mask " +
-                   hex(o.mask) + " names lane " + std::to_string(lane) + ", but " +
-                   thread_name(f) + " returned without calling it");
+                   hex(o.mask) + " names lane " + std::to_string(lane) + ", but " + thread_name(f) +
+                   " returned without calling it");
     }
   }
 }
@@ -349,7 +351,10 @@ std::string describe_deadlock(Engine& e) {
   if (e.at_barrier > 0) {
     const Fiber* at = nullptr;
     for (unsigned i = 0; i < e.nthreads; ++i)
-      if (e.fibers[i].state == State::kBarrier) { at = &e.fibers[i]; break; }
+      if (e.fibers[i].state == State::kBarrier) {
+        at = &e.fibers[i];
+        break;
+      }
     msg += " " + std::to_string(e.at_barrier) + " of " + std::to_string(e.nthreads) +
            " thread(s) wait at __syncthreads() at " + where(at->file, at->line) + ";";
   }
@@ -408,10 +413,12 @@ void analyze_accesses(Engine& e) {
         if (k >= e.lane_accesses[t].size()) continue;
         const Access& a = e.lane_accesses[t][k];
         requested += a.bytes;
-        for (std::uintptr_t sct = a.addr / 32; sct <= (a.addr + a.bytes - 1) / 32; ++sct) sectors.push_back(sct);
+        for (std::uintptr_t sct = a.addr / 32; sct <= (a.addr + a.bytes - 1) / 32; ++sct)
+          sectors.push_back(sct);
       }
       std::sort(sectors.begin(), sectors.end());
-      lp.sectors_touched += static_cast<std::uint64_t>(std::unique(sectors.begin(), sectors.end()) - sectors.begin());
+      lp.sectors_touched +=
+          static_cast<std::uint64_t>(std::unique(sectors.begin(), sectors.end()) - sectors.begin());
       lp.sectors_needed += (requested + 31) / 32;
       ++lp.warp_accesses;
     }
@@ -463,7 +470,8 @@ void run_block(Engine& e) {
 Engine& engine_in_kernel(const char* what) {
   Engine& e = g_engine;
   if (!e.running || e.current == nullptr) {
-    std::fprintf(stderr, "cubn executor: %s called outside a kernel launched by the executor\n", what);
+    std::fprintf(stderr, "cubn executor: %s called outside a kernel launched by the executor\n",
+                 what);
     std::abort();
   }
   return e;
@@ -487,7 +495,9 @@ struct ProfileAccess {
 };
 
 ProfileScope::ProfileScope() {
-  if (g_engine.profile != nullptr) throw Error(Status::kInvalidArgument, "cubn executor: a ProfileScope is already active on this thread");
+  if (g_engine.profile != nullptr)
+    throw Error(Status::kInvalidArgument,
+                "cubn executor: a ProfileScope is already active on this thread");
   g_engine.profile = this;
 }
 
@@ -497,7 +507,8 @@ void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void
               const char* name) {
   cubn::detail::check_launch_shape("kernel (executor)", grid, block, dynamic_smem, device_limits());
   Engine& e = g_engine;
-  if (e.running) throw_fault("a kernel launched another kernel; dynamic parallelism is not supported");
+  if (e.running)
+    throw_fault("a kernel launched another kernel; dynamic parallelism is not supported");
   e.nthreads = block.x * block.y * block.z;
   if (e.fibers.size() < e.nthreads) e.fibers.resize(e.nthreads);
   for (unsigned i = 0; i < e.nthreads; ++i) {
@@ -546,9 +557,9 @@ void syncthreads(const char* file, int line) {
   if (e.exited > 0) {
     for (unsigned i = 0; i < e.nthreads; ++i) {
       if (e.fibers[i].state == State::kDone) {
-        raise(e, "__syncthreads() at " + where(file, line) + " is not reached by every thread: " +
-                     std::to_string(e.exited) + " thread(s) returned before it, e.g. " +
-                     thread_name(e.fibers[i]));
+        raise(e, "__syncthreads() at " + where(file, line) +
+                     " is not reached by every thread: " + std::to_string(e.exited) +
+                     " thread(s) returned before it, e.g. " + thread_name(e.fibers[i]));
       }
     }
   }
@@ -561,9 +572,9 @@ void syncthreads(const char* file, int line) {
   for (unsigned i = 0; i < e.nthreads; ++i) {
     const Fiber& o = e.fibers[i];
     if (o.line != line || std::strcmp(o.file, file) != 0) {
-      raise(e, "threads of block " + coords(blockIdx) + " wait at different __syncthreads(): " +
-                   thread_name(o) + " at " + where(o.file, o.line) + ", " + thread_name(f) +
-                   " at " + where(file, line));
+      raise(e, "threads of block " + coords(blockIdx) +
+                   " wait at different __syncthreads(): " + thread_name(o) + " at " +
+                   where(o.file, o.line) + ", " + thread_name(f) + " at " + where(file, line));
     }
   }
   for (unsigned i = 0; i < e.nthreads; ++i) e.fibers[i].state = State::kRunnable;
@@ -579,8 +590,11 @@ std::uint64_t warp_collective(WarpOp op, unsigned mask, std::uint64_t value, int
   const unsigned base = f.linear - lane;
   const unsigned lanes = std::min(kWarp, e.nthreads - base);
   const unsigned exists = lanes == kWarp ? kFullMask : (1u << lanes) - 1u;
-  const std::string at = std::string(op_name(op)) + " at " + where(file, line) + " with mask " + hex(mask);
-  if (!(mask >> lane & 1u)) raise(e, at + " is called by lane " + std::to_string(lane) + ", which the mask does not include");
+  const std::string at =
+      std::string(op_name(op)) + " at " + where(file, line) + " with mask " + hex(mask);
+  if (!(mask >> lane & 1u))
+    raise(e,
+          at + " is called by lane " + std::to_string(lane) + ", which the mask does not include");
   if (mask & ~exists)
     raise(e, at + " names lanes " + hex(mask & ~exists) + " that do not exist (warp " +
                  std::to_string(base / kWarp) + " has " + std::to_string(lanes) + " threads)");
@@ -591,10 +605,12 @@ std::uint64_t warp_collective(WarpOp op, unsigned mask, std::uint64_t value, int
     const Fiber& o = e.fibers[base + l];
     if (o.state == State::kDone) done |= 1u << l;
     if (o.state != State::kWarp || !(o.mask & mask)) continue;
-    if (o.mask != mask || o.op != op || (op != WarpOp::kSync && (o.line != line || std::strcmp(o.file, file) != 0)))
+    if (o.mask != mask || o.op != op ||
+        (op != WarpOp::kSync && (o.line != line || std::strcmp(o.file, file) != 0)))
       raise(e, "lanes of warp " + std::to_string(base / kWarp) + " disagree: lane " +
-                   std::to_string(l) + " waits in " + op_name(o.op) + " at " + where(o.file, o.line) +
-                   " with mask " + hex(o.mask) + ", lane " + std::to_string(lane) + " calls " + at);
+                   std::to_string(l) + " waits in " + op_name(o.op) + " at " +
+                   where(o.file, o.line) + " with mask " + hex(o.mask) + ", lane " +
+                   std::to_string(lane) + " calls " + at);
     arrived |= 1u << l;
   }
   if (mask & done)

@@ -3,6 +3,8 @@
 /// the same (rounded) data, for tests that compare the two.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,9 +13,6 @@
 #include <random>
 #include <string>
 #include <vector>
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include "cubn/cubn.hpp"
 #include "reference.hpp"
@@ -80,10 +79,10 @@ using Dims = std::vector<std::int64_t>;
 /// multiple of any vector width, and sizes that split channels over several blocks.
 inline const std::vector<Dims>& edge_shapes() {
   static const std::vector<Dims> shapes = {
-      {2, 3},         {7, 1},        {1, 5, 3},     {3, 5, 7},      {4, 1, 5, 5},
-      {2, 3, 4, 5},   {2, 3, 2, 3, 4}, {1, 2, 1025}, {5, 17, 13, 1}, {1, 64, 3, 3},
-      {32, 16, 8, 8}, {3, 40, 7, 7}, {2, 70000},    {16, 8, 1, 96}, {2, 3, 1, 1, 1},
-      {64, 24, 16, 16}};
+      {2, 3},         {7, 1},         {1, 5, 3},       {3, 5, 7},
+      {4, 1, 5, 5},   {2, 3, 4, 5},   {2, 3, 2, 3, 4}, {1, 2, 1025},
+      {5, 17, 13, 1}, {1, 64, 3, 3},  {32, 16, 8, 8},  {3, 40, 7, 7},
+      {2, 70000},     {16, 8, 1, 96}, {2, 3, 1, 1, 1}, {64, 24, 16, 16}};
   return shapes;
 }
 
@@ -167,8 +166,8 @@ void expect_y_near(const Data<T>& d, const std::vector<double>& y, const std::ve
       for (std::int64_t s = 0; s < d.shape.s(); ++s) {
         const auto i = static_cast<std::size_t>(d.shape.index(n, c, s));
         const double a = (scale.empty() ? 1.0 : scale[c]) * invstd[c];
-        const double tol = y_tolerance(u, st[c], d.xd[i], mean[c], a,
-                                       offset.empty() ? 0.0 : offset[c], y_ref[i]);
+        const double tol =
+            y_tolerance(u, st[c], d.xd[i], mean[c], a, offset.empty() ? 0.0 : offset[c], y_ref[i]);
         norm += std::fabs(y_ref[i]);
         if (!(std::fabs(y[i] - y_ref[i]) <= tol)) {
           ++bad;

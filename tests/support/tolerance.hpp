@@ -18,8 +18,8 @@
 ///
 /// Outputs. y = x * a + b in the accumulation type rounds x * a and the sum: 2 u_acc (|x a| +
 /// |b|); a and b carry the statistics' error: |a| tol_mean + |x - mean| |a| rel_var / 2; the
-/// final rounding to the output type adds u_out |y| (plus out_abs where y is subnormal). (The x * a + b form trades accuracy for one
-/// FMA when |mean| >> sigma; the first term states that cost.)
+/// final rounding to the output type adds u_out |y| (plus out_abs where y is subnormal). (The x * a
+/// + b form trades accuracy for one FMA when |mean| >> sigma; the first term states that cost.)
 #pragma once
 
 #include <cmath>
@@ -27,10 +27,10 @@
 namespace cubn::test {
 
 struct Rounding {
-  double acc;        ///< u of the accumulation type
-  double out;        ///< u of the element type (relative, for normal numbers)
-  double out_abs;    ///< half the smallest subnormal of the element type: the absolute rounding
-                     ///< error below its normal range (fp16 2^-25; negligible for the others)
+  double acc;      ///< u of the accumulation type
+  double out;      ///< u of the element type (relative, for normal numbers)
+  double out_abs;  ///< half the smallest subnormal of the element type: the absolute rounding
+                   ///< error below its normal range (fp16 2^-25; negligible for the others)
 };
 
 /// Statistic tolerances of one channel.

@@ -3,10 +3,10 @@
 /// the CUDA launch path and the CPU executor so both refuse the same launches with the same words.
 #pragma once
 
+#include <vector_types.h>
+
 #include <cstddef>
 #include <string>
-
-#include <vector_types.h>
 
 #include "cubn/error.hpp"
 
@@ -40,7 +40,8 @@ inline void check_launch_shape(const char* kernel, dim3 grid, dim3 block, std::s
     bad("block " + dims_string(block) + " (" + std::to_string(threads) +
         " threads) exceeds the device limit of " + std::to_string(lim.max_threads_per_block) +
         " threads per block (" + std::to_string(lim.max_block_x) + "x" +
-        std::to_string(lim.max_block_y) + "x" + std::to_string(lim.max_block_z) + " per dimension)");
+        std::to_string(lim.max_block_y) + "x" + std::to_string(lim.max_block_z) +
+        " per dimension)");
   if (grid.x > lim.max_grid_x || grid.y > lim.max_grid_y || grid.z > lim.max_grid_z)
     bad("grid " + dims_string(grid) + " exceeds the device limit of " +
         std::to_string(lim.max_grid_x) + "x" + std::to_string(lim.max_grid_y) + "x" +

@@ -14,14 +14,14 @@
 #error "device_runtime.hpp is for the host compiler only (the CPU executor build)"
 #endif
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <vector_types.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <vector_types.h>
 
 #include "cubn/sim/executor.hpp"
 
@@ -87,13 +87,13 @@ inline void __syncwarp(unsigned mask = 0xffffffffu, const char* file = __builtin
 }
 inline unsigned __activemask() { return cubn::sim::detail::active_mask(); }
 
-#define CUBN_SIM_SHUFFLE(NAME, OP, ARG_T)                                                        \
-  template <class T>                                                                             \
-  T NAME(unsigned mask, T var, ARG_T arg, int width = warpSize,                                  \
-         const char* file = __builtin_FILE(), int line = __builtin_LINE()) {                     \
-    using namespace cubn::sim::detail;                                                           \
-    return from_bits<T>(warp_collective(WarpOp::OP, mask, to_bits(var), static_cast<int>(arg),   \
-                                        width, file, line));                                     \
+#define CUBN_SIM_SHUFFLE(NAME, OP, ARG_T)                                                      \
+  template <class T>                                                                           \
+  T NAME(unsigned mask, T var, ARG_T arg, int width = warpSize,                                \
+         const char* file = __builtin_FILE(), int line = __builtin_LINE()) {                   \
+    using namespace cubn::sim::detail;                                                         \
+    return from_bits<T>(warp_collective(WarpOp::OP, mask, to_bits(var), static_cast<int>(arg), \
+                                        width, file, line));                                   \
   }
 CUBN_SIM_SHUFFLE(__shfl_sync, kShflIdx, int)
 CUBN_SIM_SHUFFLE(__shfl_up_sync, kShflUp, unsigned)

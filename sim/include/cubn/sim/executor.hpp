@@ -25,6 +25,8 @@
 /// races on shared memory between two barriers (threads do not interleave between sync points).
 #pragma once
 
+#include <vector_types.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -32,8 +34,6 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
-
-#include <vector_types.h>
 
 #include "cubn/detail/launch_shape.hpp"
 
