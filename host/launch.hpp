@@ -35,8 +35,9 @@ void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, std::
   (void)stream;
   sim::launch_named(name, kernel, grid, block, smem, std::forward<A>(args)...);
 #else
-  // clang-format off (it reads a .hpp as C++ and splits >>>)
-  kernel<<<grid, block, smem, stream> > >(std::forward<A>(args)...);
+  // clang-format reads a .hpp as C++ and would split the >>>
+  // clang-format off
+  kernel<<<grid, block, smem, stream>>>(std::forward<A>(args)...);
   // clang-format on
   check_cuda(cudaGetLastError(), name);
 #endif
