@@ -15,6 +15,7 @@
 #include "block_reduce.cuh"
 #include "launch.hpp"
 #include "support/device.hpp"
+#include "reference.hpp"
 #include "welford.cuh"
 
 namespace {
@@ -38,19 +39,6 @@ __global__ void __launch_bounds__(B)
   __shared__ typename Reduce::TempStorage storage;
   const auto total = Reduce(storage).reduce(s, WelfordMerge{});
   if (threadIdx.x == 0) block_out[blockIdx.x] = total.get();
-}
-
-struct Exact {
-  double mean, var;
-};
-
-Exact exact(const std::vector<float>& x, std::int64_t begin, std::int64_t end) {
-  double sum = 0;
-  for (std::int64_t i = begin; i < end; ++i) sum += x[i];
-  const double mean = sum / static_cast<double>(end - begin);
-  double m2 = 0;
-  for (std::int64_t i = begin; i < end; ++i) m2 += (x[i] - mean) * (x[i] - mean);
-  return {mean, m2 / static_cast<double>(end - begin)};
 }
 
 class WelfordKernel : public cubn::test::DeviceTest {};
@@ -79,7 +67,7 @@ TEST_F(WelfordKernel, WarpAndBlockReductionsMatchTheDoubleReference) {
   State all;
   for (int b = 0; b < blocks; ++b) {
     const std::int64_t begin = b * per_block, end = std::min(n, begin + per_block);
-    const Exact e = exact(x, begin, end);
+    const cubn::ref::Moments e = cubn::ref::moments(x, begin, end);
     const State& s = block_states[b];
     EXPECT_EQ(s.count, end - begin) << "block " << b;
     EXPECT_NEAR(s.mean, e.mean, tol) << "block " << b;
@@ -93,7 +81,7 @@ TEST_F(WelfordKernel, WarpAndBlockReductionsMatchTheDoubleReference) {
     EXPECT_NEAR(cubn::kernels::welford_variance(warps), e.var, tol * sigma);
     all = cubn::kernels::welford_merge(all, s);
   }
-  const Exact e = exact(x, 0, n);
+  const cubn::ref::Moments e = cubn::ref::moments(x, 0, n);
   EXPECT_EQ(all.count, n);
   EXPECT_NEAR(all.mean, e.mean, tol);
   EXPECT_NEAR(cubn::kernels::welford_variance(all), e.var, tol * sigma);

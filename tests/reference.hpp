@@ -32,6 +32,22 @@ struct Shape {
   }
 };
 
+/// Mean and biased variance of one run of values.
+struct Moments {
+  double mean, var;
+};
+
+/// Two-pass mean and biased variance of x[begin, end) in double.
+template <class T>
+Moments moments(const std::vector<T>& x, std::size_t begin, std::size_t end) {
+  double sum = 0;
+  for (std::size_t i = begin; i < end; ++i) sum += x[i];
+  const double mean = sum / static_cast<double>(end - begin);
+  double m2 = 0;
+  for (std::size_t i = begin; i < end; ++i) m2 += (x[i] - mean) * (x[i] - mean);
+  return {mean, m2 / static_cast<double>(end - begin)};
+}
+
 /// Per-channel statistics of a batch.
 struct BatchStats {
   std::vector<double> mean;

@@ -6,6 +6,7 @@
 // * sigma, with c = 4 covering the roundings of one step. A merge adds O(u) relative error to
 // each. The bounds are worst-case (random rounding grows like sqrt(n)); the large-offset test
 // shows sum/sum-of-squares failing where Welford holds.
+#include "reference.hpp"
 #include "welford.cuh"
 
 #include <gtest/gtest.h>
@@ -25,19 +26,6 @@ using State = cubn::kernels::WelfordState<float>;
 
 constexpr double kU = 5.9604644775390625e-08;  // 2^-24
 
-struct Exact {
-  double mean, var;
-};
-
-Exact two_pass(const std::vector<float>& x, std::size_t begin, std::size_t end) {
-  double s = 0;
-  for (std::size_t i = begin; i < end; ++i) s += x[i];
-  const double mean = s / static_cast<double>(end - begin);
-  double m2 = 0;
-  for (std::size_t i = begin; i < end; ++i) m2 += (x[i] - mean) * (x[i] - mean);
-  return {mean, m2 / static_cast<double>(end - begin)};
-}
-
 State one_pass(const std::vector<float>& x, std::size_t begin, std::size_t end) {
   State s;
   for (std::size_t i = begin; i < end; ++i) welford_update(s, x[i]);
@@ -52,7 +40,7 @@ std::vector<float> normal(std::size_t n, double mean, double sigma, unsigned see
   return x;
 }
 
-void expect_close(const State& s, const Exact& e, std::size_t n, double sigma) {
+void expect_close(const State& s, const cubn::ref::Moments& e, std::size_t n, double sigma) {
   const double scale = 4.0 * static_cast<double>(n) * kU * (std::fabs(e.mean) + sigma);
   EXPECT_EQ(s.count, static_cast<std::int64_t>(n));
   EXPECT_NEAR(s.mean, e.mean, scale);
@@ -61,7 +49,7 @@ void expect_close(const State& s, const Exact& e, std::size_t n, double sigma) {
 
 TEST(Welford, OnePassMatchesTwoPassDouble) {
   const auto x = normal(10000, 3.0, 2.0, 1);
-  expect_close(one_pass(x, 0, x.size()), two_pass(x, 0, x.size()), x.size(), 2.0);
+  expect_close(one_pass(x, 0, x.size()), cubn::ref::moments(x, 0, x.size()), x.size(), 2.0);
 }
 
 TEST(Welford, MergeOfTwoHalvesMatchesOnePass) {
@@ -70,7 +58,7 @@ TEST(Welford, MergeOfTwoHalvesMatchesOnePass) {
        {std::size_t{1}, std::size_t{17}, std::size_t{5000}, std::size_t{10000}}) {
     const State merged = welford_merge(one_pass(x, 0, split), one_pass(x, split, x.size()));
     const State whole = one_pass(x, 0, x.size());
-    expect_close(merged, two_pass(x, 0, x.size()), x.size(), 0.5);
+    expect_close(merged, cubn::ref::moments(x, 0, x.size()), x.size(), 0.5);
     EXPECT_NEAR(merged.mean, whole.mean, 8.0 * x.size() * kU * 5.5);
   }
 }
@@ -107,7 +95,7 @@ TEST(Welford, LargeOffsetKeepsTheVarianceWhereSumOfSquaresLosesIt) {
   // values near 1e6 with variance 1, in fp32 (ulp(1e6) = 1/16, so the data's own rounding adds
   // about (1/16)^2/12 = 3e-4 to the variance; the exact value is taken over the rounded data)
   const auto x = normal(1 << 16, 1e6, 1.0, 5);
-  const Exact e = two_pass(x, 0, x.size());
+  const cubn::ref::Moments e = cubn::ref::moments(x, 0, x.size());
   std::vector<State> parts(64);  // as a reduction would: per-thread passes, then merges
   for (std::size_t i = 0; i < x.size(); ++i) welford_update(parts[i % 64], x[i]);
   State merged;
