@@ -59,8 +59,8 @@ struct SavedStats {
 /// How much of this batch's statistics go into the running statistics:
 ///   running_mean = (1 - mean) * running_mean + mean * batch_mean
 ///   running_var  = (1 - var)  * running_var  + var  * batch_var * M / (M - 1)
-/// The running variance is unbiased (M / (M - 1), Bessel's correction), as in PyTorch, cuDNN and
-/// MATLAB. Each factor must lie in [0, 1]; 0 leaves a statistic as it is, 1 replaces it.
+/// The running variance is unbiased (M / (M - 1), Bessel's correction), as in PyTorch and cuDNN.
+/// Each factor must lie in [0, 1]; 0 leaves a statistic as it is, 1 replaces it.
 struct Momentum {
   double mean = 0.1;
   double var = 0.1;
@@ -71,7 +71,8 @@ struct Momentum {
   static constexpr Momentum cudnn(double exponential_average_factor) {
     return {exponential_average_factor, exponential_average_factor};
   }
-  /// MATLAB's 'MeanDecay' and 'VarianceDecay' (default 0.1 each): the weight of the new batch
+  /// MATLAB's 'MeanDecay' and 'VarianceDecay' (default 0.1 each; s = decay * batch + (1 - decay) * s
+  /// in its batchnorm documentation): the weight of the new batch
   /// statistic, so the same convention with one factor per statistic.
   static constexpr Momentum matlab(double mean_decay, double variance_decay) {
     return {mean_decay, variance_decay};
