@@ -18,6 +18,8 @@ void sums_and_finalize(const Problem& p, const BackwardPlan& plan, const T* x, c
                        const param_t<T>* mean, kernels::BackwardFinalizeArgs<param_t<T>> fin,
                        void* workspace, cudaStream_t stream) {
   using Acc = param_t<T>;
+  static_assert(sizeof(kernels::GradSums<Acc>) == kernels::grad_sums_bytes(sizeof(Acc)),
+                "plan.cpp sizes the workspace with grad_sums_bytes");
   auto* partials = reinterpret_cast<kernels::GradSums<Acc>*>(
       static_cast<unsigned char*>(workspace) + plan.partials_offset);
   with_vec<T>(plan.sums.vec, [&](auto v) {

@@ -156,7 +156,7 @@ TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_align
   tp.stats = plan_reduce(p, dev, x_aligned);
   tp.finalize_grid = plan_per_channel(p);
   tp.normalize = plan_normalize(p, dev, xy_aligned);
-  const std::size_t acc = p.dtype == DataType::kFloat64 ? 8 : 4;
+  const std::size_t acc = p.param_bytes();
   const auto c = static_cast<std::size_t>(p.c);
   WorkspaceLayout ws;
   tp.partials_offset =
@@ -173,11 +173,12 @@ BackwardPlan plan_backward(const Problem& p, const DeviceInfo& dev, bool inputs_
   bp.sums = plan_reduce(p, dev, inputs_aligned);
   bp.finalize_grid = plan_per_channel(p);
   bp.dx = plan_normalize(p, dev, all_aligned);
-  const std::size_t acc = p.dtype == DataType::kFloat64 ? 8 : 4;
+  const std::size_t acc = p.param_bytes();
   const auto c = static_cast<std::size_t>(p.c);
   WorkspaceLayout ws;
-  bp.partials_offset = ws.add(static_cast<std::size_t>(bp.sums.splits) * c * 2 * acc);
-  bp.coeffs_offset = ws.add(4 * c * acc);
+  bp.partials_offset =
+      ws.add(static_cast<std::size_t>(bp.sums.splits) * c * kernels::grad_sums_bytes(acc));
+  bp.coeffs_offset = ws.add(kernels::kDxCoeffs * c * acc);
   bp.workspace_bytes = ws.total;
   return bp;
 }

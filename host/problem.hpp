@@ -23,6 +23,8 @@ struct Problem {
   /// Elements per channel, N * S.
   std::int64_t m() const { return n * s; }
   std::size_t bytes() const { return static_cast<std::size_t>(numel) * element_size(dtype); }
+  /// Bytes of one parameter or statistic: double for fp64 tensors, float otherwise.
+  std::size_t param_bytes() const { return dtype == DataType::kFloat64 ? 8 : 4; }
 };
 
 /// Throws Error(status) with "<call>: <what>".

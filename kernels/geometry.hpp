@@ -40,4 +40,10 @@ namespace cubn::kernels {
 /// workspaces; forward_launch.cuh checks it against the real type.
 constexpr std::size_t welford_state_bytes(std::size_t acc_bytes) { return 8 + 2 * acc_bytes; }
 
+/// Bytes of one GradSums<Acc> (sum of dy, sum of dy * (x - mean)); backward_launch.cuh checks it.
+constexpr std::size_t grad_sums_bytes(std::size_t acc_bytes) { return 2 * acc_bytes; }
+
+/// Per-channel coefficients of the training dx (TrainingDxOp: k_dy, k_x, mean, k_1).
+constexpr int kDxCoeffs = 4;
+
 }  // namespace cubn::kernels

@@ -1,7 +1,7 @@
 // The SIMT executor: CUDA threads as fibers on the calling host thread.
 //
 // Fibers beat host threads here: a 1024-thread block with 20 barriers takes milliseconds as
-// fibers and far longer as 1024 host threads on 2 cores (bench/executor_backends.cpp measures
+// fibers and far longer as 1024 host threads on 2 cores (bench/executor_backends.cu measures
 // both), and fibers need no ThreadSanitizer, since a block never runs on two host threads.
 #include <sys/mman.h>
 #if !defined(__x86_64__)
