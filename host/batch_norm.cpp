@@ -110,7 +110,7 @@ void forward_training_impl(const TensorDesc& desc, const void* x, void* y,
 
   const detail::TrainingPlan plan = detail::plan_training(
       p, detail::current_device_info(), detail::aligned16(x), detail::aligned16(x, y));
-  check_workspace(kTrainingCall, ws, plan.workspace_bytes, "forward_training_workspace_size");
+  check_workspace(kTrainingCall, ws, plan.scratch.bytes, "forward_training_workspace_size");
 
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -132,8 +132,8 @@ void forward_inference_impl(const TensorDesc& desc, const void* x, void* y,
   detail::check_pointer(kInferenceCall, "args.running.mean", args.running.mean, sizeof(P));
   detail::check_pointer(kInferenceCall, "args.running.var", args.running.var, sizeof(P));
 
-  const detail::NormalizePlan plan =
-      detail::plan_normalize(p, detail::current_device_info(), detail::aligned16(x, y));
+  const detail::MapPlan plan =
+      detail::plan_map(p, detail::current_device_info(), detail::aligned16(x, y));
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     detail::launch_forward_inference<T>(p, plan, static_cast<const T*>(x), static_cast<T*>(y), args,
@@ -158,7 +158,7 @@ void backward_training_impl(const TensorDesc& desc, const void* x, const void* d
   check_grads(kBackwardCall, args.grads);
   const detail::BackwardPlan plan = detail::plan_backward(
       p, detail::current_device_info(), detail::aligned16(x, dy), detail::aligned16(x, dy, dx));
-  check_workspace(kBackwardCall, ws, plan.workspace_bytes, "backward_workspace_size");
+  check_workspace(kBackwardCall, ws, plan.scratch.bytes, "backward_workspace_size");
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     detail::launch_backward_training<T>(p, plan, static_cast<const T*>(x),
@@ -185,7 +185,7 @@ void backward_frozen_impl(const TensorDesc& desc, const void* x, const void* dy,
   check_grads(kFrozenCall, args.grads);
   const detail::BackwardPlan plan = detail::plan_backward(
       p, detail::current_device_info(), detail::aligned16(x, dy), detail::aligned16(dy, dx));
-  if (sums) check_workspace(kFrozenCall, ws, plan.workspace_bytes, "backward_workspace_size");
+  if (sums) check_workspace(kFrozenCall, ws, plan.scratch.bytes, "backward_workspace_size");
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     detail::launch_backward_frozen<T>(p, plan, static_cast<const T*>(x), static_cast<const T*>(dy),
@@ -198,7 +198,7 @@ void backward_frozen_impl(const TensorDesc& desc, const void* x, const void* dy,
 std::size_t forward_training_workspace_size(const TensorDesc& x) {
   const char* call = "cubn::forward_training_workspace_size";
   const detail::Problem p = detail::canonicalize(call, "x", x);
-  return detail::plan_training(p, detail::current_device_info(), true, true).workspace_bytes;
+  return detail::plan_training(p, detail::current_device_info(), true, true).scratch.bytes;
 }
 
 void forward_training(const TensorDesc& x_desc, const void* x, void* y,
@@ -225,7 +225,7 @@ void forward_inference(const TensorDesc& x_desc, const void* x, void* y,
 
 std::size_t backward_workspace_size(const TensorDesc& x) {
   const detail::Problem p = detail::canonicalize("cubn::backward_workspace_size", "x", x);
-  return detail::plan_backward(p, detail::current_device_info(), true, true).workspace_bytes;
+  return detail::plan_backward(p, detail::current_device_info(), true, true).scratch.bytes;
 }
 
 void backward_training(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,

@@ -1,6 +1,6 @@
 /// @file launch_ops.cuh
-/// @brief Launching the channels-first or channels-last entry point of a kernel pair with the
-/// vector width a plan chose. Every pair takes its geometry as the first argument.
+/// @brief Launching the planes or columns entry point of a kernel pair with the vector width a
+/// plan chose. Every pair takes its geometry as the first argument.
 #pragma once
 
 #include <type_traits>
@@ -22,17 +22,33 @@ void with_vec(int vec, F&& f) {
   }
 }
 
-/// Launches kcf(plan.cf, args...) for a channels-first problem, else kcl(plan.cl, args...), on
+/// Launches a map: kplanes(plan.cfm, args...) when plan.planes, else kcols(plan.cl, args...), on
 /// plan.grid with kBlockThreads threads. `name` appears in errors.
-template <class Plan, class KCF, class KCL, class... A>
-void launch_pair(const char* name, const Problem& p, const Plan& plan, KCF kcf, KCL kcl,
-                 cudaStream_t stream, A&&... args) {
+template <class KP, class KC, class... A>
+void launch_map(const char* name, const MapPlan& plan, KP kplanes, KC kcols, cudaStream_t stream,
+                A&&... args) {
   const dim3 block(kernels::kBlockThreads);
-  if (p.order == MemoryOrder::kChannelsFirst) {
-    launch(name, kcf, plan.grid, block, 0, stream, plan.cf, std::forward<A>(args)...);
+  if (plan.planes) {
+    launch(name, kplanes, plan.grid, block, 0, stream, plan.cfm, std::forward<A>(args)...);
   } else {
-    launch(name, kcl, plan.grid, block, 0, stream, plan.cl, std::forward<A>(args)...);
+    launch(name, kcols, plan.grid, block, 0, stream, plan.cl, std::forward<A>(args)...);
   }
 }
+
+/// The workspace regions of `s` as typed pointers.
+template <class State, class Acc>
+struct ScratchPtrs {
+  unsigned* tickets;
+  State* partials;
+  State* totals;
+  Acc* coeffs;
+  ScratchPtrs(void* workspace, const Scratch& s) {
+    auto* base = static_cast<unsigned char*>(workspace);
+    tickets = reinterpret_cast<unsigned*>(base);
+    partials = reinterpret_cast<State*>(base + s.partials_offset);
+    totals = reinterpret_cast<State*>(base + s.totals_offset);
+    coeffs = reinterpret_cast<Acc*>(base + s.coeffs_offset);
+  }
+};
 
 }  // namespace cubn::detail

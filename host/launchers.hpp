@@ -26,7 +26,7 @@ void launch_forward_training(const Problem& p, const TrainingPlan& plan, const T
 
 /// The normalization kernel of forward_inference(), on `stream`.
 template <class T>
-void launch_forward_inference(const Problem& p, const NormalizePlan& plan, const T* x, T* y,
+void launch_forward_inference(const Problem& p, const MapPlan& plan, const T* x, T* y,
                               const InferenceForwardArgs<param_t<T>>& args, cudaStream_t stream);
 
 /// Backward: sums and finalization when dscale, doffset or (training) dx need them, then dx.
@@ -44,7 +44,7 @@ void launch_backward_frozen(const Problem& p, const BackwardPlan& plan, const T*
   extern template void launch_forward_training<T>(const Problem&, const TrainingPlan&, const T*,   \
                                                   T*, const TrainingForwardArgs<param_t<T>>&,      \
                                                   void*, cudaStream_t);                            \
-  extern template void launch_forward_inference<T>(const Problem&, const NormalizePlan&, const T*, \
+  extern template void launch_forward_inference<T>(const Problem&, const MapPlan&, const T*, \
                                                    T*, const InferenceForwardArgs<param_t<T>>&,    \
                                                    cudaStream_t);                                  \
   extern template void launch_backward_training<T>(                                                \

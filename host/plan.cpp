@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <numeric>
 #include <string>
 
 namespace cubn::detail {
@@ -9,65 +10,74 @@ namespace cubn::detail {
 namespace {
 
 using kernels::kBlockThreads;
+using kernels::kUnroll;
 
 constexpr std::int64_t kMaxGridY = 65535;
-// Blocks that fill a GPU: 8 resident 256-thread blocks per SM on sm_80/sm_90 (2048 threads).
+// Blocks a reduction launches: one wave at the kernels' kMinBlocksPerSm resident blocks per SM,
+// each thread with 4 x 16 bytes in flight (kUnroll): 64 KB per SM, over three times what Little's
+// law asks of an H100. Fewer, larger blocks also keep the partials the last block merges few.
 // Untuned beyond that arithmetic.
-constexpr std::int64_t kBlocksPerSm = 8;
+constexpr std::int64_t kReduceBlocksPerSm = kernels::kMinBlocksPerSm;
+// Blocks a map launches (grid-stride): two waves. Untuned.
+constexpr std::int64_t kMapBlocksPerSm = 2 * kernels::kMinBlocksPerSm;
+// Period slots a column block holds at most (threads across x V): the last block of a column
+// block merges slots x splits partials with 256 threads, so this keeps that merge to a few
+// steps per thread; 16 threads x 8 bf16 still read 256 contiguous bytes per row. Untuned.
+constexpr std::int64_t kMaxSlotsPerBlock = 128;
+// Values one thread folds at most: its count is a float, exact to 2^24.
+constexpr std::int64_t kMaxPerThread = std::int64_t{1} << 22;
 
 std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
-int next_pow2(std::int64_t v) {
+int pow2_at_most(std::int64_t v) {
   int p = 1;
-  while (p < v && p < kBlockThreads) p *= 2;
+  while (2 * p <= v && 2 * p <= kBlockThreads) p *= 2;
   return p;
 }
 
 std::size_t align256(std::size_t v) { return (v + 255) / 256 * 256; }
 
-// Threads along a channels-first row: enough for the row's packs when they fit in a block,
-// else the width among 64, 128, 256 that wastes least of the last chunk (ties to the widest).
-kernels::ChannelsFirstGeometry cf_geometry(const Problem& p, int vec) {
-  kernels::ChannelsFirstGeometry g;
-  g.n = p.n;
-  g.c = p.c;
-  g.s = p.s;
-  const std::int64_t packs = ceil_div(p.s, vec);
-  if (packs <= kBlockThreads) {
-    g.bx = next_pow2(packs);
-  } else {
-    double best = -1;
-    for (int bx : {256, 128, 64}) {
-      const std::int64_t chunk = static_cast<std::int64_t>(bx) * vec;
-      const double used =
-          static_cast<double>(p.s) / static_cast<double>(ceil_div(p.s, chunk) * chunk);
-      if (used > best + 1e-9) {
-        best = used;
-        g.bx = bx;
-      }
-    }
-  }
-  g.chunks = ceil_div(p.s, static_cast<std::int64_t>(g.bx) * vec);
-  return g;
+// Channels-first planes of at least two vectors take the plane kernels; smaller planes, and
+// channels-last, the periodic column kernels.
+bool use_planes(const Problem& p, int vec) {
+  return p.order == MemoryOrder::kChannelsFirst && (vec == 1 || p.s >= 2 * vec);
 }
 
-kernels::ChannelsLastGeometry cl_geometry(const Problem& p, int vec) {
+kernels::ChannelsLastGeometry columns(const Problem& p, int vec) {
   kernels::ChannelsLastGeometry g;
-  g.rows = p.n * p.s;
+  g.d = p.order == MemoryOrder::kChannelsFirst ? p.s : 1;
+  g.cols = p.c * g.d;
   g.c = p.c;
-  g.bx = next_pow2(ceil_div(p.c, vec));
+  g.numel = p.numel;
+  g.lr = vec / std::gcd(g.cols, static_cast<std::int64_t>(vec));
+  g.period = g.cols * g.lr;
+  g.period_packs = g.period / vec;
+  g.periods = ceil_div(p.numel, g.period);
+  g.full_periods = p.numel / g.period;
+  g.bx = std::min(pow2_at_most(g.period_packs),
+                  pow2_at_most(std::max<std::int64_t>(1, kMaxSlotsPerBlock / vec)));
   return g;
 }
 
-// Channels map to grid x (one block per channel channels-first, one per bx * V channels
-// channels-last), which holds at most 2^31 - 1 blocks.
-void check_grid_limits(const Problem& p) {
-  if (p.c > 2147483647)
-    throw Error(Status::kInvalidArgument, "cubn: C = " + std::to_string(p.c) +
-                                              " channels exceeds the 2^31 - 1 cubn supports");
+// Channels (planes) or column blocks map to grid x, which holds at most 2^31 - 1 blocks.
+void check_grid_x(std::int64_t blocks) {
+  if (blocks > 2147483647)
+    throw Error(Status::kInvalidArgument, "cubn: " + std::to_string(blocks) +
+                                              " channel blocks exceed the 2^31 - 1 cubn supports");
 }
 
-std::int64_t target_blocks(const DeviceInfo& dev) { return kBlocksPerSm * dev.sm_count; }
+// Splits per channel group: enough blocks to fill the device, at least two groups of kUnroll
+// values per thread, and few enough values per thread for its float count.
+std::int64_t choose_splits(std::int64_t groups, std::int64_t per_split_unit, std::int64_t units,
+                           std::int64_t target) {
+  const std::int64_t most = std::max<std::int64_t>(1, units / (per_split_unit * 2 * kUnroll));
+  std::int64_t splits = std::clamp<std::int64_t>(ceil_div(target, groups), 1, most);
+  splits = std::max(splits, ceil_div(units, per_split_unit * kMaxPerThread));
+  if (splits > kMaxGridY)
+    throw Error(Status::kInvalidArgument,
+                "cubn: " + std::to_string(units) + " values per channel exceed what cubn supports");
+  return splits;
+}
 
 }  // namespace
 
@@ -78,70 +88,72 @@ bool aligned16(const void* a, const void* b, const void* c) {
 }
 
 int vector_width(const Problem& p, bool aligned) {
-  const int v = static_cast<int>(16 / element_size(p.dtype));
-  if (!aligned) return 1;
-  const std::int64_t extent = p.order == MemoryOrder::kChannelsFirst ? p.s : p.c;
-  return extent % v == 0 ? v : 1;
+  return aligned ? static_cast<int>(16 / element_size(p.dtype)) : 1;
 }
 
-NormalizePlan plan_normalize(const Problem& p, const DeviceInfo& dev, bool aligned) {
-  check_grid_limits(p);
-  NormalizePlan np;
-  np.vec = vector_width(p, aligned);
-  const std::int64_t target = target_blocks(dev) * 4;  // grid-stride: a few waves suffice
-  if (p.order == MemoryOrder::kChannelsFirst) {
-    np.cf = cf_geometry(p, np.vec);
-    const std::int64_t by = kBlockThreads / np.cf.bx;
-    const std::int64_t tiles = p.n * p.c * np.cf.chunks;
-    np.grid = dim3(
-        static_cast<unsigned>(std::max<std::int64_t>(1, std::min(ceil_div(tiles, by), target))));
+MapPlan plan_map(const Problem& p, const DeviceInfo& dev, bool aligned) {
+  MapPlan mp;
+  mp.vec = vector_width(p, aligned);
+  mp.planes = use_planes(p, mp.vec);
+  const std::int64_t target = kMapBlocksPerSm * dev.sm_count;
+  if (mp.planes) {
+    auto& g = mp.cfm;
+    g.c = p.c;
+    g.s = p.s;
+    g.numel = p.numel;
+    g.packs = p.numel / mp.vec;
+    const std::int64_t blocks =
+        std::clamp<std::int64_t>(ceil_div(g.packs, kBlockThreads * kUnroll), 1, target);
+    check_grid_x(blocks);
+    g.step = blocks * kBlockThreads;
+    g.step_pos = g.step * mp.vec % p.s;
+    g.step_ch = g.step * mp.vec / p.s % p.c;
+    mp.grid = dim3(static_cast<unsigned>(blocks));
   } else {
-    np.cl = cl_geometry(p, np.vec);
-    const std::int64_t by = kBlockThreads / np.cl.bx;
-    const std::int64_t gx = ceil_div(ceil_div(p.c, np.vec), np.cl.bx);
-    const std::int64_t gy = std::min(
-        {ceil_div(np.cl.rows, by), std::max<std::int64_t>(1, ceil_div(target, gx)), kMaxGridY});
-    np.grid = dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
+    mp.cl = columns(p, mp.vec);
+    const std::int64_t gx = ceil_div(mp.cl.period_packs, mp.cl.bx);
+    check_grid_x(gx);
+    const std::int64_t by = kBlockThreads / mp.cl.bx;
+    const std::int64_t gy = std::clamp<std::int64_t>(ceil_div(mp.cl.periods, by * kUnroll), 1,
+                                                     std::max<std::int64_t>(1, ceil_div(target, gx)));
+    mp.grid = dim3(static_cast<unsigned>(gx), static_cast<unsigned>(std::min(gy, kMaxGridY)));
   }
-  return np;
+  return mp;
 }
 
-ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned) {
-  check_grid_limits(p);
+ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bool fusable) {
   ReducePlan rp;
-  // Splits per channel come from the widest-vector geometry, so they (and the workspace) do not
-  // depend on the pointers.
-  const int widest = vector_width(p, true);
-  const std::int64_t target = target_blocks(dev);
-  std::int64_t channel_blocks = 0, max_splits = 0;
-  if (p.order == MemoryOrder::kChannelsFirst) {
-    const auto g = cf_geometry(p, widest);
-    channel_blocks = p.c;
-    // at least two tiles per thread row and split
-    max_splits = std::max<std::int64_t>(1, p.n * g.chunks / (2 * (kBlockThreads / g.bx)));
-  } else {
-    const auto g = cl_geometry(p, widest);
-    channel_blocks = ceil_div(ceil_div(p.c, widest), g.bx);
-    // at least four rows per thread row and split
-    max_splits = std::max<std::int64_t>(1, g.rows / (4 * (kBlockThreads / g.bx)));
-  }
-  rp.splits = std::clamp<std::int64_t>(ceil_div(target, channel_blocks), 1,
-                                       std::min(max_splits, kMaxGridY));
-
   rp.vec = vector_width(p, aligned);
-  if (p.order == MemoryOrder::kChannelsFirst) {
-    rp.cf = cf_geometry(p, rp.vec);
+  rp.planes = use_planes(p, rp.vec);
+  const std::int64_t target = kReduceBlocksPerSm * dev.sm_count;
+  if (rp.planes) {
+    auto& g = rp.cfr;
+    check_grid_x(p.c);
+    g.n = p.n;
+    g.c = p.c;
+    g.s = p.s;
+    g.numel = p.numel;
+    g.wf = p.s % rp.vec == 0 ? p.s / rp.vec : std::max<std::int64_t>(0, (p.s - rp.vec + 1) / rp.vec);
+    g.tiles = p.n * g.wf;
+    rp.splits = choose_splits(p.c, kBlockThreads, std::max<std::int64_t>(g.tiles, p.n), target);
+    g.step = rp.splits * kBlockThreads;
+    g.step_j = g.wf > 0 ? g.step % g.wf : 0;
+    g.step_base = g.wf > 0 ? g.step / g.wf * p.c * p.s : 0;
+    g.fuse = fusable && rp.splits == 1 && p.s % rp.vec == 0;
     rp.grid = dim3(static_cast<unsigned>(p.c), static_cast<unsigned>(rp.splits));
+    rp.partials = static_cast<std::size_t>(rp.splits * p.c);
   } else {
-    rp.cl = cl_geometry(p, rp.vec);
-    rp.grid = dim3(static_cast<unsigned>(ceil_div(ceil_div(p.c, rp.vec), rp.cl.bx)),
-                   static_cast<unsigned>(rp.splits));
+    auto& g = rp.cl;
+    g = columns(p, rp.vec);
+    const std::int64_t gx = ceil_div(g.period_packs, g.bx);
+    check_grid_x(gx);
+    rp.splits = choose_splits(gx, kBlockThreads / g.bx, g.periods, target);
+    g.fuse = fusable && rp.splits == 1 && g.lr == 1 && g.d == 1;
+    rp.grid = dim3(static_cast<unsigned>(gx), static_cast<unsigned>(rp.splits));
+    rp.partials = static_cast<std::size_t>(rp.splits * g.period);
+    rp.totals = g.lr == 1 && g.d == 1 ? 0 : static_cast<std::size_t>(g.period);
   }
   return rp;
-}
-
-dim3 plan_per_channel(const Problem& p) {
-  return dim3(static_cast<unsigned>(ceil_div(p.c, kBlockThreads)));
 }
 
 std::size_t WorkspaceLayout::add(std::size_t bytes) {
@@ -150,36 +162,53 @@ std::size_t WorkspaceLayout::add(std::size_t bytes) {
   return offset;
 }
 
+namespace {
+
+// The workspace regions of a reduction with `state_bytes` per partial and `coeffs` per-channel
+// coefficient arrays, sized for the larger of the two vector widths' plans.
+Scratch scratch_for(const Problem& p, const DeviceInfo& dev, std::size_t state_bytes, int coeffs) {
+  const ReducePlan wide = plan_reduce(p, dev, true, false), narrow = plan_reduce(p, dev, false, false);
+  WorkspaceLayout ws;
+  ws.add(kernels::kTicketBytes);
+  Scratch s;
+  s.partials_offset = ws.add(std::max(wide.partials, narrow.partials) * state_bytes);
+  s.totals_offset = ws.add(std::max(wide.totals, narrow.totals) * state_bytes);
+  s.coeffs_offset = ws.add(static_cast<std::size_t>(coeffs) * static_cast<std::size_t>(p.c) *
+                           p.param_bytes());
+  s.bytes = ws.total;
+  return s;
+}
+
+}  // namespace
+
+std::int64_t reduce_loaded_elements(const Problem& p, int vec) {
+  if (!use_planes(p, vec) || p.s % vec == 0) return p.numel;
+  const std::int64_t whole_end = p.numel / vec * vec;
+  std::int64_t loaded = p.numel - whole_end;  // the leftovers, one by one
+  for (std::int64_t plane = 0; plane < p.n * p.c; ++plane) {
+    const std::int64_t b0 = plane * p.s, b1 = b0 + p.s;
+    const std::int64_t first = b0 / vec * vec, end = std::min((b1 + vec - 1) / vec * vec, whole_end);
+    loaded += std::max<std::int64_t>(0, end - first);
+  }
+  return loaded;
+}
+
 TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_aligned,
                            bool xy_aligned) {
   TrainingPlan tp;
-  tp.stats = plan_reduce(p, dev, x_aligned);
-  tp.finalize_grid = plan_per_channel(p);
-  tp.normalize = plan_normalize(p, dev, xy_aligned);
-  const std::size_t acc = p.param_bytes();
-  const auto c = static_cast<std::size_t>(p.c);
-  WorkspaceLayout ws;
-  tp.partials_offset =
-      ws.add(static_cast<std::size_t>(tp.stats.splits) * c * kernels::welford_state_bytes(acc));
-  tp.a_offset = ws.add(c * acc);
-  tp.b_offset = ws.add(c * acc);
-  tp.workspace_bytes = ws.total;
+  tp.stats = plan_reduce(p, dev, x_aligned, x_aligned == xy_aligned);
+  tp.normalize = plan_map(p, dev, xy_aligned);
+  tp.scratch = scratch_for(p, dev, kernels::welford_state_bytes(p.param_bytes()),
+                           kernels::kAffineCoeffs);
   return tp;
 }
 
 BackwardPlan plan_backward(const Problem& p, const DeviceInfo& dev, bool inputs_aligned,
                            bool all_aligned) {
   BackwardPlan bp;
-  bp.sums = plan_reduce(p, dev, inputs_aligned);
-  bp.finalize_grid = plan_per_channel(p);
-  bp.dx = plan_normalize(p, dev, all_aligned);
-  const std::size_t acc = p.param_bytes();
-  const auto c = static_cast<std::size_t>(p.c);
-  WorkspaceLayout ws;
-  bp.partials_offset =
-      ws.add(static_cast<std::size_t>(bp.sums.splits) * c * kernels::grad_sums_bytes(acc));
-  bp.coeffs_offset = ws.add(kernels::kDxCoeffs * c * acc);
-  bp.workspace_bytes = ws.total;
+  bp.sums = plan_reduce(p, dev, inputs_aligned, false);
+  bp.dx = plan_map(p, dev, all_aligned);
+  bp.scratch = scratch_for(p, dev, kernels::grad_sums_bytes(p.param_bytes()), kernels::kDxCoeffs);
   return bp;
 }
 

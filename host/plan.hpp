@@ -14,22 +14,27 @@
 
 namespace cubn::detail {
 
-/// How y = x * a + b runs.
-struct NormalizePlan {
-  int vec = 1;  ///< elements per access: 1, or 16 bytes' worth where alignment allows
-  kernels::ChannelsFirstGeometry cf;
+/// How an elementwise map (normalize, dx) runs.
+struct MapPlan {
+  int vec = 1;          ///< elements per access: 1, or 16 bytes' worth where alignment allows
+  bool planes = false;  ///< channels-first with planes of at least 2 vectors: cfm, else cl
+  kernels::ChannelsFirstMap cfm;
   kernels::ChannelsLastGeometry cl;
   dim3 grid;
 };
 
-/// How a per-channel reduction (statistics, gradient sums) runs: one partial state per (split,
-/// channel).
+/// How a per-channel reduction (statistics, gradient sums) runs, finishing its channels in its
+/// last blocks.
 struct ReducePlan {
   int vec = 1;
-  kernels::ChannelsFirstGeometry cf;
+  bool planes = false;  ///< cfr, else cl
+  kernels::ChannelsFirstReduce cfr;
   kernels::ChannelsLastGeometry cl;
-  dim3 grid;                ///< (C or channel blocks, splits)
-  std::int64_t splits = 1;  ///< blocks per channel (grid y); partial states: splits * C
+  dim3 grid;                ///< (C or column blocks, splits)
+  std::int64_t splits = 1;  ///< blocks per channel or column block (grid y)
+  std::size_t partials = 0;  ///< partial states: splits * (C or period)
+  std::size_t totals = 0;    ///< slot totals when channels span column blocks, else 0
+  bool fused() const { return planes ? cfr.fuse : cl.fuse; }
 };
 
 /// Consecutive 256-byte-aligned regions of a workspace.
@@ -39,36 +44,40 @@ struct WorkspaceLayout {
   std::size_t add(std::size_t bytes);
 };
 
-/// How the training forward runs: statistics, finalization, normalization, and the workspace.
+/// Where a call's regions lie in its workspace. The tickets (kernels::kTicketBytes) always come
+/// first, at offset 0, for every shape and call, so that a zero-filled workspace stays ready for
+/// calls of any shape; the rest is sized for both vector widths, so a workspace sized without
+/// pointers fits every call.
+struct Scratch {
+  std::size_t partials_offset = 0, totals_offset = 0, coeffs_offset = 0, bytes = 0;
+};
+
+/// How the training forward runs: statistics (finishing the channels, and with plan.stats.fused()
+/// normalizing too), then the normalization.
 struct TrainingPlan {
   ReducePlan stats;
-  dim3 finalize_grid;
-  NormalizePlan normalize;
-  std::size_t partials_offset = 0, a_offset = 0, b_offset = 0, workspace_bytes = 0;
+  MapPlan normalize;
+  Scratch scratch;
+  /// Kernel launches of this plan: 1 or 2.
+  int launches() const { return stats.fused() ? 1 : 2; }
 };
 
-/// How the backward runs: gradient sums, finalization (dscale, doffset and dx's coefficients), dx.
+/// How the backward runs: gradient sums (finishing dscale, doffset and dx's coefficients), dx.
 struct BackwardPlan {
   ReducePlan sums;
-  dim3 finalize_grid;
-  NormalizePlan dx;
-  std::size_t partials_offset = 0, coeffs_offset = 0, workspace_bytes = 0;
+  MapPlan dx;
+  Scratch scratch;
 };
 
-/// Elements per vector access for `p`: 16 bytes' worth when `aligned` (the pointers are
-/// 16-byte aligned) and the contiguous extent (S channels-first, C channels-last) divides by it;
-/// else 1.
+/// Elements per vector access for `p`: 16 bytes' worth when `aligned` (the pointers are 16-byte
+/// aligned), else 1. Any plane or channel count takes vectors.
 int vector_width(const Problem& p, bool aligned);
 
-/// The normalize kernel's plan.
-NormalizePlan plan_normalize(const Problem& p, const DeviceInfo& dev, bool aligned);
+/// The elementwise map's plan.
+MapPlan plan_map(const Problem& p, const DeviceInfo& dev, bool aligned);
 
-/// A per-channel reduction's plan. The splits do not depend on `aligned`, so workspaces sized
-/// without pointers fit every call.
-ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned);
-
-/// The per-channel finalization kernels' grid: one thread per channel.
-dim3 plan_per_channel(const Problem& p);
+/// A per-channel reduction's plan. `fusable`: the forward may normalize in the same launch.
+ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bool fusable);
 
 /// The training forward's plan (x_aligned: x is 16-byte aligned; xy_aligned: x and y are).
 TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_aligned,
@@ -77,6 +86,12 @@ TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_align
 /// The backward's plan (inputs_aligned: x and dy are 16-byte aligned; all_aligned: dx too).
 BackwardPlan plan_backward(const Problem& p, const DeviceInfo& dev, bool inputs_aligned,
                            bool all_aligned);
+
+/// The byte model of a reduction, which the proxy tests hold the kernels to: elements it loads from
+/// each input tensor with vector width `vec`. The tensor once, plus, on channels-first planes that
+/// do not start on a vector boundary, the edge packs each plane shares with a neighbouring plane
+/// (loaded by both planes' blocks; DRAM serves the shared sectors once when L2 holds them).
+std::int64_t reduce_loaded_elements(const Problem& p, int vec);
 
 /// True when every pointer given is 16-byte aligned (null pointers count as aligned).
 bool aligned16(const void* a, const void* b = nullptr, const void* c = nullptr);

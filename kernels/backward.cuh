@@ -28,16 +28,37 @@ struct GradSums {
 /// The gradient sums as a channel reduction of (in0 = dy, in1 = x).
 template <class Acc>
 struct GradSumOp {
+  static constexpr int kInputs = 2;
   using State = GradSums<Acc>;
+  using Local = GradSums<Acc>;
   const Acc* mean;  ///< the statistics xhat was formed with: saved or running
   struct Channel {
     Acc mean;
   };
-  CUBN_DEVICE Channel channel(std::int64_t c) const { return {mean[c]}; }
-  CUBN_DEVICE void update(State& s, const Channel& ch, Acc dy, Acc x) const {
-    s.dy += dy;
-    s.dy_xmu += dy * (x - ch.mean);
+  template <class T>
+  CUBN_DEVICE Channel channel(const T*, const T*, std::int64_t c, std::int64_t) const {
+    return {mean[c]};
   }
+  CUBN_DEVICE void absorb_one(Local& l, const Channel& ch, Acc dy, Acc x) const {
+    l.dy += dy;
+    l.dy_xmu += dy * (x - ch.mean);
+  }
+  template <int N>
+  CUBN_DEVICE void absorb(Local& l, const Channel& ch, const Acc (&dy)[N],
+                          const Acc (&x)[N]) const {
+    CUBN_UNROLL
+    for (int k = 0; k < N; ++k) absorb_one(l, ch, dy[k], x[k]);
+  }
+  template <int N, int V>
+  CUBN_DEVICE void absorb_columns(Local (&l)[V], const Channel (&ch)[V], const Acc (&dy)[N * V],
+                                  const Acc (&x)[N * V]) const {
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u) {
+      CUBN_UNROLL
+      for (int k = 0; k < V; ++k) absorb_one(l[k], ch[k], dy[u * V + k], x[u * V + k]);
+    }
+  }
+  CUBN_DEVICE State to_state(const Local& l) const { return l; }
   CUBN_DEVICE State merge(const State& a, const State& b) const {
     return {a.dy + b.dy, a.dy_xmu + b.dy_xmu};
   }
@@ -47,6 +68,7 @@ struct GradSumOp {
 /// k_dy, k_x, mean, k_1.
 template <class Acc>
 struct TrainingDxOp {
+  static constexpr int kInputs = 2;
   struct Coeffs {
     Acc k_dy, k_x, mean, k_1;
   };
@@ -63,6 +85,7 @@ struct TrainingDxOp {
 /// dx = scale / sqrt(running_var + epsilon) * dy: no reduction, x not read.
 template <class Acc>
 struct FrozenDxOp {
+  static constexpr int kInputs = 1;
   struct Coeffs {
     Acc a;
   };
@@ -75,79 +98,71 @@ struct FrozenDxOp {
   CUBN_DEVICE Acc apply(const Coeffs& q, Acc dy, Acc) const { return q.a * dy; }
 };
 
-/// Partial gradient sums of channel blockIdx.x over split blockIdx.y.
+/// What finishing a channel's gradient sums writes; optional pointers may be null.
+template <class Acc>
+struct BackwardFinish {
+  std::int64_t c = 0;
+  Acc m = Acc(0);               ///< elements per channel
+  const Acc* scale = nullptr;   ///< null means 1
+  const Acc* invstd = nullptr;  ///< training: saved invstd; null for frozen statistics
+  const Acc* var = nullptr;     ///< frozen: running variance, with epsilon
+  Acc epsilon = Acc(0);
+  Acc* dscale = nullptr;
+  Acc* doffset = nullptr;
+  bool accumulate = false;  ///< add to dscale and doffset instead of overwriting them
+  Acc* k = nullptr;         ///< training: dx's coefficients, [4][C] (TrainingDxOp); may be null
+
+  /// dscale and doffset of channel ch (written or added to), and dx's coefficients.
+  CUBN_DEVICE void finish(std::int64_t ch, const GradSums<Acc>& s,
+                          const typename GradSumOp<Acc>::Channel& cst) const {
+    const Acc inv = invstd != nullptr ? invstd[ch] : Acc(1) / sqrt_acc(var[ch] + epsilon);
+    const Acc dy_xhat = s.dy_xmu * inv;
+    if (dscale != nullptr) dscale[ch] = (accumulate ? dscale[ch] : Acc(0)) + dy_xhat;
+    if (doffset != nullptr) doffset[ch] = (accumulate ? doffset[ch] : Acc(0)) + s.dy;
+    if (k != nullptr) {
+      const Acc a = (scale != nullptr ? scale[ch] : Acc(1)) * inv;
+      k[ch] = a;
+      k[c + ch] = -a * inv * dy_xhat / m;
+      k[2 * c + ch] = cst.mean;
+      k[3 * c + ch] = -a * s.dy / m;
+    }
+  }
+};
+
+/// Gradient sums of channel blockIdx.x over split blockIdx.y (in0 = dy, in1 = x); the last block
+/// of each set of channels finishes them.
 template <class T, int V>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
-    bn_backward_sums_channels_first(ChannelsFirstGeometry g, const T* __restrict__ dy,
+    bn_backward_sums_channels_first(ChannelsFirstReduce g, const T* __restrict__ dy,
                                     const T* __restrict__ x, GradSumOp<acc_t<T>> op,
-                                    GradSums<acc_t<T>>* __restrict__ partials) {
-  reduce_channels_first<T, V>(dy, x, g, op, partials);
+                                    GradSums<acc_t<T>>* partials, unsigned* tickets,
+                                    BackwardFinish<acc_t<T>> fin) {
+  reduce_planes<T, V>(dy, x, g, op, partials, tickets, fin);
 }
 
-/// Partial gradient sums of the V channels each thread owns over split blockIdx.y.
+/// Gradient sums of the V slots each thread owns over split blockIdx.y; the last blocks finish
+/// them (reduce_columns).
 template <class T, int V>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_backward_sums_channels_last(ChannelsLastGeometry g, const T* __restrict__ dy,
                                    const T* __restrict__ x, GradSumOp<acc_t<T>> op,
-                                   GradSums<acc_t<T>>* __restrict__ partials) {
-  reduce_channels_last<T, V>(dy, x, g, op, partials);
-}
-
-/// What bn_backward_finalize reads and writes; optional pointers may be null.
-template <class Acc>
-struct BackwardFinalizeArgs {
-  const GradSums<Acc>* partials;  ///< [splits][C]
-  std::int64_t splits, c;
-  Acc m;              ///< elements per channel
-  const Acc* scale;   ///< null means 1
-  const Acc* mean;    ///< saved (training) or running (frozen)
-  const Acc* invstd;  ///< training: saved invstd; null for frozen statistics
-  const Acc* var;     ///< frozen: running variance, with epsilon
-  Acc epsilon;
-  Acc* dscale;
-  Acc* doffset;
-  bool accumulate;  ///< add to dscale and doffset instead of overwriting them
-  Acc* k;           ///< training: dx's coefficients, [4][C] (TrainingDxOp); may be null
-};
-
-/// One thread per channel: merges the partial sums in split order, writes (or adds to) dscale and
-/// doffset, and stores dx's coefficients.
-template <class Acc>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
-    bn_backward_finalize(BackwardFinalizeArgs<Acc> p) {
-  const std::int64_t ch = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (ch >= p.c) return;
-  GradSums<Acc> s;
-  for (std::int64_t i = 0; i < p.splits; ++i) {
-    const GradSums<Acc> q = p.partials[i * p.c + ch];
-    s.dy += q.dy;
-    s.dy_xmu += q.dy_xmu;
-  }
-  const Acc invstd = p.invstd != nullptr ? p.invstd[ch] : Acc(1) / sqrt_acc(p.var[ch] + p.epsilon);
-  const Acc dy_xhat = s.dy_xmu * invstd;
-  if (p.dscale != nullptr) p.dscale[ch] = (p.accumulate ? p.dscale[ch] : Acc(0)) + dy_xhat;
-  if (p.doffset != nullptr) p.doffset[ch] = (p.accumulate ? p.doffset[ch] : Acc(0)) + s.dy;
-  if (p.k != nullptr) {
-    const Acc a = (p.scale != nullptr ? p.scale[ch] : Acc(1)) * invstd;
-    p.k[ch] = a;
-    p.k[p.c + ch] = -a * invstd * dy_xhat / p.m;
-    p.k[2 * p.c + ch] = p.mean[ch];
-    p.k[3 * p.c + ch] = -a * s.dy / p.m;
-  }
+                                   GradSums<acc_t<T>>* partials, GradSums<acc_t<T>>* totals,
+                                   unsigned* tickets, BackwardFinish<acc_t<T>> fin) {
+  reduce_columns<T, V>(dy, x, g, op, partials, totals, tickets, fin);
 }
 
 /// dx over a channels-first tensor (in0 = dy, in1 = x). dx may equal dy or x.
 template <class T, int V, class Op>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
-    bn_backward_dx_channels_first(ChannelsFirstGeometry g, const T* dy, const T* x, T* dx, Op op) {
-  map_channels_first<T, V>(dy, x, dx, g, op);
+    bn_backward_dx_channels_first(ChannelsFirstMap g, const T* dy, const T* x, T* dx, Op op) {
+  map_planes<T, V>(dy, x, dx, g, op);
 }
 
 /// dx over a channels-last tensor (in0 = dy, in1 = x). dx may equal dy or x.
 template <class T, int V, class Op>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_backward_dx_channels_last(ChannelsLastGeometry g, const T* dy, const T* x, T* dx, Op op) {
-  map_channels_last<T, V>(dy, x, dx, g, op);
+  map_columns<T, V>(dy, x, dx, g, op);
 }
 
 }  // namespace cubn::kernels

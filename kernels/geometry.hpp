@@ -1,6 +1,20 @@
 /// @file geometry.hpp
 /// @brief The launch geometry host/ computes and kernels/ reads: plain structs, no device code,
 /// so host-only files can include it.
+///
+/// Every streaming loop moves whole packs of V elements (16 bytes, or one element on the scalar
+/// path for misaligned pointers), aligned to V elements from the tensor's start, whatever the
+/// plane or channel count; the fewer than V elements past the last whole pack ("leftovers") are
+/// taken one by one by the code that finishes each channel.
+///  - Channels-first, planes of S >= 2V elements: a channel is N planes of S elements at stride
+///    C * S. The reduction takes, in each plane, the `wf` whole packs that every plane holds
+///    whatever its alignment (main loop, no masks), then the up to three packs the plane shares
+///    with its neighbours (edge loop, masked by element). The elementwise map walks the tensor's
+///    packs flat; a pack that crosses a plane boundary takes two channels' coefficients.
+///  - Channels-last, and channels-first with planes under 2V elements (seen as [N][C * S]): rows
+///    of `cols` columns, `d` columns per channel. The pattern of columns under the packs repeats
+///    every lcm(cols, V) elements (a "period" of `lr` rows, `period_packs` packs), so a thread that
+///    owns pack j of every period always sees the same V columns ("slots" j * V + k of the period).
 #pragma once
 
 #include <cstddef>
@@ -18,23 +32,55 @@ constexpr int kBlockThreads = 256;
 /// (sm_80, bench/ptxas_report.py).
 constexpr int kMinBlocksPerSm = 4;
 
-/// Channels-first geometry: memory [N][C][S]; a channel is N rows of S, a row is cut into
-/// `chunks` chunks of bx * V elements.
-struct ChannelsFirstGeometry {
-  std::int64_t n = 0, c = 0, s = 0;
-  std::int64_t chunks = 0;  ///< chunks per row: ceil(S / (bx * V))
-  int bx = 1;               ///< threads along a row, a power of two from 1 to kBlockThreads
+/// Packs a thread loads before it uses any, in loops over one tensor (loops over two load this
+/// many halves of each): 4 x 16 bytes in flight per thread. Chosen from Little's law, not measured:
+/// an H100 needs about 18 KB in flight per SM (3.35 TB/s x ~700 ns / 132 SMs), and 4 blocks of 256
+/// threads with 64 bytes each have 64 KB, enough for a B200's ~2x as well
+/// (bench/sass_report.py checks the loops issue them).
+constexpr int kUnroll = 4;
+
+/// Tickets at the start of every workspace (see TicketSet in channel_ops.cuh): a fixed number,
+/// whatever the shape, so that calls of different shapes can share one workspace.
+constexpr int kTickets = 1024;
+/// Bytes of the ticket region (kTickets + 1 counters, rounded up to 256).
+constexpr std::size_t kTicketBytes = 4352;
+
+/// Channels-first reduction: block (channel, split) of a grid (C, splits).
+struct ChannelsFirstReduce {
+  std::int64_t n = 0, c = 0, s = 0, numel = 0;
+  std::int64_t wf = 0;         ///< whole packs every plane holds: the main loop's tiles per plane
+  std::int64_t tiles = 0;      ///< n * wf
+  std::int64_t step = 0;       ///< tiles a thread advances: splits * kBlockThreads
+  std::int64_t step_j = 0;     ///< step % wf
+  std::int64_t step_base = 0;  ///< (step / wf) * C * S elements
+  bool fuse = false;  ///< forward: the block also normalizes its channel (one split, S % V == 0)
 };
 
-/// Channels-last geometry: memory [R][C], R = N * S rows.
+/// Channels-first elementwise map over the tensor's whole packs, flat, grid-stride.
+struct ChannelsFirstMap {
+  std::int64_t c = 0, s = 0, numel = 0;
+  std::int64_t packs = 0;     ///< numel / V
+  std::int64_t step = 0;      ///< packs a thread advances: the grid's threads
+  std::int64_t step_pos = 0;  ///< (step * V) % S
+  std::int64_t step_ch = 0;   ///< (step * V / S) % C
+};
+
+/// Rows of columns with a repeating period (channels-last; channels-first with small planes).
+/// Reductions run on a grid (column blocks, splits), maps on (column blocks, row blocks).
 struct ChannelsLastGeometry {
-  std::int64_t rows = 0, c = 0;
-  int bx = 1;  ///< threads across C, each owning V consecutive channels
+  std::int64_t cols = 0;          ///< columns per row: C, or C * S for small channels-first planes
+  std::int64_t d = 1;             ///< columns per channel: 1, or S
+  std::int64_t c = 0, numel = 0;
+  std::int64_t period_packs = 0;  ///< packs per period: lcm(cols, V) / V
+  std::int64_t period = 0;        ///< elements per period: lcm(cols, V)
+  std::int64_t periods = 0;       ///< periods holding at least one element: ceil(numel / period)
+  std::int64_t full_periods = 0;  ///< numel / period
+  std::int64_t lr = 1;            ///< rows per period
+  int bx = 1;                     ///< threads across a period's packs (power of two)
+  /// forward: one split, and every column block holds whole channels (lr == d == 1): the block
+  /// also normalizes its columns
+  bool fuse = false;
 };
-
-}  // namespace cubn::kernels
-
-namespace cubn::kernels {
 
 /// Bytes of one WelfordState<Acc> (int64 count, Acc mean, Acc M2): lets host-only code size
 /// workspaces; forward_launch.cuh checks it against the real type.
@@ -42,6 +88,9 @@ constexpr std::size_t welford_state_bytes(std::size_t acc_bytes) { return 8 + 2 
 
 /// Bytes of one GradSums<Acc> (sum of dy, sum of dy * (x - mean)); backward_launch.cuh checks it.
 constexpr std::size_t grad_sums_bytes(std::size_t acc_bytes) { return 2 * acc_bytes; }
+
+/// Per-channel coefficients of y = (x - shift) * a + b (ChannelAffine: shift, a, b).
+constexpr int kAffineCoeffs = 3;
 
 /// Per-channel coefficients of the training dx (TrainingDxOp: k_dy, k_x, mean, k_1).
 constexpr int kDxCoeffs = 4;

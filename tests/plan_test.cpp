@@ -45,14 +45,23 @@ TEST(Plan, ChannelsFirstPastTwoToTheThirtyOne) {
   expect_within_limits(plan.stats.grid);
   expect_within_limits(plan.normalize.grid);
   EXPECT_EQ(plan.stats.vec, 8);
-  const auto& g = plan.stats.cf;
-  // every element is covered: chunks of bx * V span a row, rows times chunks are the tiles
-  EXPECT_GE(g.chunks * g.bx * plan.stats.vec, p.s);
-  EXPECT_LT((g.chunks - 1) * g.bx * plan.stats.vec, p.s);
-  EXPECT_GT(p.n * g.chunks, std::int64_t{1} << 20);
+  ASSERT_TRUE(plan.stats.planes);
+  const auto& g = plan.stats.cfr;
+  EXPECT_EQ(g.wf * plan.stats.vec, p.s);  // whole packs cover every plane
+  EXPECT_EQ(g.tiles, p.n * g.wf);
+  EXPECT_EQ(plan.stats.splits, 9);  // ceil(4 blocks x 132 SMs / 64 channels)
+  EXPECT_EQ(g.step, 9 * 256);
+  EXPECT_EQ(g.step_j, g.step % g.wf);
+  EXPECT_EQ(g.step_base, g.step / g.wf * p.c * p.s);
+  // each thread folds few enough values for its float count: 2^32 per channel / 2304 threads
+  EXPECT_LE(p.m() / g.step, std::int64_t{1} << 22);
   // the last element's offset needs 64 bits
   EXPECT_GT(((p.n - 1) * p.c + (p.c - 1)) * p.s + p.s - 1, std::int64_t{1} << 31);
-  EXPECT_EQ(plan.stats.splits, 17);  // ceil(8 blocks x 132 SMs / 64 channels)
+  EXPECT_EQ(plan.launches(), 2);
+  const auto& m = plan.normalize.cfm;
+  EXPECT_EQ(m.packs, p.numel / 8);
+  EXPECT_EQ(m.step_pos, m.step * 8 % p.s);
+  EXPECT_EQ(m.step_ch, m.step * 8 / p.s % p.c);
 }
 
 TEST(Plan, ChannelsLastPastTwoToTheThirtyOne) {
@@ -61,20 +70,84 @@ TEST(Plan, ChannelsLastPastTwoToTheThirtyOne) {
   const auto plan = cubn::detail::plan_training(p, cubn::detail::current_device_info(), true, true);
   expect_within_limits(plan.stats.grid);
   expect_within_limits(plan.normalize.grid);
-  EXPECT_EQ(plan.stats.cl.rows, std::int64_t{1} << 26);
-  EXPECT_EQ(plan.stats.grid.x * plan.stats.cl.bx * plan.stats.vec, 1024u);
-  EXPECT_EQ(plan.stats.splits, 1056);  // one block covers the 1024 channels: 8 x 132 splits
+  ASSERT_FALSE(plan.stats.planes);
+  const auto& g = plan.stats.cl;
+  EXPECT_EQ(g.period, 1024);  // C divides by 8: one row per period
+  EXPECT_EQ(g.lr, 1);
+  EXPECT_EQ(g.periods, std::int64_t{1} << 26);
+  EXPECT_EQ(g.bx, 16);  // 128 slots per column block
+  EXPECT_EQ(plan.stats.grid.x, 8u);
+  EXPECT_EQ(plan.stats.splits, 66);  // ceil(4 x 132 / 8)
+  EXPECT_EQ(plan.stats.totals, 0u);  // column blocks hold whole channels
+}
+
+// Planes and channel counts that are not multiples of a vector take vectors all the same.
+TEST(Plan, EveryShapeTakesSixteenByteVectors) {
+  const auto& dev = cubn::detail::current_device_info();
+  {  // ResNet-50's 7x7 planes in bf16: 49 elements, whole packs and edges
+    const auto plan = cubn::detail::plan_training(
+        problem(DataType::kBFloat16, MemoryOrder::kChannelsFirst, {8, 512, 7, 7}), dev, true, true);
+    EXPECT_EQ(plan.stats.vec, 8);
+    EXPECT_TRUE(plan.stats.planes);
+    EXPECT_EQ(plan.stats.cfr.wf, 5);  // (49 - 7) / 8 whole packs in every plane, whatever its start
+    EXPECT_EQ(plan.normalize.vec, 8);
+  }
+  {  // 14x14
+    const auto plan = cubn::detail::plan_training(
+        problem(DataType::kFloat16, MemoryOrder::kChannelsFirst, {8, 256, 14, 14}), dev, true, true);
+    EXPECT_EQ(plan.stats.cfr.wf, 23);
+  }
+  {  // channels-last with C = 100: the pattern repeats every lcm(100, 8) = 200 elements, 2 rows
+    const auto plan = cubn::detail::plan_training(
+        problem(DataType::kBFloat16, MemoryOrder::kChannelsLast, {64, 100, 4, 4}), dev, true, true);
+    EXPECT_EQ(plan.stats.vec, 8);
+    EXPECT_FALSE(plan.stats.planes);
+    EXPECT_EQ(plan.stats.cl.period, 200);
+    EXPECT_EQ(plan.stats.cl.lr, 2);
+    EXPECT_EQ(plan.stats.totals, 200u);  // channels span the slots of two rows: a second merge
+  }
+  {  // channels-first planes under two vectors are seen as rows of C * S columns
+    const auto plan = cubn::detail::plan_training(
+        problem(DataType::kBFloat16, MemoryOrder::kChannelsFirst, {16, 32, 2, 3}), dev, true, true);
+    EXPECT_EQ(plan.stats.vec, 8);
+    EXPECT_FALSE(plan.stats.planes);
+    EXPECT_EQ(plan.stats.cl.cols, 32 * 6);
+    EXPECT_EQ(plan.stats.cl.d, 6);
+  }
+}
+
+// One launch when a block per channel (or column block) holds all of it: no cross-block merge.
+TEST(Plan, SmallProblemsRunTheTrainingForwardInOneLaunch) {
+  const auto& dev = cubn::detail::current_device_info();
+  const auto one = [&](MemoryOrder o, std::initializer_list<std::int64_t> dims) {
+    return cubn::detail::plan_training(problem(DataType::kBFloat16, o, dims), dev, true, true)
+        .launches();
+  };
+  EXPECT_EQ(one(MemoryOrder::kChannelsFirst, {8, 512, 8, 8}), 1);    // 512 splits-of-one blocks
+  EXPECT_EQ(one(MemoryOrder::kChannelsLast, {32, 1024}), 1);         // BatchNorm1d, batch 32
+  EXPECT_EQ(one(MemoryOrder::kChannelsFirst, {8, 512, 7, 7}), 2);    // planes of 49: edges
+  EXPECT_EQ(one(MemoryOrder::kChannelsLast, {256, 64, 56, 56}), 2);  // many rows: splits
+  // misaligned y but aligned x: statistics and normalization take different widths
+  EXPECT_EQ(cubn::detail::plan_training(
+                problem(DataType::kBFloat16, MemoryOrder::kChannelsFirst, {8, 512, 8, 8}), dev,
+                true, false)
+                .launches(),
+            2);
 }
 
 TEST(Plan, WorkspaceDoesNotDependOnPointerAlignment) {
   for (auto o : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast}) {
-    const Problem p = problem(DataType::kFloat16, o, {32, 64, 56, 56});
-    const auto& dev = cubn::detail::current_device_info();
-    const auto a = cubn::detail::plan_training(p, dev, true, true);
-    const auto b = cubn::detail::plan_training(p, dev, false, false);
-    EXPECT_EQ(a.workspace_bytes, b.workspace_bytes);
-    EXPECT_EQ(a.stats.splits, b.stats.splits);
-    EXPECT_EQ(b.stats.vec, 1);
+    for (auto dims : {std::initializer_list<std::int64_t>{32, 64, 56, 56}, {8, 100, 7, 7}}) {
+      const Problem p = problem(DataType::kFloat16, o, dims);
+      const auto& dev = cubn::detail::current_device_info();
+      const auto a = cubn::detail::plan_training(p, dev, true, true);
+      const auto b = cubn::detail::plan_training(p, dev, false, false);
+      EXPECT_EQ(a.scratch.bytes, b.scratch.bytes);
+      EXPECT_EQ(b.stats.vec, 1);
+      // the vector path's partials fit
+      EXPECT_LE(a.scratch.partials_offset + a.stats.partials * 16, a.scratch.totals_offset);
+      EXPECT_LE(b.scratch.partials_offset + b.stats.partials * 16, b.scratch.totals_offset);
+    }
   }
 }
 

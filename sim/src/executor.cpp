@@ -14,6 +14,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -226,6 +228,9 @@ struct Engine {
   std::vector<unsigned char> smem;  // dynamic shared memory of the running block
   Counters counters;
   Schedule schedule = Schedule::kForward;
+  BlockOrder block_order = BlockOrder::kInOrder;
+  std::uint64_t block_seed = 0;
+  std::vector<std::uint64_t> block_perm;
 
   // the running block
   bool running = false;
@@ -490,6 +495,11 @@ Counters& counters() noexcept { return g_engine.counters; }
 
 void set_schedule(Schedule s) noexcept { g_engine.schedule = s; }
 
+void set_block_order(BlockOrder order, std::uint64_t seed) noexcept {
+  g_engine.block_order = order;
+  g_engine.block_seed = seed;
+}
+
 struct ProfileAccess {
   static std::vector<LaunchProfile>& launches(ProfileScope& p) { return p.launches_; }
 };
@@ -531,17 +541,23 @@ void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void
     if (e.lane_accesses.size() < e.nthreads) e.lane_accesses.resize(e.nthreads);
     for (auto& v : e.lane_accesses) v.clear();  // a faulted launch leaves some behind
   }
+  const std::uint64_t blocks = std::uint64_t{grid.x} * grid.y * grid.z;
+  const bool shuffled = e.block_order == BlockOrder::kShuffled;
+  if (shuffled) {
+    e.block_perm.resize(blocks);
+    std::iota(e.block_perm.begin(), e.block_perm.end(), std::uint64_t{0});
+    std::mt19937_64 rng(e.block_seed * 0x9E3779B97F4A7C15ull + e.counters.launches);
+    std::shuffle(e.block_perm.begin(), e.block_perm.end(), rng);
+  }
   e.running = true;
-  for (unsigned z = 0; z < grid.z; ++z) {
-    for (unsigned y = 0; y < grid.y; ++y) {
-      for (unsigned x = 0; x < grid.x; ++x) {
-        blockIdx = uint3{x, y, z};
-        run_block(e);
-        if (!e.fault.empty()) {
-          e.running = false;
-          throw_fault(e.fault);
-        }
-      }
+  for (std::uint64_t i = 0; i < blocks; ++i) {
+    const std::uint64_t b = shuffled ? e.block_perm[i] : i;
+    blockIdx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
+                     static_cast<unsigned>(b / (std::uint64_t{grid.x} * grid.y))};
+    run_block(e);
+    if (!e.fault.empty()) {
+      e.running = false;
+      throw_fault(e.fault);
     }
   }
   e.running = false;
@@ -693,6 +709,7 @@ void record_global(const void* p, std::size_t bytes, bool write) {
   (write ? e.counters.global_write_bytes : e.counters.global_read_bytes) += bytes;
   if (e.launch_profile == nullptr) return;
   (write ? e.launch_profile->write_bytes : e.launch_profile->read_bytes) += bytes;
+  ++e.launch_profile->lane_accesses;
   e.lane_accesses[e.current->linear].push_back({reinterpret_cast<std::uintptr_t>(p), bytes});
 }
 

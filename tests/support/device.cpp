@@ -13,6 +13,7 @@ void device_sync() {}
 
 DeviceBytes::DeviceBytes(std::size_t bytes) : bytes_(bytes) {
   ptr_ = ::operator new(bytes == 0 ? 1 : bytes, std::align_val_t(256));
+  std::memset(ptr_, 0, bytes);
 }
 DeviceBytes::~DeviceBytes() { ::operator delete(ptr_, std::align_val_t(256)); }
 void DeviceBytes::upload(const void* src, std::size_t bytes, std::size_t offset) {
@@ -49,6 +50,7 @@ void device_sync() { check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
 
 DeviceBytes::DeviceBytes(std::size_t bytes) : bytes_(bytes) {
   check(cudaMalloc(&ptr_, bytes == 0 ? 1 : bytes), "cudaMalloc");
+  check(cudaMemset(ptr_, 0, bytes == 0 ? 1 : bytes), "cudaMemset");
 }
 DeviceBytes::~DeviceBytes() { cudaFree(ptr_); }
 void DeviceBytes::upload(const void* src, std::size_t bytes, std::size_t offset) {

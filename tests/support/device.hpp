@@ -34,8 +34,9 @@ class DeviceTest : public ::testing::Test {
   }
 };
 
-/// Raw device memory of `bytes` bytes (host memory in the executor build, sized exactly so that
-/// AddressSanitizer sees any access past its end).
+/// Raw device memory of `bytes` bytes, zero-filled (as cubn asks of a workspace before its first
+/// use); host memory in the executor build, sized exactly so that AddressSanitizer sees any
+/// access past its end.
 class DeviceBytes {
  public:
   explicit DeviceBytes(std::size_t bytes);

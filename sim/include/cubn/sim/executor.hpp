@@ -63,6 +63,14 @@ enum class Schedule { kForward, kReverse };
 /// Sets the calling host thread's schedule (default kForward).
 void set_schedule(Schedule s) noexcept;
 
+/// The order in which a grid's blocks run. On a GPU blocks run in any order and concurrently, so a
+/// kernel whose result depends on which block finishes first (a ticket taken, partials merged in
+/// arrival order) is wrong; running the blocks in a shuffled order shows it.
+enum class BlockOrder { kInOrder, kShuffled };
+/// Sets the calling host thread's block order (default kInOrder). kShuffled draws a permutation of
+/// each launch's blocks from `seed` and the thread's launch count, so a run is reproducible.
+void set_block_order(BlockOrder order, std::uint64_t seed = 0) noexcept;
+
 /// Global-memory traffic of one launch, from the kernels' load and store helpers
 /// (kernels/memory.cuh); plain pointer accesses (the per-channel vectors of the finalization
 /// kernels) are not seen.
@@ -72,6 +80,12 @@ struct LaunchProfile {
   /// Warp-wide accesses: the k-th helper access of each lane of a warp taken together (lanes run
   /// the same sequence of accesses in these kernels; a lane that has stopped drops out).
   std::uint64_t warp_accesses = 0;
+  /// Accesses by single lanes (each load_pack or store_pack call).
+  std::uint64_t lane_accesses = 0;
+  /// Bytes per lane access: 16 when every access moves a whole 16-byte vector.
+  double bytes_per_lane_access() const {
+    return lane_accesses == 0 ? 0.0 : static_cast<double>(read_bytes + write_bytes) / lane_accesses;
+  }
   std::uint64_t sectors_touched = 0;  ///< distinct 32-byte sectors those accesses touch
   std::uint64_t sectors_needed = 0;   ///< ceil(bytes requested / 32), per warp access
   /// sectors_needed / sectors_touched: 1 when every warp access is contiguous and aligned.
@@ -95,7 +109,7 @@ class ProfileScope {
   std::vector<LaunchProfile> launches_;
 };
 
-/// Runs body(ctx) as every thread of a grid of `grid` blocks of `block` threads, with
+/// Runs body(ctx) as every thread of a grid (blocks in the order set_block_order chose) of `grid` blocks of `block` threads, with
 /// `dynamic_smem` bytes of dynamic shared memory per block. Synchronous. Throws cubn::Error
 /// (kInvalidLaunch for a shape the device refuses, kKernelFault for a broken CUDA rule).
 void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*), void* ctx,

@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""The instruction budget of cubn's streaming kernels, read from their SASS.
+
+  sass_report.py [--check] [--budget 64] [--min-in-flight 4] [--nvdisasm PATH] CUBIN...
+
+Each CUBIN is one `nvcc -cubin -arch=sm_XX` build of a host/batch_norm_<dtype>.cu (CMake target
+cubn_ptxas_logs writes them beside the ptxas logs). nvdisasm turns each kernel into SASS; for every
+kernel the tool finds its main loop and reports, per iteration of that loop:
+
+  - instructions, and instructions per 16 bytes of global traffic (the bytes of every LDG/STG in
+    the loop body, so per-channel coefficient loads count too);
+  - the widths of those accesses, and the 16-byte ones;
+  - MUFU instructions, calls (the slow paths of IEEE division, reciprocal and square root), and
+    integer divisions (32-bit: the I2F.U32.RP of the inline sequence; 64-bit: a call to the
+    div_s64/div_u64/rem_s64/rem_u64 routines);
+  - independent 16-byte loads in flight per thread: the 16-byte loads issued before any
+    instruction reads a register one of them wrote.
+
+The main loop is the loop (a backward branch and the code between its target and it) that holds
+the most 16-byte global accesses (then the most global accesses); ties go to the shortest. Every instruction between the target and
+the branch counts, including rarely taken paths, so the figure is an upper bound.
+
+Why 64: an H100 delivers about 12.8 bytes per SM per cycle and issues at most 4 warp-instructions
+per SM per cycle, so a warp-iteration moving 512 bytes (32 lanes x 16 bytes) must cost under 160
+instructions; a B200 delivers about 27 bytes per SM per cycle, under 75. 64 per 16 bytes leaves
+room for the issue slots the memory pipeline itself takes.
+
+With --check, exits 1 when a kernel with 16-byte accesses (the path that aligned pointers take)
+has a main loop over the budget, fewer 16-byte loads in flight than --min-in-flight, or a 64-bit
+integer division in its main loop. Kernels without a loop or without 16-byte accesses (the scalar
+path for misaligned pointers, the finalization code) are reported but not held to it.
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
+LABEL = re.compile(r"^(\.L_x_\d+):")
+FUNC = re.compile(r"^\s*\.section\s+\.text\.(\S+?),")
+REG = re.compile(r"\bR(\d+)(?:\.64)?\b")
+
+
+def find_nvdisasm(explicit):
+    if explicit:
+        return explicit
+    for cand in (shutil.which("nvdisasm"),
+                 os.path.join(os.path.dirname(sys.executable), "nvdisasm")):
+        if cand and os.path.exists(cand):
+            return cand
+    try:  # the PyPI wheel nvidia-cuda-nvdisasm, installed into this interpreter
+        import nvidia  # noqa: F401
+        for base in nvidia.__path__:
+            for sub in ("cu13", "cuda_nvdisasm", "cu12"):
+                cand = os.path.join(base, sub, "bin", "nvdisasm")
+                if os.path.exists(cand):
+                    return cand
+    except ImportError:
+        pass
+    return None
+
+
+def disassemble(nvdisasm, cubin):
+    out = subprocess.run([nvdisasm, "-c", cubin], capture_output=True, text=True, check=True)
+    funcs, current = {}, None
+    for line in out.stdout.splitlines():
+        m = FUNC.match(line)
+        if m:
+            current = funcs.setdefault(m.group(1), {"insns": [], "labels": {}})
+            continue
+        if current is None:
+            continue
+        m = LABEL.match(line.strip())
+        if m:
+            current["labels"][m.group(1)] = len(current["insns"])
+            continue
+        m = INSN.search(line)
+        if m:
+            text = re.sub(r"^@!?U?P\w+\s+", "", m.group(2).strip())
+            current["insns"].append((int(m.group(1), 16), text, m.group(2).strip()))
+    return funcs
+
+
+def width(op):
+    m = re.search(r"\.(8|16|32|64|128|256)\b", op)
+    if m:
+        return int(m.group(1)) // 8
+    if re.search(r"\.U8|\.S8", op):
+        return 1
+    if re.search(r"\.U16|\.S16", op):
+        return 2
+    return 4
+
+
+def is_global(op):
+    return op.startswith(("LDG", "STG"))
+
+
+def loops(f):
+    out = []
+    for i, (_, text, _) in enumerate(f["insns"]):
+        if not text.startswith("BRA"):
+            continue
+        m = re.search(r"(\.L_x_\d+)", text)
+        if m and m.group(1) in f["labels"] and f["labels"][m.group(1)] <= i:
+            out.append((f["labels"][m.group(1)], i))
+    return out
+
+
+def analyze(f):
+    best = None
+    for lo, hi in loops(f):
+        body = f["insns"][lo:hi + 1]
+        vec = sum(1 for _, t, _ in body if is_global(t) and width(t.split()[0]) == 16)
+        glob = sum(1 for _, t, _ in body if is_global(t))
+        key = (vec, glob, -(hi - lo))
+        if best is None or key > best[0]:
+            best = (key, lo, hi)
+    if best is None:
+        return None
+    _, lo, hi = best
+    body = [t for _, t, _ in f["insns"][lo:hi + 1] if not t.startswith("NOP")]
+    widths, traffic, mufu, div32, div64, slow = {}, 0, 0, 0, 0, 0
+    for t in body:
+        op = t.split()[0]
+        if is_global(t):
+            w = width(op)
+            widths[w] = widths.get(w, 0) + 1
+            traffic += w
+        if op.startswith("MUFU"):
+            mufu += 1
+        if op.startswith("I2F.U32.RP") or op.startswith("I2F.RP"):
+            div32 += 1
+        if op.startswith("CALL") and re.search(r"(div|rem)_[su]64", t):
+            div64 += 1
+        elif op.startswith("CALL"):
+            slow += 1
+    # 16-byte loads issued before any instruction reads what one of them wrote
+    pending, in_flight = set(), 0
+    for t in body:
+        op = t.split()[0]
+        operands = t[len(op):].split(",")
+        if op.startswith("LDG") and width(op) == 16:
+            dest = REG.search(operands[0])
+            if dest:
+                base = int(dest.group(1))
+                pending.update(range(base, base + 4))
+                in_flight += 1
+            continue
+        srcs = operands if op.startswith(("STG", "ST", "RED", "ATOM")) else operands[1:]
+        if any(int(r) in pending for s in srcs for r in REG.findall(s)):
+            break
+    return dict(instructions=len(body), traffic=traffic, widths=widths, mufu=mufu, div32=div32,
+                div64=div64, slow=slow, in_flight=in_flight, vec=widths.get(16, 0))
+
+
+def demangle(names):
+    try:
+        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True,
+                             check=True)
+        return out.stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return names
+
+
+def short(name):
+    name = re.sub(r"^void ", "", name)
+    name = re.sub(r"(cubn|cubn_sim)::kernels::", "", name)
+    name = name.replace("__nv_bfloat16", "bf16").replace("__half", "fp16")
+    return re.sub(r"\(.*\)$", "", name)
+
+
+def arch_of(cubin):
+    m = re.search(r"(sm_\d+)", os.path.basename(cubin))
+    return m.group(1) if m else "?"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cubins", nargs="+")
+    ap.add_argument("--budget", type=float, default=64)
+    ap.add_argument("--min-in-flight", type=int, default=4)
+    ap.add_argument("--nvdisasm")
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    nvdisasm = find_nvdisasm(args.nvdisasm)
+    if nvdisasm is None:
+        print("nvdisasm not found: install the PyPI package nvidia-cuda-nvdisasm (.ci/run does)")
+        return 1
+    rows = []
+    for cubin in args.cubins:
+        funcs = disassemble(nvdisasm, cubin)
+        names = demangle(list(funcs))
+        for (mangled, f), name in zip(funcs.items(), names):
+            rows.append((short(name), arch_of(cubin), analyze(f)))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    failures = 0
+    print("| kernel | arch | main-loop instructions | global bytes | instructions per 16 B | "
+          "access widths (bytes x count) | 16-B loads in flight | MUFU | calls | int div 32/64 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, arch, a in rows:
+        if a is None or a["traffic"] == 0:
+            print(f"| `{name}` | {arch} | no streaming loop | | | | | | | |")
+            continue
+        per16 = a["instructions"] * 16 / a["traffic"]
+        held = a["vec"] > 0
+        bad = held and (per16 > args.budget or a["in_flight"] < args.min_in_flight or a["div64"])
+        failures += bool(bad)
+        widths = " ".join(f"{w}x{n}" for w, n in sorted(a["widths"].items()))
+        print(f"| `{name}` | {arch} | {a['instructions']} | {a['traffic']} | {per16:.1f} | {widths} | "
+              f"{a['in_flight']} | {a['mufu']} | {a['slow']} | {a['div32']}/{a['div64']} |"
+              f"{' **FAIL**' if bad else ''}{'' if held else ' (scalar path: not held)'}")
+    print(f"\n{len(rows)} kernels; {failures} over {args.budget:g} instructions per 16 bytes, under "
+          f"{args.min_in_flight} 16-byte loads in flight, or dividing 64-bit integers in the main loop")
+    return 1 if args.check and failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
