@@ -21,6 +21,7 @@ LIMITS = {
     "sm_86": dict(regs=65536, threads=1536, blocks=16, smem=100 * 1024, reserved=1024, reg_unit=256),
     "sm_89": dict(regs=65536, threads=1536, blocks=24, smem=100 * 1024, reserved=1024, reg_unit=256),
     "sm_90": dict(regs=65536, threads=2048, blocks=32, smem=228 * 1024, reserved=1024, reg_unit=256),
+    "sm_100": dict(regs=65536, threads=2048, blocks=32, smem=228 * 1024, reserved=1024, reg_unit=256),
 }
 
 

@@ -16,8 +16,10 @@ kernel the tool finds its main loop and reports, per iteration of that loop:
   - independent 16-byte loads in flight per thread: the 16-byte loads issued before any
     instruction reads a register one of them wrote.
 
-The main loop is the loop (a backward branch and the code between its target and it) that holds
-the most 16-byte global accesses (then the most global accesses); ties go to the shortest. Every instruction between the target and
+The main loop is the loop (a backward branch and the code between its target and it) that keeps
+the most 16-byte loads in flight, then holds the most 16-byte accesses, then the most global
+bytes; ties go to the shortest. (Tail and edge loops that finish what the main loop leaves load
+one vector at a time.) Every instruction between the target and
 the branch counts, including rarely taken paths, so the figure is an upper bound.
 
 Why 64: an H100 delivers about 12.8 bytes per SM per cycle and issues at most 4 warp-instructions
@@ -109,18 +111,7 @@ def loops(f):
     return out
 
 
-def analyze(f):
-    best = None
-    for lo, hi in loops(f):
-        body = f["insns"][lo:hi + 1]
-        vec = sum(1 for _, t, _ in body if is_global(t) and width(t.split()[0]) == 16)
-        glob = sum(1 for _, t, _ in body if is_global(t))
-        key = (vec, glob, -(hi - lo))
-        if best is None or key > best[0]:
-            best = (key, lo, hi)
-    if best is None:
-        return None
-    _, lo, hi = best
+def loop_stats(f, lo, hi):
     body = [t for _, t, _ in f["insns"][lo:hi + 1] if not t.startswith("NOP")]
     widths, traffic, mufu, div32, div64, slow = {}, 0, 0, 0, 0, 0
     for t in body:
@@ -154,6 +145,16 @@ def analyze(f):
             break
     return dict(instructions=len(body), traffic=traffic, widths=widths, mufu=mufu, div32=div32,
                 div64=div64, slow=slow, in_flight=in_flight, vec=widths.get(16, 0))
+
+
+def analyze(f):
+    best = None
+    for lo, hi in loops(f):
+        a = loop_stats(f, lo, hi)
+        key = (a["in_flight"], a["vec"], a["traffic"], -a["instructions"])
+        if best is None or key > best[0]:
+            best = (key, a)
+    return None if best is None else best[1]
 
 
 def demangle(names):

@@ -64,7 +64,7 @@ void launch_backward_training(const Problem& p, const BackwardPlan& plan, const 
   fin.accumulate = args.grads.accumulate;
   fin.k = dx != nullptr ? k : nullptr;
   sums<T>(p, plan, x, dy, args.saved.mean, fin, workspace, stream);
-  if (dx != nullptr) dx_map<T>(plan, dy, x, dx, kernels::TrainingDxOp<Acc>{k, p.c}, stream);
+  if (dx != nullptr) dx_map<T>(plan, dy, x, dx, kernels::TrainingDxOp<T>{k, p.c}, stream);
 }
 
 template <class T>

@@ -12,12 +12,11 @@ namespace cubn::detail {
 namespace {
 
 // y = (x - shift) * a + b with the coefficients `affine` gives.
-template <class T>
-void normalize(const MapPlan& plan, const T* x, T* y,
-               const kernels::ChannelAffine<param_t<T>>& affine, cudaStream_t stream) {
+template <class T, class Affine>
+void normalize(const MapPlan& plan, const T* x, T* y, const Affine& affine, cudaStream_t stream) {
   with_vec<T>(plan.vec, [&](auto v) {
-    launch_map("cubn::bn_normalize", plan, kernels::bn_normalize_channels_first<T, v()>,
-               kernels::bn_normalize_channels_last<T, v()>, stream, x, y, affine);
+    launch_map("cubn::bn_normalize", plan, kernels::bn_normalize_channels_first<T, v(), Affine>,
+               kernels::bn_normalize_channels_last<T, v(), Affine>, stream, x, y, affine);
   });
 }
 
@@ -58,16 +57,13 @@ void launch_forward_training(const Problem& p, const TrainingPlan& plan, const T
     }
   });
   if (rp.fused()) return;
-  kernels::ChannelAffine<Acc> affine;
-  affine.k = ws.coeffs;
-  affine.c = p.c;
-  normalize<T>(plan.normalize, x, y, affine, stream);
+  normalize<T>(plan.normalize, x, y, kernels::TrainedAffine<T>{ws.coeffs, p.c}, stream);
 }
 
 template <class T>
 void launch_forward_inference(const Problem&, const MapPlan& plan, const T* x, T* y,
                               const InferenceForwardArgs<param_t<T>>& args, cudaStream_t stream) {
-  kernels::ChannelAffine<param_t<T>> affine;
+  kernels::RunningAffine<T> affine;
   affine.mean = args.running.mean;
   affine.var = args.running.var;
   affine.scale = args.affine.scale;

@@ -20,10 +20,6 @@ constexpr std::int64_t kMaxGridY = 65535;
 constexpr std::int64_t kReduceBlocksPerSm = kernels::kMinBlocksPerSm;
 // Blocks a map launches (grid-stride): two waves. Untuned.
 constexpr std::int64_t kMapBlocksPerSm = 2 * kernels::kMinBlocksPerSm;
-// Period slots a column block holds at most (threads across x V): the last block of a column
-// block merges slots x splits partials with 256 threads, so this keeps that merge to a few
-// steps per thread; 16 threads x 8 bf16 still read 256 contiguous bytes per row. Untuned.
-constexpr std::int64_t kMaxSlotsPerBlock = 128;
 // Values one thread folds at most: its count is a float, exact to 2^24.
 constexpr std::int64_t kMaxPerThread = std::int64_t{1} << 22;
 
@@ -40,7 +36,12 @@ std::size_t align256(std::size_t v) { return (v + 255) / 256 * 256; }
 // Channels-first planes of at least two vectors take the plane kernels; smaller planes, and
 // channels-last, the periodic column kernels.
 bool use_planes(const Problem& p, int vec) {
-  return p.order == MemoryOrder::kChannelsFirst && (vec == 1 || p.s >= 2 * vec);
+  if (p.order != MemoryOrder::kChannelsFirst || (vec > 1 && p.s < 2 * vec)) return false;
+  if (p.s > 2147483647)
+    throw Error(Status::kInvalidArgument,
+                "cubn: channels-first planes of " + std::to_string(p.s) +
+                    " elements (the product of the spatial dims) exceed the 2^31 - 1 cubn supports");
+  return true;
 }
 
 kernels::ChannelsLastGeometry columns(const Problem& p, int vec) {
@@ -54,8 +55,14 @@ kernels::ChannelsLastGeometry columns(const Problem& p, int vec) {
   g.period_packs = g.period / vec;
   g.periods = ceil_div(p.numel, g.period);
   g.full_periods = p.numel / g.period;
+  if (g.period > 2147483647)
+    throw Error(Status::kInvalidArgument,
+                "cubn: " + std::to_string(g.cols) + " columns per row (channels x spatial for "
+                "planes under 32 bytes) exceed what cubn supports (lcm with the vector width "
+                "below 2^31)");
+  g.tail_col = p.numel / vec * vec % g.cols;
   g.bx = std::min(pow2_at_most(g.period_packs),
-                  pow2_at_most(std::max<std::int64_t>(1, kMaxSlotsPerBlock / vec)));
+                  pow2_at_most(std::max<std::int64_t>(1, kernels::kMaxColumnSlots / vec)));
   return g;
 }
 
@@ -108,6 +115,11 @@ MapPlan plan_map(const Problem& p, const DeviceInfo& dev, bool aligned) {
     g.step = blocks * kBlockThreads;
     g.step_pos = g.step * mp.vec % p.s;
     g.step_ch = g.step * mp.vec / p.s % p.c;
+    g.packs_q = g.packs / g.step;
+    g.packs_r = g.packs % g.step;
+    check_grid_x(p.c);  // channels index in 32 bits
+    g.tail_pos = p.numel / mp.vec * mp.vec % p.s;
+    g.tail_ch = static_cast<int>(p.numel / mp.vec * mp.vec / p.s % p.c);
     mp.grid = dim3(static_cast<unsigned>(blocks));
   } else {
     mp.cl = columns(p, mp.vec);
@@ -139,7 +151,12 @@ ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bo
     g.step = rp.splits * kBlockThreads;
     g.step_j = g.wf > 0 ? g.step % g.wf : 0;
     g.step_base = g.wf > 0 ? g.step / g.wf * p.c * p.s : 0;
+    g.plane = p.c * p.s;
+    g.tiles_q = g.tiles / g.step;
+    g.tiles_r = g.tiles % g.step;
     g.fuse = fusable && rp.splits == 1 && p.s % rp.vec == 0;
+    g.tail_pos = p.numel / rp.vec * rp.vec % p.s;
+    g.tail_ch = static_cast<int>(p.numel / rp.vec * rp.vec / p.s % p.c);
     rp.grid = dim3(static_cast<unsigned>(p.c), static_cast<unsigned>(rp.splits));
     rp.partials = static_cast<std::size_t>(rp.splits * p.c);
   } else {

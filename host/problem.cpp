@@ -43,10 +43,12 @@ Problem canonicalize(const char* call, const char* arg, const TensorDesc& d) {
   p.s = numel / (p.n * p.c);
   p.numel = numel;
   p.order = d.order;
-  if (p.c == 1) {  // one contiguous channel
+  if (p.c == 1) {  // one contiguous channel: one plane, unless that plane would pass 2^31
     p.order = MemoryOrder::kChannelsFirst;
-    p.s = p.n * p.s;
-    p.n = 1;
+    if (p.n * p.s <= 2147483647) {
+      p.s = p.n * p.s;
+      p.n = 1;
+    }
   } else if (p.s == 1) {  // [N][C] either way
     p.order = MemoryOrder::kChannelsLast;
   }

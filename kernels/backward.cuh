@@ -39,24 +39,40 @@ struct GradSumOp {
   CUBN_DEVICE Channel channel(const T*, const T*, std::int64_t c, std::int64_t) const {
     return {mean[c]};
   }
+  template <int V>
+  struct Columns {
+    Acc dy[V] = {};
+    Acc dy_xmu[V] = {};
+  };
   CUBN_DEVICE void absorb_one(Local& l, const Channel& ch, Acc dy, Acc x) const {
     l.dy += dy;
     l.dy_xmu += dy * (x - ch.mean);
   }
-  template <int N>
-  CUBN_DEVICE void absorb(Local& l, const Channel& ch, const Acc (&dy)[N],
-                          const Acc (&x)[N]) const {
+  template <class T, int V, int U>
+  CUBN_DEVICE void absorb_packs(Local& l, const Channel& ch, const Pack<T, V> (&dy)[U],
+                                const Pack<T, V> (&x)[U]) const {
     CUBN_UNROLL
-    for (int k = 0; k < N; ++k) absorb_one(l, ch, dy[k], x[k]);
-  }
-  template <int N, int V>
-  CUBN_DEVICE void absorb_columns(Local (&l)[V], const Channel (&ch)[V], const Acc (&dy)[N * V],
-                                  const Acc (&x)[N * V]) const {
-    CUBN_UNROLL
-    for (int u = 0; u < N; ++u) {
+    for (int u = 0; u < U; ++u) {
       CUBN_UNROLL
-      for (int k = 0; k < V; ++k) absorb_one(l[k], ch[k], dy[u * V + k], x[u * V + k]);
+      for (int k = 0; k < V; ++k) absorb_one(l, ch, to_acc(dy[u].v[k]), to_acc(x[u].v[k]));
     }
+  }
+  template <class T, int V, int U, class Cst>
+  CUBN_DEVICE void absorb_columns(Columns<V>& l, const Cst& ch, const Pack<T, V> (&dy)[U],
+                                  const Pack<T, V> (&x)[U]) const {
+    CUBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      CUBN_UNROLL
+      for (int k = 0; k < V; ++k) {
+        const Acc d = to_acc(dy[u].v[k]);
+        l.dy[k] += d;
+        l.dy_xmu[k] += d * (to_acc(x[u].v[k]) - ch(k).mean);
+      }
+    }
+  }
+  template <int V>
+  CUBN_DEVICE State column_state(const Columns<V>& l, int k) const {
+    return {l.dy[k], l.dy_xmu[k]};
   }
   CUBN_DEVICE State to_state(const Local& l) const { return l; }
   CUBN_DEVICE State merge(const State& a, const State& b) const {
@@ -64,25 +80,43 @@ struct GradSumOp {
   }
 };
 
-/// Per-channel coefficients of dx = k_dy * dy + k_x * (x - mean) + k_1, in a [4][C] array:
-/// k_dy, k_x, mean, k_1.
-template <class Acc>
+/// The coefficients of dx = k_dy * dy + k_x * (x - mean) + k_1 for elements of T. fp16 and bf16
+/// take dx = k_dy * dy + k_x * x + (k_1 - k_x * mean), three coefficients: the fp32 rounding of
+/// k_x * mean stays under a tenth of their ulp while |mean| / sigma is below 1e3 (as for
+/// AffineCoeffs), and a channels-last thread's V channels' worth then fits beside its packs.
+template <class T, bool = (sizeof(T) >= 4)>
+struct DxCoeffs {
+  using Acc = acc_t<T>;
+  Acc k_dy, k_x, mean, k_1;
+  CUBN_DEVICE DxCoeffs(Acc kdy, Acc kx, Acc m, Acc k1) : k_dy(kdy), k_x(kx), mean(m), k_1(k1) {}
+  DxCoeffs() = default;
+  CUBN_DEVICE Acc apply(Acc dy, Acc x) const { return k_dy * dy + k_x * (x - mean) + k_1; }
+};
+template <class T>
+struct DxCoeffs<T, false> {
+  using Acc = acc_t<T>;
+  Acc k_dy, k_x, k_1;
+  CUBN_DEVICE DxCoeffs(Acc kdy, Acc kx, Acc m, Acc k1) : k_dy(kdy), k_x(kx), k_1(k1 - kx * m) {}
+  DxCoeffs() = default;
+  CUBN_DEVICE Acc apply(Acc dy, Acc x) const { return k_dy * dy + k_x * x + k_1; }
+};
+
+/// dx of the training backward from the per-channel coefficients its sums' finish stored in a
+/// [4][C] array: k_dy, k_x, mean, k_1.
+template <class T>
 struct TrainingDxOp {
+  using Acc = acc_t<T>;
   static constexpr int kInputs = 2;
-  struct Coeffs {
-    Acc k_dy, k_x, mean, k_1;
-  };
+  using Coeffs = DxCoeffs<T>;
   const Acc* k;
   std::int64_t c;
   CUBN_DEVICE Coeffs coeffs(std::int64_t ch) const {
-    return {k[ch], k[c + ch], k[2 * c + ch], k[3 * c + ch]};
+    return Coeffs(k[ch], k[c + ch], k[2 * c + ch], k[3 * c + ch]);
   }
-  CUBN_DEVICE Acc apply(const Coeffs& q, Acc dy, Acc x) const {
-    return q.k_dy * dy + q.k_x * (x - q.mean) + q.k_1;
-  }
+  CUBN_DEVICE Acc apply(const Coeffs& q, Acc dy, Acc x) const { return q.apply(dy, x); }
 };
 
-/// dx = scale / sqrt(running_var + epsilon) * dy: no reduction, x not read.
+/// dx = scale * rsqrt(running_var + epsilon) * dy (rsqrt in a few ulp): no reduction, x not read.
 template <class Acc>
 struct FrozenDxOp {
   static constexpr int kInputs = 1;
@@ -93,7 +127,7 @@ struct FrozenDxOp {
   const Acc* var;
   Acc epsilon;
   CUBN_DEVICE Coeffs coeffs(std::int64_t ch) const {
-    return {(scale != nullptr ? scale[ch] : Acc(1)) / sqrt_acc(var[ch] + epsilon)};
+    return {(scale != nullptr ? scale[ch] : Acc(1)) * rsqrt_acc(var[ch] + epsilon)};
   }
   CUBN_DEVICE Acc apply(const Coeffs& q, Acc dy, Acc) const { return q.a * dy; }
 };
@@ -113,7 +147,7 @@ struct BackwardFinish {
   Acc* k = nullptr;         ///< training: dx's coefficients, [4][C] (TrainingDxOp); may be null
 
   /// dscale and doffset of channel ch (written or added to), and dx's coefficients.
-  CUBN_DEVICE void finish(std::int64_t ch, const GradSums<Acc>& s,
+  CUBN_DEVICE_NOINLINE void finish(std::int64_t ch, const GradSums<Acc>& s,
                           const typename GradSumOp<Acc>::Channel& cst) const {
     const Acc inv = invstd != nullptr ? invstd[ch] : Acc(1) / sqrt_acc(var[ch] + epsilon);
     const Acc dy_xhat = s.dy_xmu * inv;

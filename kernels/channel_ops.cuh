@@ -10,11 +10,13 @@
 /// chooses their numbers.
 ///
 /// A reduction op R provides: kInputs (1 or 2); State (cross-thread partial, default empty) and
-/// merge(State, State); Local (a thread's accumulator) and to_state(Local); Channel, per-channel
-/// constants from channel(in0, in1, c, index of the channel's first element);
-/// absorb<N>(Local&, Channel, in0[N], in1[N]) for N values of one channel;
-/// absorb_columns<N, V>(Local (&)[V], Channel (&)[V], in0[N * V], in1[N * V]) for N packs whose
-/// element k belongs to slot k; absorb_one(Local&, Channel, in0, in1).
+/// merge(State, State); Local (a thread's accumulator for one channel) and to_state(Local);
+/// Columns<V> (a thread's accumulators for V slots) and column_state(Columns, k); Channel,
+/// per-channel constants from channel(in0, in1, c, index of the channel's first element);
+/// absorb_packs(Local&, Channel, Pack in0[U], Pack in1[U]) for U packs of one channel;
+/// absorb_columns(Columns&, cst, Pack in0[U], Pack in1[U]) for U packs whose element k belongs to
+/// slot k, whose Channel is cst(k); absorb_one(Local&, Channel, in0, in1) for one value. Ops convert the packs'
+/// elements themselves, as they use them, so a loop holds the raw packs, not U * V floats.
 /// A map op F provides: kInputs; Coeffs from coeffs(c); apply(const Coeffs&, Acc in0, Acc in1).
 /// A finisher provides finish(c, State total, Channel).
 ///
@@ -35,46 +37,61 @@
 
 namespace cubn::kernels {
 
-/// Thread coordinates of the (bx, by) decomposition of a kBlockThreads block.
+/// Thread coordinates of the (bx, by) decomposition of a kBlockThreads block (bx a power of two),
+/// for thread `tid`: pass opaque(threadIdx.x) to have them recomputed rather than kept live
+/// across a loop.
 struct ThreadTile {
   int bx, by, tx, ty;
-  CUBN_DEVICE explicit ThreadTile(int width)
-      : bx(width),
-        by(kBlockThreads / width),
-        tx(static_cast<int>(threadIdx.x) % width),
-        ty(static_cast<int>(threadIdx.x) / width) {}
+  CUBN_DEVICE ThreadTile(int width, int tid)
+      : bx(width), by(kBlockThreads / width), tx(tid & (width - 1)), ty(tid / width) {}
 };
 
-/// Loads V elements of `p` at offset i as Acc, or zeros when `p` is null.
-template <int V, class T>
-CUBN_DEVICE void load_acc(const T* p, std::int64_t i, acc_t<T> (&out)[V]) {
-  if (p == nullptr) {
-    CUBN_UNROLL
-    for (int k = 0; k < V; ++k) out[k] = acc_t<T>(0);
-    return;
-  }
-  const Pack<T, V> v = load_pack<V>(p + i);
+/// Loads U packs of V elements of in0 (and of in1 when the op reads two tensors; else b copies
+/// a) at the offsets `at`, every load issued before any is used (the bytes in flight a
+/// memory-bound loop needs).
+template <int Inputs, int U, int V, class T>
+CUBN_DEVICE void load_packs(const T* in0, const T* in1, const std::int64_t (&at)[U],
+                            Pack<T, V> (&a)[U], Pack<T, V> (&b)[U]) {
   CUBN_UNROLL
-  for (int k = 0; k < V; ++k) out[k] = to_acc(v.v[k]);
-}
-
-/// Loads U packs of V elements at the offsets `at`, every load issued before any is used (the
-/// bytes in flight a memory-bound loop needs), as Acc; zeros when `p` is null.
-template <int U, int V, class T>
-CUBN_DEVICE void load_group(const T* p, const std::int64_t (&at)[U], acc_t<T> (&out)[U * V]) {
-  if (p == nullptr) {
-    CUBN_UNROLL
-    for (int k = 0; k < U * V; ++k) out[k] = acc_t<T>(0);
-    return;
-  }
-  Pack<T, V> raw[U];
-  CUBN_UNROLL
-  for (int u = 0; u < U; ++u) raw[u] = load_pack<V>(p + at[u]);
+  for (int u = 0; u < U; ++u) a[u] = load_pack<V>(in0 + at[u]);
   CUBN_UNROLL
   for (int u = 0; u < U; ++u) {
-    CUBN_UNROLL
-    for (int k = 0; k < V; ++k) out[u * V + k] = to_acc(raw[u].v[k]);
+    if constexpr (Inputs == 2) {
+      b[u] = load_pack<V>(in1 + at[u]);
+    } else {
+      b[u] = a[u];
+    }
   }
+}
+
+/// One pack of in0 (and of in1 for two-input ops; else b copies a) at element `at`.
+template <int Inputs, int V, class T>
+CUBN_DEVICE void load_inputs(const T* in0, const T* in1, std::int64_t at, Pack<T, V>& a,
+                             Pack<T, V>& b) {
+  a = load_pack<V>(in0 + at);
+  if constexpr (Inputs == 2) {
+    b = load_pack<V>(in1 + at);
+  } else {
+    b = a;
+  }
+}
+
+/// One pack of each input, as U = 1.
+template <int Inputs, int V, class T>
+CUBN_DEVICE void load_packs(const T* in0, const T* in1, std::int64_t at, Pack<T, V> (&a)[1],
+                            Pack<T, V> (&b)[1]) {
+  const std::int64_t one[1] = {at};
+  load_packs<Inputs, 1, V>(in0, in1, one, a, b);
+}
+
+/// Element i of in0 and (for two-input ops) of in1 as Acc, one scalar access each.
+template <int Inputs, class T>
+CUBN_DEVICE void load_one(const T* in0, const T* in1, std::int64_t i, acc_t<T>& a, acc_t<T>& b) {
+  const std::int64_t at[1] = {i};
+  Pack<T, 1> pa[1], pb[1];
+  load_packs<Inputs, 1, 1>(in0, in1, at, pa, pb);
+  a = to_acc(pa[0].v[0]);
+  b = to_acc(pb[0].v[0]);
 }
 
 /// Packs a loop over `inputs` tensors loads per iteration: kUnroll 16-byte loads in flight.
@@ -116,19 +133,41 @@ CUBN_DEVICE bool block_arrive(unsigned* ticket, unsigned expected) {
 /// `splits` blocks each share kTickets tickets, `per` consecutive groups to a ticket; with one
 /// split every group is its own set and no ticket is taken.
 struct TicketSets {
-  std::int64_t groups, splits, per;
-  CUBN_DEVICE TicketSets(std::int64_t g, std::int64_t s)
+  unsigned groups, splits, per;  // groups and splits below 2^31 (host/plan.cpp)
+  CUBN_DEVICE TicketSets(unsigned g, unsigned s)
       : groups(g), splits(s), per(s == 1 ? 1 : (g + kTickets - 1) / kTickets) {}
-  CUBN_DEVICE std::int64_t first(std::int64_t group) const { return group / per * per; }
-  CUBN_DEVICE std::int64_t end(std::int64_t group) const {
-    const std::int64_t e = first(group) + per;
+  CUBN_DEVICE unsigned first(unsigned group) const { return group / per * per; }
+  CUBN_DEVICE unsigned end(unsigned group) const {
+    const unsigned e = first(group) + per;
     return e < groups ? e : groups;
   }
-  CUBN_DEVICE std::int64_t count() const { return (groups + per - 1) / per; }
+  CUBN_DEVICE unsigned count() const { return (groups + per - 1) / per; }
   /// True in the last block of `group`'s set to arrive.
-  CUBN_DEVICE bool arrive(unsigned* tickets, std::int64_t group) const {
-    return block_arrive(tickets + group / per,
-                        static_cast<unsigned>(splits * (end(group) - first(group))));
+  CUBN_DEVICE bool arrive(unsigned* tickets, unsigned group) const {
+    return block_arrive(tickets + group / per, splits * (end(group) - first(group)));
+  }
+};
+
+/// The channels of the leftover elements, in order, without division: channels-first planes
+/// (position in the plane, channel) ...
+struct PlaneTail {
+  std::int64_t pos, s;
+  int ch, c;
+  CUBN_DEVICE int channel() const { return ch; }
+  CUBN_DEVICE void next() {
+    if (++pos == s) {
+      pos = 0;
+      if (++ch == c) ch = 0;
+    }
+  }
+};
+
+/// ... and periodic columns (column in the row; the channel is column / d).
+struct ColumnTail {
+  unsigned col, cols, d;
+  CUBN_DEVICE int channel() const { return static_cast<int>(col / d); }
+  CUBN_DEVICE void next() {
+    if (++col == cols) col = 0;
   }
 };
 
@@ -157,51 +196,77 @@ CUBN_DEVICE void merge_splits(const State* parts, std::int64_t splits, std::int6
 }
 
 /// Folds into `total` the leftover elements (past the last whole pack) that belong to channel
-/// `ch`; channel_of(e) names the channel of element e.
-template <int V, class T, class R, class ChannelOf>
+/// `ch`; `tail` names the channel of each, from the first.
+template <int V, class T, class R, class Tail>
 CUBN_DEVICE void fold_leftovers(const R& op, const T* in0, const T* in1, std::int64_t numel,
-                                std::int64_t ch, const typename R::Channel& cst,
-                                const ChannelOf& channel_of, typename R::State& total) {
+                                std::int64_t ch, const typename R::Channel& cst, Tail tail,
+                                typename R::State& total) {
   if (V == 1) return;
   typename R::Local l{};
   bool any = false;
-  for (std::int64_t e = numel / V * V; e < numel; ++e) {
-    if (channel_of(e) != ch) continue;
-    acc_t<T> a[1], b[1];
-    load_acc<1>(in0, e, a);
-    load_acc<1>(in1, e, b);
-    op.absorb_one(l, cst, a[0], b[0]);
+  for (std::int64_t e = numel / V * V; e < numel; ++e, tail.next()) {
+    if (tail.channel() != ch) continue;
+    acc_t<T> a, b;
+    load_one<R::kInputs>(in0, in1, e, a, b);
+    op.absorb_one(l, cst, a, b);
     any = true;
   }
   if (any) total = op.merge(total, op.to_state(l));
 }
 
+/// out = f(in0, in1) for the leftover elements, by one thread.
+template <int V, class T, class F, class Tail>
+CUBN_DEVICE void map_leftovers(const T* in0, const T* in1, T* out, std::int64_t numel, const F& f,
+                               Tail tail) {
+  for (std::int64_t e = numel / V * V; e < numel; ++e, tail.next()) {
+    acc_t<T> a, b;
+    load_one<F::kInputs>(in0, in1, e, a, b);
+    Pack<T, 1> o;
+    o.v[0] = from_acc<T>(f.apply(f.coeffs(tail.channel()), a, b));
+    store_pack<1>(out + e, o);
+  }
+}
+
+/// f applied to one pack: element k with the coefficients coeff(k).
+template <class F, class T, int V, class CoeffOf>
+CUBN_DEVICE Pack<T, V> apply_pack(const F& f, const Pack<T, V>& a, const Pack<T, V>& b,
+                                  const CoeffOf& coeff) {
+  Pack<T, V> o;
+  CUBN_UNROLL
+  for (int k = 0; k < V; ++k)
+    o.v[k] = from_acc<T>(f.apply(coeff(k), to_acc(a.v[k]), to_acc(b.v[k])));
+  return o;
+}
+
 // ---- channels-first planes ----------------------------------------------------------------------
 
 /// Walks the whole packs every plane of channel `ch` holds (the main tiles), starting at tile
-/// `first` and advancing g.step tiles: group(at[U]) for U tiles at once while U remain, then
-/// one(at) for each of the rest. No division in the loop: the plane and the pack within it advance
-/// by precomputed steps.
+/// `first` (< g.step) and advancing g.step tiles: group(at[U]) for U tiles at once while U
+/// remain, then one(at) for each of the rest. No division in the loop: the pack within the plane
+/// (32-bit) and the plane's start (64-bit) advance by precomputed steps.
 template <int U, int V, class Group, class One>
-CUBN_DEVICE void walk_plane_tiles(const ChannelsFirstReduce& g, std::int64_t ch, std::int64_t first,
+CUBN_DEVICE void walk_plane_tiles(const ChannelsFirstReduce& g, std::int64_t ch, unsigned first,
                                   const Group& group, const One& one) {
   if (g.wf == 0) return;
-  const std::int64_t plane = g.c * g.s;
-  std::int64_t t = first;
-  const std::int64_t n0 = t / g.wf;
-  std::int64_t j = t - n0 * g.wf, base = n0 * plane + ch * g.s;
-  // the first whole pack of the plane starting at `base` (V is a power of two)
-  const auto pack = [&] { return ((base + (V - 1)) & ~static_cast<std::int64_t>(V - 1)) + j * V; };
+  const auto wf = static_cast<unsigned>(g.wf), step_j = static_cast<unsigned>(g.step_j);
+  unsigned count = static_cast<unsigned>(g.tiles_q) + (first < g.tiles_r ? 1u : 0u);
+  const unsigned n0 = first / wf;
+  unsigned j = first - n0 * wf;
+  std::int64_t base = n0 * g.plane + ch * g.s;  // the plane's first element
+  // the plane's first whole pack (V is a power of two), then the thread's
+  const auto pack = [&] {
+    return ((base + (V - 1)) & ~static_cast<std::int64_t>(V - 1)) +
+           static_cast<std::int64_t>(j) * V;
+  };
   const auto advance = [&] {
-    t += g.step;
-    j += g.step_j;
+    j += step_j;
     base += g.step_base;
-    if (j >= g.wf) {
-      j -= g.wf;
-      base += plane;
+    if (j >= wf) {
+      j -= wf;
+      base += g.plane;
     }
   };
-  while (t + (U - 1) * g.step < g.tiles) {
+  for (; count >= static_cast<unsigned>(U); count -= U) {
     std::int64_t at[U];
     CUBN_UNROLL
     for (int u = 0; u < U; ++u) {
@@ -210,7 +275,7 @@ CUBN_DEVICE void walk_plane_tiles(const ChannelsFirstReduce& g, std::int64_t ch,
     }
     group(at);
   }
-  while (t < g.tiles) {
+  for (; count > 0; --count) {
     one(pack());
     advance();
   }
@@ -224,36 +289,33 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
                                                 const ChannelsFirstReduce& g, const R& op,
                                                 const typename R::Channel& cst, std::int64_t ch,
                                                 std::int64_t split) {
-  using Acc = acc_t<T>;
   constexpr int U = unroll_for(R::kInputs);
   typename R::Local l{};
-  const std::int64_t first = split * kBlockThreads + threadIdx.x;
+  const auto first = static_cast<unsigned>(split * kBlockThreads + threadIdx.x);
   walk_plane_tiles<U, V>(
       g, ch, first,
       [&](const std::int64_t (&at)[U]) {
-        Acc a[U * V], b[U * V];
-        load_group<U, V>(in0, at, a);
-        load_group<U, V>(in1, at, b);
-        op.template absorb<U * V>(l, cst, a, b);
+        Pack<T, V> a[U], b[U];
+        load_packs<R::kInputs, U, V>(in0, in1, at, a, b);
+        op.absorb_packs(l, cst, a, b);
       },
       [&](std::int64_t at) {
-        Acc a[V], b[V];
-        load_acc<V>(in0, at, a);
-        load_acc<V>(in1, at, b);
-        op.template absorb<V>(l, cst, a, b);
+        Pack<T, V> a[1], b[1];
+        load_packs<R::kInputs, V>(in0, in1, at, a, b);
+        op.absorb_packs(l, cst, a, b);
       });
   if (V == 1) return l;
-  const std::int64_t plane = g.c * g.s, whole = g.wf * V;
+  const std::int64_t whole = g.wf * V;
   for (std::int64_t n = first; n < g.n; n += g.step) {
-    const std::int64_t b0 = n * plane + ch * g.s, b1 = b0 + g.s;
+    const std::int64_t b0 = n * g.plane + ch * g.s, b1 = b0 + g.s;
     const std::int64_t f = (b0 + (V - 1)) & ~static_cast<std::int64_t>(V - 1);
     const auto edge = [&](std::int64_t at) {
       if (at + V > g.numel) return;
-      Acc a[V], b[V];
-      load_acc<V>(in0, at, a);
-      load_acc<V>(in1, at, b);
+      Pack<T, V> a[1], b[1];
+      load_packs<R::kInputs, V>(in0, in1, at, a, b);
       for (int k = 0; k < V; ++k)
-        if (at + k >= b0 && at + k < b1) op.absorb_one(l, cst, a[k], b[k]);
+        if (at + k >= b0 && at + k < b1)
+          op.absorb_one(l, cst, to_acc(a[0].v[k]), to_acc(b[0].v[k]));
     };
     if (f > b0) edge(f - V);
     for (std::int64_t at = f + whole; at < b1; at += V) edge(at);
@@ -279,13 +341,13 @@ CUBN_DEVICE bool reduce_planes(const T* in0, const T* in1, const ChannelsFirstRe
   __shared__ State scratch[kBlockThreads];
   const auto part = Reduce(storage).reduce(op.to_state(local), merge);
   if (threadIdx.x == 0) partials[split * g.c + ch] = part.get();
-  const TicketSets sets(g.c, splits);
-  if (!sets.arrive(tickets, ch)) return false;
-  const auto channel_of = [&g](std::int64_t e) { return e / g.s % g.c; };
+  const TicketSets sets(static_cast<unsigned>(g.c), static_cast<unsigned>(splits));
+  if (!sets.arrive(tickets, static_cast<unsigned>(ch))) return false;
+  const PlaneTail tail{g.tail_pos, g.s, g.tail_ch, static_cast<int>(g.c)};
   for (std::int64_t c = sets.first(ch); c < sets.end(ch); ++c) {
     merge_splits(partials + c, splits, g.c, 1, scratch, merge, [&](int, State total) {
       const auto cst = op.channel(in0, in1, c, c * g.s);
-      fold_leftovers<V>(op, in0, in1, g.numel, c, cst, channel_of, total);
+      fold_leftovers<V>(op, in0, in1, g.numel, c, cst, tail, total);
       fin.finish(c, total, cst);
     });
   }
@@ -298,112 +360,113 @@ CUBN_DEVICE bool reduce_planes(const T* in0, const T* in1, const ChannelsFirstRe
 template <class T, int V, class F>
 CUBN_DEVICE void map_own_planes(const T* in0, const T* in1, T* out, const ChannelsFirstReduce& g,
                                 const F& f, std::int64_t ch) {
-  using Acc = acc_t<T>;
   constexpr int U = unroll_for(F::kInputs);
   const typename F::Coeffs q = f.coeffs(ch);
   walk_plane_tiles<U, V>(
       g, ch, threadIdx.x,
       [&](const std::int64_t (&at)[U]) {
-        Acc a[U * V], b[U * V];
-        load_group<U, V>(in0, at, a);
-        load_group<U, V>(in1, at, b);
+        Pack<T, V> a[U], b[U];
+        load_packs<F::kInputs, U, V>(in0, in1, at, a, b);
         CUBN_UNROLL
-        for (int u = 0; u < U; ++u) {
-          Pack<T, V> o;
-          CUBN_UNROLL
-          for (int k = 0; k < V; ++k) o.v[k] = from_acc<T>(f.apply(q, a[u * V + k], b[u * V + k]));
-          store_pack<V>(out + at[u], o);
-        }
+        for (int u = 0; u < U; ++u)
+          store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], [&](int) { return q; }));
       },
       [&](std::int64_t at) {
-        Acc a[V], b[V];
-        load_acc<V>(in0, at, a);
-        load_acc<V>(in1, at, b);
-        Pack<T, V> o;
-        CUBN_UNROLL
-        for (int k = 0; k < V; ++k) o.v[k] = from_acc<T>(f.apply(q, a[k], b[k]));
-        store_pack<V>(out + at, o);
+        Pack<T, V> a[1], b[1];
+        load_packs<F::kInputs, V>(in0, in1, at, a, b);
+        store_pack<V>(out + at, apply_pack(f, a[0], b[0], [&](int) { return q; }));
       });
 }
 
-/// out = f(in0, in1) over a channels-first tensor: its whole packs flat and grid-stride, a pack
-/// that crosses into the next plane taking that channel's coefficients for its later elements
-/// (planes hold at least V elements, so a pack meets at most one boundary); block 0 takes the
-/// leftovers. out may equal in0 or in1.
+/// out = f(in0, in1) over a channels-first tensor: its whole packs flat and grid-stride, each with
+/// its channel's coefficients; the packs that straddle a plane boundary (planes hold at least V
+/// elements, so a pack meets at most one) are skipped there and taken afterwards, one per
+/// boundary, with the two channels' coefficients; block 0 takes the leftovers. out may equal in0
+/// or in1.
 template <class T, int V, class F>
 CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFirstMap& g,
                             const F& f) {
-  using Acc = acc_t<T>;
-  using Coeffs = typename F::Coeffs;
   constexpr int U = unroll_for(F::kInputs);
-  std::int64_t p = static_cast<std::int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x;
-  std::int64_t pos = 0, ch = 0;  // of the pack's first element
-  if (p < g.packs) {
-    const std::int64_t row = p * V / g.s;
-    pos = p * V - row * g.s;
-    ch = row % g.c;
-  }
+  const auto c = static_cast<unsigned>(g.c), s = static_cast<unsigned>(g.s);
+  const auto step_pos = static_cast<unsigned>(g.step_pos), step_ch = static_cast<unsigned>(g.step_ch);
+  const std::int64_t step = g.step * V;
+  // the grid is a few waves (host/plan.cpp): its first packs' elements index in 32 bits
+  const unsigned first = blockIdx.x * kBlockThreads + threadIdx.x;
+  unsigned count = static_cast<unsigned>(g.packs_q) + (first < g.packs_r ? 1u : 0u);
+  std::int64_t e = static_cast<std::int64_t>(first) * V;  // the pack's first element
+  const unsigned row = static_cast<unsigned>(e) / s;
+  unsigned pos = static_cast<unsigned>(e) - row * s;  // its position in its plane
+  unsigned ch = row % c;                              // and its channel
   const auto advance = [&] {
-    p += g.step;
-    pos += g.step_pos;
-    ch += g.step_ch;
-    if (pos >= g.s) {
-      pos -= g.s;
+    e += step;
+    pos += step_pos;
+    ch += step_ch;
+    if (pos >= s) {
+      pos -= s;
       ++ch;
     }
-    if (ch >= g.c) ch -= g.c;
+    if (ch >= c) ch -= c;
   };
-  // elements of the pack before the boundary, and the two channels' coefficients
-  const auto lookup = [&](std::int64_t& cut, Coeffs& q0, Coeffs& q1) {
-    cut = g.s - pos;
-    q0 = f.coeffs(ch);
-    q1 = cut < V ? f.coeffs(ch + 1 == g.c ? 0 : ch + 1) : q0;
+  const auto one = [&](std::int64_t at, auto coeff) {
+    Pack<T, V> a[1], b[1];
+    load_packs<F::kInputs, V>(in0, in1, at, a, b);
+    store_pack<V>(out + at, apply_pack(f, a[0], b[0], coeff));
   };
-  while (p + (U - 1) * g.step < g.packs) {
-    std::int64_t at[U], cut[U];
-    Coeffs q0[U], q1[U];
+  for (; count >= static_cast<unsigned>(U); count -= U) {
+    std::int64_t at[U];
+    unsigned chs[U];
+    bool whole[U];
     CUBN_UNROLL
     for (int u = 0; u < U; ++u) {
-      at[u] = p * V;
-      lookup(cut[u], q0[u], q1[u]);
+      at[u] = e;
+      chs[u] = ch;
+      whole[u] = s - pos >= V;
       advance();
     }
-    Acc a[U * V], b[U * V];
-    load_group<U, V>(in0, at, a);
-    load_group<U, V>(in1, at, b);
+    // Two-input maps hold half the packs, and read their coefficients before the loads; one-input
+    // maps after: in both, ptxas then issues every load before it uses one and nothing spills
+    // (bench/sass_report.py, bench/ptxas_report.py).
+    typename F::Coeffs q[U];
+    const auto fetch = [&] {
+      CUBN_UNROLL
+      for (int u = 0; u < U; ++u) q[u] = f.coeffs(chs[u]);
+    };
+    if constexpr (F::kInputs == 2) fetch();
+    Pack<T, V> a[U] = {}, b[U] = {};
+    CUBN_UNROLL
+    for (int u = 0; u < U; ++u)
+      if (whole[u]) load_inputs<F::kInputs>(in0, in1, at[u], a[u], b[u]);
+    if constexpr (F::kInputs == 1) fetch();
     CUBN_UNROLL
     for (int u = 0; u < U; ++u) {
-      Pack<T, V> o;
-      CUBN_UNROLL
-      for (int k = 0; k < V; ++k)
-        o.v[k] = from_acc<T>(f.apply(k < cut[u] ? q0[u] : q1[u], a[u * V + k], b[u * V + k]));
-      store_pack<V>(out + at[u], o);
+      if (!whole[u]) continue;
+      store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], [&](int) { return q[u]; }));
     }
   }
-  while (p < g.packs) {
-    std::int64_t cut;
-    Coeffs q0, q1;
-    lookup(cut, q0, q1);
-    const std::int64_t at = p * V;
+  for (; count > 0; --count) {
+    if (s - pos >= V) {
+      const typename F::Coeffs q = f.coeffs(ch);
+      one(e, [&](int) { return q; });
+    }
     advance();
-    Acc a[V], b[V];
-    load_acc<V>(in0, at, a);
-    load_acc<V>(in1, at, b);
-    Pack<T, V> o;
-    CUBN_UNROLL
-    for (int k = 0; k < V; ++k) o.v[k] = from_acc<T>(f.apply(k < cut ? q0 : q1, a[k], b[k]));
-    store_pack<V>(out + at, o);
   }
-  if (V > 1 && blockIdx.x == 0 && threadIdx.x == 0) {
-    for (std::int64_t e = g.packs * V; e < g.numel; ++e) {
-      Acc a[1], b[1];
-      load_acc<1>(in0, e, a);
-      load_acc<1>(in1, e, b);
-      Pack<T, 1> o;
-      o.v[0] = from_acc<T>(f.apply(f.coeffs(e / g.s % g.c), a[0], b[0]));
-      store_pack<1>(out + e, o);
-    }
+  // the packs across plane boundaries: boundary k (between planes k - 1 and k) at element k * S
+  const std::int64_t planes = g.numel / g.s;
+  const auto dk = static_cast<unsigned>(g.step % g.c);
+  unsigned after = static_cast<unsigned>((1 + first) % g.c);  // the channel of plane k
+  for (std::int64_t k = 1 + first; k < planes; k += g.step) {
+    const unsigned now = after;
+    after += dk;
+    if (after >= c) after -= c;
+    const std::int64_t b = k * g.s, at = b & ~static_cast<std::int64_t>(V - 1);
+    if (at == b || at + V > g.numel) continue;  // no straddling pack, or the leftovers' own
+    const typename F::Coeffs q0 = f.coeffs(now == 0 ? c - 1 : now - 1), q1 = f.coeffs(now);
+    const auto cut = static_cast<int>(b - at);
+    one(at, [&](int kk) { return kk < cut ? q0 : q1; });
   }
+  if (V > 1 && blockIdx.x == 0 && threadIdx.x == 0)
+    map_leftovers<V>(in0, in1, out, g.numel, f,
+                     PlaneTail{g.tail_pos, g.s, g.tail_ch, static_cast<int>(g.c)});
 }
 
 // ---- periodic columns (channels-last) -----------------------------------------------------------
@@ -429,9 +492,16 @@ CUBN_DEVICE void walk_column(const ChannelsLastGeometry& g, std::int64_t j, std:
     if (at + V <= g.numel) one(at);
 }
 
-/// The channel of period slot `slot`.
+/// The channel of period slot `slot` (32-bit: the period is below 2^31).
 CUBN_DEVICE std::int64_t slot_channel(const ChannelsLastGeometry& g, std::int64_t slot) {
-  return slot % g.cols / g.d;
+  return static_cast<std::uint32_t>(slot) % static_cast<std::uint32_t>(g.cols) /
+         static_cast<std::uint32_t>(g.d);
+}
+
+/// The channels of a periodic tensor's leftover elements.
+CUBN_DEVICE ColumnTail column_tail(const ChannelsLastGeometry& g) {
+  return {static_cast<unsigned>(g.tail_col), static_cast<unsigned>(g.cols),
+          static_cast<unsigned>(g.d)};
 }
 
 /// Reduces the V slots each thread owns (pack column blockIdx.x * bx + tx of every period) over
@@ -443,40 +513,47 @@ template <class T, int V, class R, class Fin>
 CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGeometry& g,
                                 const R& op, typename R::State* partials,
                                 typename R::State* totals, unsigned* tickets, const Fin& fin) {
-  using Acc = acc_t<T>;
   using State = typename R::State;
   constexpr int U = unroll_for(R::kInputs);
-  const ThreadTile tt(g.bx);
-  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * tt.bx + tt.tx;
   const std::int64_t split = blockIdx.y, splits = gridDim.y;
-  typename R::Local l[V];
-  if (j < g.period_packs) {
-    typename R::Channel cst[V];
-    CUBN_UNROLL
-    for (int k = 0; k < V; ++k) {
-      const std::int64_t ch = slot_channel(g, j * V + k);
-      cst[k] = op.channel(in0, in1, ch, ch * g.d);
+  typename R::template Columns<V> l{};
+  const ThreadTile t0(g.bx, static_cast<int>(threadIdx.x));
+  const std::int64_t j0 = static_cast<std::int64_t>(blockIdx.x) * t0.bx + t0.tx;
+  // the block's slots' channel constants in shared memory, read at each use: V of them held in
+  // registers through the loop would crowd out the packs in flight
+  __shared__ typename R::Channel chan[kMaxColumnSlots];
+  {
+    const std::int64_t slot0 = static_cast<std::int64_t>(blockIdx.x) * t0.bx * V;
+    for (int i = threadIdx.x; i < t0.bx * V; i += kBlockThreads) {
+      if (slot0 + i >= g.period) continue;
+      const std::int64_t ch = slot_channel(g, slot0 + i);
+      chan[i] = op.channel(in0, in1, ch, ch * g.d);
     }
+  }
+  __syncthreads();
+  if (j0 < g.period_packs) {
+    const auto cst = [&](int k) { return chan[opaque(t0.tx * V) + k]; };
     walk_column<U, V>(
-        g, j, split * tt.by + tt.ty, splits * tt.by,
+        g, j0, split * t0.by + t0.ty, splits * t0.by,
         [&](const std::int64_t (&at)[U]) {
-          Acc a[U * V], b[U * V];
-          load_group<U, V>(in0, at, a);
-          load_group<U, V>(in1, at, b);
-          op.template absorb_columns<U, V>(l, cst, a, b);
+          Pack<T, V> a[U], b[U];
+          load_packs<R::kInputs, U, V>(in0, in1, at, a, b);
+          op.absorb_columns(l, cst, a, b);
         },
         [&](std::int64_t at) {
-          Acc a[V], b[V];
-          load_acc<V>(in0, at, a);
-          load_acc<V>(in1, at, b);
-          op.template absorb_columns<1, V>(l, cst, a, b);
+          Pack<T, V> a[1], b[1];
+          load_packs<R::kInputs, V>(in0, in1, at, a, b);
+          op.absorb_columns(l, cst, a, b);
         });
   }
+  // the thread's coordinates again, recomputed rather than held through the loop
+  const ThreadTile tt(g.bx, opaque(static_cast<int>(threadIdx.x)));
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * tt.bx + tt.tx;
   // merge the by thread rows of each slot in row order, one of the V slots at a time
   __shared__ State rows[kBlockThreads];
   CUBN_UNROLL
   for (int k = 0; k < V; ++k) {
-    rows[threadIdx.x] = op.to_state(l[k]);
+    rows[threadIdx.x] = op.column_state(l, k);
     __syncthreads();
     if (tt.ty == 0 && j < g.period_packs) {
       State m = rows[tt.tx];
@@ -486,10 +563,10 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
     __syncthreads();
   }
   const auto merge = [&op](const State& a, const State& b) { return op.merge(a, b); };
-  const TicketSets sets(gridDim.x, splits);
+  const TicketSets sets(gridDim.x, static_cast<unsigned>(splits));
   if (!sets.arrive(tickets, blockIdx.x)) return false;
   const bool whole = g.lr == 1 && g.d == 1;
-  const auto channel_of = [&g](std::int64_t e) { return e % g.cols / g.d; };
+  const ColumnTail tail = column_tail(g);
   const std::int64_t slots = static_cast<std::int64_t>(tt.bx) * V;
   for (std::int64_t x = sets.first(blockIdx.x); x < sets.end(blockIdx.x); ++x) {
     const std::int64_t s0 = x * slots;
@@ -502,20 +579,20 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
                      return;
                    }
                    const auto cst = op.channel(in0, in1, slot, slot);
-                   fold_leftovers<V>(op, in0, in1, g.numel, slot, cst, channel_of, total);
+                   fold_leftovers<V>(op, in0, in1, g.numel, slot, cst, tail, total);
                    fin.finish(slot, total, cst);
                  });
   }
   if (!whole) {
     // the slots of a channel lie in several column blocks: the last set finishes every channel
-    if (!block_arrive(tickets + kTickets, static_cast<unsigned>(sets.count()))) return false;
+    if (!block_arrive(tickets + kTickets, sets.count())) return false;
     for (std::int64_t ch = threadIdx.x; ch < g.c; ch += kBlockThreads) {
       State total{};
       for (std::int64_t r = 0; r < g.lr; ++r)
         for (std::int64_t dd = 0; dd < g.d; ++dd)
           total = op.merge(total, totals[r * g.cols + ch * g.d + dd]);
       const auto cst = op.channel(in0, in1, ch, ch * g.d);
-      fold_leftovers<V>(op, in0, in1, g.numel, ch, cst, channel_of, total);
+      fold_leftovers<V>(op, in0, in1, g.numel, ch, cst, tail, total);
       fin.finish(ch, total, cst);
     }
   }
@@ -524,54 +601,43 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
 }
 
 /// out = f(in0, in1) over pack column blockIdx.x * bx + tx of the periods blockIdx.y * by + ty,
-/// stepping gridDim.y * by; block (0, 0) takes the leftovers. out may equal in0 or in1.
+/// stepping gridDim.y * by; block (0, 0) takes the leftovers. The block's slots' coefficients sit
+/// in shared memory (V slots' worth per thread would not fit in registers beside the packs in
+/// flight). Every thread of the block calls it. out may equal in0 or in1.
 template <class T, int V, class F>
 CUBN_DEVICE void map_columns(const T* in0, const T* in1, T* out, const ChannelsLastGeometry& g,
                              const F& f) {
-  using Acc = acc_t<T>;
+  using Coeffs = typename F::Coeffs;
   constexpr int U = unroll_for(F::kInputs);
-  const ThreadTile tt(g.bx);
+  const ThreadTile tt(g.bx, static_cast<int>(threadIdx.x));
+  const std::int64_t slot0 = static_cast<std::int64_t>(blockIdx.x) * tt.bx * V;
+  __shared__ Coeffs table[kMaxColumnSlots];
+  for (int i = threadIdx.x; i < tt.bx * V; i += kBlockThreads)
+    if (slot0 + i < g.period) table[i] = f.coeffs(slot_channel(g, slot0 + i));
+  __syncthreads();
   const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * tt.bx + tt.tx;
   if (j < g.period_packs) {
-    typename F::Coeffs q[V];
-    CUBN_UNROLL
-    for (int k = 0; k < V; ++k) q[k] = f.coeffs(slot_channel(g, j * V + k));
+    // read from shared memory at each use: V slots' coefficients held in registers across the
+    // loop would crowd out the packs in flight
+    const auto q = [&](int k) { return table[opaque(tt.tx * V) + k]; };
     walk_column<U, V>(
         g, j, static_cast<std::int64_t>(blockIdx.y) * tt.by + tt.ty,
         static_cast<std::int64_t>(gridDim.y) * tt.by,
         [&](const std::int64_t (&at)[U]) {
-          Acc a[U * V], b[U * V];
-          load_group<U, V>(in0, at, a);
-          load_group<U, V>(in1, at, b);
+          Pack<T, V> a[U], b[U];
+          load_packs<F::kInputs, U, V>(in0, in1, at, a, b);
           CUBN_UNROLL
-          for (int u = 0; u < U; ++u) {
-            Pack<T, V> o;
-            CUBN_UNROLL
-            for (int k = 0; k < V; ++k)
-              o.v[k] = from_acc<T>(f.apply(q[k], a[u * V + k], b[u * V + k]));
-            store_pack<V>(out + at[u], o);
-          }
+          for (int u = 0; u < U; ++u)
+            store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], q));
         },
         [&](std::int64_t at) {
-          Acc a[V], b[V];
-          load_acc<V>(in0, at, a);
-          load_acc<V>(in1, at, b);
-          Pack<T, V> o;
-          CUBN_UNROLL
-          for (int k = 0; k < V; ++k) o.v[k] = from_acc<T>(f.apply(q[k], a[k], b[k]));
-          store_pack<V>(out + at, o);
+          Pack<T, V> a[1], b[1];
+          load_packs<F::kInputs, V>(in0, in1, at, a, b);
+          store_pack<V>(out + at, apply_pack(f, a[0], b[0], q));
         });
   }
-  if (V > 1 && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
-    for (std::int64_t e = g.numel / V * V; e < g.numel; ++e) {
-      Acc a[1], b[1];
-      load_acc<1>(in0, e, a);
-      load_acc<1>(in1, e, b);
-      Pack<T, 1> o;
-      o.v[0] = from_acc<T>(f.apply(f.coeffs(e % g.cols / g.d), a[0], b[0]));
-      store_pack<1>(out + e, o);
-    }
-  }
+  if (V > 1 && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
+    map_leftovers<V>(in0, in1, out, g.numel, f, column_tail(g));
 }
 
 }  // namespace cubn::kernels

@@ -21,37 +21,67 @@
 
 namespace cubn::kernels {
 
-/// The coefficients of y = (x - shift) * a + b: precomputed by the statistics kernel's finish
-/// (training, [3][C] in the workspace), or from running statistics (inference: shift is the
-/// running mean, a = scale / sqrt(var + epsilon), b = offset).
-template <class Acc>
-struct ChannelAffine {
+/// The coefficients of y = (x - shift) * a + b for elements of T. fp16 and bf16 outputs need no
+/// shift: b = offset - shift * a in fp32 errs by ulp_fp32(mean * a), under a tenth of their own
+/// ulp while |mean| / sigma stays below 1e3, so they take y = x * a + b, two coefficients (the
+/// channels-last maps hold V channels' worth in shared memory and read them per vector).
+template <class T, bool = (sizeof(T) >= 4)>
+struct AffineCoeffs {
+  using Acc = acc_t<T>;
+  Acc shift, a, b;
+  CUBN_DEVICE AffineCoeffs(Acc s, Acc a_, Acc b_) : shift(s), a(a_), b(b_) {}
+  AffineCoeffs() = default;
+  CUBN_DEVICE Acc apply(Acc x) const { return (x - shift) * a + b; }
+};
+template <class T>
+struct AffineCoeffs<T, false> {
+  using Acc = acc_t<T>;
+  Acc a, b;
+  CUBN_DEVICE AffineCoeffs(Acc s, Acc a_, Acc b_) : a(a_), b(b_ - s * a_) {}
+  AffineCoeffs() = default;
+  CUBN_DEVICE Acc apply(Acc x) const { return x * a + b; }
+};
+
+/// y = (x - shift) * a + b with the coefficients the statistics kernel's finish stored (training:
+/// [3][C] in the workspace).
+template <class T>
+struct TrainedAffine {
+  using Acc = acc_t<T>;
   static constexpr int kInputs = 1;
-  struct Coeffs {
-    Acc shift, a, b;
-  };
-
-  const Acc* k = nullptr;  ///< training: shift, a, b as [3][C]; null for inference
+  using Coeffs = AffineCoeffs<T>;
+  const Acc* k = nullptr;
   std::int64_t c = 0;
-  const Acc* mean = nullptr;  ///< inference: running statistics and the affine parameters
-  const Acc* var = nullptr;
-  const Acc* scale = nullptr;
-  const Acc* offset = nullptr;
-  Acc epsilon = Acc(0);
-
   CUBN_DEVICE Coeffs coeffs(std::int64_t ch) const {
-    if (k != nullptr) return {k[ch], k[c + ch], k[2 * c + ch]};
-    const Acc invstd = Acc(1) / sqrt_acc(var[ch] + epsilon);
-    return {mean[ch], (scale != nullptr ? scale[ch] : Acc(1)) * invstd,
-            offset != nullptr ? offset[ch] : Acc(0)};
+    return Coeffs(k[ch], k[c + ch], k[2 * c + ch]);
   }
-  CUBN_DEVICE Acc apply(const Coeffs& q, Acc x, Acc) const { return (x - q.shift) * q.a + q.b; }
+  CUBN_DEVICE Acc apply(const Coeffs& q, Acc x, Acc) const { return q.apply(x); }
+};
+
+/// y = (x - mean) * a + offset from running statistics (inference), a = scale * rsqrt(var +
+/// epsilon) in a few ulp.
+template <class T>
+struct RunningAffine {
+  using Acc = acc_t<T>;
+  static constexpr int kInputs = 1;
+  using Coeffs = AffineCoeffs<T>;
+  const Acc* mean = nullptr;
+  const Acc* var = nullptr;
+  const Acc* scale = nullptr;   ///< null means 1
+  const Acc* offset = nullptr;  ///< null means 0
+  Acc epsilon = Acc(0);
+  CUBN_DEVICE Coeffs coeffs(std::int64_t ch) const {
+    return Coeffs(mean[ch], (scale != nullptr ? scale[ch] : Acc(1)) * rsqrt_acc(var[ch] + epsilon),
+                  offset != nullptr ? offset[ch] : Acc(0));
+  }
+  CUBN_DEVICE Acc apply(const Coeffs& q, Acc x, Acc) const { return q.apply(x); }
 };
 
 /// Welford statistics of x - K as a channel reduction (channel_ops.cuh). A thread keeps its count
-/// as Acc (exact below 2^24 for float: host/plan.cpp keeps every thread below that) and folds
-/// groups of values in with one Chan merge each: the group's mean and M2 from its own values
-/// (two passes over registers), then one division for the weight.
+/// as Acc (exact below 2^24 for float: host/plan.cpp keeps every thread below that) and folds a
+/// group of packs in with one Chan merge: the group's mean and M2 from its own values (two passes
+/// over registers, 16 values at a time, halves merged with constant weights), then one division
+/// for the weight. Channels-last, the V slots of a thread share one count, so one reciprocal per
+/// group of U rows serves all of them.
 template <class Acc>
 struct WelfordOp {
   static constexpr int kInputs = 1;
@@ -59,75 +89,109 @@ struct WelfordOp {
   struct Local {
     Acc n = Acc(0), mean = Acc(0), m2 = Acc(0);
   };
+  template <int V>
+  struct Columns {
+    Acc n = Acc(0);
+    Acc mean[V] = {};
+    Acc m2[V] = {};
+  };
   struct Channel {
     Acc shift;  ///< K
   };
 
+  /// Whether values of T are shifted: fp32 and fp64. fp16 and bf16 values are not: their own
+  /// spacing dwarfs what the fp32 mean's rounding puts in the output (at |mean| / sigma = 1e4,
+  /// ulp_fp32(mean) / sigma is 6e-4, under a tenth of an fp16 ulp of 1), and the subtraction
+  /// would cost the channels-last loop an instruction per value.
+  template <class T>
+  static constexpr bool kShifted = sizeof(T) >= 4;
+
   template <class T>
   CUBN_DEVICE Channel channel(const T* x, const T*, std::int64_t, std::int64_t first) const {
+    if constexpr (!kShifted<T>) return {Acc(0)};
     const Acc k = to_acc(x[first]);
     return {k - k == Acc(0) ? k : Acc(0)};  // Inf and NaN shift by 0
   }
-
-  /// Chan's merge of a group (weight w = its count / the new count, mean mb, M2 m2b) into l.
-  CUBN_DEVICE static void fold(Local& l, Acc w, Acc mb, Acc m2b) {
-    const Acc delta = mb - l.mean;
-    l.m2 += m2b + delta * delta * (l.n * w);
-    l.mean += delta * w;
+  template <class T>
+  CUBN_DEVICE static Acc shifted(T x, const Channel& c) {
+    if constexpr (kShifted<T>) {
+      return to_acc(x) - c.shift;
+    } else {
+      return to_acc(x);
+    }
   }
 
-  /// Mean and M2 of N values shifted by K.
+  /// Chan's merge of a group (weight w = its count / the new count, mean mb, M2 m2b) into the
+  /// accumulator (n, mean, m2) holding n values.
+  CUBN_DEVICE static void fold(Acc n, Acc& mean, Acc& m2, Acc w, Acc mb, Acc m2b) {
+    const Acc delta = mb - mean;
+    m2 += m2b + delta * delta * (n * w);
+    mean += delta * w;
+  }
+
+  /// The sum of d[0, N) in pairs (N a power of two).
   template <int N>
-  CUBN_DEVICE static void group(const Acc (&d)[N], Acc& mb, Acc& m2b) {
-    Acc s[N];
-    CUBN_UNROLL
-    for (int k = 0; k < N; ++k) s[k] = d[k];
-    CUBN_UNROLL
-    for (int w = N / 2; w >= 1; w /= 2) {
+  CUBN_DEVICE static Acc tree_sum(const Acc* d) {
+    if constexpr (N == 1) {
+      return d[0];
+    } else {
+      return tree_sum<N / 2>(d) + tree_sum<N / 2>(d + N / 2);
+    }
+  }
+
+  /// Mean and M2 of N values (already shifted), 16 at a time: halves of equal size merge with
+  /// constant weights.
+  template <int N, class Get>
+  CUBN_DEVICE static void group(const Get& get, Acc& mb, Acc& m2b) {
+    if constexpr (N > 16) {
+      Acc m0, q0, m1, q1;
+      group<N / 2>(get, m0, q0);
+      group<N / 2>([&](int i) { return get(i + N / 2); }, m1, q1);
+      const Acc delta = m1 - m0;
+      mb = (m0 + m1) * Acc(0.5);
+      m2b = q0 + q1 + delta * delta * Acc(N / 4);
+    } else {
+      Acc d[N];
       CUBN_UNROLL
-      for (int k = 0; k < w; ++k) s[k] += s[k + w];
-    }
-    mb = s[0] * (Acc(1) / Acc(N));
-    m2b = Acc(0);
-    CUBN_UNROLL
-    for (int k = 0; k < N; ++k) {
-      const Acc e = d[k] - mb;
-      m2b += e * e;
+      for (int k = 0; k < N; ++k) d[k] = get(k);
+      mb = tree_sum<N>(d) * (Acc(1) / Acc(N));
+      m2b = Acc(0);
+      CUBN_UNROLL
+      for (int k = 0; k < N; ++k) {
+        const Acc e = d[k] - mb;
+        m2b += e * e;
+      }
     }
   }
 
-  template <int N>
-  CUBN_DEVICE void absorb(Local& l, const Channel& c, const Acc (&x)[N], const Acc (&)[N]) const {
-    Acc d[N];
-    CUBN_UNROLL
-    for (int k = 0; k < N; ++k) d[k] = x[k] - c.shift;
+  template <class T, int V, int U>
+  CUBN_DEVICE void absorb_packs(Local& l, const Channel& c, const Pack<T, V> (&x)[U],
+                                const Pack<T, V> (&)[U]) const {
     Acc mb, m2b;
-    group<N>(d, mb, m2b);
-    const Acc n = l.n + Acc(N);
-    fold(l, fast_div(Acc(N), n), mb, m2b);
+    group<U * V>([&](int i) { return shifted(x[i / V].v[i % V], c); }, mb, m2b);
+    const Acc n = l.n + Acc(U * V);
+    fold(l.n, l.mean, l.m2, Acc(U * V) * count_rcp(n), mb, m2b);
     l.n = n;
   }
 
-  template <int N, int V>
-  CUBN_DEVICE void absorb_columns(Local (&l)[V], const Channel (&c)[V], const Acc (&x)[N * V],
-                                  const Acc (&)[N * V]) const {
-    const Acc n = l[0].n + Acc(N);  // every slot of a thread has the same count
-    const Acc w = fast_div(Acc(N), n);
+  template <class T, int V, int U, class Cst>
+  CUBN_DEVICE void absorb_columns(Columns<V>& l, const Cst& c, const Pack<T, V> (&x)[U],
+                                  const Pack<T, V> (&)[U]) const {
+    const Acc n = l.n + Acc(U);
+    const Acc w = Acc(U) * count_rcp(n);
     CUBN_UNROLL
     for (int k = 0; k < V; ++k) {
-      Acc d[N];
-      CUBN_UNROLL
-      for (int u = 0; u < N; ++u) d[u] = x[u * V + k] - c[k].shift;
       Acc mb, m2b;
-      group<N>(d, mb, m2b);
-      fold(l[k], w, mb, m2b);
-      l[k].n = n;
+      group<U>([&](int u) { return kShifted<T> ? shifted(x[u].v[k], c(k)) : to_acc(x[u].v[k]); },
+               mb, m2b);
+      fold(l.n, l.mean[k], l.m2[k], w, mb, m2b);
     }
+    l.n = n;
   }
 
   CUBN_DEVICE void absorb_one(Local& l, const Channel& c, Acc x, Acc) const {
     const Acc n = l.n + Acc(1);
-    fold(l, fast_div(Acc(1), n), x - c.shift, Acc(0));
+    fold(l.n, l.mean, l.m2, count_rcp(n), x - c.shift, Acc(0));
     l.n = n;
   }
 
@@ -137,6 +201,10 @@ struct WelfordOp {
     s.mean = l.mean;
     s.m2 = l.m2;
     return s;
+  }
+  template <int V>
+  CUBN_DEVICE State column_state(const Columns<V>& l, int k) const {
+    return to_state(Local{l.n, l.mean[k], l.m2[k]});
   }
   CUBN_DEVICE State merge(const State& a, const State& b) const { return welford_merge(a, b); }
 };
@@ -157,7 +225,7 @@ struct ForwardFinish {
 
   /// Mean and invstd of channel ch from its statistics of x - K; the running statistics (unbiased
   /// variance M2 / (M - 1)); the normalization's coefficients.
-  CUBN_DEVICE void finish(std::int64_t ch, const WelfordState<Acc>& st,
+  CUBN_DEVICE_NOINLINE void finish(std::int64_t ch, const WelfordState<Acc>& st,
                           const typename WelfordOp<Acc>::Channel& cst) const {
     const Acc m = static_cast<Acc>(st.count);
     const Acc invstd = Acc(1) / sqrt_acc(st.m2 / m + epsilon);
@@ -188,10 +256,8 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
                            tickets, fin) ||
       !g.fuse)
     return;
-  ChannelAffine<Acc> affine;
-  affine.k = fin.k;
-  affine.c = g.c;
-  map_own_planes<T, V>(x, static_cast<const T*>(nullptr), y, g, affine, blockIdx.x);
+  map_own_planes<T, V>(x, static_cast<const T*>(nullptr), y, g, TrainedAffine<T>{fin.k, g.c},
+                       blockIdx.x);
 }
 
 /// Welford statistics of the V slots each thread owns over split blockIdx.y; the last block of
@@ -207,25 +273,21 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
                             totals, tickets, fin) ||
       !g.fuse)
     return;
-  ChannelAffine<Acc> affine;
-  affine.k = fin.k;
-  affine.c = g.c;
-  map_columns<T, V>(x, static_cast<const T*>(nullptr), y, g, affine);
+  map_columns<T, V>(x, static_cast<const T*>(nullptr), y, g, TrainedAffine<T>{fin.k, g.c});
 }
 
-/// y = (x - shift) * a + b over a channels-first tensor. y may equal x.
-template <class T, int V>
+/// y = (x - shift) * a + b over a channels-first tensor (Affine: TrainedAffine or
+/// RunningAffine). y may equal x.
+template <class T, int V, class Affine>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
-    bn_normalize_channels_first(ChannelsFirstMap g, const T* x, T* y,
-                                ChannelAffine<acc_t<T>> affine) {
+    bn_normalize_channels_first(ChannelsFirstMap g, const T* x, T* y, Affine affine) {
   map_planes<T, V>(x, static_cast<const T*>(nullptr), y, g, affine);
 }
 
 /// y = (x - shift) * a + b over a channels-last tensor. y may equal x.
-template <class T, int V>
+template <class T, int V, class Affine>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
-    bn_normalize_channels_last(ChannelsLastGeometry g, const T* x, T* y,
-                               ChannelAffine<acc_t<T>> affine) {
+    bn_normalize_channels_last(ChannelsLastGeometry g, const T* x, T* y, Affine affine) {
   map_columns<T, V>(x, static_cast<const T*>(nullptr), y, g, affine);
 }
 

@@ -39,13 +39,21 @@ constexpr int kMinBlocksPerSm = 4;
 /// (bench/sass_report.py checks the loops issue them).
 constexpr int kUnroll = 4;
 
+/// Period slots one column block holds at most (threads across x V): the last block of a set of
+/// column blocks merges slots x splits partials with kBlockThreads threads, so this keeps that
+/// merge to a few steps per thread, and the map kernels keep the block's coefficients in shared
+/// memory; 16 threads x 8 bf16 still read 256 contiguous bytes of a row. Untuned.
+constexpr int kMaxColumnSlots = 128;
+
 /// Tickets at the start of every workspace (see TicketSet in channel_ops.cuh): a fixed number,
 /// whatever the shape, so that calls of different shapes can share one workspace.
 constexpr int kTickets = 1024;
 /// Bytes of the ticket region (kTickets + 1 counters, rounded up to 256).
 constexpr std::size_t kTicketBytes = 4352;
 
-/// Channels-first reduction: block (channel, split) of a grid (C, splits).
+/// Channels-first reduction: block (channel, split) of a grid (C, splits). Planes hold fewer than
+/// 2^31 elements and channels number fewer than 2^31 (host/plan.cpp), so positions within a
+/// plane and channel indices run in 32 bits.
 struct ChannelsFirstReduce {
   std::int64_t n = 0, c = 0, s = 0, numel = 0;
   std::int64_t wf = 0;         ///< whole packs every plane holds: the main loop's tiles per plane
@@ -53,6 +61,12 @@ struct ChannelsFirstReduce {
   std::int64_t step = 0;       ///< tiles a thread advances: splits * kBlockThreads
   std::int64_t step_j = 0;     ///< step % wf
   std::int64_t step_base = 0;  ///< (step / wf) * C * S elements
+  std::int64_t plane = 0;      ///< C * S: elements from a plane of a channel to its next
+  /// tiles / step and tiles % step: a thread starting at tile `first` (< step) takes
+  /// tiles_q + (first < tiles_r) tiles, fewer than 2^32 (host/plan.cpp)
+  std::int64_t tiles_q = 0, tiles_r = 0;
+  std::int64_t tail_pos = 0;   ///< the first leftover element's position in its plane
+  int tail_ch = 0;             ///< and its channel
   bool fuse = false;  ///< forward: the block also normalizes its channel (one split, S % V == 0)
 };
 
@@ -63,9 +77,15 @@ struct ChannelsFirstMap {
   std::int64_t step = 0;      ///< packs a thread advances: the grid's threads
   std::int64_t step_pos = 0;  ///< (step * V) % S
   std::int64_t step_ch = 0;   ///< (step * V / S) % C
+  /// packs / step and packs % step: a thread starting at pack `first` (< step) takes
+  /// packs_q + (first < packs_r) packs
+  std::int64_t packs_q = 0, packs_r = 0;
+  std::int64_t tail_pos = 0;  ///< the first leftover element's position in its plane
+  int tail_ch = 0;            ///< and its channel
 };
 
 /// Rows of columns with a repeating period (channels-last; channels-first with small planes).
+/// host/plan.cpp keeps the period below 2^31 elements, so slots and columns index in 32 bits.
 /// Reductions run on a grid (column blocks, splits), maps on (column blocks, row blocks).
 struct ChannelsLastGeometry {
   std::int64_t cols = 0;          ///< columns per row: C, or C * S for small channels-first planes
@@ -76,6 +96,7 @@ struct ChannelsLastGeometry {
   std::int64_t periods = 0;       ///< periods holding at least one element: ceil(numel / period)
   std::int64_t full_periods = 0;  ///< numel / period
   std::int64_t lr = 1;            ///< rows per period
+  std::int64_t tail_col = 0;      ///< the first leftover element's column
   int bx = 1;                     ///< threads across a period's packs (power of two)
   /// forward: one split, and every column block holds whole channels (lr == d == 1): the block
   /// also normalizes its columns

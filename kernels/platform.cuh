@@ -18,6 +18,14 @@
 #define CUBN_HOST_DEVICE __host__ __device__ __forceinline__
 /// Device functions.
 #define CUBN_DEVICE __device__ __forceinline__
+/// Device functions kept out of line: code that runs once per channel (finishing statistics, with
+/// IEEE division and square root) gets its own registers instead of crowding the streaming loops
+/// of the kernel that calls it.
+#if defined(CUBN_SIM)
+#define CUBN_DEVICE_NOINLINE __attribute__((noinline))
+#else
+#define CUBN_DEVICE_NOINLINE __device__ __noinline__
+#endif
 /// Kernel entry points: hidden visibility so two libraries built from these sources do not
 /// clash (cuCollections does the same).
 #define CUBN_KERNEL __global__ __attribute__((visibility("hidden")))
@@ -41,6 +49,15 @@
 #endif
 
 namespace cubn::kernels {
+
+/// x, unchanged, but opaque to the compiler: a value computed from it is recomputed where it is
+/// used instead of hoisted out of a loop (where it would hold registers for the whole loop).
+CUBN_DEVICE int opaque(int x) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("" : "+r"(x));
+#endif
+  return x;
+}
 
 /// The index of the calling thread within its block, counting x fastest.
 CUBN_DEVICE unsigned linear_thread_index() {

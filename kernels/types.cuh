@@ -48,10 +48,25 @@ CUBN_HOST_DEVICE double from_acc<double>(double v) {
 CUBN_HOST_DEVICE float sqrt_acc(float v) { return sqrtf(v); }
 CUBN_HOST_DEVICE double sqrt_acc(double v) { return sqrt(v); }
 
-/// a / b where b is a count below 2^24 and a few ulp suffice (Welford's weights): one MUFU.RCP
-/// and a multiply on the GPU instead of IEEE division's sequence with its slow-path branch.
-CUBN_DEVICE float fast_div(float a, float b) { return __fdividef(a, b); }
-CUBN_DEVICE double fast_div(double a, double b) { return a / b; }
+/// 1 / sqrt(v) in a few ulp (MUFU.RSQ on the GPU): for per-channel coefficients that streaming
+/// loops compute per vector (inference, frozen dx), where IEEE division and square root would
+/// cost a sequence with slow-path branches each.
+CUBN_DEVICE float rsqrt_acc(float v) { return rsqrtf(v); }
+CUBN_DEVICE double rsqrt_acc(double v) { return rsqrt(v); }
+
+/// 1 / n for a count n in [1, 2^24], where a few ulp suffice (Welford's weights): one
+/// MUFU.RCP (rcp.approx, under 1 ulp; no denormal or overflow can arise) instead of IEEE
+/// division's sequence with its slow-path branch. fp64 divides.
+CUBN_DEVICE float count_rcp(float n) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(n));
+  return r;
+#else
+  return 1.0f / n;
+#endif
+}
+CUBN_DEVICE double count_rcp(double n) { return 1.0 / n; }
 
 /// Elements of T in one 16-byte vector access.
 template <class T>
