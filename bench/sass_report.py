@@ -5,7 +5,7 @@
 
 Each CUBIN is one `nvcc -cubin -arch=sm_XX` build of a host/batch_norm_<dtype>.cu (CMake target
 cubn_ptxas_logs writes them beside the ptxas logs). nvdisasm turns each kernel into SASS; for every
-kernel the tool finds its main loop and reports, per iteration of that loop:
+kernel the tool finds its streaming loops and reports, per iteration of each:
 
   - instructions, and instructions per 16 bytes of global traffic (the bytes of every LDG/STG in
     the loop body, so per-channel coefficient loads count too);
@@ -16,21 +16,25 @@ kernel the tool finds its main loop and reports, per iteration of that loop:
   - independent 16-byte loads in flight per thread: the 16-byte loads issued before any
     instruction reads a register one of them wrote.
 
-The main loop is the loop (a backward branch and the code between its target and it) that keeps
-the most 16-byte loads in flight, then holds the most 16-byte accesses, then the most global
-bytes; ties go to the shortest. (Tail and edge loops that finish what the main loop leaves load
-one vector at a time.) Every instruction between the target and
-the branch counts, including rarely taken paths, so the figure is an upper bound.
+A loop is a backward branch and the code between its target and it; the streaming loops are the
+innermost loops with at least four 16-byte accesses per iteration (a kernel's main loops: the
+statistics kernels also hold the fused normalization's). Tail and edge loops, which finish what the
+main loops leave, move one or two vectors an iteration and are listed nowhere. Every instruction
+between the target and the branch counts, including rarely taken paths, so the figure is an upper
+bound.
 
 Why 64: an H100 delivers about 12.8 bytes per SM per cycle and issues at most 4 warp-instructions
 per SM per cycle, so a warp-iteration moving 512 bytes (32 lanes x 16 bytes) must cost under 160
 instructions; a B200 delivers about 27 bytes per SM per cycle, under 75. 64 per 16 bytes leaves
 room for the issue slots the memory pipeline itself takes.
 
-With --check, exits 1 when a kernel with 16-byte accesses (the path that aligned pointers take)
-has a main loop over the budget, fewer 16-byte loads in flight than --min-in-flight, or a 64-bit
-integer division in its main loop. Kernels without a loop or without 16-byte accesses (the scalar
-path for misaligned pointers, the finalization code) are reported but not held to it.
+With --check, exits 1 when a kernel that a benchmark shape with aligned pointers takes (the
+16-byte instantiations for fp32, fp16 and bf16) has no streaming loop, or one over the budget,
+with fewer 16-byte loads in flight than --min-in-flight, or dividing 64-bit integers. The scalar
+path for misaligned pointers and fp64 are reported but not held to it.
+
+nvdisasm: --nvdisasm, else $CUBN_NVDISASM, else PATH, else the PyPI package nvidia-cuda-nvdisasm
+in this interpreter. Without one the tool exits 77 (CTest reports the test as skipped).
 """
 import argparse
 import os
@@ -48,6 +52,8 @@ REG = re.compile(r"\bR(\d+)(?:\.64)?\b")
 def find_nvdisasm(explicit):
     if explicit:
         return explicit
+    if os.environ.get("CUBN_NVDISASM"):
+        return os.environ["CUBN_NVDISASM"]
     for cand in (shutil.which("nvdisasm"),
                  os.path.join(os.path.dirname(sys.executable), "nvdisasm")):
         if cand and os.path.exists(cand):
@@ -147,14 +153,19 @@ def loop_stats(f, lo, hi):
                 div64=div64, slow=slow, in_flight=in_flight, vec=widths.get(16, 0))
 
 
-def analyze(f):
-    best = None
-    for lo, hi in loops(f):
+def streaming_loops(f):
+    """The innermost loops with at least 4 sixteen-byte global accesses per iteration: a kernel's
+    main loops (the statistics kernels also have the fused normalization's); the tail and edge
+    loops that finish what they leave move one or two vectors an iteration and are not held."""
+    spans = loops(f)
+    inner = [(lo, hi) for lo, hi in spans
+             if not any((l2, h2) != (lo, hi) and lo <= l2 and h2 <= hi for l2, h2 in spans)]
+    out = []
+    for lo, hi in sorted(set(inner)):
         a = loop_stats(f, lo, hi)
-        key = (a["in_flight"], a["vec"], a["traffic"], -a["instructions"])
-        if best is None or key > best[0]:
-            best = (key, a)
-    return None if best is None else best[1]
+        if a["vec"] >= 4:
+            out.append(a)
+    return out
 
 
 def demangle(names):
@@ -178,6 +189,18 @@ def arch_of(cubin):
     return m.group(1) if m else "?"
 
 
+def element_type(name):
+    m = re.search(r"<(\w+), (\d+)", name)
+    return (m.group(1), int(m.group(2))) if m else (None, 0)
+
+
+def held(name):
+    """Kernels that a benchmark shape with aligned pointers takes: the 16-byte vector
+    instantiations (V = 16 bytes of T) of fp32, fp16 and bf16 (bench/cubn_bench.cu's dtypes)."""
+    t, v = element_type(name)
+    return (t, v) in {("float", 4), ("fp16", 8), ("bf16", 8)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cubins", nargs="+")
@@ -188,33 +211,40 @@ def main():
     args = ap.parse_args()
     nvdisasm = find_nvdisasm(args.nvdisasm)
     if nvdisasm is None:
-        print("nvdisasm not found: install the PyPI package nvidia-cuda-nvdisasm (.ci/run does)")
-        return 1
+        print("nvdisasm not found: install the PyPI package nvidia-cuda-nvdisasm (.ci/run does) or "
+              "set CUBN_NVDISASM")
+        return 77
     rows = []
     for cubin in args.cubins:
         funcs = disassemble(nvdisasm, cubin)
         names = demangle(list(funcs))
         for (mangled, f), name in zip(funcs.items(), names):
-            rows.append((short(name), arch_of(cubin), analyze(f)))
+            rows.append((short(name), arch_of(cubin), streaming_loops(f)))
     rows.sort(key=lambda r: (r[0], r[1]))
     failures = 0
-    print("| kernel | arch | main-loop instructions | global bytes | instructions per 16 B | "
+    print("| kernel | arch | loop | instructions | global bytes | instructions per 16 B | "
           "access widths (bytes x count) | 16-B loads in flight | MUFU | calls | int div 32/64 |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, arch, a in rows:
-        if a is None or a["traffic"] == 0:
-            print(f"| `{name}` | {arch} | no streaming loop | | | | | | | |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, arch, found in rows:
+        hold = held(name)
+        if not found:
+            bad = hold
+            failures += bad
+            note = " **FAIL**" if bad else " (no 16-byte loop: scalar path, not held)"
+            print(f"| `{name}` | {arch} | none | | | | | | | | |{note}")
             continue
-        per16 = a["instructions"] * 16 / a["traffic"]
-        held = a["vec"] > 0
-        bad = held and (per16 > args.budget or a["in_flight"] < args.min_in_flight or a["div64"])
-        failures += bool(bad)
-        widths = " ".join(f"{w}x{n}" for w, n in sorted(a["widths"].items()))
-        print(f"| `{name}` | {arch} | {a['instructions']} | {a['traffic']} | {per16:.1f} | {widths} | "
-              f"{a['in_flight']} | {a['mufu']} | {a['slow']} | {a['div32']}/{a['div64']} |"
-              f"{' **FAIL**' if bad else ''}{'' if held else ' (scalar path: not held)'}")
-    print(f"\n{len(rows)} kernels; {failures} over {args.budget:g} instructions per 16 bytes, under "
-          f"{args.min_in_flight} 16-byte loads in flight, or dividing 64-bit integers in the main loop")
+        for i, a in enumerate(found):
+            per16 = a["instructions"] * 16 / a["traffic"]
+            bad = hold and (per16 > args.budget or a["in_flight"] < args.min_in_flight or a["div64"])
+            failures += bool(bad)
+            widths = " ".join(f"{w}x{n}" for w, n in sorted(a["widths"].items()))
+            note = " **FAIL**" if bad else ("" if hold else " (not held: scalar path or fp64)")
+            print(f"| `{name}` | {arch} | {i + 1} | {a['instructions']} | {a['traffic']} | {per16:.1f} | "
+                  f"{widths} | {a['in_flight']} | {a['mufu']} | {a['slow']} | "
+                  f"{a['div32']}/{a['div64']} |{note}")
+    print(f"\n{len(rows)} kernels; {failures} loops of held kernels over {args.budget:g} instructions "
+          f"per 16 bytes, under {args.min_in_flight} 16-byte loads in flight, or dividing 64-bit "
+          f"integers (or held kernels without a streaming loop)")
     return 1 if args.check and failures else 0
 
 

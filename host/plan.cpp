@@ -74,11 +74,13 @@ void check_grid_x(std::int64_t blocks) {
 }
 
 // Splits per channel group: enough blocks to fill the device, at least two groups of kUnroll
-// values per thread, and few enough values per thread for its float count.
+// values per thread, few enough values per thread for its float count, and none past kTickets
+// groups (one ticket each).
 std::int64_t choose_splits(std::int64_t groups, std::int64_t per_split_unit, std::int64_t units,
                            std::int64_t target) {
   const std::int64_t most = std::max<std::int64_t>(1, units / (per_split_unit * 2 * kUnroll));
   std::int64_t splits = std::clamp<std::int64_t>(ceil_div(target, groups), 1, most);
+  if (groups > kernels::kTickets) splits = 1;  // a ticket per group, kTickets of them
   splits = std::max(splits, ceil_div(units, per_split_unit * kMaxPerThread));
   if (splits > kMaxGridY)
     throw Error(Status::kInvalidArgument,

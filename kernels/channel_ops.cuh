@@ -129,24 +129,12 @@ CUBN_DEVICE bool block_arrive(unsigned* ticket, unsigned expected) {
   return mine;
 }
 
-/// Groups of blocks that finish together: `groups` groups (channels, or column blocks) of
-/// `splits` blocks each share kTickets tickets, `per` consecutive groups to a ticket; with one
-/// split every group is its own set and no ticket is taken.
-struct TicketSets {
-  unsigned groups, splits, per;  // groups and splits below 2^31 (host/plan.cpp)
-  CUBN_DEVICE TicketSets(unsigned g, unsigned s)
-      : groups(g), splits(s), per(s == 1 ? 1 : (g + kTickets - 1) / kTickets) {}
-  CUBN_DEVICE unsigned first(unsigned group) const { return group / per * per; }
-  CUBN_DEVICE unsigned end(unsigned group) const {
-    const unsigned e = first(group) + per;
-    return e < groups ? e : groups;
-  }
-  CUBN_DEVICE unsigned count() const { return (groups + per - 1) / per; }
-  /// True in the last block of `group`'s set to arrive.
-  CUBN_DEVICE bool arrive(unsigned* tickets, unsigned group) const {
-    return block_arrive(tickets + group / per, splits * (end(group) - first(group)));
-  }
-};
+/// The ticket of a group of blocks (a channel, or a column block) with `splits` blocks: the
+/// group's own ticket (host/plan.cpp splits only grids of at most kTickets groups); with one split
+/// every block is its group's last and takes no ticket.
+CUBN_DEVICE bool group_arrive(unsigned* tickets, unsigned group, unsigned splits) {
+  return splits == 1 || block_arrive(tickets + group, splits);
+}
 
 /// The channels of the leftover elements, in order, without division: channels-first planes
 /// (position in the plane, channel) ...
@@ -204,6 +192,7 @@ CUBN_DEVICE void fold_leftovers(const R& op, const T* in0, const T* in1, std::in
   if (V == 1) return;
   typename R::Local l{};
   bool any = false;
+  CUBN_NO_UNROLL
   for (std::int64_t e = numel / V * V; e < numel; ++e, tail.next()) {
     if (tail.channel() != ch) continue;
     acc_t<T> a, b;
@@ -218,6 +207,7 @@ CUBN_DEVICE void fold_leftovers(const R& op, const T* in0, const T* in1, std::in
 template <int V, class T, class F, class Tail>
 CUBN_DEVICE void map_leftovers(const T* in0, const T* in1, T* out, std::int64_t numel, const F& f,
                                Tail tail) {
+  CUBN_NO_UNROLL
   for (std::int64_t e = numel / V * V; e < numel; ++e, tail.next()) {
     acc_t<T> a, b;
     load_one<F::kInputs>(in0, in1, e, a, b);
@@ -275,6 +265,7 @@ CUBN_DEVICE void walk_plane_tiles(const ChannelsFirstReduce& g, std::int64_t ch,
     }
     group(at);
   }
+  CUBN_NO_UNROLL
   for (; count > 0; --count) {
     one(pack());
     advance();
@@ -306,6 +297,7 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
       });
   if (V == 1) return l;
   const std::int64_t whole = g.wf * V;
+  CUBN_NO_UNROLL
   for (std::int64_t n = first; n < g.n; n += g.step) {
     const std::int64_t b0 = n * g.plane + ch * g.s, b1 = b0 + g.s;
     const std::int64_t f = (b0 + (V - 1)) & ~static_cast<std::int64_t>(V - 1);
@@ -318,15 +310,16 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
           op.absorb_one(l, cst, to_acc(a[0].v[k]), to_acc(b[0].v[k]));
     };
     if (f > b0) edge(f - V);
+    CUBN_NO_UNROLL
     for (std::int64_t at = f + whole; at < b1; at += V) edge(at);
   }
   return l;
 }
 
 /// Reduces channel blockIdx.x of a channels-first tensor over split blockIdx.y of gridDim.y into
-/// partials[split * C + channel]; the last block of each set of channels merges their partials and
-/// calls fin.finish for each. Returns true in every thread of a block that finished channels
-/// (with one split: every block, for its own channel).
+/// partials[split * C + channel]; the last block of the channel merges its partials and calls
+/// fin.finish. Returns true in every thread of the block that finished the channel (with one
+/// split: every block).
 template <class T, int V, class R, class Fin>
 CUBN_DEVICE bool reduce_planes(const T* in0, const T* in1, const ChannelsFirstReduce& g,
                                const R& op, typename R::State* partials, unsigned* tickets,
@@ -341,16 +334,14 @@ CUBN_DEVICE bool reduce_planes(const T* in0, const T* in1, const ChannelsFirstRe
   __shared__ State scratch[kBlockThreads];
   const auto part = Reduce(storage).reduce(op.to_state(local), merge);
   if (threadIdx.x == 0) partials[split * g.c + ch] = part.get();
-  const TicketSets sets(static_cast<unsigned>(g.c), static_cast<unsigned>(splits));
-  if (!sets.arrive(tickets, static_cast<unsigned>(ch))) return false;
+  if (!group_arrive(tickets, static_cast<unsigned>(ch), static_cast<unsigned>(splits)))
+    return false;
   const PlaneTail tail{g.tail_pos, g.s, g.tail_ch, static_cast<int>(g.c)};
-  for (std::int64_t c = sets.first(ch); c < sets.end(ch); ++c) {
-    merge_splits(partials + c, splits, g.c, 1, scratch, merge, [&](int, State total) {
-      const auto cst = op.channel(in0, in1, c, c * g.s);
-      fold_leftovers<V>(op, in0, in1, g.numel, c, cst, tail, total);
-      fin.finish(c, total, cst);
-    });
-  }
+  merge_splits(partials + ch, splits, g.c, 1, scratch, merge, [&](int, State total) {
+    const auto cst = op.channel(in0, in1, ch, ch * g.s);
+    fold_leftovers<V>(op, in0, in1, g.numel, ch, cst, tail, total);
+    fin.finish(ch, total, cst);
+  });
   __syncthreads();
   return true;
 }
@@ -443,6 +434,7 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
       store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], [&](int) { return q[u]; }));
     }
   }
+  CUBN_NO_UNROLL
   for (; count > 0; --count) {
     if (s - pos >= V) {
       const typename F::Coeffs q = f.coeffs(ch);
@@ -454,6 +446,7 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
   const std::int64_t planes = g.numel / g.s;
   const auto dk = static_cast<unsigned>(g.step % g.c);
   unsigned after = static_cast<unsigned>((1 + first) % g.c);  // the channel of plane k
+  CUBN_NO_UNROLL
   for (std::int64_t k = 1 + first; k < planes; k += g.step) {
     const unsigned now = after;
     after += dk;
@@ -488,6 +481,7 @@ CUBN_DEVICE void walk_column(const ChannelsLastGeometry& g, std::int64_t j, std:
     q += U * step;
     group(idx);
   }
+  CUBN_NO_UNROLL
   for (; q < g.periods; q += step, at += dat)
     if (at + V <= g.numel) one(at);
 }
@@ -505,8 +499,8 @@ CUBN_DEVICE ColumnTail column_tail(const ChannelsLastGeometry& g) {
 }
 
 /// Reduces the V slots each thread owns (pack column blockIdx.x * bx + tx of every period) over
-/// split blockIdx.y into partials[split * period + slot]. The last block of a set of column blocks
-/// merges their slots over the splits; when each column block holds whole channels (lr == d == 1)
+/// split blockIdx.y into partials[split * period + slot]. The last block of a column block merges
+/// its slots over the splits; when each column block holds whole channels (lr == d == 1)
 /// it finishes them, else it stores slot totals and the last set to do so finishes every channel
 /// from them. Returns true in every thread of a block that finished channels.
 template <class T, int V, class R, class Fin>
@@ -563,29 +557,25 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
     __syncthreads();
   }
   const auto merge = [&op](const State& a, const State& b) { return op.merge(a, b); };
-  const TicketSets sets(gridDim.x, static_cast<unsigned>(splits));
-  if (!sets.arrive(tickets, blockIdx.x)) return false;
+  if (!group_arrive(tickets, blockIdx.x, static_cast<unsigned>(splits))) return false;
   const bool whole = g.lr == 1 && g.d == 1;
   const ColumnTail tail = column_tail(g);
-  const std::int64_t slots = static_cast<std::int64_t>(tt.bx) * V;
-  for (std::int64_t x = sets.first(blockIdx.x); x < sets.end(blockIdx.x); ++x) {
-    const std::int64_t s0 = x * slots;
-    const std::int64_t count = g.period - s0 < slots ? g.period - s0 : slots;
-    merge_splits(partials + s0, splits, g.period, static_cast<int>(count), rows, merge,
-                 [&](int i, State total) {
-                   const std::int64_t slot = s0 + i;
-                   if (!whole) {
-                     totals[slot] = total;
-                     return;
-                   }
-                   const auto cst = op.channel(in0, in1, slot, slot);
-                   fold_leftovers<V>(op, in0, in1, g.numel, slot, cst, tail, total);
-                   fin.finish(slot, total, cst);
-                 });
-  }
+  const std::int64_t s0 = static_cast<std::int64_t>(blockIdx.x) * tt.bx * V;
+  const std::int64_t count = g.period - s0 < tt.bx * V ? g.period - s0 : tt.bx * V;
+  merge_splits(partials + s0, splits, g.period, static_cast<int>(count), rows, merge,
+               [&](int i, State total) {
+                 const std::int64_t slot = s0 + i;
+                 if (!whole) {
+                   totals[slot] = total;
+                   return;
+                 }
+                 const auto cst = op.channel(in0, in1, slot, slot);
+                 fold_leftovers<V>(op, in0, in1, g.numel, slot, cst, tail, total);
+                 fin.finish(slot, total, cst);
+               });
   if (!whole) {
     // the slots of a channel lie in several column blocks: the last set finishes every channel
-    if (!block_arrive(tickets + kTickets, sets.count())) return false;
+    if (!block_arrive(tickets + kTickets, gridDim.x)) return false;
     for (std::int64_t ch = threadIdx.x; ch < g.c; ch += kBlockThreads) {
       State total{};
       for (std::int64_t r = 0; r < g.lr; ++r)

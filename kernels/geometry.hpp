@@ -45,8 +45,10 @@ constexpr int kUnroll = 4;
 /// memory; 16 threads x 8 bf16 still read 256 contiguous bytes of a row. Untuned.
 constexpr int kMaxColumnSlots = 128;
 
-/// Tickets at the start of every workspace (see TicketSet in channel_ops.cuh): a fixed number,
-/// whatever the shape, so that calls of different shapes can share one workspace.
+/// Tickets at the start of every workspace (group_arrive in channel_ops.cuh): one per channel or
+/// column block, and one for the second level; a fixed number whatever the shape, so that calls of
+/// different shapes can share one workspace. Grids of more groups than this are not split (one
+/// block per group needs no ticket): at 4 blocks per SM that takes over 500 SMs to matter.
 constexpr int kTickets = 1024;
 /// Bytes of the ticket region (kTickets + 1 counters, rounded up to 256).
 constexpr std::size_t kTicketBytes = 4352;

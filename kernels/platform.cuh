@@ -38,6 +38,14 @@
 #define CUBN_UNROLL _Pragma("GCC unroll 16")
 #endif
 
+/// Keeps the loop that follows rolled: tail and edge loops that run a few times per thread, where
+/// an unrolled copy would only grow the code (and look like a main loop to bench/sass_report.py).
+#if defined(__CUDACC__)
+#define CUBN_NO_UNROLL _Pragma("unroll 1")
+#else
+#define CUBN_NO_UNROLL
+#endif
+
 /// Declares `name` as a `T*` to the block's dynamic shared memory (16-byte aligned).
 #if defined(CUBN_SIM)
 #define CUBN_DYNAMIC_SHARED(T, name) \

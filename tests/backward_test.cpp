@@ -407,24 +407,40 @@ TEST_F(BackwardProperties, OptionalOutputsAndInPlaceGiveTheSameResults) {
   }
 }
 
+// Bitwise the same every run and whatever order blocks finish in (thread schedule reversed,
+// block order shuffled), on the multi-block paths: split planes, periodic columns whose channels
+// span column blocks, and column blocks split over blocks (the shapes of the forward's test).
 TEST_F(BackwardProperties, DeterministicBitForBit) {
-  const Dims dims{16, 12, 9, 9};
-  const auto d = make_data<__nv_bfloat16>(dims, MemoryOrder::kChannelsLast, 5400);
-  const auto dy = make_dy<__nv_bfloat16>(d.x.size(), 5401);
-  const TensorDesc desc = make_desc(DataType::kBFloat16, MemoryOrder::kChannelsLast, dims);
-  const auto st = ref::batch_stats(d.shape, d.xd, 1e-5);
-  const auto mean = to_params<float>(st.mean), invstd = to_params<float>(st.invstd);
-  const auto a = run_training_backward<__nv_bfloat16>(desc, d.x, dy, {}, mean, invstd);
-  const auto b = run_training_backward<__nv_bfloat16>(desc, d.x, dy, {}, mean, invstd);
-  EXPECT_EQ(a.dx, b.dx);
-  EXPECT_EQ(a.dscale, b.dscale);
+  const std::vector<std::pair<MemoryOrder, Dims>> cases = {
+      {MemoryOrder::kChannelsLast, {16, 12, 9, 9}},
+      {MemoryOrder::kChannelsFirst, {64, 3, 33, 33}},
+      {MemoryOrder::kChannelsLast, {512, 100, 3, 3}},
+      {MemoryOrder::kChannelsLast, {512, 1024}}};
+  for (const auto& [order, dims] : cases) {
+    const std::string what = shape_string(dims, order);
+    const auto d = make_data<__nv_bfloat16>(dims, order, 5400);
+    const auto dy = make_dy<__nv_bfloat16>(d.x.size(), 5401);
+    const TensorDesc desc = make_desc(DataType::kBFloat16, order, dims);
+    const auto st = ref::batch_stats(d.shape, d.xd, 1e-5);
+    const auto mean = to_params<float>(st.mean), invstd = to_params<float>(st.invstd);
+    const auto a = run_training_backward<__nv_bfloat16>(desc, d.x, dy, {}, mean, invstd);
+    const auto b = run_training_backward<__nv_bfloat16>(desc, d.x, dy, {}, mean, invstd);
+    EXPECT_EQ(a.dx, b.dx) << what;
+    EXPECT_EQ(a.dscale, b.dscale) << what;
 #if defined(CUBN_SIM)
-  cubn::sim::set_schedule(cubn::sim::Schedule::kReverse);
-  const auto c = run_training_backward<__nv_bfloat16>(desc, d.x, dy, {}, mean, invstd);
-  cubn::sim::set_schedule(cubn::sim::Schedule::kForward);
-  EXPECT_EQ(a.dx, c.dx);
-  EXPECT_EQ(a.doffset, c.doffset);
+    for (int run = 0; run < 4; ++run) {
+      cubn::sim::set_schedule(run % 2 ? cubn::sim::Schedule::kReverse
+                                      : cubn::sim::Schedule::kForward);
+      cubn::sim::set_block_order(cubn::sim::BlockOrder::kShuffled, 40 + run);
+      const auto c = run_training_backward<__nv_bfloat16>(desc, d.x, dy, {}, mean, invstd);
+      cubn::sim::set_schedule(cubn::sim::Schedule::kForward);
+      cubn::sim::set_block_order(cubn::sim::BlockOrder::kInOrder);
+      EXPECT_EQ(a.dx, c.dx) << what << " run " << run;
+      EXPECT_EQ(a.dscale, c.dscale) << what << " run " << run;
+      EXPECT_EQ(a.doffset, c.doffset) << what << " run " << run;
+    }
 #endif
+  }
 }
 
 TEST_F(BackwardProperties, FrozenDxNeedsNeitherXNorWorkspace) {

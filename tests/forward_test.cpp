@@ -3,6 +3,7 @@
 // the GPU binary, on a device. Tolerances: support/tolerance.hpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -12,6 +13,10 @@
 
 #include "cubn/cubn.hpp"
 #include "reference.hpp"
+#include "device_info.hpp"
+#include "geometry.hpp"
+#include "plan.hpp"
+#include "problem.hpp"
 #include "support/bn_harness.hpp"
 #include "support/device.hpp"
 
@@ -266,27 +271,171 @@ TEST_F(ForwardProperties, CumulativeMomentumAveragesEqually) {
   for (int c = 0; c < 3; ++c) EXPECT_NEAR(rmean[c], sum_mean[c] / 3, 1e-12);
 }
 
+// Bitwise the same every run, and whatever order blocks finish in: partials merge in a fixed
+// order (thread rows, then a fixed tree over splits), never in arrival order. The shapes take the
+// multi-block paths: planes split over several blocks (unaligned planes of 33 x 33), periodic
+// columns with channels spanning column blocks (C = 100: two rows a period, second-level ticket),
+// several column blocks each split over blocks, and more channels than tickets.
 TEST_F(ForwardProperties, DeterministicBitForBit) {
-  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast}) {
-    const Dims dims{16, 12, 9, 9};
+  const std::vector<std::pair<MemoryOrder, Dims>> cases = {
+      {MemoryOrder::kChannelsFirst, {64, 3, 33, 33}},
+      {MemoryOrder::kChannelsLast, {512, 100, 3, 3}},
+      {MemoryOrder::kChannelsFirst, {16, 12, 9, 9}},
+      {MemoryOrder::kChannelsLast, {512, 1024}},
+      {MemoryOrder::kChannelsFirst, {8, 1500, 19, 1}}};
+  for (const auto& [order, dims] : cases) {
+    const std::string what = shape_string(dims, order);
     const auto d = make_data<__nv_bfloat16>(dims, order, 700);
     const TensorDesc desc = make_desc(DataType::kBFloat16, order, dims);
-    const std::vector<float> m(12, 0.0f), v(12, 1.0f);
+    const std::vector<float> m(static_cast<std::size_t>(dims[1]), 0.0f),
+        v(static_cast<std::size_t>(dims[1]), 1.0f);
     const auto a = run_training<__nv_bfloat16>(desc, d.x, m, v);
     const auto b = run_training<__nv_bfloat16>(desc, d.x, m, v);
-    EXPECT_TRUE(bitwise_equal(a.y, b.y));
-    EXPECT_TRUE(bitwise_equal(a.smean, b.smean));
-    EXPECT_TRUE(bitwise_equal(a.sinvstd, b.sinvstd));
-    EXPECT_TRUE(bitwise_equal(a.rvar, b.rvar));
+    EXPECT_TRUE(bitwise_equal(a.y, b.y)) << what;
+    EXPECT_TRUE(bitwise_equal(a.smean, b.smean)) << what;
+    EXPECT_TRUE(bitwise_equal(a.sinvstd, b.sinvstd)) << what;
+    EXPECT_TRUE(bitwise_equal(a.rvar, b.rvar)) << what;
 #if defined(CUBN_SIM)
-    // another thread order changes which thread reaches each sync point first, as stream timing
-    // would on a GPU; the merges go by index, so nothing changes
-    cubn::sim::set_schedule(cubn::sim::Schedule::kReverse);
-    const auto c = run_training<__nv_bfloat16>(desc, d.x, m, v);
-    cubn::sim::set_schedule(cubn::sim::Schedule::kForward);
-    EXPECT_TRUE(bitwise_equal(a.y, c.y));
-    EXPECT_TRUE(bitwise_equal(a.sinvstd, c.sinvstd));
+    // another thread order changes which thread reaches each sync point first, and shuffled
+    // block orders change which block takes the last ticket, as timing would on a GPU
+    for (int run = 0; run < 4; ++run) {
+      cubn::sim::set_schedule(run % 2 ? cubn::sim::Schedule::kReverse
+                                      : cubn::sim::Schedule::kForward);
+      cubn::sim::set_block_order(cubn::sim::BlockOrder::kShuffled, 17 + run);
+      const auto c = run_training<__nv_bfloat16>(desc, d.x, m, v);
+      cubn::sim::set_schedule(cubn::sim::Schedule::kForward);
+      cubn::sim::set_block_order(cubn::sim::BlockOrder::kInOrder);
+      EXPECT_TRUE(bitwise_equal(a.y, c.y)) << what << " run " << run;
+      EXPECT_TRUE(bitwise_equal(a.smean, c.smean)) << what << " run " << run;
+      EXPECT_TRUE(bitwise_equal(a.sinvstd, c.sinvstd)) << what << " run " << run;
+      EXPECT_TRUE(bitwise_equal(a.rmean, c.rmean)) << what << " run " << run;
+    }
 #endif
+  }
+}
+
+// The shapes above do take the multi-block paths this test is for.
+TEST(ForwardPlans, DeterminismShapesSplitChannelsOverBlocks) {
+  const auto& dev = detail::current_device_info();
+  const auto plan = [&](MemoryOrder o, std::initializer_list<std::int64_t> dims) {
+    return detail::plan_training(
+        detail::canonicalize("test", "x", TensorDesc(DataType::kBFloat16, o, dims)), dev, true,
+        true);
+  };
+  EXPECT_GT(plan(MemoryOrder::kChannelsFirst, {64, 3, 33, 33}).stats.splits, 1);
+  const auto cl = plan(MemoryOrder::kChannelsLast, {512, 100, 3, 3});
+  EXPECT_GT(cl.stats.splits, 1);
+  EXPECT_GT(cl.stats.totals, 0u);
+  const auto wide = plan(MemoryOrder::kChannelsLast, {512, 1024});  // column blocks and splits
+  EXPECT_GT(wide.stats.grid.x, 1u);
+  EXPECT_GT(wide.stats.splits, 1);
+  // more channels than tickets: one block each, no ticket
+  const auto many = plan(MemoryOrder::kChannelsFirst, {8, 1500, 19, 1});
+  EXPECT_GT(many.stats.grid.x, static_cast<unsigned>(kernels::kTickets));
+  EXPECT_EQ(many.stats.splits, 1);
+}
+
+// The workspace's tickets are back at zero after every call, so one zero-filled workspace serves
+// calls of any shape one after another; a workspace that was not zero-filled is reported (by the
+// executor; on a GPU the results would be undefined).
+TEST_F(ForwardProperties, OneWorkspaceServesCallsOfEveryShapeAndIsLeftReady) {
+  std::size_t bytes = 0;
+  const std::vector<std::pair<MemoryOrder, Dims>> cases = {
+      {MemoryOrder::kChannelsLast, {512, 100, 3, 3}},
+      {MemoryOrder::kChannelsFirst, {64, 3, 33, 33}},
+      {MemoryOrder::kChannelsFirst, {8, 1500, 19, 1}},
+      {MemoryOrder::kChannelsLast, {4, 8, 4, 4}}};
+  for (const auto& [order, dims] : cases)
+    bytes = std::max(bytes, forward_training_workspace_size(
+                                make_desc(DataType::kFloat32, order, dims)));
+  DeviceBytes ws(bytes);  // zero-filled once
+  for (int round = 0; round < 2; ++round) {
+    for (const auto& [order, dims] : cases) {
+      const auto d = make_data<float>(dims, order, 1200 + round);
+      const TensorDesc desc = make_desc(DataType::kFloat32, order, dims);
+      const auto C = static_cast<std::size_t>(dims[1]);
+      DeviceBuffer<float> x(d.x), y(d.x.size()), sm(C), si(C);
+      TrainingForwardArgs<float> args;
+      args.saved = {sm.data(), si.data()};
+      forward_training(desc, x.data(), y.data(), args, {ws.data(), ws.bytes()}, nullptr);
+      device_sync();
+      // the same call on a fresh workspace gives the same bits
+      DeviceBytes fresh(forward_training_workspace_size(desc));
+      DeviceBuffer<float> y2(d.x.size()), sm2(C), si2(C);
+      args.saved = {sm2.data(), si2.data()};
+      forward_training(desc, x.data(), y2.data(), args, {fresh.data(), fresh.bytes()}, nullptr);
+      device_sync();
+      EXPECT_TRUE(bitwise_equal(y.download(), y2.download())) << shape_string(dims, order);
+      EXPECT_TRUE(bitwise_equal(si.download(), si2.download())) << shape_string(dims, order);
+      std::vector<unsigned char> tickets(kernels::kTicketBytes);
+      ws.download(tickets.data(), tickets.size());
+      EXPECT_EQ(std::count(tickets.begin(), tickets.end(), 0), static_cast<long>(tickets.size()))
+          << "tickets not left at zero after " << shape_string(dims, order);
+    }
+  }
+#if defined(CUBN_SIM)
+  const Dims dims{64, 3, 33, 33};
+  const TensorDesc desc = make_desc(DataType::kFloat32, MemoryOrder::kChannelsFirst, dims);
+  const auto d = make_data<float>(dims, MemoryOrder::kChannelsFirst, 5);
+  DeviceBuffer<float> x(d.x), y(d.x.size());
+  DeviceBytes dirty(forward_training_workspace_size(desc));
+  dirty.fill(0xAB);
+  try {
+    forward_training(desc, x.data(), y.data(), TrainingForwardArgs<float>{},
+                     {dirty.data(), dirty.bytes()}, nullptr);
+    ADD_FAILURE() << "a workspace that was never zero-filled went unnoticed";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status(), Status::kKernelFault);
+    EXPECT_NE(std::string(e.what()).find("zero-fill the workspace"), std::string::npos) << e.what();
+  }
+#endif
+}
+
+// Item 7 of the streaming rewrite: fp32 outputs stay within 32 ulp of max(|y|, 1) of the float64
+// truth on the same rounded inputs when a channel's mean is far from zero in units of its
+// standard deviation (up to 1e4), in both memory orders, on the multi-block and single-launch
+// paths. Without the per-channel shift the mean's own rounding put 1,500 to 3,700 ulp there.
+TEST_F(ForwardProperties, Fp32OutputsStayAccurateFarFromZero) {
+  struct Case {
+    Dims dims;
+    double mean, sigma;
+  };
+  const std::vector<Case> cases = {{{8, 16, 32, 32}, 1000, 1},
+                                   {{64, 8, 14, 14}, 3, 0.01},
+                                   {{16, 4, 16, 16}, -1e4, 1},
+                                   {{4, 8, 7, 7}, 500, 0.05}};
+  for (const auto& cs : cases) {
+    for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast}) {
+      const std::string what = shape_string(cs.dims, order) + " mean " + std::to_string(cs.mean) +
+                               " sigma " + std::to_string(cs.sigma);
+      ref::Shape shape{cs.dims, ref_order(order)};
+      std::mt19937 rng(31);
+      std::normal_distribution<double> z(0, 1);
+      std::vector<float> x(static_cast<std::size_t>(shape.numel()));
+      std::vector<double> xd(x.size());
+      for (std::size_t i = 0; i < x.size(); ++i) {
+        x[i] = static_cast<float>(cs.mean + cs.sigma * z(rng));
+        xd[i] = x[i];
+      }
+      const TensorDesc desc = make_desc(DataType::kFloat32, order, cs.dims);
+      const auto C = static_cast<std::size_t>(cs.dims[1]);
+      const auto run = run_training<float>(desc, x, std::vector<float>(C, 0.0f),
+                                           std::vector<float>(C, 1.0f));
+      ref::Params p;
+      p.eps = 1e-5;
+      const auto r = ref::forward_training(shape, xd, p, 0.1, 0.1, std::vector<double>(C, 0.0),
+                                           std::vector<double>(C, 1.0));
+      double worst = 0;
+      for (std::size_t i = 0; i < x.size(); ++i) {
+        const double scale = std::max(std::fabs(r.y[i]), 1.0);
+        const double ulp = std::ldexp(1.0, std::ilogb(scale) - 23);
+        worst = std::max(worst, std::fabs(run.y[i] - r.y[i]) / ulp);
+      }
+      EXPECT_LE(worst, 32) << what << ": worst error in ulp of max(|y|, 1)";
+      for (std::size_t c = 0; c < C; ++c)
+        EXPECT_NEAR(run.smean[c], r.stats.mean[c], 2 * std::ldexp(std::fabs(r.stats.mean[c]), -23) + 1e-6 * cs.sigma)
+            << what << " saved mean, c=" << c;
+    }
   }
 }
 

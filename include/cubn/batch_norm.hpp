@@ -90,6 +90,14 @@ struct Momentum {
 
 /// Caller-owned device memory for a call's intermediate results; size it with the call's
 /// *_workspace_size() query for the same descriptor on the same device.
+///
+/// Zero-fill a workspace once, before its first use (cudaMemsetAsync after allocating it). Its
+/// first bytes hold the tickets with which the last block of a reduction finds out that it is
+/// last, and every call puts them back to zero before it finishes, so the same workspace then
+/// serves any number of later calls, of any shape, in order on one stream, and CUDA-graph
+/// replays, with no memset and no host work. Calls that may run at the same time (several streams,
+/// several host threads) need a workspace each. The CPU executor reports a workspace that was not
+/// zero-filled as a kernel fault; on a GPU its results are undefined.
 struct Workspace {
   void* ptr = nullptr;
   std::size_t bytes = 0;
@@ -163,7 +171,8 @@ std::size_t forward_training_workspace_size(const TensorDesc& x);
 /// @param[in]  x         input, x_desc.dtype, aligned to its element size.
 /// @param[out] y         output, same descriptor as x.
 /// @param[in,out] args   parameters and statistics, see TrainingForwardArgs.
-/// @param[in]  workspace at least forward_training_workspace_size(x_desc) bytes, 16-byte aligned.
+/// @param[in]  workspace at least forward_training_workspace_size(x_desc) bytes, 16-byte aligned,
+///                       zero-filled before its first use (see Workspace).
 /// @param[in]  stream    the CUDA stream every kernel runs on.
 /// @throws Error naming the argument for bad input (nothing is written), or a CUDA error.
 void forward_training(const TensorDesc& x_desc, const void* x, void* y,
@@ -203,7 +212,8 @@ std::size_t backward_workspace_size(const TensorDesc& x);
 /// @param[in]  dy        gradient of the loss with respect to y.
 /// @param[out] dx        gradient with respect to x; null skips it (a first layer).
 /// @param[in,out] args   see TrainingBackwardArgs.
-/// @param[in]  workspace at least backward_workspace_size(x_desc) bytes, 16-byte aligned.
+/// @param[in]  workspace at least backward_workspace_size(x_desc) bytes, 16-byte aligned,
+///                       zero-filled before its first use (see Workspace).
 /// @param[in]  stream    the CUDA stream every kernel runs on.
 /// @throws Error naming the argument for bad input (nothing is written), or a CUDA error.
 void backward_training(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,
