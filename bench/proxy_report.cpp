@@ -1,6 +1,7 @@
 // CPU-side performance proxies, measured on the executor: global-memory bytes each API call
-// moves (against the algorithmic minimum) and the 32-byte-sector efficiency of each kernel's warp
-// accesses, for the benchmark's shape families scaled down to executor size. Not GPU timings.
+// moves (against the byte model), bytes per lane access, kernel launches, and the 32-byte-sector
+// efficiency of each kernel's warp accesses, for the benchmark's shape families scaled down to
+// executor size. Not GPU timings.
 //
 //   build/<preset>/bench/cubn_proxy_report [--markdown]
 #include <cuda_bf16.h>
@@ -15,6 +16,8 @@
 
 #include "cubn/cubn.hpp"
 #include "cubn/sim/executor.hpp"
+#include "plan.hpp"
+#include "problem.hpp"
 
 namespace {
 
@@ -52,6 +55,7 @@ struct Row {
   std::string call;
   double read_passes, write_passes, model_read, model_write;
   std::vector<cubn::sim::LaunchProfile> kernels;
+  double lane_bytes = 0;  // bytes per lane access over the call
 };
 
 void print(const Case& c, const std::vector<Row>& rows, bool markdown) {
@@ -68,16 +72,18 @@ void print(const Case& c, const std::vector<Row>& rows, bool markdown) {
       eff += buf;
     }
     if (markdown) {
-      std::printf("| %s | %s %s %s | %s | %.2f / %.0f | %.2f / %.0f | %s |\n", c.label,
+      std::printf("| %s | %s %s %s | %s | %.3f / %.3f | %.2f / %.0f | %.1f | %zu | %s |\n", c.label,
                   shape.c_str(), cubn::to_string(c.dtype),
                   c.order == cubn::MemoryOrder::kChannelsLast ? "CL" : "CF", r.call.c_str(),
-                  r.read_passes, r.model_read, r.write_passes, r.model_write, eff.c_str());
+                  r.read_passes, r.model_read, r.write_passes, r.model_write, r.lane_bytes,
+                  r.kernels.size(), eff.c_str());
     } else {
       std::printf(
-          "%-10s %-18s %-5s %-3s %-18s reads %.2f (model %.0f)  writes %.2f (model %.0f)  %s\n",
+          "%-10s %-18s %-5s %-3s %-18s reads %.3f (model %.3f)  writes %.2f (model %.0f)  "
+          "%.1f B/lane  %zu launches  %s\n",
           c.label, shape.c_str(), cubn::to_string(c.dtype),
           c.order == cubn::MemoryOrder::kChannelsLast ? "CL" : "CF", r.call.c_str(), r.read_passes,
-          r.model_read, r.write_passes, r.model_write, eff.c_str());
+          r.model_read, r.write_passes, r.model_write, r.lane_bytes, r.kernels.size(), eff.c_str());
     }
   }
 }
@@ -88,10 +94,14 @@ Row measure(const std::string& name, double model_read, double model_write, doub
   cubn::sim::ProfileScope scope;
   call();
   Row r{name, 0, 0, model_read, model_write, scope.launches()};
+  double bytes = 0, lanes = 0;
   for (const auto& k : r.kernels) {
     r.read_passes += k.read_bytes / tensor_bytes;
     r.write_passes += k.write_bytes / tensor_bytes;
+    bytes += static_cast<double>(k.read_bytes + k.write_bytes);
+    lanes += static_cast<double>(k.lane_accesses);
   }
+  r.lane_bytes = lanes > 0 ? bytes / lanes : 0;
   return r;
 }
 
@@ -113,11 +123,15 @@ void run(const Case& c, bool markdown) {
       std::max(cubn::forward_training_workspace_size(d), cubn::backward_workspace_size(d)) + 256);
   void* wsp = ws.data() + (256 - reinterpret_cast<std::uintptr_t>(ws.data()) % 256) % 256;
   const cubn::Workspace w{wsp, ws.size() - 256};
+  // the reduction's passes: 1, or a little more where channels-first planes share edge packs
+  const auto p = cubn::detail::canonicalize("proxy_report", "x", d);
+  const double r = static_cast<double>(cubn::detail::reduce_loaded_elements(p, 16 / sizeof(T))) /
+                   static_cast<double>(p.numel);
   std::vector<Row> rows;
   cubn::TrainingForwardArgs<float> ta;
   ta.running = {rm.data(), rv.data()};
   ta.saved = {sm.data(), si.data()};
-  rows.push_back(measure("forward_training", 2, 1, bytes,
+  rows.push_back(measure("forward_training", r + 1, 1, bytes,
                          [&] { cubn::forward_training(d, x, y, ta, w, nullptr); }));
   cubn::InferenceForwardArgs<float> ia;
   ia.running = {rm.data(), rv.data()};
@@ -126,7 +140,7 @@ void run(const Case& c, bool markdown) {
   cubn::TrainingBackwardArgs<float> ba;
   ba.saved = {sm.data(), si.data()};
   ba.grads = {ds.data(), dof.data()};
-  rows.push_back(measure("backward_training", 4, 1, bytes,
+  rows.push_back(measure("backward_training", 2 * r + 2, 1, bytes,
                          [&] { cubn::backward_training(d, x, dy, dx, ba, w, nullptr); }));
   cubn::FrozenBackwardArgs<float> fa;
   fa.running = {rm.data(), rv.data()};
@@ -149,6 +163,9 @@ int main(int argc, char** argv) {
       {"resnet", DataType::kFloat32, MemoryOrder::kChannelsFirst, {4, 256, 14, 14}},
       {"resnet", DataType::kFloat32, MemoryOrder::kChannelsLast, {8, 2048, 7, 7}},
       {"resnet", DataType::kFloat32, MemoryOrder::kChannelsFirst, {8, 2048, 7, 7}},
+      {"resnet", DataType::kBFloat16, MemoryOrder::kChannelsFirst, {8, 512, 7, 7}},
+      {"resnet", DataType::kBFloat16, MemoryOrder::kChannelsFirst, {8, 256, 14, 14}},
+      {"c100", DataType::kBFloat16, MemoryOrder::kChannelsLast, {64, 100, 4, 4}},
       {"bn1d", DataType::kFloat32, MemoryOrder::kChannelsFirst, {4096, 64}},
       {"small", DataType::kFloat16, MemoryOrder::kChannelsFirst, {1, 64, 8, 8}},
       {"small", DataType::kFloat32, MemoryOrder::kChannelsLast, {8, 32, 16, 16}},
@@ -157,9 +174,9 @@ int main(int argc, char** argv) {
   };
   if (markdown) {
     std::printf(
-        "| family | shape, dtype, order | call | reads / model (passes) | writes / model | sector "
-        "efficiency per kernel |\n");
-    std::printf("| --- | --- | --- | --- | --- | --- |\n");
+        "| family | shape, dtype, order | call | reads / model (passes) | writes / model | bytes "
+        "per lane access | launches | sector efficiency per kernel |\n");
+    std::printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
   }
   for (const Case& c : cases) {
     switch (c.dtype) {

@@ -184,7 +184,7 @@ void forward_training(const TensorDesc& x_desc, const void* x, void* y,
                       cudaStream_t stream);
 
 /// Inference-mode forward batch normalization: y = (x - running.mean) / sqrt(running.var +
-/// epsilon) * scale + offset, one fused multiply-add per element, no reduction, no workspace.
+/// epsilon) * scale + offset, one or two fused operations per element, no reduction, no workspace.
 ///
 /// Reads x, args.running, args.affine. Writes y only. y may be the same pointer as x.
 /// Does not synchronize the host with the device.

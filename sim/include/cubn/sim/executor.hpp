@@ -19,7 +19,10 @@
 /// Out-of-bounds global memory access is caught by building with AddressSanitizer (preset `asan`).
 ///
 /// What it cannot show: timing of any kind; the GPU memory model (weak ordering, visibility between
-/// blocks, the need for __threadfence) since blocks run one after another; warp scheduling and
+/// blocks, the need for __threadfence) since blocks run one after another, so cross-block
+/// communication (the kernels' tickets) must be right by construction (cuda::atomic_ref with
+/// acquire/release); running blocks in a shuffled order (set_block_order) shows a result that
+/// depends on which block finishes last, not a race between blocks running at once; warp scheduling and
 /// lockstep execution (threads run one at a time, so code that relies on lockstep without
 /// __syncwarp gets wrong results here, which tests then catch, but the converse is not shown);
 /// races on shared memory between two barriers (threads do not interleave between sync points).
