@@ -156,6 +156,11 @@ ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bo
     g.plane = p.c * p.s;
     g.tiles_q = g.tiles / g.step;
     g.tiles_r = g.tiles % g.step;
+    // One launch for the whole training forward when a block holds all of its channel (one
+    // split): no block waits for another, the channel's x was just read by the same block (an L1
+    // or L2 hit when re-read to normalize), and a launch gap is saved, which is what dominates
+    // small problems. Planes of whole vectors only: the block writes whole vectors of its own
+    // channel, never a vector shared with a neighbour.
     g.fuse = fusable && rp.splits == 1 && p.s % rp.vec == 0;
     g.tail_pos = p.numel / rp.vec * rp.vec % p.s;
     g.tail_ch = static_cast<int>(p.numel / rp.vec * rp.vec / p.s % p.c);
@@ -167,6 +172,7 @@ ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bo
     const std::int64_t gx = ceil_div(g.period_packs, g.bx);
     check_grid_x(gx);
     rp.splits = choose_splits(gx, kBlockThreads / g.bx, g.periods, target);
+    // one launch likewise when one split holds column blocks of whole channels
     g.fuse = fusable && rp.splits == 1 && g.lr == 1 && g.d == 1;
     rp.grid = dim3(static_cast<unsigned>(gx), static_cast<unsigned>(rp.splits));
     rp.partials = static_cast<std::size_t>(rp.splits * g.period);

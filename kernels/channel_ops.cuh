@@ -203,6 +203,17 @@ CUBN_DEVICE void fold_leftovers(const R& op, const T* in0, const T* in1, std::in
   if (any) total = op.merge(total, op.to_state(l));
 }
 
+/// Finishes channel `ch` (first element at `first`) from its merged partials: folds in its
+/// leftover elements, then fin.finish. One thread per channel.
+template <int V, class T, class R, class Fin, class Tail>
+CUBN_DEVICE void finish_channel(const R& op, const Fin& fin, const T* in0, const T* in1,
+                                std::int64_t numel, std::int64_t ch, std::int64_t first,
+                                const Tail& tail, typename R::State total) {
+  const auto cst = op.channel(in0, in1, ch, first);
+  fold_leftovers<V>(op, in0, in1, numel, ch, cst, tail, total);
+  fin.finish(ch, total, cst);
+}
+
 /// out = f(in0, in1) for the leftover elements, by one thread.
 template <int V, class T, class F, class Tail>
 CUBN_DEVICE void map_leftovers(const T* in0, const T* in1, T* out, std::int64_t numel, const F& f,
@@ -337,10 +348,8 @@ CUBN_DEVICE bool reduce_planes(const T* in0, const T* in1, const ChannelsFirstRe
   if (!group_arrive(tickets, static_cast<unsigned>(ch), static_cast<unsigned>(splits)))
     return false;
   const PlaneTail tail{g.tail_pos, g.s, g.tail_ch, static_cast<int>(g.c)};
-  merge_splits(partials + ch, splits, g.c, 1, scratch, merge, [&](int, State total) {
-    const auto cst = op.channel(in0, in1, ch, ch * g.s);
-    fold_leftovers<V>(op, in0, in1, g.numel, ch, cst, tail, total);
-    fin.finish(ch, total, cst);
+  merge_splits(partials + ch, splits, g.c, 1, scratch, merge, [&](int, const State& total) {
+    finish_channel<V>(op, fin, in0, in1, g.numel, ch, ch * g.s, tail, total);
   });
   __syncthreads();
   return true;
@@ -563,15 +572,13 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
   const std::int64_t s0 = static_cast<std::int64_t>(blockIdx.x) * tt.bx * V;
   const std::int64_t count = g.period - s0 < tt.bx * V ? g.period - s0 : tt.bx * V;
   merge_splits(partials + s0, splits, g.period, static_cast<int>(count), rows, merge,
-               [&](int i, State total) {
+               [&](int i, const State& total) {
                  const std::int64_t slot = s0 + i;
-                 if (!whole) {
+                 if (whole) {  // slot = channel
+                   finish_channel<V>(op, fin, in0, in1, g.numel, slot, slot, tail, total);
+                 } else {
                    totals[slot] = total;
-                   return;
                  }
-                 const auto cst = op.channel(in0, in1, slot, slot);
-                 fold_leftovers<V>(op, in0, in1, g.numel, slot, cst, tail, total);
-                 fin.finish(slot, total, cst);
                });
   if (!whole) {
     // the slots of a channel lie in several column blocks: the last set finishes every channel
@@ -581,9 +588,7 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
       for (std::int64_t r = 0; r < g.lr; ++r)
         for (std::int64_t dd = 0; dd < g.d; ++dd)
           total = op.merge(total, totals[r * g.cols + ch * g.d + dd]);
-      const auto cst = op.channel(in0, in1, ch, ch * g.d);
-      fold_leftovers<V>(op, in0, in1, g.numel, ch, cst, tail, total);
-      fin.finish(ch, total, cst);
+      finish_channel<V>(op, fin, in0, in1, g.numel, ch, ch * g.d, tail, total);
     }
   }
   __syncthreads();

@@ -561,8 +561,10 @@ TEST_F(ForwardProperties, MisalignedPointersUseTheScalarPath) {
   }
 }
 
+// Each host thread with its own workspace (tickets included); a shape whose channels split over
+// blocks, so the tickets are taken.
 TEST_F(ForwardProperties, SeveralHostThreadsAtOnce) {
-  const Dims dims{8, 16, 8, 8};
+  const Dims dims{512, 16, 3, 3};
   const TensorDesc desc = make_desc(DataType::kFloat32, MemoryOrder::kChannelsLast, dims);
   std::vector<Data<float>> data;
   std::vector<TrainingRun<float>> serial, parallel(4);
@@ -592,40 +594,78 @@ TEST_F(ForwardProperties, SeveralHostThreadsAtOnce) {
 namespace {
 
 // GPU only: the calls capture into a CUDA graph (global capture mode turns any hidden
-// synchronization, allocation or host-device copy into an error) and the replay gives the eager
-// results bit for bit.
+// synchronization, allocation or host-device copy into an error) and every replay gives the eager
+// results bit for bit: the kernels put their tickets back to zero, so a replay finds the workspace
+// as the first run did. One shape per path with tickets (split planes, periodic columns with a
+// second-level ticket) and the one-launch path.
 TEST_F(ForwardProperties, CapturesIntoACudaGraph) {
-  const Dims dims{8, 32, 7, 7};
-  const auto d = make_data<__half>(dims, MemoryOrder::kChannelsLast, 1300);
-  const TensorDesc desc = make_desc(DataType::kFloat16, MemoryOrder::kChannelsLast, dims);
-  const auto eager =
-      run_training<__half>(desc, d.x, std::vector<float>(32, 0.0f), std::vector<float>(32, 1.0f));
+  const std::vector<std::pair<MemoryOrder, Dims>> cases = {
+      {MemoryOrder::kChannelsLast, {8, 32, 7, 7}},
+      {MemoryOrder::kChannelsFirst, {64, 3, 33, 33}},
+      {MemoryOrder::kChannelsLast, {512, 100, 3, 3}}};
+  for (const auto& [order, dims] : cases) {
+    const auto C = static_cast<std::size_t>(dims[1]);
+    const auto d = make_data<__half>(dims, order, 1300);
+    const TensorDesc desc = make_desc(DataType::kFloat16, order, dims);
+    const auto eager =
+        run_training<__half>(desc, d.x, std::vector<float>(C, 0.0f), std::vector<float>(C, 1.0f));
 
-  DeviceBuffer<__half> x(d.x), y(d.x.size()), y2(d.x.size());
-  DeviceBuffer<float> rm(std::vector<float>(32, 0.0f)), rv(std::vector<float>(32, 1.0f)), sm(32),
-      si(32);
-  DeviceBytes ws(forward_training_workspace_size(desc));
-  TrainingForwardArgs<float> args;
-  args.running = {rm.data(), rv.data()};
-  args.saved = {sm.data(), si.data()};
-  InferenceForwardArgs<float> inf;
-  inf.running = {rm.data(), rv.data()};
-  cudaStream_t stream;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
-  cudaGraph_t graph;
-  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
-  forward_training(desc, x.data(), y.data(), args, {ws.data(), ws.bytes()}, stream);
-  forward_inference(desc, x.data(), y2.data(), inf, stream);
-  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-  cudaGraphExec_t exec;
-  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  EXPECT_TRUE(bitwise_equal(eager.y, y.download()));
-  EXPECT_TRUE(bitwise_equal(eager.rvar, rv.download()));
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  cudaStreamDestroy(stream);
+    DeviceBuffer<__half> x(d.x), y(d.x.size()), y2(d.x.size());
+    DeviceBuffer<float> rm(std::vector<float>(C, 0.0f)), rv(std::vector<float>(C, 1.0f)), sm(C),
+        si(C);
+    DeviceBytes ws(forward_training_workspace_size(desc));
+    TrainingForwardArgs<float> args;
+    args.running = {rm.data(), rv.data()};
+    args.saved = {sm.data(), si.data()};
+    InferenceForwardArgs<float> inf;
+    inf.running = {rm.data(), rv.data()};
+    cudaStream_t stream;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+    cudaGraph_t graph;
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+    forward_training(desc, x.data(), y.data(), args, {ws.data(), ws.bytes()}, stream);
+    forward_inference(desc, x.data(), y2.data(), inf, stream);
+    ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+    cudaGraphExec_t exec;
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    for (int replay = 0; replay < 3; ++replay) {
+      ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      EXPECT_TRUE(bitwise_equal(eager.y, y.download())) << shape_string(dims, order) << " replay "
+                                                        << replay;
+      EXPECT_TRUE(bitwise_equal(eager.sinvstd, si.download())) << shape_string(dims, order);
+      if (replay == 0) EXPECT_TRUE(bitwise_equal(eager.rvar, rv.download()));
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+  }
+}
+
+// GPU only: two streams, each with its own workspace, running the same calls at once give the
+// eager results; their kernels overlap on the device, their tickets do not.
+TEST_F(ForwardProperties, TwoStreamsWithTheirOwnWorkspaces) {
+  const Dims dims{64, 3, 33, 33};
+  const TensorDesc desc = make_desc(DataType::kFloat32, MemoryOrder::kChannelsFirst, dims);
+  const auto d = make_data<float>(dims, MemoryOrder::kChannelsFirst, 1400);
+  const auto eager =
+      run_training<float>(desc, d.x, std::vector<float>(3, 0.0f), std::vector<float>(3, 1.0f));
+  DeviceBuffer<float> x(d.x), y0(d.x.size()), y1(d.x.size()), s0(3), s1(3), i0(3), i1(3);
+  DeviceBytes w0(forward_training_workspace_size(desc)), w1(forward_training_workspace_size(desc));
+  cudaStream_t st[2];
+  for (auto& s : st) ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  for (int round = 0; round < 4; ++round) {
+    TrainingForwardArgs<float> a0, a1;
+    a0.saved = {s0.data(), i0.data()};
+    a1.saved = {s1.data(), i1.data()};
+    forward_training(desc, x.data(), y0.data(), a0, {w0.data(), w0.bytes()}, st[0]);
+    forward_training(desc, x.data(), y1.data(), a1, {w1.data(), w1.bytes()}, st[1]);
+  }
+  for (auto& s : st) ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+  EXPECT_TRUE(bitwise_equal(eager.y, y0.download()));
+  EXPECT_TRUE(bitwise_equal(eager.y, y1.download()));
+  EXPECT_TRUE(bitwise_equal(eager.sinvstd, i0.download()));
+  for (auto& s : st) cudaStreamDestroy(s);
 }
 
 }  // namespace
