@@ -119,6 +119,9 @@ MapPlan plan_map(const Problem& p, const DeviceInfo& dev, bool aligned) {
     g.step_ch = g.step * mp.vec / p.s % p.c;
     g.packs_q = g.packs / g.step;
     g.packs_r = g.packs % g.step;
+    if (g.packs_q >= (std::int64_t{1} << 32))  // a thread counts its packs in 32 bits
+      throw Error(Status::kInvalidArgument,
+                  "cubn: " + std::to_string(p.numel) + " elements exceed what cubn supports");
     check_grid_x(p.c);  // channels index in 32 bits
     g.tail_pos = p.numel / mp.vec * mp.vec % p.s;
     g.tail_ch = static_cast<int>(p.numel / mp.vec * mp.vec / p.s % p.c);

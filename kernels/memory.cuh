@@ -36,20 +36,7 @@ CUBN_DEVICE Pack<T, V> load_pack(const T* p) {
   std::memcpy(static_cast<void*>(&r), p, sizeof r);
   return r;
 #else
-  if constexpr (sizeof(Pack<T, V>) == 16) {
-    // A volatile asm keeps the compiler from sinking the load to its first use: a loop that
-    // issues U loads before it uses any then really has U in flight (bench/sass_report.py counts
-    // them in the SASS; without this, the loads after the first sank below its arithmetic).
-    uint4 r;
-    asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-                 : "l"(p));
-    Pack<T, V> out;
-    std::memcpy(static_cast<void*>(&out), &r, sizeof out);
-    return out;
-  } else {
-    return *reinterpret_cast<const Pack<T, V>*>(p);
-  }
+  return *reinterpret_cast<const Pack<T, V>*>(p);
 #endif
 }
 

@@ -60,6 +60,10 @@ TEST(Plan, ChannelsFirstPastTwoToTheThirtyOne) {
   EXPECT_EQ(plan.launches(), 2);
   const auto& m = plan.normalize.cfm;
   EXPECT_EQ(m.packs, p.numel / 8);
+  // a thread's tile and pack counts, and the grid's first packs, index in 32 bits
+  EXPECT_LT(g.tiles_q + 1, std::int64_t{1} << 32);
+  EXPECT_LT(m.packs_q + 1, std::int64_t{1} << 32);
+  EXPECT_LT(m.step * 8, std::int64_t{1} << 32);
   EXPECT_EQ(m.step_pos, m.step * 8 % p.s);
   EXPECT_EQ(m.step_ch, m.step * 8 / p.s % p.c);
 }
