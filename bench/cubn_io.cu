@@ -74,7 +74,8 @@ int main(int argc, char** argv) {
     d.dtype = dtype == "fp16"   ? cubn::DataType::kFloat16
               : dtype == "bf16" ? cubn::DataType::kBFloat16
                                 : cubn::DataType::kFloat32;
-    d.order = order == "NHWC" ? cubn::MemoryOrder::kChannelsLast : cubn::MemoryOrder::kChannelsFirst;
+    d.order =
+        order == "NHWC" ? cubn::MemoryOrder::kChannelsLast : cubn::MemoryOrder::kChannelsFirst;
     d.rank = 0;
     std::int64_t numel = 1, v = 0;
     while (spec >> v && d.rank < cubn::TensorDesc::kMaxRank) numel *= (d.dims[d.rank++] = v);

@@ -79,4 +79,5 @@ void launch_forward_inference(const Problem&, const MapPlan& plan, const T* x, T
                                            const TrainingForwardArgs<param_t<T>>&, void*,     \
                                            cudaStream_t);                                     \
   template void launch_forward_inference<T>(const Problem&, const MapPlan&, const T*, T*,     \
-                                            const InferenceForwardArgs<param_t<T>>&, cudaStream_t);
+                                            const InferenceForwardArgs<param_t<T>>&,          \
+                                            cudaStream_t);

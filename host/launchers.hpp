@@ -40,18 +40,18 @@ void launch_backward_frozen(const Problem& p, const BackwardPlan& plan, const T*
                             T* dx, const FrozenBackwardArgs<param_t<T>>& args, void* workspace,
                             cudaStream_t stream);
 
-#define CUBN_DECLARE_LAUNCHERS(T)                                                                  \
-  extern template void launch_forward_training<T>(const Problem&, const TrainingPlan&, const T*,   \
-                                                  T*, const TrainingForwardArgs<param_t<T>>&,      \
-                                                  void*, cudaStream_t);                            \
-  extern template void launch_forward_inference<T>(const Problem&, const MapPlan&, const T*, \
-                                                   T*, const InferenceForwardArgs<param_t<T>>&,    \
-                                                   cudaStream_t);                                  \
-  extern template void launch_backward_training<T>(                                                \
-      const Problem&, const BackwardPlan&, const T*, const T*, T*,                                 \
-      const TrainingBackwardArgs<param_t<T>>&, void*, cudaStream_t);                               \
-  extern template void launch_backward_frozen<T>(                                                  \
-      const Problem&, const BackwardPlan&, const T*, const T*, T*,                                 \
+#define CUBN_DECLARE_LAUNCHERS(T)                                                                \
+  extern template void launch_forward_training<T>(const Problem&, const TrainingPlan&, const T*, \
+                                                  T*, const TrainingForwardArgs<param_t<T>>&,    \
+                                                  void*, cudaStream_t);                          \
+  extern template void launch_forward_inference<T>(const Problem&, const MapPlan&, const T*, T*, \
+                                                   const InferenceForwardArgs<param_t<T>>&,      \
+                                                   cudaStream_t);                                \
+  extern template void launch_backward_training<T>(                                              \
+      const Problem&, const BackwardPlan&, const T*, const T*, T*,                               \
+      const TrainingBackwardArgs<param_t<T>>&, void*, cudaStream_t);                             \
+  extern template void launch_backward_frozen<T>(                                                \
+      const Problem&, const BackwardPlan&, const T*, const T*, T*,                               \
       const FrozenBackwardArgs<param_t<T>>&, void*, cudaStream_t);
 CUBN_DECLARE_LAUNCHERS(__half)
 CUBN_DECLARE_LAUNCHERS(__nv_bfloat16)

@@ -38,9 +38,10 @@ std::size_t align256(std::size_t v) { return (v + 255) / 256 * 256; }
 bool use_planes(const Problem& p, int vec) {
   if (p.order != MemoryOrder::kChannelsFirst || (vec > 1 && p.s < 2 * vec)) return false;
   if (p.s > 2147483647)
-    throw Error(Status::kInvalidArgument,
-                "cubn: channels-first planes of " + std::to_string(p.s) +
-                    " elements (the product of the spatial dims) exceed the 2^31 - 1 cubn supports");
+    throw Error(
+        Status::kInvalidArgument,
+        "cubn: channels-first planes of " + std::to_string(p.s) +
+            " elements (the product of the spatial dims) exceed the 2^31 - 1 cubn supports");
   return true;
 }
 
@@ -57,9 +58,10 @@ kernels::ChannelsLastGeometry columns(const Problem& p, int vec) {
   g.full_periods = p.numel / g.period;
   if (g.period > 2147483647)
     throw Error(Status::kInvalidArgument,
-                "cubn: " + std::to_string(g.cols) + " columns per row (channels x spatial for "
-                "planes under 32 bytes) exceed what cubn supports (lcm with the vector width "
-                "below 2^31)");
+                "cubn: " + std::to_string(g.cols) +
+                    " columns per row (channels x spatial for "
+                    "planes under 32 bytes) exceed what cubn supports (lcm with the vector width "
+                    "below 2^31)");
   g.tail_col = p.numel / vec * vec % g.cols;
   g.bx = std::min(pow2_at_most(g.period_packs),
                   pow2_at_most(std::max<std::int64_t>(1, kernels::kMaxColumnSlots / vec)));
@@ -131,8 +133,8 @@ MapPlan plan_map(const Problem& p, const DeviceInfo& dev, bool aligned) {
     const std::int64_t gx = ceil_div(mp.cl.period_packs, mp.cl.bx);
     check_grid_x(gx);
     const std::int64_t by = kBlockThreads / mp.cl.bx;
-    const std::int64_t gy = std::clamp<std::int64_t>(ceil_div(mp.cl.periods, by * kUnroll), 1,
-                                                     std::max<std::int64_t>(1, ceil_div(target, gx)));
+    const std::int64_t gy = std::clamp<std::int64_t>(
+        ceil_div(mp.cl.periods, by * kUnroll), 1, std::max<std::int64_t>(1, ceil_div(target, gx)));
     mp.grid = dim3(static_cast<unsigned>(gx), static_cast<unsigned>(std::min(gy, kMaxGridY)));
   }
   return mp;
@@ -150,7 +152,8 @@ ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bo
     g.c = p.c;
     g.s = p.s;
     g.numel = p.numel;
-    g.wf = p.s % rp.vec == 0 ? p.s / rp.vec : std::max<std::int64_t>(0, (p.s - rp.vec + 1) / rp.vec);
+    g.wf =
+        p.s % rp.vec == 0 ? p.s / rp.vec : std::max<std::int64_t>(0, (p.s - rp.vec + 1) / rp.vec);
     g.tiles = p.n * g.wf;
     rp.splits = choose_splits(p.c, kBlockThreads, std::max<std::int64_t>(g.tiles, p.n), target);
     g.step = rp.splits * kBlockThreads;
@@ -195,14 +198,15 @@ namespace {
 // The workspace regions of a reduction with `state_bytes` per partial and `coeffs` per-channel
 // coefficient arrays, sized for the larger of the two vector widths' plans.
 Scratch scratch_for(const Problem& p, const DeviceInfo& dev, std::size_t state_bytes, int coeffs) {
-  const ReducePlan wide = plan_reduce(p, dev, true, false), narrow = plan_reduce(p, dev, false, false);
+  const ReducePlan wide = plan_reduce(p, dev, true, false),
+                   narrow = plan_reduce(p, dev, false, false);
   WorkspaceLayout ws;
   ws.add(kernels::kTicketBytes);
   Scratch s;
   s.partials_offset = ws.add(std::max(wide.partials, narrow.partials) * state_bytes);
   s.totals_offset = ws.add(std::max(wide.totals, narrow.totals) * state_bytes);
-  s.coeffs_offset = ws.add(static_cast<std::size_t>(coeffs) * static_cast<std::size_t>(p.c) *
-                           p.param_bytes());
+  s.coeffs_offset =
+      ws.add(static_cast<std::size_t>(coeffs) * static_cast<std::size_t>(p.c) * p.param_bytes());
   s.bytes = ws.total;
   return s;
 }
@@ -215,7 +219,8 @@ std::int64_t reduce_loaded_elements(const Problem& p, int vec) {
   std::int64_t loaded = p.numel - whole_end;  // the leftovers, one by one
   for (std::int64_t plane = 0; plane < p.n * p.c; ++plane) {
     const std::int64_t b0 = plane * p.s, b1 = b0 + p.s;
-    const std::int64_t first = b0 / vec * vec, end = std::min((b1 + vec - 1) / vec * vec, whole_end);
+    const std::int64_t first = b0 / vec * vec,
+                       end = std::min((b1 + vec - 1) / vec * vec, whole_end);
     loaded += std::max<std::int64_t>(0, end - first);
   }
   return loaded;
@@ -226,8 +231,8 @@ TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_align
   TrainingPlan tp;
   tp.stats = plan_reduce(p, dev, x_aligned, x_aligned == xy_aligned);
   tp.normalize = plan_map(p, dev, xy_aligned);
-  tp.scratch = scratch_for(p, dev, kernels::welford_state_bytes(p.param_bytes()),
-                           kernels::kAffineCoeffs);
+  tp.scratch =
+      scratch_for(p, dev, kernels::welford_state_bytes(p.param_bytes()), kernels::kAffineCoeffs);
   return tp;
 }
 

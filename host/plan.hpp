@@ -30,8 +30,8 @@ struct ReducePlan {
   bool planes = false;  ///< cfr, else cl
   kernels::ChannelsFirstReduce cfr;
   kernels::ChannelsLastGeometry cl;
-  dim3 grid;                ///< (C or column blocks, splits)
-  std::int64_t splits = 1;  ///< blocks per channel or column block (grid y)
+  dim3 grid;                 ///< (C or column blocks, splits)
+  std::int64_t splits = 1;   ///< blocks per channel or column block (grid y)
   std::size_t partials = 0;  ///< partial states: splits * (C or period)
   std::size_t totals = 0;    ///< slot totals when channels span column blocks, else 0
   bool fused() const { return planes ? cfr.fuse : cl.fuse; }

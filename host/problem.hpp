@@ -15,8 +15,8 @@ namespace cubn::detail {
 struct Problem {
   DataType dtype = DataType::kFloat32;
   /// The memory order the kernels use. C == 1 is always channels-first, with N = 1 and
-  /// S = N * S (one contiguous channel) where that is below 2^31; S == 1 (and C > 1) is always channels-last with
-  /// R = N rows: both memory orders coincide there.
+  /// S = N * S (one contiguous channel) where that is below 2^31; S == 1 (and C > 1) is always
+  /// channels-last with R = N rows: both memory orders coincide there.
   MemoryOrder order = MemoryOrder::kChannelsFirst;
   std::int64_t n = 0, c = 0, s = 0;
   std::int64_t numel = 0;

@@ -148,7 +148,7 @@ struct BackwardFinish {
 
   /// dscale and doffset of channel ch (written or added to), and dx's coefficients.
   CUBN_DEVICE_NOINLINE void finish(std::int64_t ch, const GradSums<Acc>& s,
-                          const typename GradSumOp<Acc>::Channel& cst) const {
+                                   const typename GradSumOp<Acc>::Channel& cst) const {
     const Acc inv = invstd != nullptr ? invstd[ch] : Acc(1) / sqrt_acc(var[ch] + epsilon);
     const Acc dy_xhat = s.dy_xmu * inv;
     if (dscale != nullptr) dscale[ch] = (accumulate ? dscale[ch] : Acc(0)) + dy_xhat;

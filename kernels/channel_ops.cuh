@@ -3,8 +3,9 @@
 /// __global__ entry points (forward.cuh, backward.cuh) call:
 ///  - reduce_*: a per-channel reduction of one or two tensors: each thread folds its share, the
 ///    block merges its threads in a fixed order into one partial per (split, channel or slot), and
-///    the last block to finish a set of channels (a ticket in the workspace) merges their partials
-///    in split order and finishes those channels (statistics, coefficients, running statistics);
+///    the last block of a channel or column block to finish (a ticket in the workspace) merges its
+///    partials over the splits in a fixed order and finishes the channels (statistics,
+///    coefficients, running statistics);
 ///  - map_*: an elementwise map out = f(in0, in1) with per-channel coefficients.
 /// geometry.hpp describes the two decompositions (planes; periodic columns) and host/plan.cpp
 /// chooses their numbers.
@@ -15,10 +16,10 @@
 /// per-channel constants from channel(in0, in1, c, index of the channel's first element);
 /// absorb_packs(Local&, Channel, Pack in0[U], Pack in1[U]) for U packs of one channel;
 /// absorb_columns(Columns&, cst, Pack in0[U], Pack in1[U]) for U packs whose element k belongs to
-/// slot k, whose Channel is cst(k); absorb_one(Local&, Channel, in0, in1) for one value. Ops convert the packs'
-/// elements themselves, as they use them, so a loop holds the raw packs, not U * V floats.
-/// A map op F provides: kInputs; Coeffs from coeffs(c); apply(const Coeffs&, Acc in0, Acc in1).
-/// A finisher provides finish(c, State total, Channel).
+/// slot k, whose Channel is cst(k); absorb_one(Local&, Channel, in0, in1) for one value. Ops
+/// convert the packs' elements themselves, as they use them, so a loop holds the raw packs, not U *
+/// V floats. A map op F provides: kInputs; Coeffs from coeffs(c); apply(const Coeffs&, Acc in0, Acc
+/// in1). A finisher provides finish(c, State total, Channel).
 ///
 /// Cross-block order: a block's partials are written, then every writer fences (release, device
 /// scope), the block synchronizes, and thread 0 takes a ticket with an acq_rel fetch_add
@@ -26,8 +27,8 @@
 /// block puts the ticket back to 0, so the workspace is ready for the next call of any shape.
 #pragma once
 
-#include <cuda/atomic>
 #include <cstdint>
+#include <cuda/atomic>
 
 #include "block_reduce.cuh"
 #include "geometry.hpp"
@@ -172,7 +173,8 @@ CUBN_DEVICE void merge_splits(const State* parts, std::int64_t splits, std::int6
     const int item = base + static_cast<int>(threadIdx.x) / lanes;
     State s{};
     if (item < count)
-      for (std::int64_t sp = lane; sp < splits; sp += lanes) s = merge(s, parts[sp * stride + item]);
+      for (std::int64_t sp = lane; sp < splits; sp += lanes)
+        s = merge(s, parts[sp * stride + item]);
     for (int w = lanes / 2; w >= 1; w /= 2) {
       scratch[threadIdx.x] = s;
       __syncthreads();
@@ -296,7 +298,7 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
   const auto first = static_cast<unsigned>(split * kBlockThreads + threadIdx.x);
   walk_plane_tiles<U, V>(
       g, ch, first,
-      [&](const std::int64_t (&at)[U]) {
+      [&](const std::int64_t(&at)[U]) {
         Pack<T, V> a[U], b[U];
         load_packs<R::kInputs, U, V>(in0, in1, at, a, b);
         op.absorb_packs(l, cst, a, b);
@@ -364,7 +366,7 @@ CUBN_DEVICE void map_own_planes(const T* in0, const T* in1, T* out, const Channe
   const typename F::Coeffs q = f.coeffs(ch);
   walk_plane_tiles<U, V>(
       g, ch, threadIdx.x,
-      [&](const std::int64_t (&at)[U]) {
+      [&](const std::int64_t(&at)[U]) {
         Pack<T, V> a[U], b[U];
         load_packs<F::kInputs, U, V>(in0, in1, at, a, b);
         CUBN_UNROLL
@@ -388,7 +390,8 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
                             const F& f) {
   constexpr int U = unroll_for(F::kInputs);
   const auto c = static_cast<unsigned>(g.c), s = static_cast<unsigned>(g.s);
-  const auto step_pos = static_cast<unsigned>(g.step_pos), step_ch = static_cast<unsigned>(g.step_ch);
+  const auto step_pos = static_cast<unsigned>(g.step_pos),
+             step_ch = static_cast<unsigned>(g.step_ch);
   const std::int64_t step = g.step * V;
   // the grid is a few waves (host/plan.cpp): its first packs' elements index in 32 bits
   const unsigned first = blockIdx.x * kBlockThreads + threadIdx.x;
@@ -514,8 +517,8 @@ CUBN_DEVICE ColumnTail column_tail(const ChannelsLastGeometry& g) {
 /// from them. Returns true in every thread of a block that finished channels.
 template <class T, int V, class R, class Fin>
 CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGeometry& g,
-                                const R& op, typename R::State* partials,
-                                typename R::State* totals, unsigned* tickets, const Fin& fin) {
+                                const R& op, typename R::State* partials, typename R::State* totals,
+                                unsigned* tickets, const Fin& fin) {
   using State = typename R::State;
   constexpr int U = unroll_for(R::kInputs);
   const std::int64_t split = blockIdx.y, splits = gridDim.y;
@@ -538,7 +541,7 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
     const auto cst = [&](int k) { return chan[opaque(t0.tx * V) + k]; };
     walk_column<U, V>(
         g, j0, split * t0.by + t0.ty, splits * t0.by,
-        [&](const std::int64_t (&at)[U]) {
+        [&](const std::int64_t(&at)[U]) {
           Pack<T, V> a[U], b[U];
           load_packs<R::kInputs, U, V>(in0, in1, at, a, b);
           op.absorb_columns(l, cst, a, b);
@@ -618,12 +621,11 @@ CUBN_DEVICE void map_columns(const T* in0, const T* in1, T* out, const ChannelsL
     walk_column<U, V>(
         g, j, static_cast<std::int64_t>(blockIdx.y) * tt.by + tt.ty,
         static_cast<std::int64_t>(gridDim.y) * tt.by,
-        [&](const std::int64_t (&at)[U]) {
+        [&](const std::int64_t(&at)[U]) {
           Pack<T, V> a[U], b[U];
           load_packs<F::kInputs, U, V>(in0, in1, at, a, b);
           CUBN_UNROLL
-          for (int u = 0; u < U; ++u)
-            store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], q));
+          for (int u = 0; u < U; ++u) store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], q));
         },
         [&](std::int64_t at) {
           Pack<T, V> a[1], b[1];

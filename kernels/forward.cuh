@@ -226,7 +226,7 @@ struct ForwardFinish {
   /// Mean and invstd of channel ch from its statistics of x - K; the running statistics (unbiased
   /// variance M2 / (M - 1)); the normalization's coefficients.
   CUBN_DEVICE_NOINLINE void finish(std::int64_t ch, const WelfordState<Acc>& st,
-                          const typename WelfordOp<Acc>::Channel& cst) const {
+                                   const typename WelfordOp<Acc>::Channel& cst) const {
     const Acc m = static_cast<Acc>(st.count);
     const Acc invstd = Acc(1) / sqrt_acc(st.m2 / m + epsilon);
     const Acc mean = cst.shift + st.mean;

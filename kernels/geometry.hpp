@@ -67,8 +67,8 @@ struct ChannelsFirstReduce {
   /// tiles / step and tiles % step: a thread starting at tile `first` (< step) takes
   /// tiles_q + (first < tiles_r) tiles, fewer than 2^32 (host/plan.cpp)
   std::int64_t tiles_q = 0, tiles_r = 0;
-  std::int64_t tail_pos = 0;   ///< the first leftover element's position in its plane
-  int tail_ch = 0;             ///< and its channel
+  std::int64_t tail_pos = 0;  ///< the first leftover element's position in its plane
+  int tail_ch = 0;            ///< and its channel
   bool fuse = false;  ///< forward: the block also normalizes its channel (one split, S % V == 0)
 };
 
@@ -90,8 +90,8 @@ struct ChannelsFirstMap {
 /// host/plan.cpp keeps the period below 2^31 elements, so slots and columns index in 32 bits.
 /// Reductions run on a grid (column blocks, splits), maps on (column blocks, row blocks).
 struct ChannelsLastGeometry {
-  std::int64_t cols = 0;          ///< columns per row: C, or C * S for small channels-first planes
-  std::int64_t d = 1;             ///< columns per channel: 1, or S
+  std::int64_t cols = 0;  ///< columns per row: C, or C * S for small channels-first planes
+  std::int64_t d = 1;     ///< columns per channel: 1, or S
   std::int64_t c = 0, numel = 0;
   std::int64_t period_packs = 0;  ///< packs per period: lcm(cols, V) / V
   std::int64_t period = 0;        ///< elements per period: lcm(cols, V)

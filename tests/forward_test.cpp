@@ -12,11 +12,11 @@
 #include <vector>
 
 #include "cubn/cubn.hpp"
-#include "reference.hpp"
 #include "device_info.hpp"
 #include "geometry.hpp"
 #include "plan.hpp"
 #include "problem.hpp"
+#include "reference.hpp"
 #include "support/bn_harness.hpp"
 #include "support/device.hpp"
 
@@ -348,8 +348,8 @@ TEST_F(ForwardProperties, OneWorkspaceServesCallsOfEveryShapeAndIsLeftReady) {
       {MemoryOrder::kChannelsFirst, {8, 1500, 19, 1}},
       {MemoryOrder::kChannelsLast, {4, 8, 4, 4}}};
   for (const auto& [order, dims] : cases)
-    bytes = std::max(bytes, forward_training_workspace_size(
-                                make_desc(DataType::kFloat32, order, dims)));
+    bytes = std::max(bytes,
+                     forward_training_workspace_size(make_desc(DataType::kFloat32, order, dims)));
   DeviceBytes ws(bytes);  // zero-filled once
   for (int round = 0; round < 2; ++round) {
     for (const auto& [order, dims] : cases) {
@@ -421,8 +421,8 @@ TEST_F(ForwardProperties, Fp32OutputsStayAccurateFarFromZero) {
       }
       const TensorDesc desc = make_desc(DataType::kFloat32, order, cs.dims);
       const auto C = static_cast<std::size_t>(cs.dims[1]);
-      const auto run = run_training<float>(desc, x, std::vector<float>(C, 0.0f),
-                                           std::vector<float>(C, 1.0f));
+      const auto run =
+          run_training<float>(desc, x, std::vector<float>(C, 0.0f), std::vector<float>(C, 1.0f));
       ref::Params p;
       p.eps = 1e-5;
       const auto r = ref::forward_training(shape, xd, p, 0.1, 0.1, std::vector<double>(C, 0.0),
@@ -435,7 +435,8 @@ TEST_F(ForwardProperties, Fp32OutputsStayAccurateFarFromZero) {
       }
       EXPECT_LE(worst, 32) << what << ": worst error in ulp of max(|y|, 1)";
       for (std::size_t c = 0; c < C; ++c)
-        EXPECT_NEAR(run.smean[c], r.stats.mean[c], 2 * std::ldexp(std::fabs(r.stats.mean[c]), -23) + 1e-6 * cs.sigma)
+        EXPECT_NEAR(run.smean[c], r.stats.mean[c],
+                    2 * std::ldexp(std::fabs(r.stats.mean[c]), -23) + 1e-6 * cs.sigma)
             << what << " saved mean, c=" << c;
     }
   }
@@ -631,8 +632,8 @@ TEST_F(ForwardProperties, CapturesIntoACudaGraph) {
     for (int replay = 0; replay < 3; ++replay) {
       ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
       ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-      EXPECT_TRUE(bitwise_equal(eager.y, y.download())) << shape_string(dims, order) << " replay "
-                                                        << replay;
+      EXPECT_TRUE(bitwise_equal(eager.y, y.download()))
+          << shape_string(dims, order) << " replay " << replay;
       EXPECT_TRUE(bitwise_equal(eager.sinvstd, si.download())) << shape_string(dims, order);
       if (replay == 0) {
         EXPECT_TRUE(bitwise_equal(eager.rvar, rv.download()));

@@ -98,7 +98,8 @@ TEST(Plan, EveryShapeTakesSixteenByteVectors) {
   }
   {  // 14x14
     const auto plan = cubn::detail::plan_training(
-        problem(DataType::kFloat16, MemoryOrder::kChannelsFirst, {8, 256, 14, 14}), dev, true, true);
+        problem(DataType::kFloat16, MemoryOrder::kChannelsFirst, {8, 256, 14, 14}), dev, true,
+        true);
     EXPECT_EQ(plan.stats.cfr.wf, 23);
   }
   {  // channels-last with C = 100: the pattern repeats every lcm(100, 8) = 200 elements, 2 rows

@@ -140,8 +140,8 @@ TEST(Proxies, BytesMovedMatchTheModelAndWarpAccessesAreCoalesced) {
 // packs and leftovers cost a little).
 template <class T>
 void benchmark_families() {
-  const std::vector<Dims> planes = {{1, 4, 112, 112}, {2, 8, 56, 56}, {2, 16, 28, 28},
-                                    {4, 64, 7, 7},    {1, 64, 8, 8},   {8, 32, 16, 16},
+  const std::vector<Dims> planes = {{1, 4, 112, 112},  {2, 8, 56, 56}, {2, 16, 28, 28},
+                                    {4, 64, 7, 7},     {1, 64, 8, 8},  {8, 32, 16, 16},
                                     {1, 2, 32, 32, 32}};
   const std::vector<Dims> columns = {{1, 64, 8, 8},   {1, 256, 4, 4}, {1, 512, 4, 4},
                                      {2, 2048, 2, 2}, {64, 1024},     {8, 32, 16, 16},

@@ -71,9 +71,9 @@ struct Momentum {
   static constexpr Momentum cudnn(double exponential_average_factor) {
     return {exponential_average_factor, exponential_average_factor};
   }
-  /// MATLAB's 'MeanDecay' and 'VarianceDecay' (default 0.1 each; s = decay * batch + (1 - decay) * s
-  /// in its batchnorm documentation): the weight of the new batch
-  /// statistic, so the same convention with one factor per statistic.
+  /// MATLAB's 'MeanDecay' and 'VarianceDecay' (default 0.1 each; s = decay * batch + (1 - decay) *
+  /// s in its batchnorm documentation): the weight of the new batch statistic, so the same
+  /// convention with one factor per statistic.
   static constexpr Momentum matlab(double mean_decay, double variance_decay) {
     return {mean_decay, variance_decay};
   }

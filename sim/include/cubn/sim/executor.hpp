@@ -22,8 +22,8 @@
 /// blocks, the need for __threadfence) since blocks run one after another, so cross-block
 /// communication (the kernels' tickets) must be right by construction (cuda::atomic_ref with
 /// acquire/release); running blocks in a shuffled order (set_block_order) shows a result that
-/// depends on which block finishes last, not a race between blocks running at once; warp scheduling and
-/// lockstep execution (threads run one at a time, so code that relies on lockstep without
+/// depends on which block finishes last, not a race between blocks running at once; warp scheduling
+/// and lockstep execution (threads run one at a time, so code that relies on lockstep without
 /// __syncwarp gets wrong results here, which tests then catch, but the converse is not shown);
 /// races on shared memory between two barriers (threads do not interleave between sync points).
 #pragma once
@@ -112,9 +112,10 @@ class ProfileScope {
   std::vector<LaunchProfile> launches_;
 };
 
-/// Runs body(ctx) as every thread of a grid (blocks in the order set_block_order chose) of `grid` blocks of `block` threads, with
-/// `dynamic_smem` bytes of dynamic shared memory per block. Synchronous. Throws cubn::Error
-/// (kInvalidLaunch for a shape the device refuses, kKernelFault for a broken CUDA rule).
+/// Runs body(ctx) as every thread of a grid (blocks in the order set_block_order chose) of `grid`
+/// blocks of `block` threads, with `dynamic_smem` bytes of dynamic shared memory per block.
+/// Synchronous. Throws cubn::Error (kInvalidLaunch for a shape the device refuses, kKernelFault for
+/// a broken CUDA rule).
 void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*), void* ctx,
               const char* name = "kernel");
 
