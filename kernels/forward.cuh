@@ -221,7 +221,7 @@ struct ForwardFinish {
   Acc momentum_mean = Acc(0), momentum_var = Acc(0);
   Acc* saved_mean = nullptr;
   Acc* saved_invstd = nullptr;
-  Acc* k = nullptr;  ///< [3][C]: shift, a, b of ChannelAffine
+  Acc* k = nullptr;  ///< [3][C]: shift, a, b (TrainedAffine reads them)
 
   /// Mean and invstd of channel ch from its statistics of x - K; the running statistics (unbiased
   /// variance M2 / (M - 1)); the normalization's coefficients.

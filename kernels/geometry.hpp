@@ -112,7 +112,7 @@ constexpr std::size_t welford_state_bytes(std::size_t acc_bytes) { return 8 + 2 
 /// Bytes of one GradSums<Acc> (sum of dy, sum of dy * (x - mean)); backward_launch.cuh checks it.
 constexpr std::size_t grad_sums_bytes(std::size_t acc_bytes) { return 2 * acc_bytes; }
 
-/// Per-channel coefficients of y = (x - shift) * a + b (ChannelAffine: shift, a, b).
+/// Per-channel coefficients of y = (x - shift) * a + b the statistics store (TrainedAffine).
 constexpr int kAffineCoeffs = 3;
 
 /// Per-channel coefficients of the training dx (TrainingDxOp: k_dy, k_x, mean, k_1).
