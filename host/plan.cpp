@@ -68,6 +68,14 @@ kernels::ChannelsLastGeometry columns(const Problem& p, int vec) {
   return g;
 }
 
+// Where the first leftover element (past the last whole vector) lies: its position in its plane
+// and its channel.
+void plane_tail(const Problem& p, int vec, std::int64_t& pos, int& ch) {
+  const std::int64_t e = p.numel / vec * vec;
+  pos = e % p.s;
+  ch = static_cast<int>(e / p.s % p.c);
+}
+
 // Channels (planes) or column blocks map to grid x, which holds at most 2^31 - 1 blocks.
 void check_grid_x(std::int64_t blocks) {
   if (blocks > 2147483647)
@@ -125,8 +133,7 @@ MapPlan plan_map(const Problem& p, const DeviceInfo& dev, bool aligned) {
       throw Error(Status::kInvalidArgument,
                   "cubn: " + std::to_string(p.numel) + " elements exceed what cubn supports");
     check_grid_x(p.c);  // channels index in 32 bits
-    g.tail_pos = p.numel / mp.vec * mp.vec % p.s;
-    g.tail_ch = static_cast<int>(p.numel / mp.vec * mp.vec / p.s % p.c);
+    plane_tail(p, mp.vec, g.tail_pos, g.tail_ch);
     mp.grid = dim3(static_cast<unsigned>(blocks));
   } else {
     mp.cl = columns(p, mp.vec);
@@ -168,8 +175,7 @@ ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bo
     // small problems. Planes of whole vectors only: the block writes whole vectors of its own
     // channel, never a vector shared with a neighbour.
     g.fuse = fusable && rp.splits == 1 && p.s % rp.vec == 0;
-    g.tail_pos = p.numel / rp.vec * rp.vec % p.s;
-    g.tail_ch = static_cast<int>(p.numel / rp.vec * rp.vec / p.s % p.c);
+    plane_tail(p, rp.vec, g.tail_pos, g.tail_ch);
     rp.grid = dim3(static_cast<unsigned>(p.c), static_cast<unsigned>(rp.splits));
     rp.partials = static_cast<std::size_t>(rp.splits * p.c);
   } else {

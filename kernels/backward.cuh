@@ -41,8 +41,7 @@ struct GradSumOp {
   }
   template <int V>
   struct Columns {
-    Acc dy[V] = {};
-    Acc dy_xmu[V] = {};
+    Local slot[V];
   };
   CUBN_DEVICE void absorb_one(Local& l, const Channel& ch, Acc dy, Acc x) const {
     l.dy += dy;
@@ -63,16 +62,13 @@ struct GradSumOp {
     CUBN_UNROLL
     for (int u = 0; u < U; ++u) {
       CUBN_UNROLL
-      for (int k = 0; k < V; ++k) {
-        const Acc d = to_acc(dy[u].v[k]);
-        l.dy[k] += d;
-        l.dy_xmu[k] += d * (to_acc(x[u].v[k]) - ch(k).mean);
-      }
+      for (int k = 0; k < V; ++k)
+        absorb_one(l.slot[k], ch(k), to_acc(dy[u].v[k]), to_acc(x[u].v[k]));
     }
   }
   template <int V>
   CUBN_DEVICE State column_state(const Columns<V>& l, int k) const {
-    return {l.dy[k], l.dy_xmu[k]};
+    return l.slot[k];
   }
   CUBN_DEVICE State to_state(const Local& l) const { return l; }
   CUBN_DEVICE State merge(const State& a, const State& b) const {

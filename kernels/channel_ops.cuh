@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <cuda/atomic>
+#include <type_traits>
 
 #include "block_reduce.cuh"
 #include "geometry.hpp"
@@ -94,6 +95,10 @@ CUBN_DEVICE void load_one(const T* in0, const T* in1, std::int64_t i, acc_t<T>& 
   a = to_acc(pa[0].v[0]);
   b = to_acc(pb[0].v[0]);
 }
+
+/// The number of offsets in the array a walker passes (U, or 1 for the tail).
+template <class A>
+constexpr int packs_in = static_cast<int>(std::extent_v<std::remove_reference_t<A>>);
 
 /// Packs a loop over `inputs` tensors loads per iteration: kUnroll 16-byte loads in flight.
 constexpr int unroll_for(int inputs) { return kUnroll / inputs; }
@@ -244,12 +249,12 @@ CUBN_DEVICE Pack<T, V> apply_pack(const F& f, const Pack<T, V>& a, const Pack<T,
 // ---- channels-first planes ----------------------------------------------------------------------
 
 /// Walks the whole packs every plane of channel `ch` holds (the main tiles), starting at tile
-/// `first` (< g.step) and advancing g.step tiles: group(at[U]) for U tiles at once while U
-/// remain, then one(at) for each of the rest. No division in the loop: the pack within the plane
-/// (32-bit) and the plane's start (64-bit) advance by precomputed steps.
-template <int U, int V, class Group, class One>
+/// `first` (< g.step) and advancing g.step tiles: visit(at[U]) for U tiles at once while U
+/// remain, then visit(at[1]) for each of the rest. No division in the loop: the pack within the
+/// plane (32-bit) and the plane's start (64-bit) advance by precomputed steps.
+template <int U, int V, class Visit>
 CUBN_DEVICE void walk_plane_tiles(const ChannelsFirstReduce& g, std::int64_t ch, unsigned first,
-                                  const Group& group, const One& one) {
+                                  const Visit& visit) {
   if (g.wf == 0) return;
   const auto wf = static_cast<unsigned>(g.wf), step_j = static_cast<unsigned>(g.step_j);
   unsigned count = static_cast<unsigned>(g.tiles_q) + (first < g.tiles_r ? 1u : 0u);
@@ -276,11 +281,12 @@ CUBN_DEVICE void walk_plane_tiles(const ChannelsFirstReduce& g, std::int64_t ch,
       at[u] = pack();
       advance();
     }
-    group(at);
+    visit(at);
   }
   CUBN_NO_UNROLL
   for (; count > 0; --count) {
-    one(pack());
+    const std::int64_t at[1] = {pack()};
+    visit(at);
     advance();
   }
 }
@@ -296,18 +302,12 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
   constexpr int U = unroll_for(R::kInputs);
   typename R::Local l{};
   const auto first = static_cast<unsigned>(split * kBlockThreads + threadIdx.x);
-  walk_plane_tiles<U, V>(
-      g, ch, first,
-      [&](const std::int64_t(&at)[U]) {
-        Pack<T, V> a[U], b[U];
-        load_packs<R::kInputs, U, V>(in0, in1, at, a, b);
-        op.absorb_packs(l, cst, a, b);
-      },
-      [&](std::int64_t at) {
-        Pack<T, V> a[1], b[1];
-        load_packs<R::kInputs, V>(in0, in1, at, a, b);
-        op.absorb_packs(l, cst, a, b);
-      });
+  walk_plane_tiles<U, V>(g, ch, first, [&](const auto& at) {
+    constexpr int N = packs_in<decltype(at)>;
+    Pack<T, V> a[N], b[N];
+    load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
+    op.absorb_packs(l, cst, a, b);
+  });
   if (V == 1) return l;
   const std::int64_t whole = g.wf * V;
   CUBN_NO_UNROLL
@@ -364,20 +364,14 @@ CUBN_DEVICE void map_own_planes(const T* in0, const T* in1, T* out, const Channe
                                 const F& f, std::int64_t ch) {
   constexpr int U = unroll_for(F::kInputs);
   const typename F::Coeffs q = f.coeffs(ch);
-  walk_plane_tiles<U, V>(
-      g, ch, threadIdx.x,
-      [&](const std::int64_t(&at)[U]) {
-        Pack<T, V> a[U], b[U];
-        load_packs<F::kInputs, U, V>(in0, in1, at, a, b);
-        CUBN_UNROLL
-        for (int u = 0; u < U; ++u)
-          store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], [&](int) { return q; }));
-      },
-      [&](std::int64_t at) {
-        Pack<T, V> a[1], b[1];
-        load_packs<F::kInputs, V>(in0, in1, at, a, b);
-        store_pack<V>(out + at, apply_pack(f, a[0], b[0], [&](int) { return q; }));
-      });
+  walk_plane_tiles<U, V>(g, ch, threadIdx.x, [&](const auto& at) {
+    constexpr int N = packs_in<decltype(at)>;
+    Pack<T, V> a[N], b[N];
+    load_packs<F::kInputs, N, V>(in0, in1, at, a, b);
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u)
+      store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], [&](int) { return q; }));
+  });
 }
 
 /// out = f(in0, in1) over a channels-first tensor: its whole packs flat and grid-stride, each with
@@ -476,11 +470,11 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
 
 // ---- periodic columns (channels-last) -----------------------------------------------------------
 
-/// Walks pack column j of the periods first, first + step, ...: group(at[U]) for U periods at
-/// once while they are whole, then one(at) for each remaining pack inside the tensor.
-template <int U, int V, class Group, class One>
+/// Walks pack column j of the periods first, first + step, ...: visit(at[U]) for U periods at
+/// once while they are whole, then visit(at[1]) for each remaining pack inside the tensor.
+template <int U, int V, class Visit>
 CUBN_DEVICE void walk_column(const ChannelsLastGeometry& g, std::int64_t j, std::int64_t first,
-                             std::int64_t step, const Group& group, const One& one) {
+                             std::int64_t step, const Visit& visit) {
   std::int64_t q = first, at = first * g.period + j * V;
   const std::int64_t dat = step * g.period;
   while (q + (U - 1) * step < g.full_periods) {
@@ -491,11 +485,14 @@ CUBN_DEVICE void walk_column(const ChannelsLastGeometry& g, std::int64_t j, std:
       at += dat;
     }
     q += U * step;
-    group(idx);
+    visit(idx);
   }
   CUBN_NO_UNROLL
   for (; q < g.periods; q += step, at += dat)
-    if (at + V <= g.numel) one(at);
+    if (at + V <= g.numel) {
+      const std::int64_t one[1] = {at};
+      visit(one);
+    }
 }
 
 /// The channel of period slot `slot` (32-bit: the period is below 2^31).
@@ -539,18 +536,12 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
   __syncthreads();
   if (j0 < g.period_packs) {
     const auto cst = [&](int k) { return chan[opaque(t0.tx * V) + k]; };
-    walk_column<U, V>(
-        g, j0, split * t0.by + t0.ty, splits * t0.by,
-        [&](const std::int64_t(&at)[U]) {
-          Pack<T, V> a[U], b[U];
-          load_packs<R::kInputs, U, V>(in0, in1, at, a, b);
-          op.absorb_columns(l, cst, a, b);
-        },
-        [&](std::int64_t at) {
-          Pack<T, V> a[1], b[1];
-          load_packs<R::kInputs, V>(in0, in1, at, a, b);
-          op.absorb_columns(l, cst, a, b);
-        });
+    walk_column<U, V>(g, j0, split * t0.by + t0.ty, splits * t0.by, [&](const auto& at) {
+      constexpr int N = packs_in<decltype(at)>;
+      Pack<T, V> a[N], b[N];
+      load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
+      op.absorb_columns(l, cst, a, b);
+    });
   }
   // the thread's coordinates again, recomputed rather than held through the loop
   const ThreadTile tt(g.bx, opaque(static_cast<int>(threadIdx.x)));
@@ -618,20 +609,15 @@ CUBN_DEVICE void map_columns(const T* in0, const T* in1, T* out, const ChannelsL
     // read from shared memory at each use: V slots' coefficients held in registers across the
     // loop would crowd out the packs in flight
     const auto q = [&](int k) { return table[opaque(tt.tx * V) + k]; };
-    walk_column<U, V>(
-        g, j, static_cast<std::int64_t>(blockIdx.y) * tt.by + tt.ty,
-        static_cast<std::int64_t>(gridDim.y) * tt.by,
-        [&](const std::int64_t(&at)[U]) {
-          Pack<T, V> a[U], b[U];
-          load_packs<F::kInputs, U, V>(in0, in1, at, a, b);
-          CUBN_UNROLL
-          for (int u = 0; u < U; ++u) store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], q));
-        },
-        [&](std::int64_t at) {
-          Pack<T, V> a[1], b[1];
-          load_packs<F::kInputs, V>(in0, in1, at, a, b);
-          store_pack<V>(out + at, apply_pack(f, a[0], b[0], q));
-        });
+    walk_column<U, V>(g, j, static_cast<std::int64_t>(blockIdx.y) * tt.by + tt.ty,
+                      static_cast<std::int64_t>(gridDim.y) * tt.by, [&](const auto& at) {
+                        constexpr int N = packs_in<decltype(at)>;
+                        Pack<T, V> a[N], b[N];
+                        load_packs<F::kInputs, N, V>(in0, in1, at, a, b);
+                        CUBN_UNROLL
+                        for (int u = 0; u < N; ++u)
+                          store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], q));
+                      });
   }
   if (V > 1 && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
     map_leftovers<V>(in0, in1, out, g.numel, f, column_tail(g));
