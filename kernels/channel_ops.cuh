@@ -125,12 +125,12 @@ CUBN_DEVICE bool take_ticket(unsigned* ticket, unsigned expected) {
 /// every thread of the block that arrives last of `expected`, which may then read what the others
 /// wrote.
 CUBN_DEVICE bool block_arrive(unsigned* ticket, unsigned expected) {
-  __shared__ bool last;
+  CUBN_SHARED(bool, last, 1);
   cuda::atomic_thread_fence(cuda::memory_order_release, cuda::thread_scope_device);
   __syncthreads();
-  if (threadIdx.x == 0) last = take_ticket(ticket, expected);
+  if (threadIdx.x == 0) last[0] = take_ticket(ticket, expected);
   __syncthreads();
-  const bool mine = last;
+  const bool mine = last[0];
   if (mine) cuda::atomic_thread_fence(cuda::memory_order_acquire, cuda::thread_scope_device);
   return mine;
 }
@@ -167,10 +167,11 @@ struct ColumnTail {
 
 /// Merges parts[s * stride + i] over s in [0, splits) for the items i in [0, count) with the
 /// whole block, in an order fixed by the block size alone (strided per thread, then a tree), and
-/// calls done(i, total) in one thread per item. `scratch` is kBlockThreads states of shared memory.
-template <class State, class Merge, class Done>
+/// calls done(i, total) in one thread per item. `scratch` is kBlockThreads states of shared memory
+/// (CUBN_SHARED).
+template <class State, class Scratch, class Merge, class Done>
 CUBN_DEVICE void merge_splits(const State* parts, std::int64_t splits, std::int64_t stride,
-                              int count, State* scratch, const Merge& merge, const Done& done) {
+                              int count, Scratch& scratch, const Merge& merge, const Done& done) {
   int lanes = 1;
   while (lanes * 2 * count <= kBlockThreads) lanes *= 2;
   const int lane = static_cast<int>(threadIdx.x) % lanes;
@@ -343,8 +344,8 @@ CUBN_DEVICE bool reduce_planes(const T* in0, const T* in1, const ChannelsFirstRe
       accumulate_planes<T, V>(in0, in1, g, op, op.channel(in0, in1, ch, ch * g.s), ch, split);
   const auto merge = [&op](const State& a, const State& b) { return op.merge(a, b); };
   using Reduce = BlockReduce<State, kBlockThreads>;
-  __shared__ typename Reduce::TempStorage storage;
-  __shared__ State scratch[kBlockThreads];
+  CUBN_SHARED_OBJECT(typename Reduce::TempStorage, storage);
+  CUBN_SHARED(State, scratch, kBlockThreads);
   const auto part = Reduce(storage).reduce(op.to_state(local), merge);
   if (threadIdx.x == 0) partials[split * g.c + ch] = part.get();
   if (!group_arrive(tickets, static_cast<unsigned>(ch), static_cast<unsigned>(splits)))
@@ -524,7 +525,7 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
   const std::int64_t j0 = static_cast<std::int64_t>(blockIdx.x) * t0.bx + t0.tx;
   // the block's slots' channel constants in shared memory, read at each use: V of them held in
   // registers through the loop would crowd out the packs in flight
-  __shared__ typename R::Channel chan[kMaxColumnSlots];
+  CUBN_SHARED(typename R::Channel, chan, kMaxColumnSlots);
   {
     const std::int64_t slot0 = static_cast<std::int64_t>(blockIdx.x) * t0.bx * V;
     for (int i = threadIdx.x; i < t0.bx * V; i += kBlockThreads) {
@@ -535,7 +536,7 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
   }
   __syncthreads();
   if (j0 < g.period_packs) {
-    const auto cst = [&](int k) { return chan[opaque(t0.tx * V) + k]; };
+    const auto cst = [&](int k) { return typename R::Channel(chan[opaque(t0.tx * V) + k]); };
     walk_column<U, V>(g, j0, split * t0.by + t0.ty, splits * t0.by, [&](const auto& at) {
       constexpr int N = packs_in<decltype(at)>;
       Pack<T, V> a[N], b[N];
@@ -547,7 +548,7 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
   const ThreadTile tt(g.bx, opaque(static_cast<int>(threadIdx.x)));
   const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * tt.bx + tt.tx;
   // merge the by thread rows of each slot in row order, one of the V slots at a time
-  __shared__ State rows[kBlockThreads];
+  CUBN_SHARED(State, rows, kBlockThreads);
   CUBN_UNROLL
   for (int k = 0; k < V; ++k) {
     rows[threadIdx.x] = op.column_state(l, k);
@@ -600,7 +601,7 @@ CUBN_DEVICE void map_columns(const T* in0, const T* in1, T* out, const ChannelsL
   constexpr int U = unroll_for(F::kInputs);
   const ThreadTile tt(g.bx, static_cast<int>(threadIdx.x));
   const std::int64_t slot0 = static_cast<std::int64_t>(blockIdx.x) * tt.bx * V;
-  __shared__ Coeffs table[kMaxColumnSlots];
+  CUBN_SHARED(Coeffs, table, kMaxColumnSlots);
   for (int i = threadIdx.x; i < tt.bx * V; i += kBlockThreads)
     if (slot0 + i < g.period) table[i] = f.coeffs(slot_channel(g, slot0 + i));
   __syncthreads();
@@ -608,7 +609,7 @@ CUBN_DEVICE void map_columns(const T* in0, const T* in1, T* out, const ChannelsL
   if (j < g.period_packs) {
     // read from shared memory at each use: V slots' coefficients held in registers across the
     // loop would crowd out the packs in flight
-    const auto q = [&](int k) { return table[opaque(tt.tx * V) + k]; };
+    const auto q = [&](int k) { return Coeffs(table[opaque(tt.tx * V) + k]); };
     walk_column<U, V>(g, j, static_cast<std::int64_t>(blockIdx.y) * tt.by + tt.ty,
                       static_cast<std::int64_t>(gridDim.y) * tt.by, [&](const auto& at) {
                         constexpr int N = packs_in<decltype(at)>;

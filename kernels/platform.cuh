@@ -11,6 +11,7 @@
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 #endif
 
@@ -46,11 +47,24 @@
 #define CUBN_NO_UNROLL
 #endif
 
-/// Declares `name` as a `T*` to the block's dynamic shared memory (16-byte aligned).
+/// Shared memory, declared only through these macros (compute-sanitizer racecheck's job, done by the
+/// executor): under nvcc plain __shared__ memory; in the executor checked arrays that start each
+/// block poisoned and report, as a kernel fault, a write and a read or two writes of one element
+/// by different threads with no __syncthreads() between them. Elements are read by copying them out
+/// (`State s = rows[i];`), written by assignment. T may not contain a comma (use an alias).
+///  - CUBN_SHARED(T, name, N): a static array of N elements;
+///  - CUBN_SHARED_OBJECT(T, name): one object handed by reference to a collective (cub's
+///    TempStorage), poisoned per block but not checked element by element;
+///  - CUBN_DYNAMIC_SHARED(T, name): the block's dynamic shared memory (16-byte aligned) as T.
 #if defined(CUBN_SIM)
-#define CUBN_DYNAMIC_SHARED(T, name) \
-  T* name = static_cast<T*>(::cubn::sim::detail::dynamic_shared_memory())
+#define CUBN_SHARED(T, name, N) static thread_local ::cubn::sim::SharedArray<T, N> name(#name)
+#define CUBN_SHARED_OBJECT(T, name)                                      \
+  static thread_local ::cubn::sim::SharedObject<T> name##_shared_object_; \
+  T& name = name##_shared_object_.get()
+#define CUBN_DYNAMIC_SHARED(T, name) const ::cubn::sim::SharedSpan<T> name(#name)
 #else
+#define CUBN_SHARED(T, name, N) __shared__ T name[N]
+#define CUBN_SHARED_OBJECT(T, name) __shared__ T name
 #define CUBN_DYNAMIC_SHARED(T, name)                                  \
   extern __shared__ __align__(16) unsigned char cubn_dynamic_smem_[]; \
   T* name = reinterpret_cast<T*>(cubn_dynamic_smem_)
@@ -66,6 +80,17 @@ CUBN_DEVICE int opaque(int x) {
 #endif
   return x;
 }
+
+/// Waits until every thread of a cooperative grid (launched with cudaLaunchCooperativeKernel, or the
+/// executor's launch_cooperative_named) arrives; what any thread wrote before it is visible to every
+/// thread after it (cooperative groups' grid sync fences at device scope).
+#if defined(CUBN_SIM)
+inline void grid_sync(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  sim::detail::grid_sync(file, line);
+}
+#else
+CUBN_DEVICE void grid_sync() { cooperative_groups::this_grid().sync(); }
+#endif
 
 /// The index of the calling thread within its block, counting x fastest.
 CUBN_DEVICE unsigned linear_thread_index() {

@@ -3,6 +3,8 @@
 // Fibers beat host threads here: a 1024-thread block with 20 barriers takes milliseconds as
 // fibers and far longer as 1024 host threads on 2 cores (bench/executor_backends.cu measures
 // both), and fibers need no ThreadSanitizer, since a block never runs on two host threads.
+// Cooperative launches run each block on a host thread of its own (its fibers on that thread), so
+// that blocks meet at grid syncs and ThreadSanitizer sees what crosses between blocks.
 #include <sys/mman.h>
 #if !defined(__x86_64__)
 #include <ucontext.h>
@@ -10,13 +12,17 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <numeric>
 #include <random>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -35,6 +41,21 @@
 #if defined(CUBN_SIM_ASAN)
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
+#endif
+
+#if defined(__SANITIZE_THREAD__)
+#define CUBN_SIM_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CUBN_SIM_TSAN 1
+#endif
+#endif
+
+// ThreadSanitizer follows fiber switches through its fiber API; each switch synchronizes (flags 0),
+// so the threads of one block, which never run at once, are not reported against each other: the
+// checked shared memory does that job (detail::shared_access).
+#if defined(CUBN_SIM_TSAN)
+#include <sanitizer/tsan_interface.h>
 #endif
 
 thread_local uint3 threadIdx;
@@ -110,6 +131,32 @@ class Stack {
  private:
   void* base_;
   void* bottom_;
+  std::size_t total_;
+};
+
+// The stacks of one block's fibers in one mapping, a guard page below the lowest: for cooperative
+// launches, whose hundreds of blocks with a mapping per fiber would pass the kernel's limit on
+// mappings (vm.max_map_count, 65530).
+class StackRegion {
+ public:
+  explicit StackRegion(std::size_t stacks) {
+    const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    total_ = stacks * kStackBytes + page;
+    base_ = mmap(nullptr, total_, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (base_ == MAP_FAILED)
+      throw Error(Status::kInvalidLaunch, "cubn executor: out of memory for fiber stacks");
+    mprotect(base_, page, PROT_NONE);
+    first_ = static_cast<char*>(base_) + page;
+  }
+  StackRegion(const StackRegion&) = delete;
+  StackRegion& operator=(const StackRegion&) = delete;
+  ~StackRegion() { munmap(base_, total_); }
+  void* bottom(std::size_t i) const { return first_ + i * kStackBytes; }
+
+ private:
+  void* base_;
+  char* first_;
   std::size_t total_;
 };
 
@@ -192,7 +239,11 @@ enum class State { kRunnable, kBarrier, kWarp, kDone };
 
 struct Fiber {
   Context ctx;
-  std::unique_ptr<Stack> stack;
+  std::unique_ptr<Stack> stack;  // its own mapping, or none when the engine's region holds it
+  void* bottom = nullptr;        // the stack's lowest address
+#if defined(CUBN_SIM_TSAN)
+  void* tsan_fiber = nullptr;
+#endif
   State state = State::kRunnable;
   bool started = false;  // has frames on its stack
   bool unwound = false;  // left through Abandon: AddressSanitizer may keep stale stack poison
@@ -200,6 +251,7 @@ struct Fiber {
   unsigned linear = 0;
   const char* file = nullptr;  // where it waits
   int line = 0;
+  bool grid = false;  // the barrier it waits at is a grid_sync()
   // the warp collective it waits in
   WarpOp op = WarpOp::kSync;
   unsigned mask = 0;
@@ -217,6 +269,20 @@ struct Access {
   std::size_t bytes;
 };
 
+// What the blocks of one cooperative launch share.
+struct Coop {
+  std::mutex m;
+  std::condition_variable cv;
+  unsigned blocks = 0;
+  unsigned arrived = 0;   // blocks waiting at the current grid sync
+  unsigned finished = 0;  // blocks that returned
+  std::uint64_t generation = 0;
+  const char* file = nullptr;  // where the blocks wait
+  int line = 0;
+  std::string first_waiter, first_finished;
+  std::string fault;  // the first block's fault: every block then abandons
+};
+
 // Everything of one host thread's executor.
 struct Engine {
   // profiling (ProfileScope)
@@ -225,7 +291,13 @@ struct Engine {
   std::vector<std::vector<Access>> lane_accesses;  // per thread of the running block
 
   std::vector<Fiber> fibers;
+  std::unique_ptr<StackRegion> region;  // cooperative blocks: the fibers' stacks in one mapping
+  bool pooled = false;                  // fibers take their stacks from `region`
   std::vector<unsigned char> smem;  // dynamic shared memory of the running block
+  std::vector<detail::SharedShadow> smem_shadow;  // its race record, per element of smem_elem
+  std::size_t smem_elem = 0;
+  std::uint64_t serial = 0;  // of the running block (block_serial)
+  Coop* coop = nullptr;      // the cooperative launch the running block belongs to
   Counters counters;
   Schedule schedule = Schedule::kForward;
   BlockOrder block_order = BlockOrder::kInOrder;
@@ -250,9 +322,17 @@ struct Engine {
   const void* sched_bottom = nullptr;
   std::size_t sched_size = 0;
 #endif
+#if defined(CUBN_SIM_TSAN)
+  void* tsan_sched = nullptr;
+  ~Engine() {
+    for (Fiber& f : fibers)
+      if (f.tsan_fiber != nullptr) __tsan_destroy_fiber(f.tsan_fiber);
+  }
+#endif
 };
 
 thread_local Engine g_engine;
+thread_local int g_sm_count = kSmCount;
 
 // ---- switching ------------------------------------------------------------------------------
 
@@ -268,7 +348,10 @@ void resume(Engine& e, Fiber& f) {
   threadIdx = f.tid;
   ++e.counters.switches;
 #if defined(CUBN_SIM_ASAN)
-  __sanitizer_start_switch_fiber(&e.sched_fake_stack, f.stack->bottom(), kStackBytes);
+  __sanitizer_start_switch_fiber(&e.sched_fake_stack, f.bottom, kStackBytes);
+#endif
+#if defined(CUBN_SIM_TSAN)
+  __tsan_switch_to_fiber(f.tsan_fiber, 0);
 #endif
   switch_context(e.sched_ctx, f.ctx);
 #if defined(CUBN_SIM_ASAN)
@@ -285,6 +368,9 @@ void yield(Engine& e, bool final = false) {
   __sanitizer_start_switch_fiber(final ? nullptr : &f.fake_stack, e.sched_bottom, e.sched_size);
 #else
   (void) final;
+#endif
+#if defined(CUBN_SIM_TSAN)
+  __tsan_switch_to_fiber(e.tsan_sched, 0);
 #endif
   switch_context(f.ctx, e.sched_ctx);
 #if defined(CUBN_SIM_ASAN)
@@ -312,7 +398,8 @@ void on_exit(Engine& e) {
     for (unsigned i = 0; i < e.nthreads; ++i) {
       const Fiber& o = e.fibers[i];
       if (o.state == State::kBarrier) {
-        raise(e, "__syncthreads() at " + where(o.file, o.line) +
+        raise(e, std::string(o.grid ? "grid_sync()" : "__syncthreads()") + " at " +
+                     where(o.file, o.line) +
                      " is not reached by every thread: " + thread_name(f) + " returned while " +
                      std::to_string(e.at_barrier) + " thread(s) wait there");
       }
@@ -390,7 +477,7 @@ std::string describe_deadlock(Engine& e) {
 // Points the fiber's context at fiber_entry on its own stack. Kept out of run_block: getcontext
 // (the ucontext path) returns twice, which would make the compiler distrust run_block's locals.
 __attribute__((noinline)) void start_context(Fiber& f) {
-  make_context(f.ctx, f.stack->bottom(), kStackBytes, &fiber_entry);
+  make_context(f.ctx, f.bottom, kStackBytes, &fiber_entry);
 }
 
 // After a fault: resumes every fiber that has frames on its stack so that it unwinds.
@@ -436,15 +523,32 @@ void run_block(Engine& e) {
   e.exited = 0;
   e.epoch = 0;
   e.tags.clear();
+  ++e.serial;
+  e.smem_shadow.clear();
+  e.smem_elem = 0;
   std::fill(e.smem.begin(), e.smem.end(), static_cast<unsigned char>(0xCD));  // uninitialised
+  if (e.pooled && !e.region) e.region = std::make_unique<StackRegion>(e.nthreads);
+#if defined(CUBN_SIM_TSAN)
+  e.tsan_sched = __tsan_get_current_fiber();
+#endif
   for (unsigned i = 0; i < e.nthreads; ++i) {
     Fiber& f = e.fibers[i];
-    if (!f.stack) f.stack = std::make_unique<Stack>();
+    if (f.bottom == nullptr) {
+      if (e.pooled) {
+        f.bottom = e.region->bottom(i);
+      } else {
+        f.stack = std::make_unique<Stack>();
+        f.bottom = f.stack->bottom();
+      }
+    }
+#if defined(CUBN_SIM_TSAN)
+    if (f.tsan_fiber == nullptr) f.tsan_fiber = __tsan_create_fiber(0);
+#endif
     start_context(f);
     f.state = State::kRunnable;
 #if defined(CUBN_SIM_ASAN)
     // a fiber unwound after a fault may leave its frames poisoned
-    if (f.unwound) __asan_unpoison_memory_region(f.stack->bottom(), kStackBytes);
+    if (f.unwound) __asan_unpoison_memory_region(f.bottom, kStackBytes);
 #endif
     f.unwound = false;
   }
@@ -513,12 +617,11 @@ ProfileScope::ProfileScope() {
 
 ProfileScope::~ProfileScope() { g_engine.profile = nullptr; }
 
-void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*), void* ctx,
-              const char* name) {
-  cubn::detail::check_launch_shape("kernel (executor)", grid, block, dynamic_smem, device_limits());
-  Engine& e = g_engine;
-  if (e.running)
-    throw_fault("a kernel launched another kernel; dynamic parallelism is not supported");
+namespace {
+
+// Readies the calling host thread's engine to run blocks of a launch.
+void setup(Engine& e, dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*),
+           void* ctx) {
   e.nthreads = block.x * block.y * block.z;
   if (e.fibers.size() < e.nthreads) e.fibers.resize(e.nthreads);
   for (unsigned i = 0; i < e.nthreads; ++i) {
@@ -532,6 +635,196 @@ void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void
   e.fault.clear();
   blockDim = uint3{block.x, block.y, block.z};
   gridDim = uint3{grid.x, grid.y, grid.z};
+}
+
+uint3 block_coords(std::uint64_t b, dim3 grid) {
+  return uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
+               static_cast<unsigned>(b / (std::uint64_t{grid.x} * grid.y))};
+}
+
+void add_profile(LaunchProfile& to, const LaunchProfile& from) {
+  to.read_bytes += from.read_bytes;
+  to.write_bytes += from.write_bytes;
+  to.warp_accesses += from.warp_accesses;
+  to.lane_accesses += from.lane_accesses;
+  to.sectors_touched += from.sectors_touched;
+  to.sectors_needed += from.sectors_needed;
+}
+
+// A block of a cooperative launch returned: a grid sync that others wait at can never complete.
+void coop_finished(Coop& c) {
+  std::lock_guard<std::mutex> lock(c.m);
+  ++c.finished;
+  if (c.first_finished.empty()) c.first_finished = coords(blockIdx);
+  if (c.arrived > 0 && c.fault.empty())
+    c.fault = "cubn executor: grid_sync() at " + where(c.file, c.line) +
+              " is not reached by every block: block " + coords(blockIdx) + " returned while " +
+              std::to_string(c.arrived) + " block(s) wait there";
+  c.cv.notify_all();
+}
+
+void coop_failed(Coop& c, const std::string& fault) {
+  std::lock_guard<std::mutex> lock(c.m);
+  if (c.fault.empty()) c.fault = "cubn executor: " + fault;
+  c.cv.notify_all();
+}
+
+// Waits, in the last thread of a block to reach grid_sync(), until every block is there.
+void coop_wait(Engine& e, const char* file, int line) {
+  if (e.coop == nullptr)
+    raise(e, "grid_sync() at " + where(file, line) +
+                 " in a kernel that was not launched cooperatively");
+  Coop& c = *e.coop;
+  std::unique_lock<std::mutex> lock(c.m);
+  const auto abandon = [&] {
+    lock.unlock();
+    raise(e, "abandoned: another block of the cooperative launch faulted");
+  };
+  if (!c.fault.empty()) abandon();
+  if (c.finished > 0) {
+    c.fault = "cubn executor: grid_sync() at " + where(file, line) +
+              " is not reached by every block: block " + c.first_finished +
+              " returned before it (block " + coords(blockIdx) + " waits there)";
+    c.cv.notify_all();
+    abandon();
+  }
+  if (c.arrived == 0) {
+    c.file = file;
+    c.line = line;
+    c.first_waiter = coords(blockIdx);
+  } else if (c.line != line || std::strcmp(c.file, file) != 0) {
+    c.fault = "cubn executor: blocks wait at different grid syncs: block " + c.first_waiter +
+              " at " + where(c.file, c.line) + ", block " + coords(blockIdx) + " at " +
+              where(file, line);
+    c.cv.notify_all();
+    abandon();
+  }
+  if (++c.arrived == c.blocks) {
+    c.arrived = 0;
+    ++c.generation;
+    c.cv.notify_all();
+    return;
+  }
+  const std::uint64_t gen = c.generation;
+  c.cv.wait(lock, [&] { return c.generation != gen || !c.fault.empty(); });
+  if (c.generation == gen) abandon();
+}
+
+}  // namespace
+
+int sm_count() noexcept { return g_sm_count; }
+
+void set_sm_count(int sms) noexcept { g_sm_count = sms >= 1 && sms <= kSmCount ? sms : kSmCount; }
+
+const SmLimits& sm_limits() noexcept {
+  static const SmLimits limits;
+  return limits;
+}
+
+int cooperative_blocks_per_sm(dim3 block, std::size_t dynamic_smem) noexcept {
+  const SmLimits& l = sm_limits();
+  const std::uint64_t threads = std::uint64_t{block.x} * block.y * block.z;
+  if (threads == 0 || dynamic_smem > l.shared_per_block_optin) return 0;
+  std::uint64_t n = std::min<std::uint64_t>(static_cast<std::uint64_t>(l.max_blocks),
+                                            static_cast<std::uint64_t>(l.max_threads) / threads);
+  n = std::min<std::uint64_t>(n, l.shared_bytes / (dynamic_smem + l.reserved_per_block));
+  return static_cast<int>(n);
+}
+
+void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*),
+                          void* ctx, const char* name) {
+  cubn::detail::LaunchLimits limits = device_limits();
+  limits.max_shared_per_block = sm_limits().shared_per_block_optin;
+  cubn::detail::check_launch_shape(name, grid, block, dynamic_smem, limits);
+  Engine& parent = g_engine;
+  if (parent.running)
+    throw_fault("a kernel launched another kernel; dynamic parallelism is not supported");
+  const std::uint64_t blocks = std::uint64_t{grid.x} * grid.y * grid.z;
+  const std::uint64_t most =
+      static_cast<std::uint64_t>(cooperative_blocks_per_sm(block, dynamic_smem)) * sm_count();
+  if (blocks > most)
+    throw Error(Status::kInvalidLaunch,
+                std::string("launch of ") + name + ": a cooperative grid of " +
+                    std::to_string(blocks) + " blocks exceeds the " + std::to_string(most) +
+                    " that can be resident together (" + std::to_string(sm_count()) +
+                    " SMs; cudaErrorCooperativeLaunchTooLarge on a GPU)");
+  ++parent.counters.launches;
+  LaunchProfile* profile = nullptr;
+  if (parent.profile != nullptr) {
+    auto& launches = ProfileAccess::launches(*parent.profile);
+    launches.push_back(LaunchProfile{name});
+    profile = &launches.back();
+  }
+  Coop coop;
+  coop.blocks = static_cast<unsigned>(blocks);
+  struct Result {
+    Counters counters;
+    LaunchProfile profile;
+    std::string fault;
+  };
+  std::vector<Result> results(blocks);
+  const Schedule schedule = parent.schedule;
+  const auto work = [&](std::uint64_t b) {
+    Engine& e = g_engine;  // the worker thread's own
+    e.schedule = schedule;
+    e.pooled = true;
+    e.coop = &coop;
+    setup(e, grid, block, dynamic_smem, body, ctx);
+    if (profile != nullptr) {
+      e.launch_profile = &results[b].profile;
+      e.lane_accesses.resize(e.nthreads);
+    }
+    blockIdx = block_coords(b, grid);
+    e.running = true;
+    try {
+      run_block(e);
+    } catch (const std::exception& ex) {  // out of memory for stacks, say
+      if (e.fault.empty()) e.fault = ex.what();
+    }
+    e.running = false;
+    if (e.fault.empty()) {
+      coop_finished(coop);
+    } else {
+      coop_failed(coop, e.fault);
+    }
+    results[b].counters = e.counters;
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(blocks);
+  std::string spawn_error;
+  for (std::uint64_t b = 0; b < blocks; ++b) {
+    try {
+      threads.emplace_back(work, b);
+    } catch (const std::system_error& ex) {
+      spawn_error = ex.what();
+      coop_failed(coop, std::string("cannot start a host thread per block: ") + ex.what());
+      break;
+    }
+  }
+  for (auto& t : threads) t.join();
+  for (std::uint64_t b = 0; b < threads.size(); ++b) {
+    const Counters& c = results[b].counters;
+    parent.counters.blocks += c.blocks;
+    parent.counters.threads += c.threads;
+    parent.counters.switches += c.switches;
+    parent.counters.global_read_bytes += c.global_read_bytes;
+    parent.counters.global_write_bytes += c.global_write_bytes;
+    if (profile != nullptr) add_profile(*profile, results[b].profile);
+  }
+  if (!spawn_error.empty())
+    throw Error(Status::kInvalidLaunch, std::string("launch of ") + name +
+                                            ": cannot start a host thread per block: " +
+                                            spawn_error);
+  if (!coop.fault.empty()) throw Error(Status::kKernelFault, coop.fault);
+}
+
+void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*), void* ctx,
+              const char* name) {
+  cubn::detail::check_launch_shape("kernel (executor)", grid, block, dynamic_smem, device_limits());
+  Engine& e = g_engine;
+  if (e.running)
+    throw_fault("a kernel launched another kernel; dynamic parallelism is not supported");
+  setup(e, grid, block, dynamic_smem, body, ctx);
   ++e.counters.launches;
   e.launch_profile = nullptr;
   if (e.profile != nullptr) {
@@ -552,8 +845,7 @@ void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void
   e.running = true;
   for (std::uint64_t i = 0; i < blocks; ++i) {
     const std::uint64_t b = shuffled ? e.block_perm[i] : i;
-    blockIdx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
-                     static_cast<unsigned>(b / (std::uint64_t{grid.x} * grid.y))};
+    blockIdx = block_coords(b, grid);
     run_block(e);
     if (!e.fault.empty()) {
       e.running = false;
@@ -565,15 +857,20 @@ void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void
 
 namespace detail {
 
-void syncthreads(const char* file, int line) {
-  Engine& e = engine_in_kernel("__syncthreads");
+namespace {
+
+// A barrier of every thread of the block; with `grid`, the block then waits for the others.
+void block_barrier(const char* file, int line, bool grid) {
+  const char* what = grid ? "grid_sync()" : "__syncthreads()";
+  Engine& e = engine_in_kernel(what);
   Fiber& f = *e.current;
   f.file = file;
   f.line = line;
+  f.grid = grid;
   if (e.exited > 0) {
     for (unsigned i = 0; i < e.nthreads; ++i) {
       if (e.fibers[i].state == State::kDone) {
-        raise(e, "__syncthreads() at " + where(file, line) +
+        raise(e, std::string(what) + " at " + where(file, line) +
                      " is not reached by every thread: " + std::to_string(e.exited) +
                      " thread(s) returned before it, e.g. " + thread_name(e.fibers[i]));
       }
@@ -587,15 +884,63 @@ void syncthreads(const char* file, int line) {
   // the last to arrive: every thread is here; all must be at the same barrier
   for (unsigned i = 0; i < e.nthreads; ++i) {
     const Fiber& o = e.fibers[i];
-    if (o.line != line || std::strcmp(o.file, file) != 0) {
-      raise(e, "threads of block " + coords(blockIdx) +
-                   " wait at different __syncthreads(): " + thread_name(o) + " at " +
-                   where(o.file, o.line) + ", " + thread_name(f) + " at " + where(file, line));
+    if (o.line != line || std::strcmp(o.file, file) != 0 || o.grid != grid) {
+      raise(e, "threads of block " + coords(blockIdx) + " wait at different barriers: " +
+                   thread_name(o) + " at " + (o.grid ? "grid_sync() " : "__syncthreads() ") +
+                   where(o.file, o.line) + ", " + thread_name(f) + " at " + what + " " +
+                   where(file, line));
     }
   }
+  if (grid) coop_wait(e, file, line);
   for (unsigned i = 0; i < e.nthreads; ++i) e.fibers[i].state = State::kRunnable;
   e.at_barrier = 0;
   ++e.epoch;
+}
+
+}  // namespace
+
+void syncthreads(const char* file, int line) { block_barrier(file, line, false); }
+
+void grid_sync(const char* file, int line) { block_barrier(file, line, true); }
+
+std::uint64_t block_serial() { return engine_in_kernel("shared memory").serial; }
+
+void shared_access(SharedShadow& sh, const char* name, std::size_t index, bool write) {
+  Engine& e = engine_in_kernel("shared memory access");
+  const int me = static_cast<int>(e.current->linear);
+  const std::uint64_t epoch = e.epoch;
+  const auto race = [&](const char* what, int other) {
+    const std::string by = other == -2 ? std::string("several threads")
+                                       : "thread " + coords(e.fibers[other].tid);
+    raise(e, std::string("shared memory race on ") + name + "[" + std::to_string(index) + "]: " +
+                 thread_name(*e.current) + " " + what + " " + by +
+                 " with no __syncthreads() between");
+  };
+  if (sh.write_epoch == epoch && sh.writer != me)
+    race(write ? "writes it after a write by" : "reads it after a write by", sh.writer);
+  if (write) {
+    if (sh.read_epoch == epoch && sh.reader != me) race("writes it after a read by", sh.reader);
+    sh.write_epoch = epoch;
+    sh.writer = me;
+  } else if (sh.read_epoch != epoch) {
+    sh.read_epoch = epoch;
+    sh.reader = me;
+  } else if (sh.reader != me) {
+    sh.reader = -2;
+  }
+}
+
+SharedShadow* dynamic_shadow(std::size_t elem_bytes, std::size_t& count) {
+  Engine& e = engine_in_kernel("dynamic shared memory");
+  if (e.smem_elem != elem_bytes) {
+    if (e.smem_elem != 0)
+      raise(e, "dynamic shared memory is checked as one element type per block; this block uses "
+               "two sizes");
+    e.smem_elem = elem_bytes;
+    e.smem_shadow.assign(e.smem.size() / elem_bytes, SharedShadow{});
+  }
+  count = e.smem_shadow.size();
+  return e.smem_shadow.data();
 }
 
 std::uint64_t warp_collective(WarpOp op, unsigned mask, std::uint64_t value, int arg, int width,

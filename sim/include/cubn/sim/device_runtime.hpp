@@ -30,7 +30,9 @@
 #define __launch_bounds__(...)
 #endif
 // Static shared memory: one variable per host thread; a block's fibers all run on one host thread
-// and blocks run one after another, so each block has it to itself while it runs.
+// and blocks run one after another (a cooperative grid: one host thread per block), so each block
+// has it to itself while it runs. Kernels declare theirs through CUBN_SHARED (kernels/platform.cuh)
+// to have it poisoned per block and checked for races (SharedArray below).
 #undef __shared__
 #define __shared__ static thread_local
 
@@ -60,6 +62,24 @@ void record_global(const void* p, std::size_t bytes, bool write);
 std::uint64_t barrier_epoch();
 /// The epoch recorded for a collective's temporary storage, or UINT64_MAX if none.
 std::uint64_t& collective_tag(const void* storage);
+/// A number that differs for every block a host thread runs: shared memory declared through
+/// SharedArray resets itself when it sees a new one.
+std::uint64_t block_serial();
+/// A grid-wide barrier of a cooperative launch (every thread of every block calls it).
+void grid_sync(const char* file, int line);
+
+/// What the race check keeps per element of checked shared memory: the barrier epoch and thread
+/// of its last write, and of its last reads (reader -2: several threads).
+struct SharedShadow {
+  std::uint64_t write_epoch = UINT64_MAX, read_epoch = UINT64_MAX;
+  int writer = -1, reader = -1;
+};
+/// Checks and records an access of element `index` of the checked shared array `name` by the
+/// calling thread; a fault on a race with another thread since the last __syncthreads().
+void shared_access(SharedShadow& shadow, const char* name, std::size_t index, bool write);
+/// The shadow of the running block's dynamic shared memory seen as elements of `elem_bytes`
+/// (reset for every block), and its element count.
+SharedShadow* dynamic_shadow(std::size_t elem_bytes, std::size_t& count);
 
 template <class T>
 std::uint64_t to_bits(T v) {
@@ -76,6 +96,103 @@ T from_bits(std::uint64_t bits) {
 }
 
 }  // namespace cubn::sim::detail
+
+// ---- checked shared memory -------------------------------------------------------------------
+namespace cubn::sim {
+
+/// One element of checked shared memory: reading converts to T, assigning writes; each is checked
+/// for races (detail::shared_access). Copy the element out (T v = a[i]) to use its members.
+template <class T>
+class SharedRef {
+ public:
+  SharedRef(T* p, detail::SharedShadow& sh, const char* name, std::size_t i)
+      : p_(p), sh_(sh), name_(name), i_(i) {}
+  operator T() const {
+    detail::shared_access(sh_, name_, i_, false);
+    T v;
+    std::memcpy(static_cast<void*>(&v), static_cast<const void*>(p_), sizeof(T));
+    return v;
+  }
+  const SharedRef& operator=(const T& v) const {
+    detail::shared_access(sh_, name_, i_, true);
+    std::memcpy(static_cast<void*>(p_), static_cast<const void*>(&v), sizeof(T));
+    return *this;
+  }
+  const SharedRef& operator=(const SharedRef& o) const { return *this = static_cast<T>(o); }
+
+ private:
+  T* p_;
+  detail::SharedShadow& sh_;
+  const char* name_;
+  std::size_t i_;
+};
+
+/// Static shared memory of N elements of T, checked: poisoned (0xCD bytes) and its race record
+/// cleared at the first access of each block.
+template <class T, std::size_t N>
+class SharedArray {
+ public:
+  explicit SharedArray(const char* name) : name_(name) {}
+  SharedRef<T> operator[](std::size_t i) {
+    refresh();
+    if (i >= N) detail::fault("index past the end of a shared array");
+    return SharedRef<T>(reinterpret_cast<T*>(bytes_) + i, shadow_[i], name_, i);
+  }
+
+ private:
+  void refresh() {
+    const std::uint64_t serial = detail::block_serial();
+    if (serial == serial_) return;
+    serial_ = serial;
+    std::memset(bytes_, 0xCD, sizeof bytes_);
+    for (auto& s : shadow_) s = detail::SharedShadow{};
+  }
+  alignas(T) alignas(16) unsigned char bytes_[sizeof(T) * N];
+  detail::SharedShadow shadow_[N];
+  std::uint64_t serial_ = UINT64_MAX;
+  const char* name_;
+};
+
+/// A static shared object that kernels hand to a collective by reference (cub's TempStorage):
+/// poisoned per block, not checked element by element (the collective checks its own contract).
+template <class T>
+class SharedObject {
+ public:
+  T& get() {
+    const std::uint64_t serial = detail::block_serial();
+    if (serial != serial_) {
+      serial_ = serial;
+      std::memset(bytes_, 0xCD, sizeof bytes_);
+    }
+    return *reinterpret_cast<T*>(bytes_);
+  }
+
+ private:
+  alignas(T) alignas(16) unsigned char bytes_[sizeof(T)];
+  std::uint64_t serial_ = UINT64_MAX;
+};
+
+/// The block's dynamic shared memory as checked elements of T.
+template <class T>
+class SharedSpan {
+ public:
+  explicit SharedSpan(const char* name)
+      : p_(static_cast<T*>(detail::dynamic_shared_memory())),
+        shadow_(detail::dynamic_shadow(sizeof(T), count_)),
+        name_(name) {}
+  SharedRef<T> operator[](std::size_t i) const {
+    if (i >= count_) detail::fault("index past the end of dynamic shared memory");
+    return SharedRef<T>(p_ + i, shadow_[i], name_, i);
+  }
+
+ private:
+  T* p_;
+  std::size_t count_ = 0;
+  detail::SharedShadow* shadow_;
+  const char* name_;
+};
+
+}  // namespace cubn::sim
 
 // ---- barriers and warp intrinsics -----------------------------------------------------------
 inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {

@@ -15,7 +15,15 @@
 ///    outside the mask; a width that is not a power of two up to 32;
 ///  - a block collective used against its contract (cubn::kernels::BlockReduce: the result read
 ///    outside thread 0, temporary storage reused without a barrier in between);
-///  - launch shapes a device refuses (more than 1024 threads, too much shared memory, grid limits).
+///  - launch shapes a device refuses (more than 1024 threads, too much shared memory, grid limits);
+///    a cooperative grid larger than the blocks that can be resident together (a GPU's
+///    cudaErrorCooperativeLaunchTooLarge);
+///  - in a cooperative launch, a block that returns, or waits at a different grid sync, while
+///    others wait at a grid sync;
+///  - races on shared memory declared through CUBN_SHARED / CUBN_DYNAMIC_SHARED
+///    (kernels/platform.cuh), compute-sanitizer racecheck's job: a write and a read, or two writes,
+///    of one element by different threads with no __syncthreads() between them. That shared memory
+///    starts each block poisoned (0xCD bytes), as dynamic shared memory does.
 /// Out-of-bounds global memory access is caught by building with AddressSanitizer (preset `asan`).
 ///
 /// What it cannot show: timing of any kind; the GPU memory model (weak ordering, visibility between
@@ -25,7 +33,8 @@
 /// depends on which block finishes last, not a race between blocks running at once; warp scheduling
 /// and lockstep execution (threads run one at a time, so code that relies on lockstep without
 /// __syncwarp gets wrong results here, which tests then catch, but the converse is not shown);
-/// races on shared memory between two barriers (threads do not interleave between sync points).
+/// warp-synchronous shared memory (lanes ordered by __syncwarp alone are reported as racing: the
+/// kernels do not rely on it); shared memory declared with a plain __shared__ is not checked.
 #pragma once
 
 #include <vector_types.h>
@@ -42,8 +51,32 @@
 
 namespace cubn::sim {
 
-/// The SM count the executor reports, like an H100 SXM (132 SMs).
+/// The SM count the executor reports by default, like an H100 SXM (132 SMs).
 constexpr int kSmCount = 132;
+
+/// The executor device's SM count for the calling host thread: kSmCount unless set_sm_count chose
+/// another. A smaller device keeps cooperative grids (one host thread per block) small in tests.
+int sm_count() noexcept;
+/// Sets the calling host thread's SM count (1 to kSmCount; 0 restores kSmCount). Plans made on
+/// this thread from then on see that many SMs.
+void set_sm_count(int sms) noexcept;
+
+/// What one SM of the executor device holds (an H100's figures): the limits that decide how many
+/// blocks can be resident together.
+struct SmLimits {
+  int max_threads = 2048;
+  int max_blocks = 32;
+  int registers = 65536;
+  std::size_t shared_bytes = 233472;         ///< 228 KB
+  std::size_t shared_per_block_optin = 232448;  ///< 227 KB, with the opt-in attribute
+  std::size_t reserved_per_block = 1024;     ///< shared memory the system keeps per block
+};
+const SmLimits& sm_limits() noexcept;
+
+/// Blocks of `block` threads with `dynamic_smem` bytes of dynamic shared memory that one SM holds
+/// at once, from the threads, blocks and shared memory of sm_limits(). The executor knows neither
+/// a kernel's registers nor its static shared memory: a GPU's occupancy API may report fewer.
+int cooperative_blocks_per_sm(dim3 block, std::size_t dynamic_smem) noexcept;
 
 /// The limits of the device the executor stands in for (an H100-like part; constant).
 const cubn::detail::LaunchLimits& device_limits() noexcept;
@@ -135,6 +168,31 @@ void launch_named(const char* name, void (*kernel)(P...), dim3 grid, dim3 block,
   };
   Call call{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
   run_grid(grid, block, dynamic_smem, &Call::invoke, &call, name);
+}
+
+/// Runs body(ctx) as a cooperative grid: every block resident at once on a host thread of its own,
+/// so that grid_sync() works. Throws cubn::Error(kInvalidLaunch) when the grid exceeds
+/// cooperative_blocks_per_sm(block, dynamic_smem) x sm_count() blocks, kKernelFault for a broken
+/// rule (the first block's fault; blocks abandoned because of it say nothing more).
+void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*),
+                          void* ctx, const char* name = "kernel");
+
+/// Launches `kernel` like cudaLaunchCooperativeKernel: run_cooperative_grid with each thread's own
+/// copy of the arguments. Synchronous.
+template <class... P, class... A>
+void launch_cooperative_named(const char* name, void (*kernel)(P...), dim3 grid, dim3 block,
+                              std::size_t dynamic_smem, A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
+  struct Call {
+    void (*kernel)(P...);
+    std::tuple<std::decay_t<P>...> params;
+    static void invoke(void* self) {
+      auto* call = static_cast<Call*>(self);
+      std::apply(call->kernel, call->params);
+    }
+  };
+  Call call{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
+  run_cooperative_grid(grid, block, dynamic_smem, &Call::invoke, &call, name);
 }
 
 /// launch_named with the name "kernel".
