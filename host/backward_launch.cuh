@@ -63,6 +63,28 @@ void launch_backward_training(const Problem& p, const BackwardPlan& plan, const 
   fin.doffset = args.grads.doffset;
   fin.accumulate = args.grads.accumulate;
   fin.k = dx != nullptr ? k : nullptr;
+  if (dx != nullptr && plan.use_persistent) {
+    using State = kernels::GradSums<Acc>;
+    const ScratchPtrs<State, Acc> ws(workspace, plan.scratch);
+    fin.c = p.c;
+    fin.m = static_cast<Acc>(p.m());
+    const PersistentPlan& pp = plan.persistent;
+    const kernels::GradSumOp<Acc> op{args.saved.mean};
+    const dim3 block(kernels::kBlockThreads);
+    bool launched = false;
+    with_vec<T>(pp.vec, [&](auto v) {
+      if (pp.planes) {
+        launched = launch_cooperative(
+            "cubn::bn_backward_persistent", kernels::bn_backward_persistent_channels_first<T, v()>,
+            pp.grid, block, pp.smem, stream, pp.cfr, pp.pg, dy, x, op, ws.partials, fin, dx);
+      } else {
+        launched = launch_cooperative(
+            "cubn::bn_backward_persistent", kernels::bn_backward_persistent_channels_last<T, v()>,
+            pp.grid, block, pp.smem, stream, pp.cl, pp.pg, dy, x, op, ws.partials, fin, dx);
+      }
+    });
+    if (launched) return;  // else the device fits no block of it: stream
+  }
   sums<T>(p, plan, x, dy, args.saved.mean, fin, workspace, stream);
   if (dx != nullptr) dx_map<T>(plan, dy, x, dx, kernels::TrainingDxOp<T>{k, p.c}, stream);
 }

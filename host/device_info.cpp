@@ -15,7 +15,14 @@ namespace cubn::detail {
 #if defined(CUBN_SIM)
 
 const DeviceInfo& current_device_info() {
-  static const DeviceInfo info{0, sim::kSmCount, sim::device_limits()};
+  thread_local DeviceInfo info;
+  const sim::SmLimits& sm = sim::sm_limits();
+  info.sm_count = sim::sm_count();
+  info.limits = sim::device_limits();
+  info.cooperative = true;
+  info.shared_per_sm = sm.shared_bytes;
+  info.shared_per_block_optin = sm.shared_per_block_optin;
+  info.reserved_shared_per_block = sm.reserved_per_block;
   return info;
 }
 
@@ -45,6 +52,13 @@ DeviceInfo query(int device) {
   l.max_grid_z = static_cast<unsigned>(attr(cudaDevAttrMaxGridDimZ, "max grid z"));
   l.max_shared_per_block =
       static_cast<std::size_t>(attr(cudaDevAttrMaxSharedMemoryPerBlock, "max shared memory"));
+  info.cooperative = attr(cudaDevAttrCooperativeLaunch, "cooperative launch") != 0;
+  info.shared_per_sm = static_cast<std::size_t>(
+      attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor, "shared memory per SM"));
+  info.shared_per_block_optin = static_cast<std::size_t>(
+      attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, "shared memory per block (opt-in)"));
+  info.reserved_shared_per_block = static_cast<std::size_t>(
+      attr(cudaDevAttrReservedSharedMemoryPerBlock, "reserved shared memory per block"));
   return info;
 }
 

@@ -45,8 +45,24 @@ void launch_forward_training(const Problem& p, const TrainingPlan& plan, const T
   fin.saved_invstd = args.saved.invstd;
   fin.k = ws.coeffs;
 
-  const ReducePlan& rp = plan.stats;
   const dim3 block(kernels::kBlockThreads);
+  if (plan.use_persistent) {
+    const PersistentPlan& pp = plan.persistent;
+    bool launched = false;
+    with_vec<T>(pp.vec, [&](auto v) {
+      if (pp.planes) {
+        launched = launch_cooperative(
+            "cubn::bn_forward_persistent", kernels::bn_forward_persistent_channels_first<T, v()>,
+            pp.grid, block, pp.smem, stream, pp.cfr, pp.pg, x, ws.partials, fin, y);
+      } else {
+        launched = launch_cooperative(
+            "cubn::bn_forward_persistent", kernels::bn_forward_persistent_channels_last<T, v()>,
+            pp.grid, block, pp.smem, stream, pp.cl, pp.pg, x, ws.partials, fin, y);
+      }
+    });
+    if (launched) return;  // else the device fits no block of it: stream
+  }
+  const ReducePlan& rp = plan.stats;
   with_vec<T>(rp.vec, [&](auto v) {
     if (rp.planes) {
       launch("cubn::bn_stats", kernels::bn_stats_channels_first<T, v()>, rp.grid, block, 0, stream,

@@ -68,6 +68,11 @@ kernels::ChannelsLastGeometry columns(const Problem& p, int vec) {
   return g;
 }
 
+// Whole packs every plane of S elements holds, whatever its alignment.
+std::int64_t whole_packs(const Problem& p, int vec) {
+  return p.s % vec == 0 ? p.s / vec : std::max<std::int64_t>(0, (p.s - vec + 1) / vec);
+}
+
 // Where the first leftover element (past the last whole vector) lies: its position in its plane
 // and its channel.
 void plane_tail(const Problem& p, int vec, std::int64_t& pos, int& ch) {
@@ -98,7 +103,32 @@ std::int64_t choose_splits(std::int64_t groups, std::int64_t per_split_unit, std
   return splits;
 }
 
+// The plane walk of `splits` blocks per channel (ChannelsFirstReduce).
+kernels::ChannelsFirstReduce planes(const Problem& p, int vec, std::int64_t splits) {
+  kernels::ChannelsFirstReduce g;
+  g.n = p.n;
+  g.c = p.c;
+  g.s = p.s;
+  g.numel = p.numel;
+  g.wf = whole_packs(p, vec);
+  g.tiles = p.n * g.wf;
+  g.step = splits * kBlockThreads;
+  g.step_j = g.wf > 0 ? g.step % g.wf : 0;
+  g.step_base = g.wf > 0 ? g.step / g.wf * p.c * p.s : 0;
+  g.plane = p.c * p.s;
+  g.tiles_q = g.tiles / g.step;
+  g.tiles_r = g.tiles % g.step;
+  plane_tail(p, vec, g.tail_pos, g.tail_ch);
+  return g;
+}
+
+thread_local Path g_forced = Path::kAuto;
+
 }  // namespace
+
+void force_path(Path path) noexcept { g_forced = path; }
+
+Path forced_path() noexcept { return g_forced; }
 
 bool aligned16(const void* a, const void* b, const void* c) {
   for (const void* ptr : {a, b, c})
@@ -153,29 +183,16 @@ ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bo
   rp.planes = use_planes(p, rp.vec);
   const std::int64_t target = kReduceBlocksPerSm * dev.sm_count;
   if (rp.planes) {
-    auto& g = rp.cfr;
     check_grid_x(p.c);
-    g.n = p.n;
-    g.c = p.c;
-    g.s = p.s;
-    g.numel = p.numel;
-    g.wf =
-        p.s % rp.vec == 0 ? p.s / rp.vec : std::max<std::int64_t>(0, (p.s - rp.vec + 1) / rp.vec);
-    g.tiles = p.n * g.wf;
-    rp.splits = choose_splits(p.c, kBlockThreads, std::max<std::int64_t>(g.tiles, p.n), target);
-    g.step = rp.splits * kBlockThreads;
-    g.step_j = g.wf > 0 ? g.step % g.wf : 0;
-    g.step_base = g.wf > 0 ? g.step / g.wf * p.c * p.s : 0;
-    g.plane = p.c * p.s;
-    g.tiles_q = g.tiles / g.step;
-    g.tiles_r = g.tiles % g.step;
+    rp.splits = choose_splits(p.c, kBlockThreads, std::max<std::int64_t>(p.n * whole_packs(p, rp.vec), p.n), target);
+    auto& g = rp.cfr;
+    g = planes(p, rp.vec, rp.splits);
     // One launch for the whole training forward when a block holds all of its channel (one
     // split): no block waits for another, the channel's x was just read by the same block (an L1
     // or L2 hit when re-read to normalize), and a launch gap is saved, which is what dominates
     // small problems. Planes of whole vectors only: the block writes whole vectors of its own
     // channel, never a vector shared with a neighbour.
     g.fuse = fusable && rp.splits == 1 && p.s % rp.vec == 0;
-    plane_tail(p, rp.vec, g.tail_pos, g.tail_ch);
     rp.grid = dim3(static_cast<unsigned>(p.c), static_cast<unsigned>(rp.splits));
     rp.partials = static_cast<std::size_t>(rp.splits * p.c);
   } else {
@@ -193,6 +210,80 @@ ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bo
   return rp;
 }
 
+namespace {
+
+// Static shared memory of the persistent kernels, at most (kernels/persistent.cuh: a state per
+// thread, the reduction's temporary storage, a column block's channel constants or coefficients);
+// bench/ptxas_report.py prints the real figure per kernel (7.5 KB at most on sm_90).
+constexpr std::size_t kPersistentStaticShared = 12 * 1024;
+
+}  // namespace
+
+PersistentPlan plan_persistent(const Problem& p, const DeviceInfo& dev, bool aligned, int inputs) {
+  PersistentPlan pp;
+  pp.vec = vector_width(p, aligned);
+  pp.planes = use_planes(p, pp.vec);
+  const std::int64_t target = std::int64_t{kernels::kPersistentBlocksPerSm} * dev.sm_count;
+  if (pp.planes) {
+    check_grid_x(p.c);
+    pp.pg.vblocks_x = p.c;
+    pp.pg.splits = choose_splits(p.c, kBlockThreads,
+                                 std::max<std::int64_t>(p.n * whole_packs(p, pp.vec), p.n), target);
+    pp.cfr = planes(p, pp.vec, pp.pg.splits);
+    pp.partials = static_cast<std::size_t>(pp.pg.splits * p.c);
+  } else {
+    pp.cl = columns(p, pp.vec);
+    pp.pg.vblocks_x = ceil_div(pp.cl.period_packs, pp.cl.bx);
+    check_grid_x(pp.pg.vblocks_x);
+    pp.pg.splits = choose_splits(pp.pg.vblocks_x, kBlockThreads / pp.cl.bx, pp.cl.periods, target);
+    pp.partials = static_cast<std::size_t>(pp.pg.splits * pp.cl.period);
+  }
+  const std::int64_t vblocks = pp.pg.vblocks_x * pp.pg.splits;
+  pp.grid = static_cast<unsigned>(std::min(target, vblocks));
+  // Half an SM's shared memory per block (kPersistentBlocksPerSm), less what the system and the
+  // kernel's static arrays take, in whole rows of one slot per thread.
+  const std::size_t slot_row = std::size_t{kBlockThreads} * pp.vec * element_size(p.dtype);
+  const std::size_t share = dev.shared_per_sm / kernels::kPersistentBlocksPerSm;
+  const std::size_t overhead = dev.reserved_shared_per_block + kPersistentStaticShared;
+  std::size_t avail = share > overhead ? share - overhead : 0;
+  if (dev.shared_per_block_optin > kPersistentStaticShared)
+    avail = std::min(avail, dev.shared_per_block_optin - kPersistentStaticShared);
+  pp.pg.slots = static_cast<int>(std::min<std::size_t>(avail / slot_row, 1u << 20));
+  pp.smem = static_cast<std::size_t>(pp.pg.slots) * slot_row;
+  // What the busiest thread keeps: its packs per virtual block (main tiles, and up to three edge
+  // packs per plane when planes do not hold whole vectors; rows of periods) times the virtual
+  // blocks of its block, against its slots less the last visit's that may not fit whole.
+  const std::int64_t step = pp.pg.splits * kBlockThreads;
+  std::int64_t packs = 0;
+  if (pp.planes) {
+    packs = ceil_div(pp.cfr.tiles, step) + (p.s % pp.vec != 0 ? 3 * ceil_div(p.n, step) : 0);
+  } else {
+    packs = ceil_div(pp.cl.periods, pp.pg.splits * (kBlockThreads / pp.cl.bx));
+  }
+  const std::int64_t needed = ceil_div(vblocks, pp.grid) * packs * inputs;
+  const std::int64_t visit = std::int64_t{kernels::kUnroll};  // slots a visit takes: U * inputs
+  const std::int64_t usable = std::max<std::int64_t>(0, pp.pg.slots - (visit - 1));
+  pp.kept = needed == 0 ? 1.0 : std::min(1.0, static_cast<double>(usable) / needed);
+  return pp;
+}
+
+namespace {
+
+// The persistent path when forced, or when the device runs cooperative kernels, the training
+// plan is not already one launch (a streaming plan whose blocks each hold a whole channel: their
+// second read of x hits the cache) and at least half of what the kernel loads stays on chip: then
+// it moves at most 2.5 passes forward where streaming moves 3 (2.75 of 5... backward: 4 of 5).
+bool choose_persistent(const PersistentPlan& pp, const DeviceInfo& dev, bool fused) {
+  switch (forced_path()) {
+    case Path::kPersistent: return true;
+    case Path::kStreaming: return false;
+    case Path::kAuto: break;
+  }
+  return dev.cooperative && !fused && pp.kept >= 0.5;
+}
+
+}  // namespace
+
 std::size_t WorkspaceLayout::add(std::size_t bytes) {
   const std::size_t offset = total;
   total += align256(bytes);
@@ -202,14 +293,17 @@ std::size_t WorkspaceLayout::add(std::size_t bytes) {
 namespace {
 
 // The workspace regions of a reduction with `state_bytes` per partial and `coeffs` per-channel
-// coefficient arrays, sized for the larger of the two vector widths' plans.
+// coefficient arrays, sized for both paths and both vector widths.
 Scratch scratch_for(const Problem& p, const DeviceInfo& dev, std::size_t state_bytes, int coeffs) {
   const ReducePlan wide = plan_reduce(p, dev, true, false),
                    narrow = plan_reduce(p, dev, false, false);
+  const std::size_t persistent = std::max(plan_persistent(p, dev, true, 1).partials,
+                                          plan_persistent(p, dev, false, 1).partials);
   WorkspaceLayout ws;
   ws.add(kernels::kTicketBytes);
   Scratch s;
-  s.partials_offset = ws.add(std::max(wide.partials, narrow.partials) * state_bytes);
+  s.partials_offset =
+      ws.add(std::max({wide.partials, narrow.partials, persistent}) * state_bytes);
   s.totals_offset = ws.add(std::max(wide.totals, narrow.totals) * state_bytes);
   s.coeffs_offset =
       ws.add(static_cast<std::size_t>(coeffs) * static_cast<std::size_t>(p.c) * p.param_bytes());
@@ -237,6 +331,8 @@ TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_align
   TrainingPlan tp;
   tp.stats = plan_reduce(p, dev, x_aligned, x_aligned == xy_aligned);
   tp.normalize = plan_map(p, dev, xy_aligned);
+  tp.persistent = plan_persistent(p, dev, xy_aligned, 1);
+  tp.use_persistent = choose_persistent(tp.persistent, dev, tp.stats.fused());
   tp.scratch =
       scratch_for(p, dev, kernels::welford_state_bytes(p.param_bytes()), kernels::kAffineCoeffs);
   return tp;
@@ -247,6 +343,8 @@ BackwardPlan plan_backward(const Problem& p, const DeviceInfo& dev, bool inputs_
   BackwardPlan bp;
   bp.sums = plan_reduce(p, dev, inputs_aligned, false);
   bp.dx = plan_map(p, dev, all_aligned);
+  bp.persistent = plan_persistent(p, dev, all_aligned, 2);
+  bp.use_persistent = choose_persistent(bp.persistent, dev, false);
   bp.scratch = scratch_for(p, dev, kernels::grad_sums_bytes(p.param_bytes()), kernels::kDxCoeffs);
   return bp;
 }

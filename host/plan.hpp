@@ -52,20 +52,49 @@ struct Scratch {
   std::size_t partials_offset = 0, totals_offset = 0, coeffs_offset = 0, bytes = 0;
 };
 
-/// How the training forward runs: statistics (finishing the channels, and with plan.stats.fused()
-/// normalizing too), then the normalization.
+/// How the persistent (single-read) path runs: one cooperative launch of at most
+/// kPersistentBlocksPerSm blocks per SM (the launcher clamps the grid to what the occupancy API
+/// reports), each keeping pg.slots vectors per thread of what it loads in `smem` bytes of dynamic
+/// shared memory (kernels/persistent.cuh).
+struct PersistentPlan {
+  int vec = 1;
+  bool planes = false;  ///< cfr, else cl
+  kernels::ChannelsFirstReduce cfr;
+  kernels::ChannelsLastGeometry cl;
+  kernels::PersistentGeometry pg;
+  unsigned grid = 0;
+  std::size_t smem = 0;
+  std::size_t partials = 0;  ///< partial states: splits * (C or period)
+  /// The fraction of the bytes the kernel loads (x; backward dy and x) that the grid keeps on
+  /// chip, the rest read again: 1 when the tensor fits.
+  double kept = 0;
+};
+
+/// Which path training calls take: the planner's choice (kAuto), or one forced for the calling
+/// host thread (tests run the same cases through both).
+enum class Path { kAuto, kStreaming, kPersistent };
+void force_path(Path path) noexcept;
+Path forced_path() noexcept;
+
+/// How the training forward runs: persistent (one cooperative launch), or statistics (finishing
+/// the channels, and with plan.stats.fused() normalizing too), then the normalization.
 struct TrainingPlan {
   ReducePlan stats;
   MapPlan normalize;
+  PersistentPlan persistent;
+  bool use_persistent = false;
   Scratch scratch;
   /// Kernel launches of this plan: 1 or 2.
-  int launches() const { return stats.fused() ? 1 : 2; }
+  int launches() const { return use_persistent || stats.fused() ? 1 : 2; }
 };
 
-/// How the backward runs: gradient sums (finishing dscale, doffset and dx's coefficients), dx.
+/// How the backward runs: persistent, or gradient sums (finishing dscale, doffset and dx's
+/// coefficients), then dx.
 struct BackwardPlan {
   ReducePlan sums;
   MapPlan dx;
+  PersistentPlan persistent;
+  bool use_persistent = false;  ///< for the training backward when it writes dx
   Scratch scratch;
 };
 
@@ -86,6 +115,9 @@ TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_align
 /// The backward's plan (inputs_aligned: x and dy are 16-byte aligned; all_aligned: dx too).
 BackwardPlan plan_backward(const Problem& p, const DeviceInfo& dev, bool inputs_aligned,
                            bool all_aligned);
+
+/// The persistent path's plan for `inputs` tensors read (1: forward, 2: backward).
+PersistentPlan plan_persistent(const Problem& p, const DeviceInfo& dev, bool aligned, int inputs);
 
 /// The byte model of a reduction, which the proxy tests hold the kernels to: elements it loads from
 /// each input tensor with vector width `vec`. The tensor once, plus, on channels-first planes that

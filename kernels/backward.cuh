@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "channel_ops.cuh"
+#include "persistent.cuh"
 #include "platform.cuh"
 #include "types.cuh"
 
@@ -179,6 +180,28 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
                                    GradSums<acc_t<T>>* partials, GradSums<acc_t<T>>* totals,
                                    unsigned* tickets, BackwardFinish<acc_t<T>> fin) {
   reduce_columns<T, V>(dy, x, g, op, partials, totals, tickets, fin);
+}
+
+/// The whole training backward in one cooperative launch (persistent.cuh): gradient sums, dscale,
+/// doffset and dx, dy and x read once where the grid's shared memory holds them. dx may equal dy
+/// or x.
+template <class T, int V>
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
+    bn_backward_persistent_channels_first(ChannelsFirstReduce g, PersistentGeometry pg,
+                                          const T* dy, const T* x, GradSumOp<acc_t<T>> op,
+                                          GradSums<acc_t<T>>* partials,
+                                          BackwardFinish<acc_t<T>> fin, T* dx) {
+  persistent_planes<T, V>(dy, x, dx, g, pg, op, partials, fin, TrainingDxOp<T>{fin.k, g.c});
+}
+
+/// The persistent training backward over a channels-last tensor. dx may equal dy or x.
+template <class T, int V>
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
+    bn_backward_persistent_channels_last(ChannelsLastGeometry g, PersistentGeometry pg,
+                                         const T* dy, const T* x, GradSumOp<acc_t<T>> op,
+                                         GradSums<acc_t<T>>* partials,
+                                         BackwardFinish<acc_t<T>> fin, T* dx) {
+  persistent_columns<T, V>(dy, x, dx, g, pg, op, partials, fin, TrainingDxOp<T>{fin.k, g.c});
 }
 
 /// dx over a channels-first tensor (in0 = dy, in1 = x). dx may equal dy or x.

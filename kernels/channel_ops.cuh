@@ -165,22 +165,20 @@ struct ColumnTail {
   }
 };
 
-/// Merges parts[s * stride + i] over s in [0, splits) for the items i in [0, count) with the
-/// whole block, in an order fixed by the block size alone (strided per thread, then a tree), and
-/// calls done(i, total) in one thread per item. `scratch` is kBlockThreads states of shared memory
-/// (CUBN_SHARED).
-template <class State, class Scratch, class Merge, class Done>
-CUBN_DEVICE void merge_splits(const State* parts, std::int64_t splits, std::int64_t stride,
-                              int count, Scratch& scratch, const Merge& merge, const Done& done) {
+/// Merges get(i, k) over k in [0, per_item) for the items i in [0, count) with the whole block, in
+/// an order fixed by the block size alone (strided per thread, then a tree), and calls done(i,
+/// total) in one thread per item. `scratch` is kBlockThreads states of shared memory (CUBN_SHARED).
+template <class State, class Get, class Scratch, class Merge, class Done>
+CUBN_DEVICE void merge_items(std::int64_t count, std::int64_t per_item, const Get& get,
+                             Scratch& scratch, const Merge& merge, const Done& done) {
   int lanes = 1;
-  while (lanes * 2 * count <= kBlockThreads) lanes *= 2;
+  while (lanes < kBlockThreads && lanes * 2 * count <= kBlockThreads) lanes *= 2;
   const int lane = static_cast<int>(threadIdx.x) % lanes;
-  for (int base = 0; base < count; base += kBlockThreads / lanes) {
-    const int item = base + static_cast<int>(threadIdx.x) / lanes;
+  for (std::int64_t base = 0; base < count; base += kBlockThreads / lanes) {
+    const std::int64_t item = base + static_cast<int>(threadIdx.x) / lanes;
     State s{};
     if (item < count)
-      for (std::int64_t sp = lane; sp < splits; sp += lanes)
-        s = merge(s, parts[sp * stride + item]);
+      for (std::int64_t k = lane; k < per_item; k += lanes) s = merge(s, get(item, k));
     for (int w = lanes / 2; w >= 1; w /= 2) {
       scratch[threadIdx.x] = s;
       __syncthreads();
@@ -189,6 +187,15 @@ CUBN_DEVICE void merge_splits(const State* parts, std::int64_t splits, std::int6
     }
     if (lane == 0 && item < count) done(item, s);
   }
+}
+
+/// merge_items of parts[s * stride + i] over s in [0, splits), for the items i in [0, count).
+template <class State, class Scratch, class Merge, class Done>
+CUBN_DEVICE void merge_splits(const State* parts, std::int64_t splits, std::int64_t stride,
+                              int count, Scratch& scratch, const Merge& merge, const Done& done) {
+  merge_items<State>(
+      count, splits, [&](std::int64_t i, std::int64_t k) { return parts[k * stride + i]; },
+      scratch, merge, [&](std::int64_t i, const State& total) { done(static_cast<int>(i), total); });
 }
 
 /// Folds into `total` the leftover elements (past the last whole pack) that belong to channel
@@ -247,6 +254,22 @@ CUBN_DEVICE Pack<T, V> apply_pack(const F& f, const Pack<T, V>& a, const Pack<T,
   return o;
 }
 
+/// Where a loop's packs come from, and what becomes of them: the streaming kernels load them from
+/// global memory and keep nothing; the persistent kernels keep them in shared memory
+/// (persistent.cuh: SliceCache) and fetch them from there the second time.
+template <int Inputs>
+struct FromGlobal {
+  template <int N, int V, class T>
+  CUBN_DEVICE void fetch(const T* in0, const T* in1, const std::int64_t (&at)[N],
+                         Pack<T, V> (&a)[N], Pack<T, V> (&b)[N]) {
+    load_packs<Inputs, N, V>(in0, in1, at, a, b);
+  }
+  template <int N, int V, class T>
+  CUBN_DEVICE void keep(const Pack<T, V> (&)[N], const Pack<T, V> (&)[N]) {}
+  template <int N>
+  CUBN_DEVICE void skip() {}
+};
+
 // ---- channels-first planes ----------------------------------------------------------------------
 
 /// Walks the whole packs every plane of channel `ch` holds (the main tiles), starting at tile
@@ -292,41 +315,53 @@ CUBN_DEVICE void walk_plane_tiles(const ChannelsFirstReduce& g, std::int64_t ch,
   }
 }
 
-/// A thread's share of channel `ch` over split `split`: the main tiles, then the packs each plane
-/// shares with its neighbours, masked by element (the pack past the tensor's last whole pack is
-/// left to fold_leftovers).
-template <class T, int V, class R>
-CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
-                                                const ChannelsFirstReduce& g, const R& op,
-                                                const typename R::Channel& cst, std::int64_t ch,
-                                                std::int64_t split) {
-  constexpr int U = unroll_for(R::kInputs);
-  typename R::Local l{};
-  const auto first = static_cast<unsigned>(split * kBlockThreads + threadIdx.x);
-  walk_plane_tiles<U, V>(g, ch, first, [&](const auto& at) {
-    constexpr int N = packs_in<decltype(at)>;
-    Pack<T, V> a[N], b[N];
-    load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
-    op.absorb_packs(l, cst, a, b);
-  });
-  if (V == 1) return l;
+/// walk_plane_tiles, then the packs each plane of the thread's share (planes first, first + step,
+/// ...) shares with its neighbours: edge(at, b0, b1) for the pack at `at`, of which the elements in
+/// [b0, b1) are the channel's (the pack past the tensor's last whole pack is left to the code that
+/// takes the leftovers).
+template <int U, int V, class Main, class Edge>
+CUBN_DEVICE void walk_planes(const ChannelsFirstReduce& g, std::int64_t ch, unsigned first,
+                             const Main& main, const Edge& edge) {
+  walk_plane_tiles<U, V>(g, ch, first, main);
+  if (V == 1) return;
   const std::int64_t whole = g.wf * V;
   CUBN_NO_UNROLL
   for (std::int64_t n = first; n < g.n; n += g.step) {
     const std::int64_t b0 = n * g.plane + ch * g.s, b1 = b0 + g.s;
     const std::int64_t f = (b0 + (V - 1)) & ~static_cast<std::int64_t>(V - 1);
-    const auto edge = [&](std::int64_t at) {
-      if (at + V > g.numel) return;
-      Pack<T, V> a[1], b[1];
-      load_packs<R::kInputs, V>(in0, in1, at, a, b);
-      for (int k = 0; k < V; ++k)
-        if (at + k >= b0 && at + k < b1)
-          op.absorb_one(l, cst, to_acc(a[0].v[k]), to_acc(b[0].v[k]));
-    };
-    if (f > b0) edge(f - V);
+    if (f > b0 && f <= g.numel) edge(f - V, b0, b1);
     CUBN_NO_UNROLL
-    for (std::int64_t at = f + whole; at < b1; at += V) edge(at);
+    for (std::int64_t at = f + whole; at < b1 && at + V <= g.numel; at += V) edge(at, b0, b1);
   }
+}
+
+/// A thread's share of channel `ch` over split `split` (walk_planes), each pack handed to
+/// src.keep after it is folded in.
+template <class T, int V, class R, class Src>
+CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
+                                                const ChannelsFirstReduce& g, const R& op,
+                                                const typename R::Channel& cst, std::int64_t ch,
+                                                std::int64_t split, Src& src) {
+  constexpr int U = unroll_for(R::kInputs);
+  typename R::Local l{};
+  const auto first = static_cast<unsigned>(split * kBlockThreads + threadIdx.x);
+  walk_planes<U, V>(
+      g, ch, first,
+      [&](const auto& at) {
+        constexpr int N = packs_in<decltype(at)>;
+        Pack<T, V> a[N], b[N];
+        load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
+        op.absorb_packs(l, cst, a, b);
+        src.keep(a, b);
+      },
+      [&](std::int64_t at, std::int64_t b0, std::int64_t b1) {
+        Pack<T, V> a[1], b[1];
+        load_packs<R::kInputs, V>(in0, in1, at, a, b);
+        for (int k = 0; k < V; ++k)
+          if (at + k >= b0 && at + k < b1)
+            op.absorb_one(l, cst, to_acc(a[0].v[k]), to_acc(b[0].v[k]));
+        src.keep(a, b);
+      });
   return l;
 }
 
@@ -340,8 +375,9 @@ CUBN_DEVICE bool reduce_planes(const T* in0, const T* in1, const ChannelsFirstRe
                                const Fin& fin) {
   using State = typename R::State;
   const std::int64_t ch = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
-  const auto local =
-      accumulate_planes<T, V>(in0, in1, g, op, op.channel(in0, in1, ch, ch * g.s), ch, split);
+  FromGlobal<R::kInputs> src;
+  const auto local = accumulate_planes<T, V>(in0, in1, g, op,
+                                             op.channel(in0, in1, ch, ch * g.s), ch, split, src);
   const auto merge = [&op](const State& a, const State& b) { return op.merge(a, b); };
   using Reduce = BlockReduce<State, kBlockThreads>;
   CUBN_SHARED_OBJECT(typename Reduce::TempStorage, storage);
@@ -358,21 +394,51 @@ CUBN_DEVICE bool reduce_planes(const T* in0, const T* in1, const ChannelsFirstRe
   return true;
 }
 
-/// out = f(in0, in1) over channel `ch`'s planes by one block (planes of whole packs only: the
-/// forward's fused normalization).
+/// out = f(in0, in1) over a thread's share of channel `ch` (walk_planes from tile `first`), its
+/// packs from src.fetch. A pack shared with a neighbouring plane is written whole, once: by the
+/// plane that holds its last element, with the previous plane's coefficients for the elements
+/// before the boundary (the whole pack is at hand: it was loaded whole); the previous plane skips
+/// it (src.skip keeps the order of kept packs).
+template <class T, int V, class F, class Src>
+CUBN_DEVICE void map_channel_planes(const T* in0, const T* in1, T* out,
+                                    const ChannelsFirstReduce& g, const F& f, std::int64_t ch,
+                                    unsigned first, Src& src) {
+  constexpr int U = unroll_for(F::kInputs);
+  const typename F::Coeffs q = f.coeffs(ch);
+  const auto coeff = [&](int) { return q; };
+  walk_planes<U, V>(
+      g, ch, first,
+      [&](const auto& at) {
+        constexpr int N = packs_in<decltype(at)>;
+        Pack<T, V> a[N], b[N];
+        src.fetch(in0, in1, at, a, b);
+        CUBN_UNROLL
+        for (int u = 0; u < N; ++u) store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], coeff));
+      },
+      [&](std::int64_t at, std::int64_t b0, std::int64_t b1) {
+        if (at + V > b1) {  // the next plane's first pack
+          src.template skip<1>();
+          return;
+        }
+        const std::int64_t one[1] = {at};
+        Pack<T, V> a[1], b[1];
+        src.fetch(in0, in1, one, a, b);
+        if (at >= b0) {
+          store_pack<V>(out + at, apply_pack(f, a[0], b[0], coeff));
+          return;
+        }
+        const typename F::Coeffs before = f.coeffs(ch == 0 ? g.c - 1 : ch - 1);
+        const auto cut = static_cast<int>(b0 - at);
+        store_pack<V>(out + at, apply_pack(f, a[0], b[0], [&](int k) { return k < cut ? before : q; }));
+      });
+}
+
+/// out = f(in0, in1) over channel `ch`'s planes by one block (the forward's fused normalization).
 template <class T, int V, class F>
 CUBN_DEVICE void map_own_planes(const T* in0, const T* in1, T* out, const ChannelsFirstReduce& g,
                                 const F& f, std::int64_t ch) {
-  constexpr int U = unroll_for(F::kInputs);
-  const typename F::Coeffs q = f.coeffs(ch);
-  walk_plane_tiles<U, V>(g, ch, threadIdx.x, [&](const auto& at) {
-    constexpr int N = packs_in<decltype(at)>;
-    Pack<T, V> a[N], b[N];
-    load_packs<F::kInputs, N, V>(in0, in1, at, a, b);
-    CUBN_UNROLL
-    for (int u = 0; u < N; ++u)
-      store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], [&](int) { return q; }));
-  });
+  FromGlobal<F::kInputs> src;
+  map_channel_planes<T, V>(in0, in1, out, g, f, ch, threadIdx.x, src);
 }
 
 /// out = f(in0, in1) over a channels-first tensor: its whole packs flat and grid-stride, each with
@@ -508,26 +574,25 @@ CUBN_DEVICE ColumnTail column_tail(const ChannelsLastGeometry& g) {
           static_cast<unsigned>(g.d)};
 }
 
-/// Reduces the V slots each thread owns (pack column blockIdx.x * bx + tx of every period) over
-/// split blockIdx.y into partials[split * period + slot]. The last block of a column block merges
-/// its slots over the splits; when each column block holds whole channels (lr == d == 1)
-/// it finishes them, else it stores slot totals and the last set to do so finishes every channel
-/// from them. Returns true in every thread of a block that finished channels.
-template <class T, int V, class R, class Fin>
-CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGeometry& g,
-                                const R& op, typename R::State* partials, typename R::State* totals,
-                                unsigned* tickets, const Fin& fin) {
+/// The partials of column block `cb` over split `split` of `splits`: each thread folds the V slots
+/// it owns (pack column cb * bx + tx of the periods split * by + ty, stepping splits * by; each pack
+/// then handed to src.keep), the block merges its thread rows in row order into
+/// partials[split * period + slot]. `rows` is kBlockThreads states of shared memory. Ends with a
+/// barrier.
+template <class T, int V, class R, class Src, class Rows>
+CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastGeometry& g,
+                                 const R& op, typename R::State* partials, std::int64_t cb,
+                                 std::int64_t split, std::int64_t splits, Src& src, Rows& rows) {
   using State = typename R::State;
   constexpr int U = unroll_for(R::kInputs);
-  const std::int64_t split = blockIdx.y, splits = gridDim.y;
   typename R::template Columns<V> l{};
   const ThreadTile t0(g.bx, static_cast<int>(threadIdx.x));
-  const std::int64_t j0 = static_cast<std::int64_t>(blockIdx.x) * t0.bx + t0.tx;
+  const std::int64_t j0 = cb * t0.bx + t0.tx;
   // the block's slots' channel constants in shared memory, read at each use: V of them held in
   // registers through the loop would crowd out the packs in flight
   CUBN_SHARED(typename R::Channel, chan, kMaxColumnSlots);
   {
-    const std::int64_t slot0 = static_cast<std::int64_t>(blockIdx.x) * t0.bx * V;
+    const std::int64_t slot0 = cb * t0.bx * V;
     for (int i = threadIdx.x; i < t0.bx * V; i += kBlockThreads) {
       if (slot0 + i >= g.period) continue;
       const std::int64_t ch = slot_channel(g, slot0 + i);
@@ -542,13 +607,13 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
       Pack<T, V> a[N], b[N];
       load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
       op.absorb_columns(l, cst, a, b);
+      src.keep(a, b);
     });
   }
   // the thread's coordinates again, recomputed rather than held through the loop
   const ThreadTile tt(g.bx, opaque(static_cast<int>(threadIdx.x)));
-  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * tt.bx + tt.tx;
+  const std::int64_t j = cb * tt.bx + tt.tx;
   // merge the by thread rows of each slot in row order, one of the V slots at a time
-  CUBN_SHARED(State, rows, kBlockThreads);
   CUBN_UNROLL
   for (int k = 0; k < V; ++k) {
     rows[threadIdx.x] = op.column_state(l, k);
@@ -560,12 +625,29 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
     }
     __syncthreads();
   }
+}
+
+/// Reduces the V slots each thread owns over split blockIdx.y (column_partials of column block
+/// blockIdx.x). The last block of a column block merges its slots over the splits; when each
+/// column block holds whole channels (lr == d == 1) it finishes them, else it stores slot totals
+/// and the last set to do so finishes every channel from them. Returns true in every thread of a
+/// block that finished channels.
+template <class T, int V, class R, class Fin>
+CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGeometry& g,
+                                const R& op, typename R::State* partials, typename R::State* totals,
+                                unsigned* tickets, const Fin& fin) {
+  using State = typename R::State;
+  const std::int64_t splits = gridDim.y;
+  CUBN_SHARED(State, rows, kBlockThreads);
+  FromGlobal<R::kInputs> src;
+  column_partials<T, V>(in0, in1, g, op, partials, blockIdx.x, blockIdx.y, splits, src, rows);
   const auto merge = [&op](const State& a, const State& b) { return op.merge(a, b); };
   if (!group_arrive(tickets, blockIdx.x, static_cast<unsigned>(splits))) return false;
   const bool whole = g.lr == 1 && g.d == 1;
   const ColumnTail tail = column_tail(g);
-  const std::int64_t s0 = static_cast<std::int64_t>(blockIdx.x) * tt.bx * V;
-  const std::int64_t count = g.period - s0 < tt.bx * V ? g.period - s0 : tt.bx * V;
+  const std::int64_t width = static_cast<std::int64_t>(g.bx) * V;
+  const std::int64_t s0 = static_cast<std::int64_t>(blockIdx.x) * width;
+  const std::int64_t count = g.period - s0 < width ? g.period - s0 : width;
   merge_splits(partials + s0, splits, g.period, static_cast<int>(count), rows, merge,
                [&](int i, const State& total) {
                  const std::int64_t slot = s0 + i;
@@ -590,36 +672,45 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
   return true;
 }
 
-/// out = f(in0, in1) over pack column blockIdx.x * bx + tx of the periods blockIdx.y * by + ty,
-/// stepping gridDim.y * by; block (0, 0) takes the leftovers. The block's slots' coefficients sit
-/// in shared memory (V slots' worth per thread would not fit in registers beside the packs in
-/// flight). Every thread of the block calls it. out may equal in0 or in1.
-template <class T, int V, class F>
-CUBN_DEVICE void map_columns(const T* in0, const T* in1, T* out, const ChannelsLastGeometry& g,
-                             const F& f) {
+/// out = f(in0, in1) over pack column cb * bx + tx of the periods split * by + ty, stepping
+/// splits * by (the packs column_partials walks), its packs from src.fetch. The block's slots'
+/// coefficients sit in shared memory (V slots' worth per thread would not fit in registers beside
+/// the packs in flight). Every thread of the block calls it. out may equal in0 or in1.
+template <class T, int V, class F, class Src>
+CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out,
+                                  const ChannelsLastGeometry& g, const F& f, std::int64_t cb,
+                                  std::int64_t split, std::int64_t splits, Src& src) {
   using Coeffs = typename F::Coeffs;
   constexpr int U = unroll_for(F::kInputs);
   const ThreadTile tt(g.bx, static_cast<int>(threadIdx.x));
-  const std::int64_t slot0 = static_cast<std::int64_t>(blockIdx.x) * tt.bx * V;
+  const std::int64_t slot0 = cb * tt.bx * V;
   CUBN_SHARED(Coeffs, table, kMaxColumnSlots);
+  __syncthreads();  // a previous column block's readers are done with the table
   for (int i = threadIdx.x; i < tt.bx * V; i += kBlockThreads)
     if (slot0 + i < g.period) table[i] = f.coeffs(slot_channel(g, slot0 + i));
   __syncthreads();
-  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * tt.bx + tt.tx;
+  const std::int64_t j = cb * tt.bx + tt.tx;
   if (j < g.period_packs) {
     // read from shared memory at each use: V slots' coefficients held in registers across the
     // loop would crowd out the packs in flight
     const auto q = [&](int k) { return Coeffs(table[opaque(tt.tx * V) + k]); };
-    walk_column<U, V>(g, j, static_cast<std::int64_t>(blockIdx.y) * tt.by + tt.ty,
-                      static_cast<std::int64_t>(gridDim.y) * tt.by, [&](const auto& at) {
-                        constexpr int N = packs_in<decltype(at)>;
-                        Pack<T, V> a[N], b[N];
-                        load_packs<F::kInputs, N, V>(in0, in1, at, a, b);
-                        CUBN_UNROLL
-                        for (int u = 0; u < N; ++u)
-                          store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], q));
-                      });
+    walk_column<U, V>(g, j, split * tt.by + tt.ty, splits * tt.by, [&](const auto& at) {
+      constexpr int N = packs_in<decltype(at)>;
+      Pack<T, V> a[N], b[N];
+      src.fetch(in0, in1, at, a, b);
+      CUBN_UNROLL
+      for (int u = 0; u < N; ++u) store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], q));
+    });
   }
+}
+
+/// out = f(in0, in1) over column block blockIdx.x, rows blockIdx.y of gridDim.y
+/// (map_column_block); block (0, 0) takes the leftovers. out may equal in0 or in1.
+template <class T, int V, class F>
+CUBN_DEVICE void map_columns(const T* in0, const T* in1, T* out, const ChannelsLastGeometry& g,
+                             const F& f) {
+  FromGlobal<F::kInputs> src;
+  map_column_block<T, V>(in0, in1, out, g, f, blockIdx.x, blockIdx.y, gridDim.y, src);
   if (V > 1 && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
     map_leftovers<V>(in0, in1, out, g.numel, f, column_tail(g));
 }

@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "channel_ops.cuh"
+#include "persistent.cuh"
 #include "platform.cuh"
 #include "types.cuh"
 #include "welford.cuh"
@@ -274,6 +275,27 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
       !g.fuse)
     return;
   map_columns<T, V>(x, static_cast<const T*>(nullptr), y, g, TrainedAffine<T>{fin.k, g.c});
+}
+
+/// The whole training forward in one cooperative launch (persistent.cuh): statistics, running
+/// statistics and y, x read once where the grid's shared memory holds it. y may equal x.
+template <class T, int V>
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
+    bn_forward_persistent_channels_first(ChannelsFirstReduce g, PersistentGeometry pg, const T* x,
+                                         WelfordState<acc_t<T>>* partials,
+                                         ForwardFinish<acc_t<T>> fin, T* y) {
+  persistent_planes<T, V>(x, static_cast<const T*>(nullptr), y, g, pg, WelfordOp<acc_t<T>>{},
+                          partials, fin, TrainedAffine<T>{fin.k, g.c});
+}
+
+/// The persistent training forward over a channels-last tensor. y may equal x.
+template <class T, int V>
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
+    bn_forward_persistent_channels_last(ChannelsLastGeometry g, PersistentGeometry pg, const T* x,
+                                        WelfordState<acc_t<T>>* partials,
+                                        ForwardFinish<acc_t<T>> fin, T* y) {
+  persistent_columns<T, V>(x, static_cast<const T*>(nullptr), y, g, pg, WelfordOp<acc_t<T>>{},
+                           partials, fin, TrainedAffine<T>{fin.k, g.c});
 }
 
 /// y = (x - shift) * a + b over a channels-first tensor (Affine: TrainedAffine or

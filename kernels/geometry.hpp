@@ -105,6 +105,26 @@ struct ChannelsLastGeometry {
   bool fuse = false;
 };
 
+/// Resident blocks per SM of the persistent (single-read) kernels: each keeps its share of the
+/// tensor in up to half an SM's shared memory, and 2 x 256 threads with 4 x 16-byte loads each keep
+/// 32 KB per SM in flight while they load it (Little's law asks about 18 KB of an H100).
+/// __launch_bounds__ then allows 128 registers per thread. Untuned: awaits a GPU measurement.
+constexpr int kPersistentBlocksPerSm = 2;
+
+/// Bytes of one slot of the persistent kernels' on-chip slices: one 16-byte vector.
+constexpr std::size_t kSlotBytes = 16;
+
+/// The persistent path: a cooperative grid walks the streaming reduction's blocks ("virtual
+/// blocks": (channel, split) of ChannelsFirstReduce, (column block, split) of ChannelsLastGeometry)
+/// vb = blockIdx.x, + gridDim.x, ... twice: first folding each pack into the statistics and keeping
+/// it in shared memory while the thread has slots left, then, after the grid has agreed on the
+/// statistics, writing the output from the kept packs (re-reading only those that found no slot).
+struct PersistentGeometry {
+  std::int64_t vblocks_x = 0;  ///< virtual blocks across: C (planes) or column blocks
+  std::int64_t splits = 1;     ///< virtual blocks per channel or column block
+  int slots = 0;               ///< kept vectors per thread (one per input tensor per pack)
+};
+
 /// Bytes of one WelfordState<Acc> (int64 count, Acc mean, Acc M2): lets host-only code size
 /// workspaces; forward_launch.cuh checks it against the real type.
 constexpr std::size_t welford_state_bytes(std::size_t acc_bytes) { return 8 + 2 * acc_bytes; }

@@ -202,17 +202,17 @@ __global__ void read_other_blocks_without_sync(int* slots, int* sums) {
   grid_sync();
 }
 
+void run_racy_grid() {
+  sim::set_sm_count(2);
+  std::vector<int> slots(8), sums(8);
+  sim::launch_cooperative_named("racy", read_other_blocks_without_sync, dim3(8), dim3(32), 0,
+                                slots.data(), sums.data());
+  std::exit(0);  // ThreadSanitizer turns this into its exit code 66 when it reported
+}
+
 TEST(CooperativeUnderTsan, DataCrossingBlocksWithoutTheGridSyncIsReported) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
-  EXPECT_EXIT(
-      {
-        sim::set_sm_count(2);
-        std::vector<int> slots(8), sums(8);
-        sim::launch_cooperative_named("racy", read_other_blocks_without_sync, dim3(8), dim3(32), 0,
-                                      slots.data(), sums.data());
-        std::exit(0);  // ThreadSanitizer turns this into its exit code 66 when it reported
-      },
-      ::testing::ExitedWithCode(66), "ThreadSanitizer: data race");
+  EXPECT_EXIT(run_racy_grid(), ::testing::ExitedWithCode(66), "ThreadSanitizer: data race");
 }
 #endif
 

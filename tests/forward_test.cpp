@@ -376,6 +376,7 @@ TEST_F(ForwardProperties, OneWorkspaceServesCallsOfEveryShapeAndIsLeftReady) {
     }
   }
 #if defined(CUBN_SIM)
+  const ForcePath streaming(detail::Path::kStreaming);  // the tickets are the streaming path's
   const Dims dims{64, 3, 33, 33};
   const TensorDesc desc = make_desc(DataType::kFloat32, MemoryOrder::kChannelsFirst, dims);
   const auto d = make_data<float>(dims, MemoryOrder::kChannelsFirst, 5);

@@ -122,7 +122,9 @@ TEST(Plan, EveryShapeTakesSixteenByteVectors) {
 }
 
 // One launch when a block per channel (or column block) holds all of it: no cross-block merge.
+// Streaming forced: otherwise those that take two launches go persistent (one launch).
 TEST(Plan, SmallProblemsRunTheTrainingForwardInOneLaunch) {
+  cubn::detail::force_path(cubn::detail::Path::kStreaming);
   const auto& dev = cubn::detail::current_device_info();
   const auto one = [&](MemoryOrder o, std::initializer_list<std::int64_t> dims) {
     return cubn::detail::plan_training(problem(DataType::kBFloat16, o, dims), dev, true, true)
@@ -138,6 +140,8 @@ TEST(Plan, SmallProblemsRunTheTrainingForwardInOneLaunch) {
                 true, false)
                 .launches(),
             2);
+  cubn::detail::force_path(cubn::detail::Path::kAuto);
+  EXPECT_EQ(one(MemoryOrder::kChannelsFirst, {8, 512, 7, 7}), 1);  // persistent
 }
 
 TEST(Plan, WorkspaceDoesNotDependOnPointerAlignment) {

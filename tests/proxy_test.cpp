@@ -9,6 +9,9 @@
 // sums, dy and x for dx, dx), frozen backward dx 1 + 1 (dy, dx), where r is the reduction's
 // passes: 1, or a little more on channels-first planes that do not start on a 16-byte boundary,
 // whose shared edge packs both neighbouring channels load (detail::reduce_loaded_elements).
+// The persistent training path, where the tensor fits on chip: forward r + l + 1, backward
+// 2r + 2l + 1, in one launch, where l is the fraction of elements past the last whole vector
+// (fewer than 16 bytes' worth, read once more to be written).
 // Per-channel vectors, and the one element per channel the statistics take as their shift, are
 // not counted.
 // "Contiguous" shapes: every row of the contiguous extent (S channels-first, C channels-last)
@@ -89,8 +92,14 @@ void check(const Dims& dims, MemoryOrder order, double min_lane_bytes = 0) {
   const auto& dev = detail::current_device_info();
   const double r = static_cast<double>(detail::reduce_loaded_elements(p, 16 / sizeof(T))) /
                    static_cast<double>(p.numel);
+  const double l = static_cast<double>(p.numel % (16 / sizeof(T))) / static_cast<double>(p.numel);
+  detail::force_path(detail::Path::kStreaming);
   const std::size_t training_launches = detail::plan_training(p, dev, true, true).launches();
+  detail::force_path(detail::Path::kAuto);
   EXPECT_LE(training_launches, 2u) << what;
+  // the persistent model holds where the tensor fits on chip; elsewhere part is read again
+  const bool fits[2] = {detail::plan_persistent(p, dev, true, 1).kept == 1.0,
+                        detail::plan_persistent(p, dev, true, 2).kept == 1.0};
   DeviceBuffer<T> x(d.x), y(d.x.size()), dy(d.x), dx(d.x.size());
   DeviceBuffer<P> rm(std::vector<P>(C, 0)), rv(std::vector<P>(C, 1)), sm(C), si(C), ds(C), dof(C);
   DeviceBytes ws(std::max(forward_training_workspace_size(desc), backward_workspace_size(desc)));
@@ -99,20 +108,42 @@ void check(const Dims& dims, MemoryOrder order, double min_lane_bytes = 0) {
   TrainingForwardArgs<P> ta;
   ta.running = {rm.data(), rv.data()};
   ta.saved = {sm.data(), si.data()};
-  expect_traffic(
-      profile(bytes, [&] { forward_training(desc, x.data(), y.data(), ta, w, nullptr); }),
-      {r + 1, 1, training_launches}, contiguous, min_lane_bytes, what + " forward_training");
+  TrainingBackwardArgs<P> ba;
+  ba.saved = {sm.data(), si.data()};
+  ba.grads = {ds.data(), dof.data()};
+  for (const auto path : {detail::Path::kStreaming, detail::Path::kPersistent}) {
+    const bool persistent = path == detail::Path::kPersistent;
+    const std::string how = persistent ? " persistent" : " streaming";
+    detail::force_path(path);
+    const auto forward = profile(
+        bytes, [&] { forward_training(desc, x.data(), y.data(), ta, w, nullptr); });
+    const auto backward = profile(
+        bytes, [&] { backward_training(desc, x.data(), dy.data(), dx.data(), ba, w, nullptr); });
+    if (!persistent) {
+      expect_traffic(forward, {r + 1, 1, training_launches}, contiguous, min_lane_bytes,
+                     what + how + " forward_training");
+      expect_traffic(backward, {2 * r + 2, 1, 2}, contiguous, min_lane_bytes,
+                     what + how + " backward_training");
+      continue;
+    }
+    if (fits[0]) {
+      expect_traffic(forward, {r + l, 1, 1}, contiguous, min_lane_bytes,
+                     what + how + " forward_training");
+    } else {
+      EXPECT_LT(forward.read_passes, r + 1) << what << how << ": part kept on chip";
+    }
+    if (fits[1]) {
+      expect_traffic(backward, {2 * r + 2 * l, 1, 1}, contiguous, min_lane_bytes,
+                     what + how + " backward_training");
+    } else {
+      EXPECT_LT(backward.read_passes, 2 * r + 2) << what << how << ": part kept on chip";
+    }
+  }
+  detail::force_path(detail::Path::kAuto);
   InferenceForwardArgs<P> ia;
   ia.running = {rm.data(), rv.data()};
   expect_traffic(profile(bytes, [&] { forward_inference(desc, x.data(), y.data(), ia, nullptr); }),
                  {1, 1, 1}, contiguous, min_lane_bytes, what + " forward_inference");
-  TrainingBackwardArgs<P> ba;
-  ba.saved = {sm.data(), si.data()};
-  ba.grads = {ds.data(), dof.data()};
-  expect_traffic(
-      profile(bytes,
-              [&] { backward_training(desc, x.data(), dy.data(), dx.data(), ba, w, nullptr); }),
-      {2 * r + 2, 1, 2}, contiguous, min_lane_bytes, what + " backward_training");
   FrozenBackwardArgs<P> fa;
   fa.running = {rm.data(), rv.data()};
   expect_traffic(
@@ -158,9 +189,10 @@ TEST(Proxies, BenchmarkFamiliesMoveTwelveBytesPerLaneAccessBf16) {
 }
 
 // The names nsys shows, and the launch counts: a small training forward in one launch (statistics,
-// finishing and normalization), a larger one in two.
+// finishing and normalization), a larger one in one cooperative launch, or streaming in two.
 TEST(Proxies, EveryLaunchIsNamedAfterItsKernel) {
-  const auto names = [](const Dims& dims) {
+  const auto names = [](const Dims& dims, detail::Path path = detail::Path::kAuto) {
+    detail::force_path(path);
     const TensorDesc desc = make_desc(DataType::kFloat32, MemoryOrder::kChannelsLast, dims);
     const auto d = make_data<float>(dims, MemoryOrder::kChannelsLast, 1);
     DeviceBuffer<float> x(d.x), y(d.x.size());
@@ -170,10 +202,12 @@ TEST(Proxies, EveryLaunchIsNamedAfterItsKernel) {
                      {ws.data(), ws.bytes()}, nullptr);
     std::vector<std::string> out;
     for (const auto& k : scope.launches()) out.push_back(k.name);
+    detail::force_path(detail::Path::kAuto);
     return out;
   };
   EXPECT_EQ(names({4, 8, 4, 4}), std::vector<std::string>{"cubn::bn_stats"});
-  EXPECT_EQ(names({64, 8, 16, 16}),
+  EXPECT_EQ(names({64, 8, 16, 16}), std::vector<std::string>{"cubn::bn_forward_persistent"});
+  EXPECT_EQ(names({64, 8, 16, 16}, detail::Path::kStreaming),
             (std::vector<std::string>{"cubn::bn_stats", "cubn::bn_normalize"}));
 }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cubn/cubn.hpp"
+#include "plan.hpp"
 #include "reference.hpp"
 #include "support/device.hpp"
 #include "support/tolerance.hpp"
@@ -73,6 +74,14 @@ inline TensorDesc make_desc(DataType t, MemoryOrder o, const std::vector<std::in
 }
 
 using Dims = std::vector<std::int64_t>;
+
+/// Forces the calling thread's training calls onto one path while alive (detail::force_path).
+struct ForcePath {
+  explicit ForcePath(detail::Path path) { detail::force_path(path); }
+  ~ForcePath() { detail::force_path(detail::Path::kAuto); }
+  ForcePath(const ForcePath&) = delete;
+  ForcePath& operator=(const ForcePath&) = delete;
+};
 
 /// The edge shapes every batch-norm call is tested on: two values per channel at least (the
 /// training minimum), C = 1, S = 1, N = 1, odd and prime sizes, every rank, C past 2^16, S not a
