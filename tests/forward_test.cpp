@@ -674,3 +674,26 @@ TEST_F(ForwardProperties, TwoStreamsWithTheirOwnWorkspaces) {
 
 }  // namespace
 #endif
+
+#if defined(CUBN_SIM)
+namespace {
+// Under CTest's persistent.* twins (CUBN_TEST_PATH=persistent) the training calls of these tests
+// do take the persistent path; otherwise the planner's choice.
+TEST(ForwardPaths, TheForcedPathIsTheOneTaken) {
+  const Dims dims{16, 6, 9, 9};
+  const TensorDesc desc = make_desc(DataType::kFloat32, MemoryOrder::kChannelsFirst, dims);
+  const auto d = make_data<float>(dims, MemoryOrder::kChannelsFirst, 3);
+  DeviceBuffer<float> x(d.x), y(d.x.size());
+  DeviceBytes ws(forward_training_workspace_size(desc));
+  cubn::sim::ProfileScope scope;
+  forward_training(desc, x.data(), y.data(), TrainingForwardArgs<float>{}, {ws.data(), ws.bytes()},
+                   nullptr);
+  const bool persistent = scope.launches().front().name == std::string("cubn::bn_forward_persistent");
+  if (detail::forced_path() == detail::Path::kPersistent) {
+    EXPECT_TRUE(persistent);
+  } else if (detail::forced_path() == detail::Path::kStreaming) {
+    EXPECT_FALSE(persistent);
+  }
+}
+}  // namespace
+#endif

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <string>
 
 #include "cubn/sim/executor.hpp"
 #include "device_info.hpp"
@@ -124,8 +125,8 @@ TEST(Plan, EveryShapeTakesSixteenByteVectors) {
 // One launch when a block per channel (or column block) holds all of it: no cross-block merge.
 // Streaming forced: otherwise those that take two launches go persistent (one launch).
 TEST(Plan, SmallProblemsRunTheTrainingForwardInOneLaunch) {
+  auto& dev = cubn::detail::current_device_info();
   cubn::detail::force_path(cubn::detail::Path::kStreaming);
-  const auto& dev = cubn::detail::current_device_info();
   const auto one = [&](MemoryOrder o, std::initializer_list<std::int64_t> dims) {
     return cubn::detail::plan_training(problem(DataType::kBFloat16, o, dims), dev, true, true)
         .launches();
@@ -168,3 +169,65 @@ TEST(Plan, ManyChannelsAreRefusedPastTheGridLimit) {
 }
 
 }  // namespace
+
+namespace {
+
+// ResNet-50's batch-norm inputs (torchvision, stride in the 3x3 convolutions): channels and
+// spatial size of each distinct one.
+struct Layer {
+  std::int64_t c, hw;
+};
+const Layer kResNet50[] = {{64, 112}, {64, 56},   {256, 56},  {128, 56}, {128, 28}, {512, 28},
+                           {256, 28}, {256, 14},  {1024, 14}, {512, 14}, {512, 7},  {2048, 7}};
+
+// An H100 SXM as the planner sees it: 132 SMs, 228 KB of shared memory per SM (227 KB per block
+// with the opt-in), 1 KB reserved per block, cooperative launches.
+cubn::detail::DeviceInfo h100() {
+  cubn::detail::DeviceInfo d;
+  d.sm_count = 132;
+  d.cooperative = true;
+  d.shared_per_sm = 233472;
+  d.shared_per_block_optin = 232448;
+  d.reserved_shared_per_block = 1024;
+  return d;
+}
+
+}  // namespace
+
+// The persistent path where most of the tensor fits on chip: every ResNet-50 layer at batch 32
+// in bf16, both memory orders, forward and backward; at batch 256 the layers of 100 MB and more
+// stream. (At 256 the smallest, 512 x 7 x 7 and 2048 x 7 x 7, are 12.8 and 51 MB: as large as
+// layers at 32, and they go persistent too.)
+TEST(Plan, ResNet50LayersTakeThePersistentPathAtBatch32) {
+  const auto dev = h100();
+  for (MemoryOrder o : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast}) {
+    for (const Layer& l : kResNet50) {
+      for (std::int64_t n : {32, 256}) {
+        const Problem p = problem(DataType::kBFloat16, o, {n, l.c, l.hw, l.hw});
+        const auto fwd = cubn::detail::plan_training(p, dev, true, true);
+        const auto bwd = cubn::detail::plan_backward(p, dev, true, true);
+        const double mb = static_cast<double>(p.bytes()) / 1e6;
+        const std::string what = std::to_string(n) + "x" + std::to_string(l.c) + "x" +
+                                 std::to_string(l.hw) + "^2 " + to_string(o) + " (" +
+                                 std::to_string(mb) + " MB), kept forward " +
+                                 std::to_string(fwd.persistent.kept) + ", backward " +
+                                 std::to_string(bwd.persistent.kept);
+        if (n == 32) {
+          EXPECT_TRUE(fwd.use_persistent) << what;
+          EXPECT_TRUE(bwd.use_persistent) << what;
+          EXPECT_EQ(fwd.launches(), 1) << what;
+        } else if (mb > 100) {
+          EXPECT_FALSE(fwd.use_persistent) << what;
+          EXPECT_FALSE(bwd.use_persistent) << what;
+        }
+        // the workspace covers both paths
+        EXPECT_GE(fwd.scratch.bytes - fwd.scratch.partials_offset,
+                  fwd.persistent.partials * cubn::kernels::welford_state_bytes(4))
+            << what;
+        EXPECT_LE(fwd.persistent.grid, 2u * 132u) << what;
+        EXPECT_LE(fwd.persistent.smem + 12 * 1024 + 1024, 233472u / 2) << what;
+        if (::testing::Test::HasFailure()) return;
+      }
+    }
+  }
+}

@@ -93,9 +93,10 @@ void check(const Dims& dims, MemoryOrder order, double min_lane_bytes = 0) {
   const double r = static_cast<double>(detail::reduce_loaded_elements(p, 16 / sizeof(T))) /
                    static_cast<double>(p.numel);
   const double l = static_cast<double>(p.numel % (16 / sizeof(T))) / static_cast<double>(p.numel);
-  detail::force_path(detail::Path::kStreaming);
-  const std::size_t training_launches = detail::plan_training(p, dev, true, true).launches();
-  detail::force_path(detail::Path::kAuto);
+  const std::size_t training_launches = [&] {
+    const ForcePath streaming(detail::Path::kStreaming);
+    return detail::plan_training(p, dev, true, true).launches();
+  }();
   EXPECT_LE(training_launches, 2u) << what;
   // the persistent model holds where the tensor fits on chip; elsewhere part is read again
   const bool fits[2] = {detail::plan_persistent(p, dev, true, 1).kept == 1.0,
@@ -114,7 +115,7 @@ void check(const Dims& dims, MemoryOrder order, double min_lane_bytes = 0) {
   for (const auto path : {detail::Path::kStreaming, detail::Path::kPersistent}) {
     const bool persistent = path == detail::Path::kPersistent;
     const std::string how = persistent ? " persistent" : " streaming";
-    detail::force_path(path);
+    const ForcePath forced(path);
     const auto forward = profile(
         bytes, [&] { forward_training(desc, x.data(), y.data(), ta, w, nullptr); });
     const auto backward = profile(
@@ -139,7 +140,6 @@ void check(const Dims& dims, MemoryOrder order, double min_lane_bytes = 0) {
       EXPECT_LT(backward.read_passes, 2 * r + 2) << what << how << ": part kept on chip";
     }
   }
-  detail::force_path(detail::Path::kAuto);
   InferenceForwardArgs<P> ia;
   ia.running = {rm.data(), rv.data()};
   expect_traffic(profile(bytes, [&] { forward_inference(desc, x.data(), y.data(), ia, nullptr); }),
@@ -192,7 +192,7 @@ TEST(Proxies, BenchmarkFamiliesMoveTwelveBytesPerLaneAccessBf16) {
 // finishing and normalization), a larger one in one cooperative launch, or streaming in two.
 TEST(Proxies, EveryLaunchIsNamedAfterItsKernel) {
   const auto names = [](const Dims& dims, detail::Path path = detail::Path::kAuto) {
-    detail::force_path(path);
+    const ForcePath forced(path);
     const TensorDesc desc = make_desc(DataType::kFloat32, MemoryOrder::kChannelsLast, dims);
     const auto d = make_data<float>(dims, MemoryOrder::kChannelsLast, 1);
     DeviceBuffer<float> x(d.x), y(d.x.size());
@@ -202,7 +202,6 @@ TEST(Proxies, EveryLaunchIsNamedAfterItsKernel) {
                      {ws.data(), ws.bytes()}, nullptr);
     std::vector<std::string> out;
     for (const auto& k : scope.launches()) out.push_back(k.name);
-    detail::force_path(detail::Path::kAuto);
     return out;
   };
   EXPECT_EQ(names({4, 8, 4, 4}), std::vector<std::string>{"cubn::bn_stats"});

@@ -75,12 +75,18 @@ inline TensorDesc make_desc(DataType t, MemoryOrder o, const std::vector<std::in
 
 using Dims = std::vector<std::int64_t>;
 
-/// Forces the calling thread's training calls onto one path while alive (detail::force_path).
+/// Forces the calling thread's training calls onto one path while alive (detail::force_path),
+/// then restores the one before.
 struct ForcePath {
-  explicit ForcePath(detail::Path path) { detail::force_path(path); }
-  ~ForcePath() { detail::force_path(detail::Path::kAuto); }
+  explicit ForcePath(detail::Path path) : before_(detail::forced_path()) {
+    detail::force_path(path);
+  }
+  ~ForcePath() { detail::force_path(before_); }
   ForcePath(const ForcePath&) = delete;
   ForcePath& operator=(const ForcePath&) = delete;
+
+ private:
+  detail::Path before_;
 };
 
 /// The edge shapes every batch-norm call is tested on: two values per channel at least (the
