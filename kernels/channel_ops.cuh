@@ -423,13 +423,12 @@ CUBN_DEVICE void map_channel_planes(const T* in0, const T* in1, T* out,
         const std::int64_t one[1] = {at};
         Pack<T, V> a[1], b[1];
         src.fetch(in0, in1, one, a, b);
-        if (at >= b0) {
-          store_pack<V>(out + at, apply_pack(f, a[0], b[0], coeff));
-          return;
-        }
-        const typename F::Coeffs before = f.coeffs(ch == 0 ? g.c - 1 : ch - 1);
-        const auto cut = static_cast<int>(b0 - at);
-        store_pack<V>(out + at, apply_pack(f, a[0], b[0], [&](int k) { return k < cut ? before : q; }));
+        // elements [0, cut) belong to the previous plane (one store either way: the loop then
+        // moves at most three vectors, as an edge loop should)
+        const int cut = at < b0 ? static_cast<int>(b0 - at) : 0;
+        const typename F::Coeffs before = cut > 0 ? f.coeffs(ch == 0 ? g.c - 1 : ch - 1) : q;
+        store_pack<V>(out + at,
+                      apply_pack(f, a[0], b[0], [&](int k) { return k < cut ? before : q; }));
       });
 }
 
