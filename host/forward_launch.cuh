@@ -55,9 +55,9 @@ void launch_forward_training(const Problem& p, const TrainingPlan& plan, const T
             "cubn::bn_forward_persistent", kernels::bn_forward_persistent_channels_first<T, v()>,
             pp.grid, block, pp.smem, stream, pp.cfr, pp.pg, x, ws.partials, fin, y);
       } else {
-        launched = launch_cooperative(
-            "cubn::bn_forward_persistent", kernels::bn_forward_persistent_channels_last<T, v()>,
-            pp.grid, block, pp.smem, stream, pp.cl, pp.pg, x, ws.partials, fin, y);
+        launched = launch_cooperative("cubn::bn_forward_persistent",
+                                      kernels::bn_forward_persistent_channels_last<T, v()>, pp.grid,
+                                      block, pp.smem, stream, pp.cl, pp.pg, x, ws.partials, fin, y);
       }
     });
     if (launched) return;  // else the device fits no block of it: stream

@@ -94,10 +94,12 @@ bool launch_cooperative(const char* name, void (*kernel)(P...), unsigned grid, d
   check_launch_shape(name, g, block, smem, limits);
   std::tuple<P...> params(std::forward<A>(args)...);
   void* ptrs[sizeof...(P)];
-  std::apply([&](auto&... v) {
-    int i = 0;
-    ((ptrs[i++] = static_cast<void*>(&v)), ...);
-  }, params);
+  std::apply(
+      [&](auto&... v) {
+        int i = 0;
+        ((ptrs[i++] = static_cast<void*>(&v)), ...);
+      },
+      params);
   check_cuda(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), g, block, ptrs,
                                          smem, stream),
              name);

@@ -184,7 +184,8 @@ ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bo
   const std::int64_t target = kReduceBlocksPerSm * dev.sm_count;
   if (rp.planes) {
     check_grid_x(p.c);
-    rp.splits = choose_splits(p.c, kBlockThreads, std::max<std::int64_t>(p.n * whole_packs(p, rp.vec), p.n), target);
+    rp.splits = choose_splits(p.c, kBlockThreads,
+                              std::max<std::int64_t>(p.n * whole_packs(p, rp.vec), p.n), target);
     auto& g = rp.cfr;
     g = planes(p, rp.vec, rp.splits);
     // One launch for the whole training forward when a block holds all of its channel (one
@@ -221,8 +222,8 @@ constexpr std::size_t kPersistentStaticShared = 12 * 1024;
 // second round (a block with two virtual blocks would hold twice the slice of the others), at
 // least one group of kUnroll values per thread (the grid syncs, not the per-block merge, are what
 // more blocks cost here), and few enough values per thread for its float count.
-std::int64_t persistent_splits(std::int64_t groups, std::int64_t per_split_unit,
-                               std::int64_t units, std::int64_t target) {
+std::int64_t persistent_splits(std::int64_t groups, std::int64_t per_split_unit, std::int64_t units,
+                               std::int64_t target) {
   const std::int64_t most = std::max<std::int64_t>(1, units / (per_split_unit * kUnroll));
   const std::int64_t splits = std::clamp<std::int64_t>(target / groups, 1, most);
   return std::max(splits, ceil_div(units, per_split_unit * kMaxPerThread));
@@ -238,9 +239,8 @@ PersistentPlan plan_persistent(const Problem& p, const DeviceInfo& dev, bool ali
   if (pp.planes) {
     check_grid_x(p.c);
     pp.pg.vblocks_x = p.c;
-    pp.pg.splits = persistent_splits(p.c, kBlockThreads,
-                                     std::max<std::int64_t>(p.n * whole_packs(p, pp.vec), p.n),
-                                     target);
+    pp.pg.splits = persistent_splits(
+        p.c, kBlockThreads, std::max<std::int64_t>(p.n * whole_packs(p, pp.vec), p.n), target);
     pp.cfr = planes(p, pp.vec, pp.pg.splits);
     pp.partials = static_cast<std::size_t>(pp.pg.splits * p.c);
   } else {
@@ -322,8 +322,7 @@ Scratch scratch_for(const Problem& p, const DeviceInfo& dev, std::size_t state_b
   WorkspaceLayout ws;
   ws.add(kernels::kTicketBytes);
   Scratch s;
-  s.partials_offset =
-      ws.add(std::max({wide.partials, narrow.partials, persistent}) * state_bytes);
+  s.partials_offset = ws.add(std::max({wide.partials, narrow.partials, persistent}) * state_bytes);
   s.totals_offset = ws.add(std::max(wide.totals, narrow.totals) * state_bytes);
   s.coeffs_offset =
       ws.add(static_cast<std::size_t>(coeffs) * static_cast<std::size_t>(p.c) * p.param_bytes());

@@ -187,8 +187,8 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
 /// or x.
 template <class T, int V>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
-    bn_backward_persistent_channels_first(ChannelsFirstReduce g, PersistentGeometry pg,
-                                          const T* dy, const T* x, GradSumOp<acc_t<T>> op,
+    bn_backward_persistent_channels_first(ChannelsFirstReduce g, PersistentGeometry pg, const T* dy,
+                                          const T* x, GradSumOp<acc_t<T>> op,
                                           GradSums<acc_t<T>>* partials,
                                           BackwardFinish<acc_t<T>> fin, T* dx) {
   persistent_planes<T, V>(dy, x, dx, g, pg, op, partials, fin, TrainingDxOp<T>{fin.k, g.c});
@@ -197,10 +197,10 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
 /// The persistent training backward over a channels-last tensor. dx may equal dy or x.
 template <class T, int V>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
-    bn_backward_persistent_channels_last(ChannelsLastGeometry g, PersistentGeometry pg,
-                                         const T* dy, const T* x, GradSumOp<acc_t<T>> op,
-                                         GradSums<acc_t<T>>* partials,
-                                         BackwardFinish<acc_t<T>> fin, T* dx) {
+    bn_backward_persistent_channels_last(ChannelsLastGeometry g, PersistentGeometry pg, const T* dy,
+                                         const T* x, GradSumOp<acc_t<T>> op,
+                                         GradSums<acc_t<T>>* partials, BackwardFinish<acc_t<T>> fin,
+                                         T* dx) {
   persistent_columns<T, V>(dy, x, dx, g, pg, op, partials, fin, TrainingDxOp<T>{fin.k, g.c});
 }
 

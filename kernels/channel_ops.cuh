@@ -194,8 +194,8 @@ template <class State, class Scratch, class Merge, class Done>
 CUBN_DEVICE void merge_splits(const State* parts, std::int64_t splits, std::int64_t stride,
                               int count, Scratch& scratch, const Merge& merge, const Done& done) {
   merge_items<State>(
-      count, splits, [&](std::int64_t i, std::int64_t k) { return parts[k * stride + i]; },
-      scratch, merge, [&](std::int64_t i, const State& total) { done(static_cast<int>(i), total); });
+      count, splits, [&](std::int64_t i, std::int64_t k) { return parts[k * stride + i]; }, scratch,
+      merge, [&](std::int64_t i, const State& total) { done(static_cast<int>(i), total); });
 }
 
 /// Folds into `total` the leftover elements (past the last whole pack) that belong to channel
@@ -376,8 +376,8 @@ CUBN_DEVICE bool reduce_planes(const T* in0, const T* in1, const ChannelsFirstRe
   using State = typename R::State;
   const std::int64_t ch = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
   FromGlobal<R::kInputs> src;
-  const auto local = accumulate_planes<T, V>(in0, in1, g, op,
-                                             op.channel(in0, in1, ch, ch * g.s), ch, split, src);
+  const auto local =
+      accumulate_planes<T, V>(in0, in1, g, op, op.channel(in0, in1, ch, ch * g.s), ch, split, src);
   const auto merge = [&op](const State& a, const State& b) { return op.merge(a, b); };
   using Reduce = BlockReduce<State, kBlockThreads>;
   CUBN_SHARED_OBJECT(typename Reduce::TempStorage, storage);
@@ -574,10 +574,9 @@ CUBN_DEVICE ColumnTail column_tail(const ChannelsLastGeometry& g) {
 }
 
 /// The partials of column block `cb` over split `split` of `splits`: each thread folds the V slots
-/// it owns (pack column cb * bx + tx of the periods split * by + ty, stepping splits * by; each pack
-/// then handed to src.keep), the block merges its thread rows in row order into
-/// partials[split * period + slot]. `rows` is kBlockThreads states of shared memory. Ends with a
-/// barrier.
+/// it owns (pack column cb * bx + tx of the periods split * by + ty, stepping splits * by; each
+/// pack then handed to src.keep), the block merges its thread rows in row order into partials[split
+/// * period + slot]. `rows` is kBlockThreads states of shared memory. Ends with a barrier.
 template <class T, int V, class R, class Src, class Rows>
 CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastGeometry& g,
                                  const R& op, typename R::State* partials, std::int64_t cb,
@@ -676,9 +675,9 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
 /// coefficients sit in shared memory (V slots' worth per thread would not fit in registers beside
 /// the packs in flight). Every thread of the block calls it. out may equal in0 or in1.
 template <class T, int V, class F, class Src>
-CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out,
-                                  const ChannelsLastGeometry& g, const F& f, std::int64_t cb,
-                                  std::int64_t split, std::int64_t splits, Src& src) {
+CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out, const ChannelsLastGeometry& g,
+                                  const F& f, std::int64_t cb, std::int64_t split,
+                                  std::int64_t splits, Src& src) {
   using Coeffs = typename F::Coeffs;
   constexpr int U = unroll_for(F::kInputs);
   const ThreadTile tt(g.bx, static_cast<int>(threadIdx.x));

@@ -6,8 +6,8 @@
 /// instead of twice. Packs that find no slot (a tensor larger than the grid's shared memory) are
 /// read again, so any size runs; host/plan.cpp takes this path when most of the tensor fits.
 ///
-/// The phases, each over the virtual blocks of PersistentGeometry (the streaming reduction's blocks,
-/// so the same walkers and per-thread orders serve both paths):
+/// The phases, each over the virtual blocks of PersistentGeometry (the streaming reduction's
+/// blocks, so the same walkers and per-thread orders serve both paths):
 ///  1. each virtual block's partial state, as the streaming reduction computes it, into the
 ///     workspace; grid sync;
 ///  2. block b finishes channels b, b + gridDim.x, ...: merges the channel's partials in a fixed
@@ -87,10 +87,10 @@ struct SliceCache {
 /// `per_channel` partial states get(ch, k), merged in a fixed order. first(ch) is the index of the
 /// channel's first element (the shift of WelfordOp), `tail` the channels of the leftovers.
 template <int V, class T, class R, class Fin, class Get, class First, class Tail, class Scratch>
-CUBN_DEVICE void finish_own_channels(const T* in0, const T* in1, std::int64_t numel,
-                                     std::int64_t c, std::int64_t per_channel, const Get& get,
-                                     const First& first, const Tail& tail, const R& op,
-                                     const Fin& fin, Scratch& scratch) {
+CUBN_DEVICE void finish_own_channels(const T* in0, const T* in1, std::int64_t numel, std::int64_t c,
+                                     std::int64_t per_channel, const Get& get, const First& first,
+                                     const Tail& tail, const R& op, const Fin& fin,
+                                     Scratch& scratch) {
   using State = typename R::State;
   const std::int64_t b = blockIdx.x, stride = gridDim.x;
   const std::int64_t mine = b < c ? (c - 1 - b) / stride + 1 : 0;
@@ -106,10 +106,9 @@ CUBN_DEVICE void finish_own_channels(const T* in0, const T* in1, std::int64_t nu
 /// The persistent path over channels-first planes: reduction op R of (in0, in1), finisher Fin,
 /// then out = f(in0, in1). out may equal in0 or in1.
 template <class T, int V, class R, class Fin, class F>
-CUBN_DEVICE void persistent_planes(const T* in0, const T* in1, T* out,
-                                   const ChannelsFirstReduce& g, const PersistentGeometry& pg,
-                                   const R& op, typename R::State* partials, const Fin& fin,
-                                   const F& f) {
+CUBN_DEVICE void persistent_planes(const T* in0, const T* in1, T* out, const ChannelsFirstReduce& g,
+                                   const PersistentGeometry& pg, const R& op,
+                                   typename R::State* partials, const Fin& fin, const F& f) {
   using State = typename R::State;
   using Kept = Pack<T, V>;
   using Reduce = BlockReduce<State, kBlockThreads>;
@@ -121,8 +120,8 @@ CUBN_DEVICE void persistent_planes(const T* in0, const T* in1, T* out,
   const auto merge = [&op](const State& a, const State& b) { return op.merge(a, b); };
   for (std::int64_t vb = blockIdx.x; vb < vblocks; vb += gridDim.x) {
     const std::int64_t ch = vb % g.c, split = vb / g.c;
-    const auto local = accumulate_planes<T, V>(in0, in1, g, op,
-                                               op.channel(in0, in1, ch, ch * g.s), ch, split, cache);
+    const auto local = accumulate_planes<T, V>(in0, in1, g, op, op.channel(in0, in1, ch, ch * g.s),
+                                               ch, split, cache);
     const auto part = Reduce(storage).reduce(op.to_state(local), merge);
     if (threadIdx.x == 0) partials[split * g.c + ch] = part.get();
     __syncthreads();

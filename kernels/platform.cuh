@@ -9,9 +9,9 @@
 #if defined(CUBN_SIM)
 #include "cubn/sim/device_runtime.hpp"
 #else
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 #endif
 
@@ -47,10 +47,11 @@
 #define CUBN_NO_UNROLL
 #endif
 
-/// Shared memory, declared only through these macros (compute-sanitizer racecheck's job, done by the
-/// executor): under nvcc plain __shared__ memory; in the executor checked arrays that start each
-/// block poisoned and report, as a kernel fault, a write and a read or two writes of one element
-/// by different threads with no __syncthreads() between them. Elements are read by copying them out
+/// Shared memory, declared only through these macros (compute-sanitizer racecheck's job, done by
+/// the executor): under nvcc plain __shared__ memory; in the executor checked arrays that start
+/// each block poisoned and report, as a kernel fault, a write and a read or two writes of one
+/// element by different threads with no __syncthreads() between them. Elements are read by copying
+/// them out
 /// (`State s = rows[i];`), written by assignment. T may not contain a comma (use an alias).
 ///  - CUBN_SHARED(T, name, N): a static array of N elements;
 ///  - CUBN_SHARED_OBJECT(T, name): one object handed by reference to a collective (cub's
@@ -58,7 +59,7 @@
 ///  - CUBN_DYNAMIC_SHARED(T, name): the block's dynamic shared memory (16-byte aligned) as T.
 #if defined(CUBN_SIM)
 #define CUBN_SHARED(T, name, N) static thread_local ::cubn::sim::SharedArray<T, N> name(#name)
-#define CUBN_SHARED_OBJECT(T, name)                                      \
+#define CUBN_SHARED_OBJECT(T, name)                                       \
   static thread_local ::cubn::sim::SharedObject<T> name##_shared_object_; \
   T& name = name##_shared_object_.get()
 #define CUBN_DYNAMIC_SHARED(T, name) const ::cubn::sim::SharedSpan<T> name(#name)
@@ -81,9 +82,9 @@ CUBN_DEVICE int opaque(int x) {
   return x;
 }
 
-/// Waits until every thread of a cooperative grid (launched with cudaLaunchCooperativeKernel, or the
-/// executor's launch_cooperative_named) arrives; what any thread wrote before it is visible to every
-/// thread after it (cooperative groups' grid sync fences at device scope).
+/// Waits until every thread of a cooperative grid (launched with cudaLaunchCooperativeKernel, or
+/// the executor's launch_cooperative_named) arrives; what any thread wrote before it is visible to
+/// every thread after it (cooperative groups' grid sync fences at device scope).
 #if defined(CUBN_SIM)
 inline void grid_sync(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   sim::detail::grid_sync(file, line);

@@ -688,7 +688,8 @@ TEST(ForwardPaths, TheForcedPathIsTheOneTaken) {
   cubn::sim::ProfileScope scope;
   forward_training(desc, x.data(), y.data(), TrainingForwardArgs<float>{}, {ws.data(), ws.bytes()},
                    nullptr);
-  const bool persistent = scope.launches().front().name == std::string("cubn::bn_forward_persistent");
+  const bool persistent =
+      scope.launches().front().name == std::string("cubn::bn_forward_persistent");
   if (detail::forced_path() == detail::Path::kPersistent) {
     EXPECT_TRUE(persistent);
   } else if (detail::forced_path() == detail::Path::kStreaming) {

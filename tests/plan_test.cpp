@@ -177,8 +177,8 @@ namespace {
 struct Layer {
   std::int64_t c, hw;
 };
-const Layer kResNet50[] = {{64, 112}, {64, 56},   {256, 56},  {128, 56}, {128, 28}, {512, 28},
-                           {256, 28}, {256, 14},  {1024, 14}, {512, 14}, {512, 7},  {2048, 7}};
+const Layer kResNet50[] = {{64, 112}, {64, 56},  {256, 56},  {128, 56}, {128, 28}, {512, 28},
+                           {256, 28}, {256, 14}, {1024, 14}, {512, 14}, {512, 7},  {2048, 7}};
 
 // An H100 SXM as the planner sees it: 132 SMs, 228 KB of shared memory per SM (227 KB per block
 // with the opt-in), 1 KB reserved per block, cooperative launches.

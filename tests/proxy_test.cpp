@@ -116,8 +116,8 @@ void check(const Dims& dims, MemoryOrder order, double min_lane_bytes = 0) {
     const bool persistent = path == detail::Path::kPersistent;
     const std::string how = persistent ? " persistent" : " streaming";
     const ForcePath forced(path);
-    const auto forward = profile(
-        bytes, [&] { forward_training(desc, x.data(), y.data(), ta, w, nullptr); });
+    const auto forward =
+        profile(bytes, [&] { forward_training(desc, x.data(), y.data(), ta, w, nullptr); });
     const auto backward = profile(
         bytes, [&] { backward_training(desc, x.data(), dy.data(), dx.data(), ba, w, nullptr); });
     if (!persistent) {

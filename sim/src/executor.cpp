@@ -110,33 +110,10 @@ const char* op_name(WarpOp op) {
 
 bool is_shuffle(WarpOp op) { return op <= WarpOp::kShflXor; }
 
-// One fiber stack: a guard page below, then kStackBytes of stack, mapped once and reused.
-class Stack {
- public:
-  Stack() {
-    const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-    total_ = kStackBytes + page;
-    base_ = mmap(nullptr, total_, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
-    if (base_ == MAP_FAILED)
-      throw Error(Status::kInvalidLaunch, "cubn executor: out of memory for fiber stacks");
-    mprotect(base_, page, PROT_NONE);
-    bottom_ = static_cast<char*>(base_) + page;
-  }
-  Stack(const Stack&) = delete;
-  Stack& operator=(const Stack&) = delete;
-  ~Stack() { munmap(base_, total_); }
-  void* bottom() const { return bottom_; }
-
- private:
-  void* base_;
-  void* bottom_;
-  std::size_t total_;
-};
-
-// The stacks of one block's fibers in one mapping, a guard page below the lowest: for cooperative
-// launches, whose hundreds of blocks with a mapping per fiber would pass the kernel's limit on
-// mappings (vm.max_map_count, 65530).
+// Fiber stacks of kStackBytes each in one mapping, a guard page below the lowest, mapped once and
+// reused: one per fiber (each with its guard page) on a launching thread, one per block for the
+// blocks of a cooperative launch, whose hundreds of blocks with a mapping per fiber would pass the
+// kernel's limit on mappings (vm.max_map_count, 65530).
 class StackRegion {
  public:
   explicit StackRegion(std::size_t stacks) {
@@ -239,8 +216,8 @@ enum class State { kRunnable, kBarrier, kWarp, kDone };
 
 struct Fiber {
   Context ctx;
-  std::unique_ptr<Stack> stack;  // its own mapping, or none when the engine's region holds it
-  void* bottom = nullptr;        // the stack's lowest address
+  std::unique_ptr<StackRegion> stack;  // its own mapping, or none when the engine's region holds it
+  void* bottom = nullptr;              // the stack's lowest address
 #if defined(CUBN_SIM_TSAN)
   void* tsan_fiber = nullptr;
 #endif
@@ -293,7 +270,7 @@ struct Engine {
   std::vector<Fiber> fibers;
   std::unique_ptr<StackRegion> region;  // cooperative blocks: the fibers' stacks in one mapping
   bool pooled = false;                  // fibers take their stacks from `region`
-  std::vector<unsigned char> smem;  // dynamic shared memory of the running block
+  std::vector<unsigned char> smem;      // dynamic shared memory of the running block
   std::vector<detail::SharedShadow> smem_shadow;  // its race record, per element of smem_elem
   std::size_t smem_elem = 0;
   std::uint64_t serial = 0;  // of the running block (block_serial)
@@ -399,9 +376,8 @@ void on_exit(Engine& e) {
       const Fiber& o = e.fibers[i];
       if (o.state == State::kBarrier) {
         raise(e, std::string(o.grid ? "grid_sync()" : "__syncthreads()") + " at " +
-                     where(o.file, o.line) +
-                     " is not reached by every thread: " + thread_name(f) + " returned while " +
-                     std::to_string(e.at_barrier) + " thread(s) wait there");
+                     where(o.file, o.line) + " is not reached by every thread: " + thread_name(f) +
+                     " returned while " + std::to_string(e.at_barrier) + " thread(s) wait there");
       }
     }
   }
@@ -537,8 +513,8 @@ void run_block(Engine& e) {
       if (e.pooled) {
         f.bottom = e.region->bottom(i);
       } else {
-        f.stack = std::make_unique<Stack>();
-        f.bottom = f.stack->bottom();
+        f.stack = std::make_unique<StackRegion>(1);
+        f.bottom = f.stack->bottom(0);
       }
     }
 #if defined(CUBN_SIM_TSAN)
@@ -812,9 +788,9 @@ void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void 
     if (profile != nullptr) add_profile(*profile, results[b].profile);
   }
   if (!spawn_error.empty())
-    throw Error(Status::kInvalidLaunch, std::string("launch of ") + name +
-                                            ": cannot start a host thread per block: " +
-                                            spawn_error);
+    throw Error(Status::kInvalidLaunch,
+                std::string("launch of ") + name +
+                    ": cannot start a host thread per block: " + spawn_error);
   if (!coop.fault.empty()) throw Error(Status::kKernelFault, coop.fault);
 }
 
@@ -885,10 +861,10 @@ void block_barrier(const char* file, int line, bool grid) {
   for (unsigned i = 0; i < e.nthreads; ++i) {
     const Fiber& o = e.fibers[i];
     if (o.line != line || std::strcmp(o.file, file) != 0 || o.grid != grid) {
-      raise(e, "threads of block " + coords(blockIdx) + " wait at different barriers: " +
-                   thread_name(o) + " at " + (o.grid ? "grid_sync() " : "__syncthreads() ") +
-                   where(o.file, o.line) + ", " + thread_name(f) + " at " + what + " " +
-                   where(file, line));
+      raise(e, "threads of block " + coords(blockIdx) +
+                   " wait at different barriers: " + thread_name(o) + " at " +
+                   (o.grid ? "grid_sync() " : "__syncthreads() ") + where(o.file, o.line) + ", " +
+                   thread_name(f) + " at " + what + " " + where(file, line));
     }
   }
   if (grid) coop_wait(e, file, line);
@@ -910,10 +886,10 @@ void shared_access(SharedShadow& sh, const char* name, std::size_t index, bool w
   const int me = static_cast<int>(e.current->linear);
   const std::uint64_t epoch = e.epoch;
   const auto race = [&](const char* what, int other) {
-    const std::string by = other == -2 ? std::string("several threads")
-                                       : "thread " + coords(e.fibers[other].tid);
-    raise(e, std::string("shared memory race on ") + name + "[" + std::to_string(index) + "]: " +
-                 thread_name(*e.current) + " " + what + " " + by +
+    const std::string by =
+        other == -2 ? std::string("several threads") : "thread " + coords(e.fibers[other].tid);
+    raise(e, std::string("shared memory race on ") + name + "[" + std::to_string(index) +
+                 "]: " + thread_name(*e.current) + " " + what + " " + by +
                  " with no __syncthreads() between");
   };
   if (sh.write_epoch == epoch && sh.writer != me)
@@ -934,8 +910,9 @@ SharedShadow* dynamic_shadow(std::size_t elem_bytes, std::size_t& count) {
   Engine& e = engine_in_kernel("dynamic shared memory");
   if (e.smem_elem != elem_bytes) {
     if (e.smem_elem != 0)
-      raise(e, "dynamic shared memory is checked as one element type per block; this block uses "
-               "two sizes");
+      raise(e,
+            "dynamic shared memory is checked as one element type per block; this block uses "
+            "two sizes");
     e.smem_elem = elem_bytes;
     e.smem_shadow.assign(e.smem.size() / elem_bytes, SharedShadow{});
   }

@@ -67,9 +67,9 @@ struct SmLimits {
   int max_threads = 2048;
   int max_blocks = 32;
   int registers = 65536;
-  std::size_t shared_bytes = 233472;         ///< 228 KB
+  std::size_t shared_bytes = 233472;            ///< 228 KB
   std::size_t shared_per_block_optin = 232448;  ///< 227 KB, with the opt-in attribute
-  std::size_t reserved_per_block = 1024;     ///< shared memory the system keeps per block
+  std::size_t reserved_per_block = 1024;        ///< shared memory the system keeps per block
 };
 const SmLimits& sm_limits() noexcept;
 
@@ -152,22 +152,27 @@ class ProfileScope {
 void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*), void* ctx,
               const char* name = "kernel");
 
+namespace detail {
+/// A kernel and its arguments, converted to its parameter types, run by each thread.
+template <class... P>
+struct KernelCall {
+  void (*kernel)(P...);
+  std::tuple<std::decay_t<P>...> params;
+  static void invoke(void* self) {
+    auto* call = static_cast<KernelCall*>(self);
+    std::apply(call->kernel, call->params);  // by-value parameters: each thread copies
+  }
+};
+}  // namespace detail
+
 /// Launches `kernel` like kernel<<<grid, block, dynamic_smem>>>(args...): each thread gets its own
 /// copy of the arguments, converted to the kernel's parameter types. Synchronous.
 template <class... P, class... A>
 void launch_named(const char* name, void (*kernel)(P...), dim3 grid, dim3 block,
                   std::size_t dynamic_smem, A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
-  struct Call {
-    void (*kernel)(P...);
-    std::tuple<std::decay_t<P>...> params;
-    static void invoke(void* self) {
-      auto* call = static_cast<Call*>(self);
-      std::apply(call->kernel, call->params);  // by-value parameters: each thread copies
-    }
-  };
-  Call call{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
-  run_grid(grid, block, dynamic_smem, &Call::invoke, &call, name);
+  detail::KernelCall<P...> call{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
+  run_grid(grid, block, dynamic_smem, &detail::KernelCall<P...>::invoke, &call, name);
 }
 
 /// Runs body(ctx) as a cooperative grid: every block resident at once on a host thread of its own,
@@ -183,16 +188,8 @@ template <class... P, class... A>
 void launch_cooperative_named(const char* name, void (*kernel)(P...), dim3 grid, dim3 block,
                               std::size_t dynamic_smem, A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
-  struct Call {
-    void (*kernel)(P...);
-    std::tuple<std::decay_t<P>...> params;
-    static void invoke(void* self) {
-      auto* call = static_cast<Call*>(self);
-      std::apply(call->kernel, call->params);
-    }
-  };
-  Call call{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
-  run_cooperative_grid(grid, block, dynamic_smem, &Call::invoke, &call, name);
+  detail::KernelCall<P...> call{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
+  run_cooperative_grid(grid, block, dynamic_smem, &detail::KernelCall<P...>::invoke, &call, name);
 }
 
 /// launch_named with the name "kernel".
