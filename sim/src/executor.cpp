@@ -5,6 +5,7 @@
 // both), and fibers need no ThreadSanitizer, since a block never runs on two host threads.
 // Cooperative launches run each block on a host thread of its own (its fibers on that thread), so
 // that blocks meet at grid syncs and ThreadSanitizer sees what crosses between blocks.
+#include <pthread.h>
 #include <sys/mman.h>
 #if !defined(__x86_64__)
 #include <ucontext.h>
@@ -21,8 +22,6 @@
 #include <numeric>
 #include <random>
 #include <string>
-#include <system_error>
-#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -765,20 +764,53 @@ void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void 
     }
     results[b].counters = e.counters;
   };
-  std::vector<std::thread> threads;
-  threads.reserve(blocks);
+  // Each block's host thread runs on a stack mapped here, not one from the C library's cache of
+  // stacks: AddressSanitizer then starts it with clean shadow (a cached stack can carry poison
+  // that fiber switches left behind; the thread's static TLS lies in the same mapping).
+  struct Worker {
+    const decltype(work)* fn;
+    std::uint64_t b;
+    void* stack = nullptr;
+    pthread_t tid{};
+    static void* entry(void* self) {
+      auto* w = static_cast<Worker*>(self);
+      (*w->fn)(w->b);
+      return nullptr;
+    }
+  };
+  constexpr std::size_t kWorkerStack = std::size_t{8} << 20;
+  std::vector<Worker> workers(blocks);
+  std::size_t started = 0;
   std::string spawn_error;
   for (std::uint64_t b = 0; b < blocks; ++b) {
-    try {
-      threads.emplace_back(work, b);
-    } catch (const std::system_error& ex) {
-      spawn_error = ex.what();
-      coop_failed(coop, std::string("cannot start a host thread per block: ") + ex.what());
+    Worker& w = workers[b];
+    w.fn = &work;
+    w.b = b;
+    w.stack = mmap(nullptr, kWorkerStack, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    pthread_attr_t attr;
+    bool ok = w.stack != MAP_FAILED && pthread_attr_init(&attr) == 0;
+    if (ok) {
+#if defined(CUBN_SIM_ASAN)
+      __asan_unpoison_memory_region(w.stack, kWorkerStack);
+#endif
+      ok = pthread_attr_setstack(&attr, w.stack, kWorkerStack) == 0 &&
+           pthread_create(&w.tid, &attr, &Worker::entry, &w) == 0;
+      pthread_attr_destroy(&attr);
+    }
+    if (!ok) {
+      if (w.stack != MAP_FAILED) munmap(w.stack, kWorkerStack);
+      spawn_error = "out of host threads or memory";
+      coop_failed(coop, "cannot start a host thread per block");
       break;
     }
+    ++started;
   }
-  for (auto& t : threads) t.join();
-  for (std::uint64_t b = 0; b < threads.size(); ++b) {
+  for (std::size_t b = 0; b < started; ++b) {
+    pthread_join(workers[b].tid, nullptr);
+    munmap(workers[b].stack, kWorkerStack);
+  }
+  for (std::uint64_t b = 0; b < started; ++b) {
     const Counters& c = results[b].counters;
     parent.counters.blocks += c.blocks;
     parent.counters.threads += c.threads;
