@@ -124,6 +124,10 @@ class StackRegion {
       throw Error(Status::kInvalidLaunch, "cubn executor: out of memory for fiber stacks");
     mprotect(base_, page, PROT_NONE);
     first_ = static_cast<char*>(base_) + page;
+#if defined(CUBN_SIM_ASAN)
+    // the addresses may have held stacks before, whose stale poison the shadow still carries
+    __asan_unpoison_memory_region(first_, stacks * kStackBytes);
+#endif
   }
   StackRegion(const StackRegion&) = delete;
   StackRegion& operator=(const StackRegion&) = delete;
