@@ -2,7 +2,9 @@
 // run, in both memory orders and fp32, fp16, bf16.
 //
 //   build/<preset>/bench/cubn_bench [--quick] [--csv FILE] [--filter TEXT]
+//                                   [--path auto|streaming|persistent]
 //
+// --path forces the training calls onto one path (host/plan.hpp); auto is the planner's choice.
 // Protocol: per case and call, one warm-up, then `reps` timed repetitions, each after an L2 flush
 // (a memset of twice the L2 size, not timed), each timed with its own pair of CUDA events; the
 // median is reported with the 10th and 90th percentiles. Effective bandwidth counts the bytes the
@@ -25,6 +27,7 @@
 #include <vector>
 
 #include "cubn/cubn.hpp"
+#include "plan.hpp"
 
 #if defined(CUBN_BENCH_HAVE_CUDNN)
 #include <cudnn.h>
@@ -370,7 +373,7 @@ void run_case(const Shape& shape, cubn::DataType dtype, cubn::MemoryOrder order,
 int main(int argc, char** argv) {
   bool quick = false;
   const char* csv_path = "cubn_bench.csv";
-  std::string filter;
+  std::string filter, path = "auto";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick"))
       quick = true;
@@ -378,7 +381,11 @@ int main(int argc, char** argv) {
       csv_path = argv[++i];
     else if (!std::strcmp(argv[i], "--filter") && i + 1 < argc)
       filter = argv[++i];
+    else if (!std::strcmp(argv[i], "--path") && i + 1 < argc)
+      path = argv[++i];
   }
+  if (path == "streaming") cubn::detail::force_path(cubn::detail::Path::kStreaming);
+  if (path == "persistent") cubn::detail::force_path(cubn::detail::Path::kPersistent);
   int devices = 0;
   const cudaError_t err = cudaGetDeviceCount(&devices);
   if (err != cudaSuccess || devices == 0) {
@@ -400,8 +407,9 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaMalloc(&dev.flush, dev.flush_bytes));
   const int reps = quick ? 5 : 20;
   std::printf(
-      "device: %s, %d SMs, L2 %d MiB, driver %d, runtime %d; %d repetitions per call, median\n",
-      prop.name, prop.multiProcessorCount, l2 >> 20, driver, runtime, reps);
+      "device: %s, %d SMs, L2 %d MiB, driver %d, runtime %d; %d repetitions per call, median; "
+      "training path: %s\n",
+      prop.name, prop.multiProcessorCount, l2 >> 20, driver, runtime, reps, path.c_str());
   void* handle = nullptr;
 #if defined(CUBN_BENCH_HAVE_CUDNN)
   cudnnHandle_t h;

@@ -63,6 +63,13 @@ tests_line="gpu tests: not run (no test binary)"
 if [ -x "$testbin" ]; then
   timeout 120 "$testbin" --gtest_brief=1 > "$out/gpu_tests.log" 2>&1 || status=1
   tests_line="gpu tests: $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' "$out/gpu_tests.log" | tr '\n' ' ')"
+  # the forward and backward tests again with every training call on the persistent path
+  # (tests/support/path_environment.cpp), as CTest's gpu.persistent.* twins do
+  CUBN_TEST_PATH=persistent timeout 120 "$testbin" --gtest_brief=1 \
+    --gtest_filter='Forward*:Backward*-ForwardPlans*:BackwardPlans*' \
+    > "$out/gpu_tests_persistent.log" 2>&1 || status=1
+  tests_line="$tests_line; persistent path: $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' \
+    "$out/gpu_tests_persistent.log" | tr '\n' ' ')"
 else
   status=1
 fi
@@ -77,7 +84,10 @@ for tool in memcheck racecheck synccheck initcheck; do
   [ "$tool" = memcheck ] || filter=$subset
   budget=$(( $(left) / 4 ))
   [ "$budget" -lt 20 ] && budget=20
-  timeout "$budget" compute-sanitizer --tool "$tool" --error-exitcode 99 "$testbin" \
+  # the persistent path for racecheck and synccheck: its kernels share slices and grid syncs
+  path=auto
+  case $tool in racecheck | synccheck) path=persistent ;; esac
+  CUBN_TEST_PATH=$path timeout "$budget" compute-sanitizer --tool "$tool" --error-exitcode 99 "$testbin" \
     --gtest_brief=1 --gtest_filter="$filter" > "$out/sanitizer_$tool.log" 2>&1
   rc=$?
   errors=$(grep -Eo 'ERROR SUMMARY: [0-9]+' "$out/sanitizer_$tool.log" | tail -n 1 | grep -Eo '[0-9]+$')
@@ -94,6 +104,10 @@ timeout "$(( $(left) * 2 / 3 ))" "$build/bench/cubn_bench" --quick --csv "$out/b
   > "$out/bench.log" 2>&1 || echo "cubn_bench did not finish (see $out/bench.log)"
 python3 bench/plot_bench.py "$out/bench.csv" "$out/bench.png" > "$out/plot.log" 2>&1 ||
   echo "no chart (matplotlib missing?): $out/plot.log"
+# the ResNet-50 shapes again with the training calls forced to stream: the persistent path's gain
+timeout "$(( $(left) / 3 ))" "$build/bench/cubn_bench" --quick --filter resnet --path streaming \
+  --csv "$out/bench_streaming.csv" > "$out/bench_streaming.log" 2>&1 ||
+  echo "cubn_bench --path streaming did not finish (see $out/bench_streaming.log)"
 
 step "PyTorch: agreement and timing"
 timeout "$(left)" python3 bench/torch_compare.py --cubn-io "$build/bench/cubn_io" --out "$out" --quick \
