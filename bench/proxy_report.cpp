@@ -1,7 +1,8 @@
 // CPU-side performance proxies, measured on the executor: global-memory bytes each API call
 // moves (against the byte model), bytes per lane access, kernel launches, and the 32-byte-sector
 // efficiency of each kernel's warp accesses, for the benchmark's shape families scaled down to
-// executor size. Not GPU timings.
+// executor size; training calls on both paths (the persistent model holds where the tensor fits on
+// chip, as these do). Not GPU timings.
 //
 //   build/<preset>/bench/cubn_proxy_report [--markdown]
 #include <cuda_bf16.h>
@@ -16,6 +17,7 @@
 
 #include "cubn/cubn.hpp"
 #include "cubn/sim/executor.hpp"
+#include "device_info.hpp"
 #include "plan.hpp"
 #include "problem.hpp"
 
@@ -127,21 +129,38 @@ void run(const Case& c, bool markdown) {
   const auto p = cubn::detail::canonicalize("proxy_report", "x", d);
   const double r = static_cast<double>(cubn::detail::reduce_loaded_elements(p, 16 / sizeof(T))) /
                    static_cast<double>(p.numel);
+  // the elements past the last whole vector: the persistent path reads them once more
+  const double l =
+      static_cast<double>(p.numel % static_cast<std::int64_t>(16 / sizeof(T))) / p.numel;
+  using cubn::detail::Path;
   std::vector<Row> rows;
   cubn::TrainingForwardArgs<float> ta;
   ta.running = {rm.data(), rv.data()};
   ta.saved = {sm.data(), si.data()};
-  rows.push_back(measure("forward_training", r + 1, 1, bytes,
-                         [&] { cubn::forward_training(d, x, y, ta, w, nullptr); }));
+  cubn::TrainingBackwardArgs<float> ba;
+  ba.saved = {sm.data(), si.data()};
+  ba.grads = {ds.data(), dof.data()};
+  for (const Path path : {Path::kStreaming, Path::kPersistent}) {
+    cubn::detail::force_path(path);
+    const bool persistent = path == Path::kPersistent;
+    const auto& dev = cubn::detail::current_device_info();
+    // the model is the whole tensor on chip; where the plan keeps less, more is read again
+    const auto how = [&](int inputs) {
+      if (!persistent) return std::string(" streaming");
+      const double kept = cubn::detail::plan_persistent(p, dev, true, inputs).kept;
+      return std::string(" persistent") + (kept < 1 ? " (part on chip)" : "");
+    };
+    rows.push_back(measure("forward_training" + how(1), persistent ? r + l : r + 1, 1, bytes,
+                           [&] { cubn::forward_training(d, x, y, ta, w, nullptr); }));
+    rows.push_back(measure("backward_training" + how(2), persistent ? 2 * r + 2 * l : 2 * r + 2,
+                           1, bytes,
+                           [&] { cubn::backward_training(d, x, dy, dx, ba, w, nullptr); }));
+  }
+  cubn::detail::force_path(Path::kAuto);
   cubn::InferenceForwardArgs<float> ia;
   ia.running = {rm.data(), rv.data()};
   rows.push_back(measure("forward_inference", 1, 1, bytes,
                          [&] { cubn::forward_inference(d, x, y, ia, nullptr); }));
-  cubn::TrainingBackwardArgs<float> ba;
-  ba.saved = {sm.data(), si.data()};
-  ba.grads = {ds.data(), dof.data()};
-  rows.push_back(measure("backward_training", 2 * r + 2, 1, bytes,
-                         [&] { cubn::backward_training(d, x, dy, dx, ba, w, nullptr); }));
   cubn::FrozenBackwardArgs<float> fa;
   fa.running = {rm.data(), rv.data()};
   rows.push_back(measure("backward_frozen(dx)", 1, 1, bytes,
