@@ -315,10 +315,11 @@ CUBN_DEVICE void walk_plane_tiles(const ChannelsFirstReduce& g, std::int64_t ch,
   }
 }
 
-/// walk_plane_tiles, then the packs each plane of the thread's share (planes first, first + step,
-/// ...) shares with its neighbours: edge(at, b0, b1) for the pack at `at`, of which the elements in
-/// [b0, b1) are the channel's (the pack past the tensor's last whole pack is left to the code that
-/// takes the leftovers).
+/// walk_plane_tiles, then the packs each plane of the thread's share (planes step - 1 - first,
+/// + step, ...: counted from the last thread, which has the fewest main tiles, so that no thread
+/// has both the most tiles and the edges) shares with its neighbours: edge(at, b0, b1) for the pack
+/// at `at`, of which the elements in [b0, b1) are the channel's (the pack past the tensor's last
+/// whole pack is left to the code that takes the leftovers).
 template <int U, int V, class Main, class Edge>
 CUBN_DEVICE void walk_planes(const ChannelsFirstReduce& g, std::int64_t ch, unsigned first,
                              const Main& main, const Edge& edge) {
@@ -326,7 +327,7 @@ CUBN_DEVICE void walk_planes(const ChannelsFirstReduce& g, std::int64_t ch, unsi
   if (V == 1) return;
   const std::int64_t whole = g.wf * V;
   CUBN_NO_UNROLL
-  for (std::int64_t n = first; n < g.n; n += g.step) {
+  for (std::int64_t n = g.step - 1 - first; n < g.n; n += g.step) {
     const std::int64_t b0 = n * g.plane + ch * g.s, b1 = b0 + g.s;
     const std::int64_t f = (b0 + (V - 1)) & ~static_cast<std::int64_t>(V - 1);
     if (f > b0 && f <= g.numel) edge(f - V, b0, b1);
