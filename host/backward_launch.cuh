@@ -55,7 +55,8 @@ void launch_backward_training(const Problem& p, const BackwardPlan& plan, const 
                               cudaStream_t stream) {
   using Acc = param_t<T>;
   if (dx == nullptr && args.grads.dscale == nullptr && args.grads.doffset == nullptr) return;
-  auto* k = ScratchPtrs<kernels::GradSums<Acc>, Acc>(workspace, plan.scratch).coeffs;
+  const ScratchPtrs<kernels::GradSums<Acc>, Acc> ws(workspace, plan.scratch);
+  Acc* k = ws.coeffs;
   kernels::BackwardFinish<Acc> fin;
   fin.scale = args.scale;
   fin.invstd = args.saved.invstd;
@@ -64,24 +65,15 @@ void launch_backward_training(const Problem& p, const BackwardPlan& plan, const 
   fin.accumulate = args.grads.accumulate;
   fin.k = dx != nullptr ? k : nullptr;
   if (dx != nullptr && plan.use_persistent) {
-    using State = kernels::GradSums<Acc>;
-    const ScratchPtrs<State, Acc> ws(workspace, plan.scratch);
     fin.c = p.c;
     fin.m = static_cast<Acc>(p.m());
-    const PersistentPlan& pp = plan.persistent;
     const kernels::GradSumOp<Acc> op{args.saved.mean};
-    const dim3 block(kernels::kBlockThreads);
     bool launched = false;
-    with_vec<T>(pp.vec, [&](auto v) {
-      if (pp.planes) {
-        launched = launch_cooperative(
-            "cubn::bn_backward_persistent", kernels::bn_backward_persistent_channels_first<T, v()>,
-            pp.grid, block, pp.smem, stream, pp.cfr, pp.pg, dy, x, op, ws.partials, fin, dx);
-      } else {
-        launched = launch_cooperative(
-            "cubn::bn_backward_persistent", kernels::bn_backward_persistent_channels_last<T, v()>,
-            pp.grid, block, pp.smem, stream, pp.cl, pp.pg, dy, x, op, ws.partials, fin, dx);
-      }
+    with_vec<T>(plan.persistent.vec, [&](auto v) {
+      launched = launch_persistent("cubn::bn_backward_persistent", plan.persistent,
+                                   kernels::bn_backward_persistent_channels_first<T, v()>,
+                                   kernels::bn_backward_persistent_channels_last<T, v()>, stream,
+                                   dy, x, op, ws.partials, fin, dx);
     });
     if (launched) return;  // else the device fits no block of it: stream
   }

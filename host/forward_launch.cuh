@@ -47,18 +47,12 @@ void launch_forward_training(const Problem& p, const TrainingPlan& plan, const T
 
   const dim3 block(kernels::kBlockThreads);
   if (plan.use_persistent) {
-    const PersistentPlan& pp = plan.persistent;
     bool launched = false;
-    with_vec<T>(pp.vec, [&](auto v) {
-      if (pp.planes) {
-        launched = launch_cooperative(
-            "cubn::bn_forward_persistent", kernels::bn_forward_persistent_channels_first<T, v()>,
-            pp.grid, block, pp.smem, stream, pp.cfr, pp.pg, x, ws.partials, fin, y);
-      } else {
-        launched = launch_cooperative("cubn::bn_forward_persistent",
-                                      kernels::bn_forward_persistent_channels_last<T, v()>, pp.grid,
-                                      block, pp.smem, stream, pp.cl, pp.pg, x, ws.partials, fin, y);
-      }
+    with_vec<T>(plan.persistent.vec, [&](auto v) {
+      launched = launch_persistent("cubn::bn_forward_persistent", plan.persistent,
+                                   kernels::bn_forward_persistent_channels_first<T, v()>,
+                                   kernels::bn_forward_persistent_channels_last<T, v()>, stream, x,
+                                   ws.partials, fin, y);
     });
     if (launched) return;  // else the device fits no block of it: stream
   }

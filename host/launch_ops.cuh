@@ -35,6 +35,21 @@ void launch_map(const char* name, const MapPlan& plan, KP kplanes, KC kcols, cud
   }
 }
 
+/// Launches a persistent pair cooperatively (launch_cooperative): kplanes(plan.cfr, plan.pg,
+/// args...) when plan.planes, else kcols(plan.cl, plan.pg, args...), at most plan.grid blocks of
+/// kBlockThreads with plan.smem bytes of dynamic shared memory. False when the device fits no
+/// block of it (the caller then streams).
+template <class KP, class KC, class... A>
+bool launch_persistent(const char* name, const PersistentPlan& plan, KP kplanes, KC kcols,
+                       cudaStream_t stream, A&&... args) {
+  const dim3 block(kernels::kBlockThreads);
+  if (plan.planes)
+    return launch_cooperative(name, kplanes, plan.grid, block, plan.smem, stream, plan.cfr, plan.pg,
+                              std::forward<A>(args)...);
+  return launch_cooperative(name, kcols, plan.grid, block, plan.smem, stream, plan.cl, plan.pg,
+                            std::forward<A>(args)...);
+}
+
 /// The workspace regions of `s` as typed pointers.
 template <class State, class Acc>
 struct ScratchPtrs {

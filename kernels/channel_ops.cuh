@@ -156,6 +156,13 @@ struct PlaneTail {
   }
 };
 
+/// The channels of a channels-first tensor's leftover elements (G: ChannelsFirstReduce or
+/// ChannelsFirstMap).
+template <class G>
+CUBN_DEVICE PlaneTail plane_tail(const G& g) {
+  return {g.tail_pos, g.s, g.tail_ch, static_cast<int>(g.c)};
+}
+
 /// ... and periodic columns (column in the row; the channel is column / d).
 struct ColumnTail {
   unsigned col, cols, d;
@@ -366,28 +373,40 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
   return l;
 }
 
+/// The partial of channel `ch` over split `split` (accumulate_planes, each pack handed to
+/// src.keep), merged over the block into partials[split * C + ch] by thread 0. Uses the block
+/// reduction's shared storage: a second call needs a barrier in between.
+template <class T, int V, class R, class Src>
+CUBN_DEVICE void plane_partial(const T* in0, const T* in1, const ChannelsFirstReduce& g,
+                               const R& op, typename R::State* partials, std::int64_t ch,
+                               std::int64_t split, Src& src) {
+  using State = typename R::State;
+  using Reduce = BlockReduce<State, kBlockThreads>;
+  CUBN_SHARED_OBJECT(typename Reduce::TempStorage, storage);
+  const auto local =
+      accumulate_planes<T, V>(in0, in1, g, op, op.channel(in0, in1, ch, ch * g.s), ch, split, src);
+  const auto part = Reduce(storage).reduce(
+      op.to_state(local), [&op](const State& a, const State& b) { return op.merge(a, b); });
+  if (threadIdx.x == 0) partials[split * g.c + ch] = part.get();
+}
+
 /// Reduces channel blockIdx.x of a channels-first tensor over split blockIdx.y of gridDim.y into
-/// partials[split * C + channel]; the last block of the channel merges its partials and calls
-/// fin.finish. Returns true in every thread of the block that finished the channel (with one
-/// split: every block).
+/// partials[split * C + channel] (plane_partial); the last block of the channel merges its
+/// partials and calls fin.finish. Returns true in every thread of the block that finished the
+/// channel (with one split: every block).
 template <class T, int V, class R, class Fin>
 CUBN_DEVICE bool reduce_planes(const T* in0, const T* in1, const ChannelsFirstReduce& g,
                                const R& op, typename R::State* partials, unsigned* tickets,
                                const Fin& fin) {
   using State = typename R::State;
-  const std::int64_t ch = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
+  const std::int64_t ch = blockIdx.x, splits = gridDim.y;
   FromGlobal<R::kInputs> src;
-  const auto local =
-      accumulate_planes<T, V>(in0, in1, g, op, op.channel(in0, in1, ch, ch * g.s), ch, split, src);
-  const auto merge = [&op](const State& a, const State& b) { return op.merge(a, b); };
-  using Reduce = BlockReduce<State, kBlockThreads>;
-  CUBN_SHARED_OBJECT(typename Reduce::TempStorage, storage);
-  CUBN_SHARED(State, scratch, kBlockThreads);
-  const auto part = Reduce(storage).reduce(op.to_state(local), merge);
-  if (threadIdx.x == 0) partials[split * g.c + ch] = part.get();
+  plane_partial<T, V>(in0, in1, g, op, partials, ch, blockIdx.y, src);
   if (!group_arrive(tickets, static_cast<unsigned>(ch), static_cast<unsigned>(splits)))
     return false;
-  const PlaneTail tail{g.tail_pos, g.s, g.tail_ch, static_cast<int>(g.c)};
+  CUBN_SHARED(State, scratch, kBlockThreads);
+  const auto merge = [&op](const State& a, const State& b) { return op.merge(a, b); };
+  const PlaneTail tail = plane_tail(g);
   merge_splits(partials + ch, splits, g.c, 1, scratch, merge, [&](int, const State& total) {
     finish_channel<V>(op, fin, in0, in1, g.numel, ch, ch * g.s, tail, total);
   });
@@ -531,8 +550,7 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
     one(at, [&](int kk) { return kk < cut ? q0 : q1; });
   }
   if (V > 1 && blockIdx.x == 0 && threadIdx.x == 0)
-    map_leftovers<V>(in0, in1, out, g.numel, f,
-                     PlaneTail{g.tail_pos, g.s, g.tail_ch, static_cast<int>(g.c)});
+    map_leftovers<V>(in0, in1, out, g.numel, f, plane_tail(g));
 }
 
 // ---- periodic columns (channels-last) -----------------------------------------------------------

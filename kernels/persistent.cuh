@@ -20,7 +20,6 @@
 
 #include <cstdint>
 
-#include "block_reduce.cuh"
 #include "channel_ops.cuh"
 #include "geometry.hpp"
 #include "memory.cuh"
@@ -111,27 +110,19 @@ CUBN_DEVICE void persistent_planes(const T* in0, const T* in1, T* out, const Cha
                                    typename R::State* partials, const Fin& fin, const F& f) {
   using State = typename R::State;
   using Kept = Pack<T, V>;
-  using Reduce = BlockReduce<State, kBlockThreads>;
   CUBN_DYNAMIC_SHARED(Kept, kept);
-  CUBN_SHARED_OBJECT(typename Reduce::TempStorage, storage);
   CUBN_SHARED(State, scratch, kBlockThreads);
   SliceCache<R::kInputs, T, V, decltype(kept)> cache{kept, static_cast<unsigned>(pg.slots)};
   const std::int64_t vblocks = g.c * pg.splits;
-  const auto merge = [&op](const State& a, const State& b) { return op.merge(a, b); };
   for (std::int64_t vb = blockIdx.x; vb < vblocks; vb += gridDim.x) {
-    const std::int64_t ch = vb % g.c, split = vb / g.c;
-    const auto local = accumulate_planes<T, V>(in0, in1, g, op, op.channel(in0, in1, ch, ch * g.s),
-                                               ch, split, cache);
-    const auto part = Reduce(storage).reduce(op.to_state(local), merge);
-    if (threadIdx.x == 0) partials[split * g.c + ch] = part.get();
-    __syncthreads();
+    plane_partial<T, V>(in0, in1, g, op, partials, vb % g.c, vb / g.c, cache);
+    __syncthreads();  // before the block reduction's storage is used again
   }
   grid_sync();
   finish_own_channels<V>(
       in0, in1, g.numel, g.c, pg.splits,
       [&](std::int64_t ch, std::int64_t k) { return partials[k * g.c + ch]; },
-      [&](std::int64_t ch) { return ch * g.s; },
-      PlaneTail{g.tail_pos, g.s, g.tail_ch, static_cast<int>(g.c)}, op, fin, scratch);
+      [&](std::int64_t ch) { return ch * g.s; }, plane_tail(g), op, fin, scratch);
   grid_sync();
   cache.rewind();
   for (std::int64_t vb = blockIdx.x; vb < vblocks; vb += gridDim.x) {
@@ -140,8 +131,7 @@ CUBN_DEVICE void persistent_planes(const T* in0, const T* in1, T* out, const Cha
                              static_cast<unsigned>(split * kBlockThreads + threadIdx.x), cache);
   }
   if (V > 1 && blockIdx.x == 0 && threadIdx.x == 0)
-    map_leftovers<V>(in0, in1, out, g.numel, f,
-                     PlaneTail{g.tail_pos, g.s, g.tail_ch, static_cast<int>(g.c)});
+    map_leftovers<V>(in0, in1, out, g.numel, f, plane_tail(g));
 }
 
 /// The persistent path over periodic columns (channels-last; small channels-first planes).

@@ -271,9 +271,9 @@ struct Engine {
   std::vector<std::vector<Access>> lane_accesses;  // per thread of the running block
 
   std::vector<Fiber> fibers;
-  std::unique_ptr<StackRegion> region;  // cooperative blocks: the fibers' stacks in one mapping
-  bool pooled = false;                  // fibers take their stacks from `region`
-  std::vector<unsigned char> smem;      // dynamic shared memory of the running block
+  // a cooperative block's fibers take their stacks from one mapping; others map their own each
+  std::unique_ptr<StackRegion> region;
+  std::vector<unsigned char> smem;                // dynamic shared memory of the running block
   std::vector<detail::SharedShadow> smem_shadow;  // its race record, per element of smem_elem
   std::size_t smem_elem = 0;
   std::uint64_t serial = 0;  // of the running block (block_serial)
@@ -506,14 +506,13 @@ void run_block(Engine& e) {
   e.smem_shadow.clear();
   e.smem_elem = 0;
   std::fill(e.smem.begin(), e.smem.end(), static_cast<unsigned char>(0xCD));  // uninitialised
-  if (e.pooled && !e.region) e.region = std::make_unique<StackRegion>(e.nthreads);
 #if defined(CUBN_SIM_TSAN)
   e.tsan_sched = __tsan_get_current_fiber();
 #endif
   for (unsigned i = 0; i < e.nthreads; ++i) {
     Fiber& f = e.fibers[i];
     if (f.bottom == nullptr) {
-      if (e.pooled) {
+      if (e.region) {
         f.bottom = e.region->bottom(i);
       } else {
         f.stack = std::make_unique<StackRegion>(1);
@@ -614,6 +613,14 @@ void setup(Engine& e, dim3 grid, dim3 block, std::size_t dynamic_smem, void (*bo
   e.fault.clear();
   blockDim = uint3{block.x, block.y, block.z};
   gridDim = uint3{grid.x, grid.y, grid.z};
+}
+
+// A new launch's profile when the engine's thread records them (ProfileScope), else null.
+LaunchProfile* new_launch_profile(Engine& e, const char* name) {
+  if (e.profile == nullptr) return nullptr;
+  auto& launches = ProfileAccess::launches(*e.profile);
+  launches.push_back(LaunchProfile{name});
+  return &launches.back();
 }
 
 uint3 block_coords(std::uint64_t b, dim3 grid) {
@@ -728,25 +735,18 @@ void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void 
                     " that can be resident together (" + std::to_string(sm_count()) +
                     " SMs; cudaErrorCooperativeLaunchTooLarge on a GPU)");
   ++parent.counters.launches;
-  LaunchProfile* profile = nullptr;
-  if (parent.profile != nullptr) {
-    auto& launches = ProfileAccess::launches(*parent.profile);
-    launches.push_back(LaunchProfile{name});
-    profile = &launches.back();
-  }
+  LaunchProfile* profile = new_launch_profile(parent, name);
   Coop coop;
   coop.blocks = static_cast<unsigned>(blocks);
   struct Result {
     Counters counters;
     LaunchProfile profile;
-    std::string fault;
   };
   std::vector<Result> results(blocks);
   const Schedule schedule = parent.schedule;
   const auto work = [&](std::uint64_t b) {
     Engine& e = g_engine;  // the worker thread's own
     e.schedule = schedule;
-    e.pooled = true;
     e.coop = &coop;
     setup(e, grid, block, dynamic_smem, body, ctx);
     if (profile != nullptr) {
@@ -756,6 +756,7 @@ void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void 
     blockIdx = block_coords(b, grid);
     e.running = true;
     try {
+      e.region = std::make_unique<StackRegion>(e.nthreads);
       run_block(e);
     } catch (const std::exception& ex) {  // out of memory for stacks, say
       if (e.fault.empty()) e.fault = ex.what();
@@ -785,7 +786,6 @@ void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void 
   constexpr std::size_t kWorkerStack = std::size_t{8} << 20;
   std::vector<Worker> workers(blocks);
   std::size_t started = 0;
-  std::string spawn_error;
   for (std::uint64_t b = 0; b < blocks; ++b) {
     Worker& w = workers[b];
     w.fn = &work;
@@ -804,7 +804,6 @@ void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void 
     }
     if (!ok) {
       if (w.stack != MAP_FAILED) munmap(w.stack, kWorkerStack);
-      spawn_error = "out of host threads or memory";
       coop_failed(coop, "cannot start a host thread per block");
       break;
     }
@@ -823,10 +822,10 @@ void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void 
     parent.counters.global_write_bytes += c.global_write_bytes;
     if (profile != nullptr) add_profile(*profile, results[b].profile);
   }
-  if (!spawn_error.empty())
-    throw Error(Status::kInvalidLaunch,
-                std::string("launch of ") + name +
-                    ": cannot start a host thread per block: " + spawn_error);
+  if (started < blocks)
+    throw Error(Status::kInvalidLaunch, std::string("launch of ") + name +
+                                            ": cannot start a host thread per block (out of host "
+                                            "threads or memory)");
   if (!coop.fault.empty()) throw Error(Status::kKernelFault, coop.fault);
 }
 
@@ -838,11 +837,8 @@ void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void
     throw_fault("a kernel launched another kernel; dynamic parallelism is not supported");
   setup(e, grid, block, dynamic_smem, body, ctx);
   ++e.counters.launches;
-  e.launch_profile = nullptr;
-  if (e.profile != nullptr) {
-    auto& launches = ProfileAccess::launches(*e.profile);
-    launches.push_back(LaunchProfile{name});
-    e.launch_profile = &launches.back();
+  e.launch_profile = new_launch_profile(e, name);
+  if (e.launch_profile != nullptr) {
     if (e.lane_accesses.size() < e.nthreads) e.lane_accesses.resize(e.nthreads);
     for (auto& v : e.lane_accesses) v.clear();  // a faulted launch leaves some behind
   }
