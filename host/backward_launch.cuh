@@ -13,10 +13,9 @@ namespace {
 
 // Gradient sums of (dy, x) around `mean`, finished by their last blocks with `fin` (its c, m and
 // the workspace's pointers filled in here).
-template <class T>
-void sums(const Problem& p, const BackwardPlan& plan, const T* x, const T* dy,
-          const param_t<T>* mean, kernels::BackwardFinish<param_t<T>> fin, void* workspace,
-          cudaStream_t stream) {
+template <class T, class R>
+void sums(const Problem& p, const BackwardPlan& plan, const T* x, const T* dy, const R& op,
+          kernels::BackwardFinish<param_t<T>> fin, void* workspace, cudaStream_t stream) {
   using Acc = param_t<T>;
   using State = kernels::GradSums<Acc>;
   static_assert(sizeof(State) == kernels::grad_sums_bytes(sizeof(Acc)),
@@ -26,16 +25,40 @@ void sums(const Problem& p, const BackwardPlan& plan, const T* x, const T* dy,
   fin.m = static_cast<Acc>(p.m());
   const ReducePlan& rp = plan.sums;
   const dim3 block(kernels::kBlockThreads);
-  const kernels::GradSumOp<Acc> op{mean};
   with_vec<T>(rp.vec, [&](auto v) {
     if (rp.planes) {
-      launch("cubn::bn_backward_sums", kernels::bn_backward_sums_channels_first<T, v()>, rp.grid,
-             block, 0, stream, rp.cfr, dy, x, op, ws.partials, ws.tickets, fin);
+      launch("cubn::bn_backward_sums", kernels::bn_backward_sums_channels_first<T, v(), R>,
+             rp.grid, block, 0, stream, rp.cfr, dy, x, op, ws.partials, ws.tickets, fin);
     } else {
-      launch("cubn::bn_backward_sums", kernels::bn_backward_sums_channels_last<T, v()>, rp.grid,
+      launch("cubn::bn_backward_sums", kernels::bn_backward_sums_channels_last<T, v(), R>, rp.grid,
              block, 0, stream, rp.cl, dy, x, op, ws.partials, ws.totals, ws.tickets, fin);
     }
   });
+}
+
+// Calls fn(reduction op, dx op) for the epilogue `e` of a backward whose plain ops are `sum_op` and
+// `dx_op`, with Fwd the forward's affine (SiLU recomputes its pre-activation with it).
+template <class T, class Sum, class Dx, class Fwd, class Fn>
+void with_grad_epilogue(const EpilogueGrad& e, const Sum& sum_op, const Dx& dx_op, const Fwd& fwd,
+                        Fn&& fn) {
+  using kernels::Act;
+  const auto fused = [&](auto a) {
+    constexpr Act A = decltype(a)::value;
+    const kernels::ActGrad<T, A, Fwd> act{fwd, static_cast<const T*>(e.residual),
+                                          static_cast<const unsigned*>(e.reserve.ptr)};
+    fn(kernels::FusedGradSumOp<T, A, Fwd>{sum_op.mean, act},
+       kernels::FusedDxOp<T, A, Fwd, Dx>{dx_op, act, static_cast<T*>(e.dz)});
+  };
+  switch (e.activation) {
+    case Activation::kRelu: fused(std::integral_constant<Act, Act::kRelu>{}); return;
+    case Activation::kSilu: fused(std::integral_constant<Act, Act::kSilu>{}); return;
+    case Activation::kNone: break;
+  }
+  if (e.dz != nullptr) {
+    fused(std::integral_constant<Act, Act::kNone>{});
+  } else {
+    fn(sum_op, dx_op);
+  }
 }
 
 template <class T, class Op>
@@ -54,7 +77,9 @@ void launch_backward_training(const Problem& p, const BackwardPlan& plan, const 
                               T* dx, const TrainingBackwardArgs<param_t<T>>& args, void* workspace,
                               cudaStream_t stream) {
   using Acc = param_t<T>;
-  if (dx == nullptr && args.grads.dscale == nullptr && args.grads.doffset == nullptr) return;
+  const bool grads = args.grads.dscale != nullptr || args.grads.doffset != nullptr;
+  T* dz = static_cast<T*>(args.epilogue.dz);
+  if (dx == nullptr && dz == nullptr && !grads) return;
   const ScratchPtrs<kernels::GradSums<Acc>, Acc> ws(workspace, plan.scratch);
   Acc* k = ws.coeffs;
   kernels::BackwardFinish<Acc> fin;
@@ -64,21 +89,30 @@ void launch_backward_training(const Problem& p, const BackwardPlan& plan, const 
   fin.doffset = args.grads.doffset;
   fin.accumulate = args.grads.accumulate;
   fin.k = dx != nullptr ? k : nullptr;
-  if (dx != nullptr && plan.use_persistent) {
-    fin.c = p.c;
-    fin.m = static_cast<Acc>(p.m());
-    const kernels::GradSumOp<Acc> op{args.saved.mean};
-    bool launched = false;
-    with_vec<T>(plan.persistent.vec, [&](auto v) {
-      launched = launch_persistent("cubn::bn_backward_persistent", plan.persistent,
-                                   kernels::bn_backward_persistent_channels_first<T, v()>,
-                                   kernels::bn_backward_persistent_channels_last<T, v()>, stream,
-                                   dy, x, op, ws.partials, fin, dx);
-    });
-    if (launched) return;  // else the device fits no block of it: stream
-  }
-  sums<T>(p, plan, x, dy, args.saved.mean, fin, workspace, stream);
-  if (dx != nullptr) dx_map<T>(plan, dy, x, dx, kernels::TrainingDxOp<T>{k, p.c}, stream);
+  // SiLU: the coefficients forward_training left in the reserve
+  const kernels::TrainedAffine<T> fwd{static_cast<const Acc*>(args.epilogue.reserve.ptr), p.c};
+  with_grad_epilogue<T>(
+      args.epilogue, kernels::GradSumOp<Acc>{args.saved.mean}, kernels::TrainingDxOp<T>{k, p.c},
+      fwd, [&](const auto& op, const auto& f) {
+        using R = std::decay_t<decltype(op)>;
+        using F = std::decay_t<decltype(f)>;
+        if (dx != nullptr && plan.use_persistent) {
+          kernels::BackwardFinish<Acc> pf = fin;
+          pf.c = p.c;
+          pf.m = static_cast<Acc>(p.m());
+          bool launched = false;
+          with_vec<T>(plan.persistent.vec, [&](auto v) {
+            launched = launch_persistent(
+                "cubn::bn_backward_persistent", plan.persistent,
+                kernels::bn_backward_persistent_channels_first<T, v(), R, F>,
+                kernels::bn_backward_persistent_channels_last<T, v(), R, F>, stream, dy, x, op,
+                ws.partials, pf, f, dx);
+          });
+          if (launched) return;  // else the device fits no block of it: stream
+        }
+        if (dx != nullptr || grads) sums<T>(p, plan, x, dy, op, fin, workspace, stream);
+        if (dx != nullptr || dz != nullptr) dx_map<T>(plan, dy, x, dx, f, stream);
+      });
 }
 
 template <class T>
@@ -87,18 +121,30 @@ void launch_backward_frozen(const Problem& p, const BackwardPlan& plan, const T*
                             cudaStream_t stream) {
   using Acc = param_t<T>;
   const auto eps = static_cast<Acc>(args.epsilon);
-  if (args.grads.dscale != nullptr || args.grads.doffset != nullptr) {
-    kernels::BackwardFinish<Acc> fin;
-    fin.var = args.running.var;
-    fin.epsilon = eps;
-    fin.dscale = args.grads.dscale;
-    fin.doffset = args.grads.doffset;
-    fin.accumulate = args.grads.accumulate;
-    sums<T>(p, plan, x, dy, args.running.mean, fin, workspace, stream);
-  }
-  if (dx != nullptr)
-    dx_map<T>(plan, dy, static_cast<const T*>(nullptr), dx,
-              kernels::FrozenDxOp<Acc>{args.scale, args.running.var, eps}, stream);
+  kernels::RunningAffine<T> fwd;  // SiLU: the forward's coefficients, recomputed alike
+  fwd.mean = args.running.mean;
+  fwd.var = args.running.var;
+  fwd.scale = args.scale;
+  fwd.offset = args.offset;
+  fwd.epsilon = eps;
+  T* dz = static_cast<T*>(args.epilogue.dz);
+  with_grad_epilogue<T>(
+      args.epilogue, kernels::GradSumOp<Acc>{args.running.mean},
+      kernels::FrozenDxOp<Acc>{args.scale, args.running.var, eps}, fwd,
+      [&](const auto& op, const auto& f) {
+        using F = std::decay_t<decltype(f)>;
+        if (args.grads.dscale != nullptr || args.grads.doffset != nullptr) {
+          kernels::BackwardFinish<Acc> fin;
+          fin.var = args.running.var;
+          fin.epsilon = eps;
+          fin.dscale = args.grads.dscale;
+          fin.doffset = args.grads.doffset;
+          fin.accumulate = args.grads.accumulate;
+          sums<T>(p, plan, x, dy, op, fin, workspace, stream);
+        }
+        if (dx != nullptr || dz != nullptr)
+          dx_map<T>(plan, dy, F::kInputs == 2 ? x : static_cast<const T*>(nullptr), dx, f, stream);
+      });
 }
 
 }  // namespace cubn::detail

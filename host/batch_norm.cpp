@@ -3,8 +3,12 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <nvtx3/nvtx3.hpp>
 #include <string>
+#include <utility>
+
+#include "geometry.hpp"
 
 #include "device_info.hpp"
 #include "dispatch.hpp"
@@ -80,6 +84,85 @@ void check_grads(const char* call, const ParamGradients<P>& g) {
   detail::check_pointer(call, "args.grads.doffset", g.doffset, sizeof(P), true);
 }
 
+// The byte ranges [a, a + an) and [b, b + bn) (either pointer may be null) do not overlap.
+void check_disjoint(const char* call, const void* a, std::size_t an, const char* a_name,
+                    const void* b, std::size_t bn, const char* b_name) {
+  if (a == nullptr || b == nullptr) return;
+  const auto x = reinterpret_cast<std::uintptr_t>(a), y = reinterpret_cast<std::uintptr_t>(b);
+  if (x < y + bn && y < x + an)
+    fail(Status::kInvalidArgument, call,
+         std::string(a_name) + " overlaps " + b_name + "; they must be separate memory");
+}
+
+std::size_t reserve_size(const detail::Problem& p, Activation a) {
+  switch (a) {
+    case Activation::kRelu: return static_cast<std::size_t>(kernels::relu_mask_bytes(p.numel));
+    case Activation::kSilu:
+      return (static_cast<std::size_t>(kernels::kAffineCoeffs * p.c) * p.param_bytes() + 15) / 16 *
+             16;
+    case Activation::kNone: return 0;
+  }
+  return 0;
+}
+
+void check_activation(const char* call, const char* arg, Activation a) {
+  if (a != Activation::kNone && a != Activation::kRelu && a != Activation::kSilu)
+    fail(Status::kInvalidArgument, call,
+         std::string(arg) + " is " + std::to_string(static_cast<int>(a)) +
+             ", not an Activation (kNone, kRelu, kSilu)");
+}
+
+// A reserve of `needed` bytes at `ptr` (`bytes` long): 16-byte aligned, long enough, and apart from
+// the call's tensors.
+void check_reserve(const char* call, const detail::Problem& p, const void* ptr, std::size_t bytes,
+                   std::size_t needed, bool optional,
+                   std::initializer_list<std::pair<const void*, const char*>> tensors) {
+  detail::check_pointer(call, "args.epilogue.reserve.ptr", ptr, 16, optional);
+  if (ptr == nullptr) return;
+  if (bytes < needed)
+    fail(Status::kInvalidArgument, call,
+         "args.epilogue.reserve.bytes is " + std::to_string(bytes) + "; this activation needs " +
+             std::to_string(needed) + " (activation_reserve_size)");
+  for (const auto& [t, name] : tensors)
+    check_disjoint(call, ptr, needed, "args.epilogue.reserve", t, p.bytes(), name);
+}
+
+// The forward epilogue: the residual (same pointer as y or apart from it) and the reserve
+// (required in training for ReLU and SiLU; inference writes ReLU's mask when given one).
+void check_epilogue(const char* call, const detail::Problem& p, const void* x, const void* y,
+                    const Epilogue& e, bool training) {
+  check_activation(call, "args.epilogue.activation", e.activation);
+  detail::check_pointer(call, "args.epilogue.residual", e.residual, element_size(p.dtype), true);
+  check_overlap(call, p, e.residual, "args.epilogue.residual", y, "y");
+  const bool relu = e.activation == Activation::kRelu;
+  if (relu || (training && e.activation == Activation::kSilu)) {
+    check_reserve(call, p, e.reserve.ptr, e.reserve.bytes, reserve_size(p, e.activation),
+                  !training, {{x, "x"}, {y, "y"}, {e.residual, "args.epilogue.residual"}});
+  }
+}
+
+// The backward epilogue: what the forward's activation needs (ReLU's mask; SiLU's coefficients in
+// training), dz only with a residual, dz apart from dx.
+void check_epilogue_grad(const char* call, const detail::Problem& p, const void* x,
+                         const void* dy, const void* dx, const EpilogueGrad& e, bool training) {
+  check_activation(call, "args.epilogue.activation", e.activation);
+  detail::check_pointer(call, "args.epilogue.residual", e.residual, element_size(p.dtype), true);
+  detail::check_pointer(call, "args.epilogue.dz", e.dz, element_size(p.dtype), true);
+  if (e.dz != nullptr && e.residual == nullptr)
+    fail(Status::kInvalidArgument, call,
+         "args.epilogue.dz is given but args.epilogue.residual is null: dz is the gradient of the "
+         "forward's residual; pass the residual the forward added");
+  check_disjoint(call, e.dz, p.bytes(), "args.epilogue.dz", dx, p.bytes(), "dx");
+  check_overlap(call, p, dy, "dy", e.dz, "args.epilogue.dz");
+  check_overlap(call, p, x, "x", e.dz, "args.epilogue.dz");
+  check_overlap(call, p, e.residual, "args.epilogue.residual", e.dz, "args.epilogue.dz");
+  check_overlap(call, p, e.residual, "args.epilogue.residual", dx, "dx");
+  const bool relu = e.activation == Activation::kRelu;
+  if (relu || (training && e.activation == Activation::kSilu))
+    check_reserve(call, p, e.reserve.ptr, e.reserve.bytes, reserve_size(p, e.activation), false,
+                  {{dx, "dx"}, {e.dz, "args.epilogue.dz"}});
+}
+
 template <class P>
 void check_affine(const char* call, const Affine<P>& a) {
   detail::check_pointer(call, "args.affine.scale", a.scale, sizeof(P), true);
@@ -107,9 +190,11 @@ void forward_training_impl(const TensorDesc& desc, const void* x, void* y,
   detail::check_pointer(kTrainingCall, "args.running.var", args.running.var, sizeof(P), true);
   detail::check_pointer(kTrainingCall, "args.saved.mean", args.saved.mean, sizeof(P), true);
   detail::check_pointer(kTrainingCall, "args.saved.invstd", args.saved.invstd, sizeof(P), true);
+  check_epilogue(kTrainingCall, p, x, y, args.epilogue, true);
 
-  const detail::TrainingPlan plan = detail::plan_training(
-      p, detail::current_device_info(), detail::aligned16(x), detail::aligned16(x, y));
+  const detail::TrainingPlan plan =
+      detail::plan_training(p, detail::current_device_info(), detail::aligned16(x),
+                            detail::aligned16(x, y, args.epilogue.residual));
   check_workspace(kTrainingCall, ws, plan.scratch.bytes, "forward_training_workspace_size");
 
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
@@ -131,9 +216,10 @@ void forward_inference_impl(const TensorDesc& desc, const void* x, void* y,
   check_affine(kInferenceCall, args.affine);
   detail::check_pointer(kInferenceCall, "args.running.mean", args.running.mean, sizeof(P));
   detail::check_pointer(kInferenceCall, "args.running.var", args.running.var, sizeof(P));
+  check_epilogue(kInferenceCall, p, x, y, args.epilogue, false);
 
-  const detail::MapPlan plan =
-      detail::plan_map(p, detail::current_device_info(), detail::aligned16(x, y));
+  const detail::MapPlan plan = detail::plan_map(p, detail::current_device_info(),
+                                                detail::aligned16(x, y, args.epilogue.residual));
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     detail::launch_forward_inference<T>(p, plan, static_cast<const T*>(x), static_cast<T*>(y), args,
@@ -156,8 +242,11 @@ void backward_training_impl(const TensorDesc& desc, const void* x, const void* d
   detail::check_pointer(kBackwardCall, "args.saved.mean", args.saved.mean, sizeof(P));
   detail::check_pointer(kBackwardCall, "args.saved.invstd", args.saved.invstd, sizeof(P));
   check_grads(kBackwardCall, args.grads);
+  const EpilogueGrad& e = args.epilogue;
+  check_epilogue_grad(kBackwardCall, p, x, dy, dx, e, true);
   const detail::BackwardPlan plan = detail::plan_backward(
-      p, detail::current_device_info(), detail::aligned16(x, dy), detail::aligned16(x, dy, dx));
+      p, detail::current_device_info(), detail::aligned16(x, dy, e.residual),
+      detail::aligned16(x, dy, dx, e.residual, e.dz));
   check_workspace(kBackwardCall, ws, plan.scratch.bytes, "backward_workspace_size");
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -173,7 +262,10 @@ void backward_frozen_impl(const TensorDesc& desc, const void* x, const void* dy,
   nvtx3::scoped_range range{kFrozenCall};
   const detail::Problem p = checked_problem<P>(kFrozenCall, desc);
   const bool sums = args.grads.dscale != nullptr || args.grads.doffset != nullptr;
-  check_tensor(kFrozenCall, p, x, "x", args.grads.dscale == nullptr);
+  const EpilogueGrad& e = args.epilogue;
+  const bool silu = e.activation == Activation::kSilu;
+  // x: for dscale, and for SiLU's pre-activation
+  check_tensor(kFrozenCall, p, x, "x", args.grads.dscale == nullptr && !silu);
   check_tensor(kFrozenCall, p, dy, "dy");
   check_tensor(kFrozenCall, p, dx, "dx", true);
   check_overlap(kFrozenCall, p, x, "x", dx, "dx");
@@ -183,8 +275,11 @@ void backward_frozen_impl(const TensorDesc& desc, const void* x, const void* dy,
   detail::check_pointer(kFrozenCall, "args.running.mean", args.running.mean, sizeof(P));
   detail::check_pointer(kFrozenCall, "args.running.var", args.running.var, sizeof(P));
   check_grads(kFrozenCall, args.grads);
+  detail::check_pointer(kFrozenCall, "args.offset", args.offset, sizeof(P), true);
+  check_epilogue_grad(kFrozenCall, p, x, dy, dx, e, false);
   const detail::BackwardPlan plan = detail::plan_backward(
-      p, detail::current_device_info(), detail::aligned16(x, dy), detail::aligned16(dy, dx));
+      p, detail::current_device_info(), detail::aligned16(x, dy, e.residual),
+      detail::aligned16(dy, dx, e.dz, e.residual, silu ? x : nullptr));
   if (sums) check_workspace(kFrozenCall, ws, plan.scratch.bytes, "backward_workspace_size");
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -221,6 +316,13 @@ void forward_inference(const TensorDesc& x_desc, const void* x, void* y,
 void forward_inference(const TensorDesc& x_desc, const void* x, void* y,
                        const InferenceForwardArgs<double>& args, cudaStream_t stream) {
   forward_inference_impl(x_desc, x, y, args, stream);
+}
+
+std::size_t activation_reserve_size(const TensorDesc& x, Activation activation) {
+  const char* call = "cubn::activation_reserve_size";
+  const detail::Problem p = detail::canonicalize(call, "x", x);
+  check_activation(call, "activation", activation);
+  return reserve_size(p, activation);
 }
 
 std::size_t backward_workspace_size(const TensorDesc& x) {

@@ -20,6 +20,25 @@ void normalize(const MapPlan& plan, const T* x, T* y, const Affine& affine, cuda
   });
 }
 
+// Calls fn(op) with the map op of `e` over `affine`: the plain affine without an epilogue, else
+// FusedAffine with the activation (ReLU writes its mask to `mask` when not null).
+template <class T, class Affine, class Fn>
+void with_epilogue(const Epilogue& e, const Affine& affine, unsigned* mask, Fn&& fn) {
+  using kernels::Act;
+  using kernels::FusedAffine;
+  const T* z = static_cast<const T*>(e.residual);
+  switch (e.activation) {
+    case Activation::kRelu: fn(FusedAffine<T, Affine, Act::kRelu>{affine, z, mask}); return;
+    case Activation::kSilu: fn(FusedAffine<T, Affine, Act::kSilu>{affine, z, nullptr}); return;
+    case Activation::kNone: break;
+  }
+  if (z != nullptr) {
+    fn(FusedAffine<T, Affine, Act::kNone>{affine, z, nullptr});
+  } else {
+    fn(affine);
+  }
+}
+
 }  // namespace
 
 template <class T>
@@ -43,31 +62,39 @@ void launch_forward_training(const Problem& p, const TrainingPlan& plan, const T
   fin.momentum_var = static_cast<Acc>(args.momentum.var);
   fin.saved_mean = args.saved.mean;
   fin.saved_invstd = args.saved.invstd;
-  fin.k = ws.coeffs;
+  // SiLU's backward recomputes the pre-activation with these very coefficients: they go to the
+  // reserve instead of the workspace
+  const Epilogue& e = args.epilogue;
+  fin.k = e.activation == Activation::kSilu ? static_cast<Acc*>(e.reserve.ptr) : ws.coeffs;
+  unsigned* mask =
+      e.activation == Activation::kRelu ? static_cast<unsigned*>(e.reserve.ptr) : nullptr;
 
-  const dim3 block(kernels::kBlockThreads);
-  if (plan.use_persistent) {
-    bool launched = false;
-    with_vec<T>(plan.persistent.vec, [&](auto v) {
-      launched = launch_persistent("cubn::bn_forward_persistent", plan.persistent,
-                                   kernels::bn_forward_persistent_channels_first<T, v()>,
-                                   kernels::bn_forward_persistent_channels_last<T, v()>, stream, x,
-                                   ws.partials, fin, y);
-    });
-    if (launched) return;  // else the device fits no block of it: stream
-  }
-  const ReducePlan& rp = plan.stats;
-  with_vec<T>(rp.vec, [&](auto v) {
-    if (rp.planes) {
-      launch("cubn::bn_stats", kernels::bn_stats_channels_first<T, v()>, rp.grid, block, 0, stream,
-             rp.cfr, x, ws.partials, ws.tickets, fin, y);
-    } else {
-      launch("cubn::bn_stats", kernels::bn_stats_channels_last<T, v()>, rp.grid, block, 0, stream,
-             rp.cl, x, ws.partials, ws.totals, ws.tickets, fin, y);
+  with_epilogue<T>(e, kernels::TrainedAffine<T>{fin.k, p.c}, mask, [&](const auto& f) {
+    using F = std::decay_t<decltype(f)>;
+    const dim3 block(kernels::kBlockThreads);
+    if (plan.use_persistent) {
+      bool launched = false;
+      with_vec<T>(plan.persistent.vec, [&](auto v) {
+        launched = launch_persistent("cubn::bn_forward_persistent", plan.persistent,
+                                     kernels::bn_forward_persistent_channels_first<T, v(), F>,
+                                     kernels::bn_forward_persistent_channels_last<T, v(), F>,
+                                     stream, x, ws.partials, fin, f, y);
+      });
+      if (launched) return;  // else the device fits no block of it: stream
     }
+    const ReducePlan& rp = plan.stats;
+    with_vec<T>(rp.vec, [&](auto v) {
+      if (rp.planes) {
+        launch("cubn::bn_stats", kernels::bn_stats_channels_first<T, v(), F>, rp.grid, block, 0,
+               stream, rp.cfr, x, ws.partials, ws.tickets, fin, f, y);
+      } else {
+        launch("cubn::bn_stats", kernels::bn_stats_channels_last<T, v(), F>, rp.grid, block, 0,
+               stream, rp.cl, x, ws.partials, ws.totals, ws.tickets, fin, f, y);
+      }
+    });
+    if (rp.fused()) return;
+    normalize<T>(plan.normalize, x, y, f, stream);
   });
-  if (rp.fused()) return;
-  normalize<T>(plan.normalize, x, y, kernels::TrainedAffine<T>{ws.coeffs, p.c}, stream);
 }
 
 template <class T>
@@ -79,7 +106,10 @@ void launch_forward_inference(const Problem&, const MapPlan& plan, const T* x, T
   affine.scale = args.affine.scale;
   affine.offset = args.affine.offset;
   affine.epsilon = static_cast<param_t<T>>(args.epsilon);
-  normalize<T>(plan, x, y, affine, stream);
+  const Epilogue& e = args.epilogue;
+  unsigned* mask =
+      e.activation == Activation::kRelu ? static_cast<unsigned*>(e.reserve.ptr) : nullptr;
+  with_epilogue<T>(e, affine, mask, [&](const auto& f) { normalize<T>(plan, x, y, f, stream); });
 }
 
 }  // namespace cubn::detail

@@ -130,8 +130,9 @@ void force_path(Path path) noexcept { g_forced = path; }
 
 Path forced_path() noexcept { return g_forced; }
 
-bool aligned16(const void* a, const void* b, const void* c) {
-  for (const void* ptr : {a, b, c})
+bool aligned16(const void* a, const void* b, const void* c, const void* d, const void* e,
+               const void* f) {
+  for (const void* ptr : {a, b, c, d, e, f})
     if (reinterpret_cast<std::uintptr_t>(ptr) % 16 != 0) return false;
   return true;
 }

@@ -126,6 +126,7 @@ PersistentPlan plan_persistent(const Problem& p, const DeviceInfo& dev, bool ali
 std::int64_t reduce_loaded_elements(const Problem& p, int vec);
 
 /// True when every pointer given is 16-byte aligned (null pointers count as aligned).
-bool aligned16(const void* a, const void* b = nullptr, const void* c = nullptr);
+bool aligned16(const void* a, const void* b = nullptr, const void* c = nullptr,
+               const void* d = nullptr, const void* e = nullptr, const void* f = nullptr);
 
 }  // namespace cubn::detail

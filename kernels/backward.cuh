@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "activation.cuh"
+#include "affine.cuh"
 #include "channel_ops.cuh"
 #include "persistent.cuh"
 #include "platform.cuh"
@@ -129,6 +131,163 @@ struct FrozenDxOp {
   CUBN_DEVICE Acc apply(const Coeffs& q, Acc dy, Acc) const { return q.a * dy; }
 };
 
+/// Nothing: the forward coefficients of activations other than SiLU.
+struct NoCoeffs {};
+
+/// The backward of the fused epilogue (activation.cuh): dy * act'(p) from what each pack's side
+/// holds. ReLU reads the forward's mask; SiLU recomputes p = fwd(x) + z with the forward's own
+/// coefficients (Fwd: TrainedAffine over the coefficients the forward left in the reserve, or
+/// RunningAffine) and reads z again when there is one; none passes dy through.
+template <class T, Act A, class Fwd>
+struct ActGrad {
+  using Acc = acc_t<T>;
+  using FwdCoeffs = std::conditional_t<A == Act::kSilu, typename Fwd::Coeffs, NoCoeffs>;
+  template <int V>
+  struct Side {
+    Pack<T, V> z;
+    unsigned bits;
+  };
+  Fwd fwd;
+  const T* z = nullptr;            ///< SiLU: the forward's residual; null: none
+  const unsigned* mask = nullptr;  ///< ReLU: the forward's mask
+
+  CUBN_DEVICE FwdCoeffs fwd_coeffs(std::int64_t ch) const {
+    if constexpr (A == Act::kSilu) {
+      return fwd.coeffs(ch);
+    } else {
+      return {};
+    }
+  }
+  template <int V, int N>
+  CUBN_DEVICE void load(const std::int64_t (&at)[N], Side<V> (&s)[N]) const {
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u) {
+      if constexpr (A == Act::kRelu) s[u].bits = read_mask<V>(mask, at[u]);
+      if constexpr (A == Act::kSilu)
+        s[u].z = z != nullptr ? load_pack<V>(z + at[u]) : Pack<T, V>{};
+    }
+  }
+  /// dy * act'(p) of element k of a pack.
+  template <int V>
+  CUBN_DEVICE Acc grad(Acc dy, Acc x, const Side<V>& s, int k, const FwdCoeffs& fc) const {
+    if constexpr (A == Act::kRelu) {
+      return (s.bits >> k) & 1u ? dy : Acc(0);
+    } else if constexpr (A == Act::kSilu) {
+      return silu_grad(dy, fc.apply(x) + to_acc(s.z.v[k]));
+    } else {
+      return dy;
+    }
+  }
+};
+
+/// The gradient sums through the fused epilogue: sum(g) and sum(g * (x - mean)), g = dy *
+/// act'(p) (ActGrad), as a channel reduction of (in0 = dy, in1 = x) with sides.
+template <class T, Act A, class Fwd>
+struct FusedGradSumOp {
+  using Acc = acc_t<T>;
+  static constexpr int kInputs = 2;
+  static constexpr bool kSided = true;
+  using Grad = ActGrad<T, A, Fwd>;
+  using State = GradSums<Acc>;
+  using Local = GradSums<Acc>;
+  template <class, int V>
+  using Side = typename Grad::template Side<V>;
+  template <int V>
+  struct Columns {
+    Local slot[V];
+  };
+  struct Channel {
+    Acc mean;
+    typename Grad::FwdCoeffs fc;
+  };
+  const Acc* mean;
+  Grad act;
+
+  template <class U>
+  CUBN_DEVICE Channel channel(const U*, const U*, std::int64_t c, std::int64_t) const {
+    return {mean[c], act.fwd_coeffs(c)};
+  }
+  template <class, int V, int N>
+  CUBN_DEVICE void load_side(const std::int64_t (&at)[N], Side<T, V> (&s)[N]) const {
+    act.template load<V>(at, s);
+  }
+  template <int V>
+  CUBN_DEVICE void absorb_one(Local& l, const Channel& ch, Acc dy, Acc x, const Side<T, V>& s,
+                              int k) const {
+    const Acc g = act.grad(dy, x, s, k, ch.fc);
+    l.dy += g;
+    l.dy_xmu += g * (x - ch.mean);
+  }
+  template <int V, int U>
+  CUBN_DEVICE void absorb_packs(Local& l, const Channel& ch, const Pack<T, V> (&dy)[U],
+                                const Pack<T, V> (&x)[U], const Side<T, V> (&s)[U]) const {
+    CUBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      CUBN_UNROLL
+      for (int k = 0; k < V; ++k)
+        absorb_one(l, ch, to_acc(dy[u].v[k]), to_acc(x[u].v[k]), s[u], k);
+    }
+  }
+  template <int V, int U, class Cst>
+  CUBN_DEVICE void absorb_columns(Columns<V>& l, const Cst& ch, const Pack<T, V> (&dy)[U],
+                                  const Pack<T, V> (&x)[U], const Side<T, V> (&s)[U]) const {
+    CUBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      CUBN_UNROLL
+      for (int k = 0; k < V; ++k)
+        absorb_one(l.slot[k], ch(k), to_acc(dy[u].v[k]), to_acc(x[u].v[k]), s[u], k);
+    }
+  }
+  template <int V>
+  CUBN_DEVICE State column_state(const Columns<V>& l, int k) const {
+    return l.slot[k];
+  }
+  CUBN_DEVICE State to_state(const Local& l) const { return l; }
+  CUBN_DEVICE State merge(const State& a, const State& b) const {
+    return {a.dy + b.dy, a.dy_xmu + b.dy_xmu};
+  }
+};
+
+/// dx through the fused epilogue: Base's dx (TrainingDxOp or FrozenDxOp) of g = dy * act'(p), and
+/// dz = g, each written when its pointer is not null. Reads x also when Base does not (SiLU).
+template <class T, Act A, class Fwd, class Base>
+struct FusedDxOp {
+  using Acc = acc_t<T>;
+  using Grad = ActGrad<T, A, Fwd>;
+  static constexpr int kInputs = A == Act::kSilu ? 2 : Base::kInputs;
+  static constexpr bool kSided = true;
+  template <class, int V>
+  using Side = typename Grad::template Side<V>;
+  struct Coeffs {
+    typename Base::Coeffs q;
+    typename Grad::FwdCoeffs fc;
+  };
+  Base base;
+  Grad act;
+  T* dz = nullptr;
+
+  CUBN_DEVICE Coeffs coeffs(std::int64_t ch) const { return {base.coeffs(ch), act.fwd_coeffs(ch)}; }
+  template <class, int V, int N>
+  CUBN_DEVICE void load_side(const std::int64_t (&at)[N], Side<T, V> (&s)[N]) const {
+    act.template load<V>(at, s);
+  }
+  template <int KV, int V, class CoeffOf>
+  CUBN_DEVICE void emit(T* dx, std::int64_t at, const Pack<T, V>& dy, const Pack<T, V>& x,
+                        const Side<T, V>& s, const CoeffOf& coeff) const {
+    Pack<T, V> ox, oz;
+    CUBN_UNROLL
+    for (int k = 0; k < V; ++k) {
+      const Coeffs q = coeff(k);
+      const Acc xv = to_acc(x.v[k]);
+      const Acc g = act.grad(to_acc(dy.v[k]), xv, s, k, q.fc);
+      oz.v[k] = from_acc<T>(g);
+      ox.v[k] = from_acc<T>(base.apply(q.q, g, xv));
+    }
+    if (dx != nullptr) store_pack<V>(dx + at, ox);
+    if (dz != nullptr) store_pack<V>(dz + at, oz);
+  }
+};
+
 /// What finishing a channel's gradient sums writes; optional pointers may be null.
 template <class Acc>
 struct BackwardFinish {
@@ -143,9 +302,10 @@ struct BackwardFinish {
   bool accumulate = false;  ///< add to dscale and doffset instead of overwriting them
   Acc* k = nullptr;         ///< training: dx's coefficients, [4][C] (TrainingDxOp); may be null
 
-  /// dscale and doffset of channel ch (written or added to), and dx's coefficients.
-  CUBN_DEVICE_NOINLINE void finish(std::int64_t ch, const GradSums<Acc>& s,
-                                   const typename GradSumOp<Acc>::Channel& cst) const {
+  /// dscale and doffset of channel ch (written or added to), and dx's coefficients. Cst: the
+  /// reduction op's Channel (its mean).
+  template <class Cst>
+  CUBN_DEVICE_NOINLINE void finish(std::int64_t ch, const GradSums<Acc>& s, const Cst& cst) const {
     const Acc inv = invstd != nullptr ? invstd[ch] : Acc(1) / sqrt_acc(var[ch] + epsilon);
     const Acc dy_xhat = s.dy_xmu * inv;
     if (dscale != nullptr) dscale[ch] = (accumulate ? dscale[ch] : Acc(0)) + dy_xhat;
@@ -162,10 +322,10 @@ struct BackwardFinish {
 
 /// Gradient sums of channel blockIdx.x over split blockIdx.y (in0 = dy, in1 = x); the last block
 /// of each set of channels finishes them.
-template <class T, int V>
+template <class T, int V, class R>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_backward_sums_channels_first(ChannelsFirstReduce g, const T* __restrict__ dy,
-                                    const T* __restrict__ x, GradSumOp<acc_t<T>> op,
+                                    const T* __restrict__ x, R op,
                                     GradSums<acc_t<T>>* partials, unsigned* tickets,
                                     BackwardFinish<acc_t<T>> fin) {
   reduce_planes<T, V>(dy, x, g, op, partials, tickets, fin);
@@ -173,10 +333,10 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
 
 /// Gradient sums of the V slots each thread owns over split blockIdx.y; the last blocks finish
 /// them (reduce_columns).
-template <class T, int V>
+template <class T, int V, class R>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_backward_sums_channels_last(ChannelsLastGeometry g, const T* __restrict__ dy,
-                                   const T* __restrict__ x, GradSumOp<acc_t<T>> op,
+                                   const T* __restrict__ x, R op,
                                    GradSums<acc_t<T>>* partials, GradSums<acc_t<T>>* totals,
                                    unsigned* tickets, BackwardFinish<acc_t<T>> fin) {
   reduce_columns<T, V>(dy, x, g, op, partials, totals, tickets, fin);
@@ -185,23 +345,21 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
 /// The whole training backward in one cooperative launch (persistent.cuh): gradient sums, dscale,
 /// doffset and dx, dy and x read once where the grid's shared memory holds them. dx may equal dy
 /// or x.
-template <class T, int V>
+template <class T, int V, class R, class F>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
     bn_backward_persistent_channels_first(ChannelsFirstReduce g, PersistentGeometry pg, const T* dy,
-                                          const T* x, GradSumOp<acc_t<T>> op,
-                                          GradSums<acc_t<T>>* partials,
-                                          BackwardFinish<acc_t<T>> fin, T* dx) {
-  persistent_planes<T, V>(dy, x, dx, g, pg, op, partials, fin, TrainingDxOp<T>{fin.k, g.c});
+                                          const T* x, R op, GradSums<acc_t<T>>* partials,
+                                          BackwardFinish<acc_t<T>> fin, F f, T* dx) {
+  persistent_planes<T, V>(dy, x, dx, g, pg, op, partials, fin, f);
 }
 
 /// The persistent training backward over a channels-last tensor. dx may equal dy or x.
-template <class T, int V>
+template <class T, int V, class R, class F>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
     bn_backward_persistent_channels_last(ChannelsLastGeometry g, PersistentGeometry pg, const T* dy,
-                                         const T* x, GradSumOp<acc_t<T>> op,
-                                         GradSums<acc_t<T>>* partials, BackwardFinish<acc_t<T>> fin,
-                                         T* dx) {
-  persistent_columns<T, V>(dy, x, dx, g, pg, op, partials, fin, TrainingDxOp<T>{fin.k, g.c});
+                                         const T* x, R op, GradSums<acc_t<T>>* partials,
+                                         BackwardFinish<acc_t<T>> fin, F f, T* dx) {
+  persistent_columns<T, V>(dy, x, dx, g, pg, op, partials, fin, f);
 }
 
 /// dx over a channels-first tensor (in0 = dy, in1 = x). dx may equal dy or x.

@@ -96,6 +96,69 @@ CUBN_DEVICE void load_one(const T* in0, const T* in1, std::int64_t i, acc_t<T>& 
   b = to_acc(pb[0].v[0]);
 }
 
+// ---- sides: what a fused op reads beside its inputs ---------------------------------------------
+
+/// The side of a pack of an op that reads nothing beside its inputs.
+struct NoSide {};
+
+/// Whether op Op reads a side per pack (it declares kSided, a member template Side<T, V>, and
+/// load_side(at[N], Side[N]), issued with the inputs' loads), and takes it in absorb_packs,
+/// absorb_columns and absorb_one (reductions) or writes its outputs itself with emit<KV>(out, at,
+/// in0 pack, in1 pack, side, coeff) (maps; KV is the kernel's pack width). Ops without one keep the
+/// plain interface.
+template <class Op, class = void>
+struct SideOf {
+  static constexpr bool kSided = false;
+  template <class T, int V>
+  using type = NoSide;
+};
+template <class Op>
+struct SideOf<Op, std::void_t<decltype(Op::kSided)>> {
+  static constexpr bool kSided = true;
+  template <class T, int V>
+  using type = typename Op::template Side<T, V>;
+};
+template <class Op, class T, int V>
+using side_t = typename SideOf<Op>::template type<T, V>;
+
+/// Loads the sides of the packs at `at` (nothing for an op without one).
+template <class T, int V, int N, class Op>
+CUBN_DEVICE void load_sides(const Op& op, const std::int64_t (&at)[N], side_t<Op, T, V> (&s)[N]) {
+  if constexpr (SideOf<Op>::kSided) op.template load_side<T, V>(at, s);
+}
+
+/// op.absorb_packs, with the packs' sides when the op reads them.
+template <class R, class L, class C, class T, int V, int U, class S>
+CUBN_DEVICE void absorb_packs(const R& op, L& l, const C& cst, const Pack<T, V> (&a)[U],
+                              const Pack<T, V> (&b)[U], const S (&s)[U]) {
+  if constexpr (SideOf<R>::kSided) {
+    op.absorb_packs(l, cst, a, b, s);
+  } else {
+    op.absorb_packs(l, cst, a, b);
+  }
+}
+
+/// op.absorb_columns, with the packs' sides when the op reads them.
+template <class R, class L, class C, class T, int V, int U, class S>
+CUBN_DEVICE void absorb_columns(const R& op, L& l, const C& cst, const Pack<T, V> (&a)[U],
+                                const Pack<T, V> (&b)[U], const S (&s)[U]) {
+  if constexpr (SideOf<R>::kSided) {
+    op.absorb_columns(l, cst, a, b, s);
+  } else {
+    op.absorb_columns(l, cst, a, b);
+  }
+}
+
+/// op.absorb_one for element k of a pack whose side is `s`.
+template <class R, class L, class C, class A, class S>
+CUBN_DEVICE void absorb_one(const R& op, L& l, const C& cst, A a, A b, const S& s, int k) {
+  if constexpr (SideOf<R>::kSided) {
+    op.absorb_one(l, cst, a, b, s, k);
+  } else {
+    op.absorb_one(l, cst, a, b);
+  }
+}
+
 /// The number of offsets in the array a walker passes (U, or 1 for the tail).
 template <class A>
 constexpr int packs_in = static_cast<int>(std::extent_v<std::remove_reference_t<A>>);
@@ -219,7 +282,10 @@ CUBN_DEVICE void fold_leftovers(const R& op, const T* in0, const T* in1, std::in
     if (tail.channel() != ch) continue;
     acc_t<T> a, b;
     load_one<R::kInputs>(in0, in1, e, a, b);
-    op.absorb_one(l, cst, a, b);
+    const std::int64_t at[1] = {e};
+    side_t<R, T, 1> s[1];
+    load_sides<T, 1>(op, at, s);
+    absorb_one(op, l, cst, a, b, s[0], 0);
     any = true;
   }
   if (any) total = op.merge(total, op.to_state(l));
@@ -236,20 +302,6 @@ CUBN_DEVICE void finish_channel(const R& op, const Fin& fin, const T* in0, const
   fin.finish(ch, total, cst);
 }
 
-/// out = f(in0, in1) for the leftover elements, by one thread.
-template <int V, class T, class F, class Tail>
-CUBN_DEVICE void map_leftovers(const T* in0, const T* in1, T* out, std::int64_t numel, const F& f,
-                               Tail tail) {
-  CUBN_NO_UNROLL
-  for (std::int64_t e = numel / V * V; e < numel; ++e, tail.next()) {
-    acc_t<T> a, b;
-    load_one<F::kInputs>(in0, in1, e, a, b);
-    Pack<T, 1> o;
-    o.v[0] = from_acc<T>(f.apply(f.coeffs(tail.channel()), a, b));
-    store_pack<1>(out + e, o);
-  }
-}
-
 /// f applied to one pack: element k with the coefficients coeff(k).
 template <class F, class T, int V, class CoeffOf>
 CUBN_DEVICE Pack<T, V> apply_pack(const F& f, const Pack<T, V>& a, const Pack<T, V>& b,
@@ -259,6 +311,42 @@ CUBN_DEVICE Pack<T, V> apply_pack(const F& f, const Pack<T, V>& a, const Pack<T,
   for (int k = 0; k < V; ++k)
     o.v[k] = from_acc<T>(f.apply(coeff(k), to_acc(a.v[k]), to_acc(b.v[k])));
   return o;
+}
+
+/// Writes f's outputs for the pack at `at` (element k with the coefficients coeff(k)): out =
+/// f(in0, in1), or what an op with a side writes itself (its emit<KV>; KV is the kernel's pack
+/// width, which tells it whose its mask bytes are).
+template <int KV, class F, class T, int V, class S, class CoeffOf>
+CUBN_DEVICE void emit(const F& f, T* out, std::int64_t at, const Pack<T, V>& a,
+                      const Pack<T, V>& b, const S& s, const CoeffOf& coeff) {
+  if constexpr (SideOf<F>::kSided) {
+    f.template emit<KV>(out, at, a, b, s, coeff);
+  } else {
+    store_pack<V>(out + at, apply_pack(f, a, b, coeff));
+  }
+}
+
+/// The packs at `at`, their sides, and f's outputs for them (coefficients coeff(k)).
+template <int KV, class T, int V, class F, class CoeffOf>
+CUBN_DEVICE void map_one(const T* in0, const T* in1, T* out, const F& f, std::int64_t at,
+                         const CoeffOf& coeff) {
+  const std::int64_t one[1] = {at};
+  Pack<T, V> a[1], b[1];
+  load_packs<F::kInputs, 1, V>(in0, in1, one, a, b);
+  side_t<F, T, V> s[1];
+  load_sides<T, V>(f, one, s);
+  emit<KV>(f, out, at, a[0], b[0], s[0], coeff);
+}
+
+/// out = f(in0, in1) for the leftover elements, by one thread (of a kernel of pack width V).
+template <int V, class T, class F, class Tail>
+CUBN_DEVICE void map_leftovers(const T* in0, const T* in1, T* out, std::int64_t numel, const F& f,
+                               Tail tail) {
+  CUBN_NO_UNROLL
+  for (std::int64_t e = numel / V * V; e < numel; ++e, tail.next()) {
+    const typename F::Coeffs q = f.coeffs(tail.channel());
+    map_one<V, T, 1>(in0, in1, out, f, e, [&](int) { return q; });
+  }
 }
 
 /// Where a loop's packs come from, and what becomes of them: the streaming kernels load them from
@@ -359,15 +447,20 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
         constexpr int N = packs_in<decltype(at)>;
         Pack<T, V> a[N], b[N];
         load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
-        op.absorb_packs(l, cst, a, b);
+        side_t<R, T, V> s[N];
+        load_sides<T, V>(op, at, s);
+        absorb_packs(op, l, cst, a, b, s);
         src.keep(a, b);
       },
       [&](std::int64_t at, std::int64_t b0, std::int64_t b1) {
+        const std::int64_t one[1] = {at};
         Pack<T, V> a[1], b[1];
-        load_packs<R::kInputs, V>(in0, in1, at, a, b);
+        load_packs<R::kInputs, 1, V>(in0, in1, one, a, b);
+        side_t<R, T, V> s[1];
+        load_sides<T, V>(op, one, s);
         for (int k = 0; k < V; ++k)
           if (at + k >= b0 && at + k < b1)
-            op.absorb_one(l, cst, to_acc(a[0].v[k]), to_acc(b[0].v[k]));
+            absorb_one(op, l, cst, to_acc(a[0].v[k]), to_acc(b[0].v[k]), s[0], k);
         src.keep(a, b);
       });
   return l;
@@ -432,8 +525,10 @@ CUBN_DEVICE void map_channel_planes(const T* in0, const T* in1, T* out,
         constexpr int N = packs_in<decltype(at)>;
         Pack<T, V> a[N], b[N];
         src.fetch(in0, in1, at, a, b);
+        side_t<F, T, V> s[N];
+        load_sides<T, V>(f, at, s);
         CUBN_UNROLL
-        for (int u = 0; u < N; ++u) store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], coeff));
+        for (int u = 0; u < N; ++u) emit<V>(f, out, at[u], a[u], b[u], s[u], coeff);
       },
       [&](std::int64_t at, std::int64_t b0, std::int64_t b1) {
         if (at + V > b1) {  // the next plane's first pack
@@ -443,12 +538,13 @@ CUBN_DEVICE void map_channel_planes(const T* in0, const T* in1, T* out,
         const std::int64_t one[1] = {at};
         Pack<T, V> a[1], b[1];
         src.fetch(in0, in1, one, a, b);
+        side_t<F, T, V> s[1];
+        load_sides<T, V>(f, one, s);
         // elements [0, cut) belong to the previous plane (one store either way: the loop then
         // moves at most three vectors, as an edge loop should)
         const int cut = at < b0 ? static_cast<int>(b0 - at) : 0;
         const typename F::Coeffs before = cut > 0 ? f.coeffs(ch == 0 ? g.c - 1 : ch - 1) : q;
-        store_pack<V>(out + at,
-                      apply_pack(f, a[0], b[0], [&](int k) { return k < cut ? before : q; }));
+        emit<V>(f, out, at, a[0], b[0], s[0], [&](int k) { return k < cut ? before : q; });
       });
 }
 
@@ -490,11 +586,7 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
     }
     if (ch >= c) ch -= c;
   };
-  const auto one = [&](std::int64_t at, auto coeff) {
-    Pack<T, V> a[1], b[1];
-    load_packs<F::kInputs, V>(in0, in1, at, a, b);
-    store_pack<V>(out + at, apply_pack(f, a[0], b[0], coeff));
-  };
+  const auto one = [&](std::int64_t at, auto coeff) { map_one<V, T, V>(in0, in1, out, f, at, coeff); };
   for (; count >= static_cast<unsigned>(U); count -= U) {
     std::int64_t at[U];
     unsigned chs[U];
@@ -516,14 +608,25 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
     };
     if constexpr (F::kInputs == 2) fetch();
     Pack<T, V> a[U] = {}, b[U] = {};
+    side_t<F, T, V> sd[U] = {};
     CUBN_UNROLL
     for (int u = 0; u < U; ++u)
       if (whole[u]) load_inputs<F::kInputs>(in0, in1, at[u], a[u], b[u]);
+    if constexpr (SideOf<F>::kSided) {
+      CUBN_UNROLL
+      for (int u = 0; u < U; ++u) {
+        if (!whole[u]) continue;
+        const std::int64_t one[1] = {at[u]};
+        side_t<F, T, V> s1[1];
+        load_sides<T, V>(f, one, s1);
+        sd[u] = s1[0];
+      }
+    }
     if constexpr (F::kInputs == 1) fetch();
     CUBN_UNROLL
     for (int u = 0; u < U; ++u) {
       if (!whole[u]) continue;
-      store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], [&](int) { return q[u]; }));
+      emit<V>(f, out, at[u], a[u], b[u], sd[u], [&](int) { return q[u]; });
     }
   }
   CUBN_NO_UNROLL
@@ -623,7 +726,9 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
       constexpr int N = packs_in<decltype(at)>;
       Pack<T, V> a[N], b[N];
       load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
-      op.absorb_columns(l, cst, a, b);
+      side_t<R, T, V> s[N];
+      load_sides<T, V>(op, at, s);
+      absorb_columns(op, l, cst, a, b, s);
       src.keep(a, b);
     });
   }
@@ -715,8 +820,10 @@ CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out, const Chan
       constexpr int N = packs_in<decltype(at)>;
       Pack<T, V> a[N], b[N];
       src.fetch(in0, in1, at, a, b);
+      side_t<F, T, V> s[N];
+      load_sides<T, V>(f, at, s);
       CUBN_UNROLL
-      for (int u = 0; u < N; ++u) store_pack<V>(out + at[u], apply_pack(f, a[u], b[u], q));
+      for (int u = 0; u < N; ++u) emit<V>(f, out, at[u], a[u], b[u], s[u], q);
     });
   }
 }

@@ -14,6 +14,8 @@
 
 #include <cstdint>
 
+#include "activation.cuh"
+#include "affine.cuh"
 #include "channel_ops.cuh"
 #include "persistent.cuh"
 #include "platform.cuh"
@@ -22,59 +24,47 @@
 
 namespace cubn::kernels {
 
-/// The coefficients of y = (x - shift) * a + b for elements of T. fp16 and bf16 outputs need no
-/// shift: b = offset - shift * a in fp32 errs by ulp_fp32(mean * a), under a tenth of their own
-/// ulp while |mean| / sigma stays below 1e3, so they take y = x * a + b, two coefficients (the
-/// channels-last maps hold V channels' worth in shared memory and read them per vector).
-template <class T, bool = (sizeof(T) >= 4)>
-struct AffineCoeffs {
-  using Acc = acc_t<T>;
-  Acc shift, a, b;
-  CUBN_DEVICE AffineCoeffs(Acc s, Acc a_, Acc b_) : shift(s), a(a_), b(b_) {}
-  AffineCoeffs() = default;
-  CUBN_DEVICE Acc apply(Acc x) const { return (x - shift) * a + b; }
-};
-template <class T>
-struct AffineCoeffs<T, false> {
-  using Acc = acc_t<T>;
-  Acc a, b;
-  CUBN_DEVICE AffineCoeffs(Acc s, Acc a_, Acc b_) : a(a_), b(b_ - s * a_) {}
-  AffineCoeffs() = default;
-  CUBN_DEVICE Acc apply(Acc x) const { return x * a + b; }
-};
-
-/// y = (x - shift) * a + b with the coefficients the statistics kernel's finish stored (training:
-/// [3][C] in the workspace).
-template <class T>
-struct TrainedAffine {
+/// The fused forward map: y = act(affine(x) + z) (z optional: null adds nothing), and for ReLU
+/// the mask of p > 0 (activation.cuh) when `mask` is not null. Affine: TrainedAffine or
+/// RunningAffine. The residual is the op's side: its packs load with x's.
+template <class T, class Affine, Act A>
+struct FusedAffine {
   using Acc = acc_t<T>;
   static constexpr int kInputs = 1;
-  using Coeffs = AffineCoeffs<T>;
-  const Acc* k = nullptr;
-  std::int64_t c = 0;
-  CUBN_DEVICE Coeffs coeffs(std::int64_t ch) const {
-    return Coeffs(k[ch], k[c + ch], k[2 * c + ch]);
-  }
-  CUBN_DEVICE Acc apply(const Coeffs& q, Acc x, Acc) const { return q.apply(x); }
-};
+  static constexpr bool kSided = true;
+  using Coeffs = typename Affine::Coeffs;
+  template <class, int V>
+  struct Side {
+    Pack<T, V> z;
+  };
+  Affine affine;
+  const T* z = nullptr;
+  unsigned* mask = nullptr;
 
-/// y = (x - mean) * a + offset from running statistics (inference), a = scale * rsqrt(var +
-/// epsilon) in a few ulp.
-template <class T>
-struct RunningAffine {
-  using Acc = acc_t<T>;
-  static constexpr int kInputs = 1;
-  using Coeffs = AffineCoeffs<T>;
-  const Acc* mean = nullptr;
-  const Acc* var = nullptr;
-  const Acc* scale = nullptr;   ///< null means 1
-  const Acc* offset = nullptr;  ///< null means 0
-  Acc epsilon = Acc(0);
-  CUBN_DEVICE Coeffs coeffs(std::int64_t ch) const {
-    return Coeffs(mean[ch], (scale != nullptr ? scale[ch] : Acc(1)) * rsqrt_acc(var[ch] + epsilon),
-                  offset != nullptr ? offset[ch] : Acc(0));
+  CUBN_DEVICE Coeffs coeffs(std::int64_t ch) const { return affine.coeffs(ch); }
+
+  template <class, int V, int N>
+  CUBN_DEVICE void load_side(const std::int64_t (&at)[N], Side<T, V> (&s)[N]) const {
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u) s[u].z = z != nullptr ? load_pack<V>(z + at[u]) : Pack<T, V>{};
   }
-  CUBN_DEVICE Acc apply(const Coeffs& q, Acc x, Acc) const { return q.apply(x); }
+
+  template <int KV, int V, class CoeffOf>
+  CUBN_DEVICE void emit(T* y, std::int64_t at, const Pack<T, V>& x, const Pack<T, V>&,
+                        const Side<T, V>& s, const CoeffOf& coeff) const {
+    Pack<T, V> o;
+    unsigned bits = 0;
+    CUBN_UNROLL
+    for (int k = 0; k < V; ++k) {
+      const Acc p = coeff(k).apply(to_acc(x.v[k])) + to_acc(s.z.v[k]);
+      if constexpr (A == Act::kRelu) bits |= (p > Acc(0) ? 1u : 0u) << k;
+      o.v[k] = from_acc<T>(activate<A>(p));
+    }
+    store_pack<V>(y + at, o);
+    if constexpr (A == Act::kRelu) {
+      if (mask != nullptr) write_mask<V, KV>(mask, at, bits);
+    }
+  }
 };
 
 /// Welford statistics of x - K as a channel reduction (channel_ops.cuh). A thread keeps its count
@@ -247,59 +237,59 @@ struct ForwardFinish {
 
 /// Welford statistics of channel blockIdx.x over split blockIdx.y; the last block of each set of
 /// channels finishes them. With g.fuse (one split, whole packs per plane) the block then writes
-/// its channel's y: the whole training forward in this one launch. y may equal x.
-template <class T, int V>
+/// its channel's y with f (TrainedAffine, or FusedAffine over it): the whole training forward in
+/// this one launch. y may equal x.
+template <class T, int V, class F>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_stats_channels_first(ChannelsFirstReduce g, const T* x, WelfordState<acc_t<T>>* partials,
-                            unsigned* tickets, ForwardFinish<acc_t<T>> fin, T* y) {
+                            unsigned* tickets, ForwardFinish<acc_t<T>> fin, F f, T* y) {
   using Acc = acc_t<T>;
   if (!reduce_planes<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<Acc>{}, partials,
                            tickets, fin) ||
       !g.fuse)
     return;
-  map_own_planes<T, V>(x, static_cast<const T*>(nullptr), y, g, TrainedAffine<T>{fin.k, g.c},
-                       blockIdx.x);
+  map_own_planes<T, V>(x, static_cast<const T*>(nullptr), y, g, f, blockIdx.x);
 }
 
 /// Welford statistics of the V slots each thread owns over split blockIdx.y; the last block of
 /// each set of column blocks (and of all, where channels span column blocks) finishes them. With
 /// g.fuse (one split, whole channels per column block) the block then writes its columns' y.
-template <class T, int V>
+template <class T, int V, class F>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_stats_channels_last(ChannelsLastGeometry g, const T* x, WelfordState<acc_t<T>>* partials,
                            WelfordState<acc_t<T>>* totals, unsigned* tickets,
-                           ForwardFinish<acc_t<T>> fin, T* y) {
+                           ForwardFinish<acc_t<T>> fin, F f, T* y) {
   using Acc = acc_t<T>;
   if (!reduce_columns<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<Acc>{}, partials,
                             totals, tickets, fin) ||
       !g.fuse)
     return;
-  map_columns<T, V>(x, static_cast<const T*>(nullptr), y, g, TrainedAffine<T>{fin.k, g.c});
+  map_columns<T, V>(x, static_cast<const T*>(nullptr), y, g, f);
 }
 
 /// The whole training forward in one cooperative launch (persistent.cuh): statistics, running
 /// statistics and y, x read once where the grid's shared memory holds it. y may equal x.
-template <class T, int V>
+template <class T, int V, class F>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
     bn_forward_persistent_channels_first(ChannelsFirstReduce g, PersistentGeometry pg, const T* x,
                                          WelfordState<acc_t<T>>* partials,
-                                         ForwardFinish<acc_t<T>> fin, T* y) {
+                                         ForwardFinish<acc_t<T>> fin, F f, T* y) {
   persistent_planes<T, V>(x, static_cast<const T*>(nullptr), y, g, pg, WelfordOp<acc_t<T>>{},
-                          partials, fin, TrainedAffine<T>{fin.k, g.c});
+                          partials, fin, f);
 }
 
 /// The persistent training forward over a channels-last tensor. y may equal x.
-template <class T, int V>
+template <class T, int V, class F>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
     bn_forward_persistent_channels_last(ChannelsLastGeometry g, PersistentGeometry pg, const T* x,
                                         WelfordState<acc_t<T>>* partials,
-                                        ForwardFinish<acc_t<T>> fin, T* y) {
+                                        ForwardFinish<acc_t<T>> fin, F f, T* y) {
   persistent_columns<T, V>(x, static_cast<const T*>(nullptr), y, g, pg, WelfordOp<acc_t<T>>{},
-                           partials, fin, TrainedAffine<T>{fin.k, g.c});
+                           partials, fin, f);
 }
 
 /// y = (x - shift) * a + b over a channels-first tensor (Affine: TrainedAffine or
-/// RunningAffine). y may equal x.
+/// RunningAffine, or FusedAffine over one). y may equal x.
 template <class T, int V, class Affine>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
     bn_normalize_channels_first(ChannelsFirstMap g, const T* x, T* y, Affine affine) {

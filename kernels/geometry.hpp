@@ -135,6 +135,10 @@ constexpr std::size_t grad_sums_bytes(std::size_t acc_bytes) { return 2 * acc_by
 /// Per-channel coefficients of y = (x - shift) * a + b the statistics store (TrainedAffine).
 constexpr int kAffineCoeffs = 3;
 
+/// Bytes of the ReLU mask of `numel` elements (activation.cuh): one bit each, in 32-bit words (bit
+/// e % 32 of word e / 32, so also bit e % 8 of byte e / 8), rounded up to 16 bytes.
+constexpr std::int64_t relu_mask_bytes(std::int64_t numel) { return (numel + 127) / 128 * 16; }
+
 /// Per-channel coefficients of the training dx (TrainingDxOp: k_dy, k_x, mean, k_1).
 constexpr int kDxCoeffs = 4;
 

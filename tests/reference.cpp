@@ -136,4 +136,44 @@ std::vector<double> reorder(const Shape& from, const std::vector<double>& x, Ord
   return out;
 }
 
+double activate(Act a, double p) {
+  switch (a) {
+    case Act::kRelu: return p <= 0 ? 0.0 : p;
+    case Act::kSilu: return p / (1 + std::exp(-p));
+    case Act::kNone: break;
+  }
+  return p;
+}
+
+double activation_derivative(Act a, double p) {
+  switch (a) {
+    case Act::kRelu: return p > 0 ? 1.0 : 0.0;
+    case Act::kSilu: {
+      const double s = 1 / (1 + std::exp(-p));
+      return s * (1 + p * (1 - s));
+    }
+    case Act::kNone: break;
+  }
+  return 1.0;
+}
+
+std::vector<double> epilogue(Act a, const std::vector<double>& bn, const std::vector<double>& z,
+                             std::vector<double>* pre) {
+  std::vector<double> y(bn.size());
+  if (pre != nullptr) pre->resize(bn.size());
+  for (std::size_t i = 0; i < bn.size(); ++i) {
+    const double p = bn[i] + (z.empty() ? 0.0 : z[i]);
+    if (pre != nullptr) (*pre)[i] = p;
+    y[i] = activate(a, p);
+  }
+  return y;
+}
+
+std::vector<double> epilogue_grad(Act a, const std::vector<double>& pre,
+                                  const std::vector<double>& dy) {
+  std::vector<double> g(dy.size());
+  for (std::size_t i = 0; i < dy.size(); ++i) g[i] = dy[i] * activation_derivative(a, pre[i]);
+  return g;
+}
+
 }  // namespace cubn::ref

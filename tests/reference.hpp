@@ -105,6 +105,22 @@ Gradients backward_with_stats(const Shape& shape, const std::vector<double>& x,
                               const std::vector<double>& mean, const std::vector<double>& invstd,
                               bool batch);
 
+/// The fused epilogue: y = act(p), p = bn(x) + z.
+enum class Act { kNone, kRelu, kSilu };
+
+/// act(p): ReLU max(p, 0) (NaN stays NaN), SiLU p / (1 + exp(-p)).
+double activate(Act a, double p);
+/// act'(p): ReLU 1 where p > 0 (0 at the kink), SiLU s (1 + p (1 - s)), s = 1 / (1 + exp(-p)).
+double activation_derivative(Act a, double p);
+
+/// y = act(bn + z) elementwise; z empty adds nothing. Returns y; `pre` receives p when not null.
+std::vector<double> epilogue(Act a, const std::vector<double>& bn, const std::vector<double>& z,
+                             std::vector<double>* pre = nullptr);
+
+/// The gradient through the epilogue: g = dy * act'(p) (which is also dz).
+std::vector<double> epilogue_grad(Act a, const std::vector<double>& pre,
+                                  const std::vector<double>& dy);
+
 /// The same logical tensor in the other memory order.
 std::vector<double> reorder(const Shape& from, const std::vector<double>& x, Order to);
 

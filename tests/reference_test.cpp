@@ -161,4 +161,62 @@ TEST(Reference, ConstantUpstreamGradientGivesZeroDxInTraining) {
   for (double v : g.dx) EXPECT_NEAR(v, 0.0, 1e-12);
 }
 
+// The fused epilogue's gradient (dy * act'(p) through the batch norm, and dz) against central
+// differences of L = sum(w * act(bn(x) + z)), for SiLU everywhere and for ReLU away from its kink
+// (every p of the tensor at least 1e-3 from 0, far beyond what a step of h moves it).
+void check_epilogue_against_finite_differences(cubn::ref::Act act, bool training, Order order) {
+  const Shape sh{{3, 2, 2, 3}, order};
+  const auto x = random_vector(sh.numel(), 21);
+  const auto z = random_vector(sh.numel(), 22);
+  const auto w = random_vector(sh.numel(), 23);
+  Params p;
+  p.eps = 1e-3;
+  p.scale = {1.5, -0.7};
+  p.offset = {0.2, 0.3};
+  const std::vector<double> rm{0.1, -0.2}, rv{0.8, 1.3};
+  const auto bn = [&](const std::vector<double>& xx) {
+    return training ? cubn::ref::forward_training(sh, xx, p, 0, 0, {}, {}).y
+                    : cubn::ref::forward_inference(sh, xx, p, rm, rv);
+  };
+  const auto loss_of = [&](const std::vector<double>& xx, const std::vector<double>& zz) {
+    return loss(cubn::ref::epilogue(act, bn(xx), zz), w);
+  };
+  std::vector<double> pre;
+  cubn::ref::epilogue(act, bn(x), z, &pre);
+  for (double v : pre) ASSERT_GT(std::fabs(v), 1e-3) << "the case sits on the ReLU kink";
+  const auto g = cubn::ref::epilogue_grad(act, pre, w);
+  const auto grads = training ? cubn::ref::backward_training(sh, x, g, p)
+                              : cubn::ref::backward_frozen(sh, x, g, p, rm, rv);
+  const double h = 1e-5, tol = 1e-7;  // as check_against_finite_differences
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    auto xp = x, xm = x, zp = z, zm = z;
+    xp[i] += h;
+    xm[i] -= h;
+    zp[i] += h;
+    zm[i] -= h;
+    EXPECT_NEAR(grads.dx[i], (loss_of(xp, z) - loss_of(xm, z)) / (2 * h), tol) << "dx[" << i << "]";
+    EXPECT_NEAR(g[i], (loss_of(x, zp) - loss_of(x, zm)) / (2 * h), tol) << "dz[" << i << "]";
+  }
+}
+
+TEST(Reference, EpilogueBackwardMatchesFiniteDifferences) {
+  using cubn::ref::Act;
+  for (Act act : {Act::kNone, Act::kRelu, Act::kSilu})
+    for (bool training : {true, false})
+      for (Order order : {Order::kChannelsFirst, Order::kChannelsLast})
+        check_epilogue_against_finite_differences(act, training, order);
+}
+
+TEST(Reference, EpilogueActivations) {
+  using cubn::ref::Act;
+  using cubn::ref::activate;
+  EXPECT_EQ(activate(Act::kRelu, -1.5), 0.0);
+  EXPECT_EQ(activate(Act::kRelu, 2.5), 2.5);
+  EXPECT_TRUE(std::isnan(activate(Act::kRelu, std::nan(""))));
+  EXPECT_DOUBLE_EQ(activate(Act::kSilu, 1.0), 1.0 / (1.0 + std::exp(-1.0)));
+  EXPECT_EQ(activate(Act::kSilu, 0.0), 0.0);
+  EXPECT_EQ(cubn::ref::activation_derivative(Act::kRelu, 0.0), 0.0);
+  EXPECT_DOUBLE_EQ(cubn::ref::activation_derivative(Act::kSilu, 0.0), 0.5);
+}
+
 }  // namespace

@@ -103,6 +103,61 @@ struct Workspace {
   std::size_t bytes = 0;
 };
 
+/// The activation a forward call applies after the normalization and the residual add:
+///   y = act(x * a + b + z)
+/// (z optional). Room is left for more (a clipped ReLU, GELU).
+///  - kNone: y = p.
+///  - kRelu: y = max(p, 0); a NaN p gives NaN, as PyTorch's relu. The forward records p > 0 in a
+///    one-bit-per-element mask (the reserve); the backward reads the mask, so it needs neither x
+///    nor z to know where the ReLU passed, and at p == 0 the gradient is 0.
+///  - kSilu: y = p / (1 + exp(-p)), PyTorch's formula (silu(-Inf) is NaN there and here). Its
+///    derivative needs p, so the backward recomputes it from x, z (read again when the forward
+///    added one) and the forward's own per-channel coefficients, exactly as the forward formed it.
+enum class Activation { kNone, kRelu, kSilu };
+
+/// Caller memory a forward call with an activation writes for the backward call (as cuDNN's
+/// reserve space); size it with activation_reserve_size(). Keep it unchanged between the two.
+struct Reserve {
+  void* ptr = nullptr;
+  std::size_t bytes = 0;
+};
+/// The reserve as the backward reads it.
+struct ConstReserve {
+  const void* ptr = nullptr;
+  std::size_t bytes = 0;
+};
+
+/// Bytes of the reserve for `activation` on tensors of `x`: ReLU, the mask (1 bit per element,
+/// numel / 8 rounded up to 16 bytes: 1/16 of a bf16 tensor); SiLU, the forward's three per-channel
+/// coefficients (3 * C parameters, rounded up to 16 bytes; forward_training writes them,
+/// forward_inference does not need to); none, 0. Throws Error for a descriptor the calls reject.
+std::size_t activation_reserve_size(const TensorDesc& x, Activation activation);
+
+/// What a forward call fuses after the normalization: y = act(x * a + b + z).
+struct Epilogue {
+  Activation activation = Activation::kNone;
+  /// z: read; optional (null adds nothing). x's descriptor, aligned to its element size; it may
+  /// be the same pointer as y (in place) but must not otherwise overlap y.
+  const void* residual = nullptr;
+  /// Written: ReLU's mask; SiLU's coefficients (training). forward_training needs one for ReLU and
+  /// SiLU; forward_inference writes ReLU's mask when one is given (for backward_frozen) and
+  /// nothing for SiLU. 16-byte aligned, at least activation_reserve_size() bytes, overlapping no
+  /// tensor of the call.
+  Reserve reserve;
+};
+
+/// What a backward call differentiates through: the forward call's epilogue.
+struct EpilogueGrad {
+  Activation activation = Activation::kNone;  ///< the forward's
+  /// The forward's z (null if it had none): read for SiLU only; required with dz.
+  const void* residual = nullptr;
+  /// Read: what the forward wrote to its epilogue.reserve (ReLU: always; SiLU: training).
+  ConstReserve reserve;
+  /// Written: the gradient with respect to z (dy * act'(p)); optional, x's descriptor. It may be
+  /// the same pointer as dy, x or z; it must not overlap dx or otherwise overlap them.
+  void* dz = nullptr;
+};
+
 /// Arguments of forward_training(). P is float for fp16/bf16/fp32 tensors, double for fp64.
 template <class P>
 struct TrainingForwardArgs {
@@ -112,6 +167,7 @@ struct TrainingForwardArgs {
       running;  ///< read and written (updated with `momentum`); optional, each pointer on its own
   Momentum momentum;    ///< used only to update `running`
   SavedStats<P> saved;  ///< written; optional, each pointer on its own
+  Epilogue epilogue;    ///< activation and residual fused into the normalization; optional
 };
 
 /// Arguments of forward_inference(). P is float for fp16/bf16/fp32 tensors, double for fp64.
@@ -120,6 +176,7 @@ struct InferenceForwardArgs {
   Affine<P> affine;               ///< read; optional
   RunningStats<const P> running;  ///< read; both required
   double epsilon = 1e-5;          ///< added to the running variance; must be > 0
+  Epilogue epilogue;              ///< activation and residual fused into the normalization
 };
 
 /// Gradients of the affine parameters, C values each, optional each. By default a call
@@ -141,6 +198,7 @@ struct TrainingBackwardArgs {
   /// running statistics, which this call cannot take). Both required.
   SavedStats<const P> saved;
   ParamGradients<P> grads;  ///< written (or added to); optional
+  EpilogueGrad epilogue;    ///< the forward's activation and residual; dz
 };
 
 /// Arguments of backward_frozen(): the gradient of forward_inference(), for layers whose
@@ -151,6 +209,9 @@ struct FrozenBackwardArgs {
   RunningStats<const P> running;  ///< read: the statistics forward_inference() used; both required
   double epsilon = 1e-5;          ///< the forward call's epsilon; must be > 0
   ParamGradients<P> grads;        ///< written (or added to); optional
+  EpilogueGrad epilogue;          ///< the forward's activation and residual; dz
+  /// read: the forward's offset (null means 0); used only to recompute SiLU's pre-activation
+  const P* offset = nullptr;
 };
 
 /// Workspace bytes forward_training() needs for `x` on the current device (0 never: at least
