@@ -14,11 +14,21 @@
 // (fewer than 16 bytes' worth, read once more to be written).
 // Per-channel vectors, and the one element per channel the statistics take as their shift, are
 // not counted.
+// The fused epilogue (FusedCallsMatchTheirByteModel, on shapes without edge packs or leftovers)
+// adds: the residual z, read once per pass that writes (forward), or per pass (SiLU's backward,
+// which recomputes p); dz, written once; the ReLU mask, written by the forward (fp16/bf16: one
+// byte per 8-element vector, numel / 8 bytes; fp32 and fp64, whose vectors own a nibble or two
+// bits of a byte, set their bits with word atomics: 4 bytes per vector as the executor counts
+// them) and read by every backward pass (one byte per vector). Warp accesses stay within 90% of the
+// sectors they touch, except ReLU's over channels-first planes under 64 elements: a plane's mask
+// is then under 8 bytes, and a warp's lanes, on different planes, each touch a sector for a byte
+// or two of it (0.65 to 0.83 overall on 4 x 4 planes; 1.0 on 16 x 16).
 // "Contiguous" shapes: every row of the contiguous extent (S channels-first, C channels-last)
 // starts on a 32-byte sector and the pointers are 256-byte aligned (as cudaMalloc's); the
 // scalar fallback for misaligned pointers is not held to the bound.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
 #include <string>
 #include <vector>
@@ -150,6 +160,94 @@ void check(const Dims& dims, MemoryOrder order, double min_lane_bytes = 0) {
       profile(bytes,
               [&] { backward_frozen(desc, x.data(), dy.data(), dx.data(), fa, w, nullptr); }),
       {1, 1, 1}, contiguous, min_lane_bytes, what + " backward_frozen");
+}
+
+// The fused calls of every variant against the model in the file comment, both paths.
+template <class T>
+void check_fused(const Dims& dims, MemoryOrder order) {
+  using P = param_of<T>;
+  const TensorDesc desc = make_desc(dtype_of<T>(), order, dims);
+  const auto d = make_data<T>(dims, order, 1);
+  const std::size_t C = static_cast<std::size_t>(dims[1]);
+  constexpr int V = static_cast<int>(16 / sizeof(T));
+  const double bytes = static_cast<double>(d.x.size() * sizeof(T));
+  const double packs = static_cast<double>(d.x.size()) / V;
+  const double mask_write = (V == 8 ? packs : 4 * packs) / bytes, mask_read = packs / bytes;
+  const auto p = detail::canonicalize("test", "x", desc);
+  const auto& dev = detail::current_device_info();
+  ASSERT_EQ(detail::reduce_loaded_elements(p, V), p.numel) << "a shape without edge packs";
+  ASSERT_EQ(p.numel % V, 0) << "a shape without leftovers";
+  const std::size_t training_launches = [&] {
+    const ForcePath streaming(detail::Path::kStreaming);
+    return detail::plan_training(p, dev, true, true).launches();
+  }();
+  ASSERT_EQ(detail::plan_persistent(p, dev, true, 2).kept, 1.0) << "a shape that fits on chip";
+  DeviceBuffer<T> x(d.x), z(d.x), y(d.x.size()), dy(d.x), dx(d.x.size()), dz(d.x.size());
+  DeviceBuffer<P> rm(std::vector<P>(C, 0)), rv(std::vector<P>(C, 1)), sm(C), si(C), ds(C), dof(C);
+  DeviceBytes ws(std::max(forward_training_workspace_size(desc), backward_workspace_size(desc)));
+  DeviceBytes reserve(std::max(activation_reserve_size(desc, Activation::kRelu),
+                               activation_reserve_size(desc, Activation::kSilu)));
+  const Workspace w{ws.data(), ws.bytes()};
+  for (const Activation act : {Activation::kNone, Activation::kRelu, Activation::kSilu})
+    for (const bool residual : {false, true}) {
+      if (act == Activation::kNone && !residual) continue;  // the plain calls: the test above
+      const bool relu = act == Activation::kRelu, silu = act == Activation::kSilu;
+      const double zr = residual ? 1 : 0, mw = relu ? mask_write : 0, mr = relu ? mask_read : 0;
+      const double sz = silu ? zr : 0;  // SiLU's backward reads z again
+      const Epilogue fe{act, residual ? z.data() : nullptr, {reserve.data(), reserve.bytes()}};
+      const EpilogueGrad be{act, residual ? z.data() : nullptr, {reserve.data(), reserve.bytes()},
+                            residual ? dz.data() : nullptr};
+      const std::string what = std::string(to_string(dtype_of<T>())) + " " +
+                               shape_string(dims, order) + (relu ? " relu" : silu ? " silu" : "") +
+                               (residual ? " +z" : "");
+      const bool coalesced = !(relu && order == MemoryOrder::kChannelsFirst && d.shape.s() < 64);
+      TrainingForwardArgs<P> ta;
+      ta.saved = {sm.data(), si.data()};
+      ta.epilogue = fe;
+      TrainingBackwardArgs<P> ba;
+      ba.saved = {sm.data(), si.data()};
+      ba.grads = {ds.data(), dof.data()};
+      ba.epilogue = be;
+      for (const auto path : {detail::Path::kStreaming, detail::Path::kPersistent}) {
+        const bool persistent = path == detail::Path::kPersistent;
+        const ForcePath forced(path);
+        const std::string how = what + (persistent ? " persistent" : " streaming");
+        expect_traffic(
+            profile(bytes, [&] { forward_training(desc, x.data(), y.data(), ta, w, nullptr); }),
+            {(persistent ? 1 : 2) + zr, 1 + mw, persistent ? 1 : training_launches}, coalesced, 0,
+            how + " forward_training");
+        expect_traffic(profile(bytes,
+                               [&] {
+                                 backward_training(desc, x.data(), dy.data(), dx.data(), ba, w,
+                                                   nullptr);
+                               }),
+                       {(persistent ? 2 : 4) + 2 * mr + 2 * sz, 1 + zr, persistent ? 1u : 2u},
+                       coalesced, 0, how + " backward_training");
+      }
+      InferenceForwardArgs<P> ia;
+      ia.running = {rm.data(), rv.data()};
+      ia.epilogue = fe;
+      expect_traffic(
+          profile(bytes, [&] { forward_inference(desc, x.data(), y.data(), ia, nullptr); }),
+          {1 + zr, 1 + mw, 1}, coalesced, 0, what + " forward_inference");
+      FrozenBackwardArgs<P> fa;
+      fa.running = {rm.data(), rv.data()};
+      fa.epilogue = be;
+      expect_traffic(
+          profile(bytes,
+                  [&] { backward_frozen(desc, x.data(), dy.data(), dx.data(), fa, w, nullptr); }),
+          {1 + mr + (silu ? 1 + zr : 0), 1 + zr, 1}, coalesced, 0, what + " backward_frozen");
+    }
+}
+
+TEST(Proxies, FusedCallsMatchTheirByteModel) {
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast}) {
+    check_fused<__half>({4, 8, 16, 16}, order);
+    check_fused<__nv_bfloat16>({8, 64, 4, 4}, order);
+    check_fused<float>({4, 8, 16, 16}, order);
+    check_fused<float>({8, 64, 4, 4}, order);
+    check_fused<double>({2, 16, 4, 4}, order);
+  }
 }
 
 TEST(Proxies, BytesMovedMatchTheModelAndWarpAccessesAreCoalesced) {
