@@ -70,6 +70,9 @@ def demangle(names):
 
 
 def short(name):
+    # the fused epilogue's activation, a template argument: its name, not a cast
+    name = re.sub(r"\((?:cubn|cubn_sim)::kernels::Act\)(\d)",
+                  lambda m: ("none", "relu", "silu")[int(m.group(1))], name)
     name = re.sub(r"^void ", "", name)
     name = name.replace("cubn::kernels::", "").replace("cubn_sim::kernels::", "")
     return re.sub(r"\(.*\)$", "", name)

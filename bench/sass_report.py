@@ -17,7 +17,7 @@ kernel the tool finds its streaming loops and reports, per iteration of each:
     instruction reads a register one of them wrote.
 
 A loop is a backward branch and the code between its target and it; the streaming loops are the
-innermost loops with at least four 16-byte accesses per iteration (a kernel's main loops: the
+innermost loops with at least four 16-byte loads per iteration (a kernel's main loops: the
 statistics kernels also hold the fused normalization's). Tail and edge loops, which finish what the
 main loops leave, move one or two vectors an iteration and are listed nowhere. Every instruction
 between the target and the branch counts, including rarely taken paths, so the figure is an upper
@@ -150,19 +150,22 @@ def loop_stats(f, lo, hi):
         if any(int(r) in pending for s in srcs for r in REG.findall(s)):
             break
     return dict(instructions=len(body), traffic=traffic, widths=widths, mufu=mufu, div32=div32,
-                div64=div64, slow=slow, in_flight=in_flight, vec=widths.get(16, 0))
+                div64=div64, slow=slow, in_flight=in_flight, vec=widths.get(16, 0),
+                loads16=sum(1 for t in body if t.split()[0].startswith("LDG") and
+                            width(t.split()[0]) == 16))
 
 
 def streaming_loops(f):
-    """The innermost loops with at least 4 sixteen-byte global accesses per iteration: a kernel's
+    """The innermost loops with at least 4 sixteen-byte global loads per iteration: a kernel's
     main loops (the statistics kernels also have the fused normalization's); the tail and edge
-    loops that finish what they leave move one or two vectors an iteration and are not held. A
-    kernel without such a loop is judged by its innermost loop with the most 16-byte accesses."""
+    loops that finish what they leave load one or two vectors an iteration (and store one or two:
+    dx and dz) and are not held. A kernel without such a loop is judged by its innermost loop with
+    the most 16-byte accesses."""
     spans = loops(f)
     inner = [(lo, hi) for lo, hi in spans
              if not any((l2, h2) != (lo, hi) and lo <= l2 and h2 <= hi for l2, h2 in spans)]
     stats = [loop_stats(f, lo, hi) for lo, hi in sorted(set(inner))]
-    out = [a for a in stats if a["vec"] >= 4]
+    out = [a for a in stats if a["loads16"] >= 4]
     if not out:  # a kernel that never has four in flight: its busiest 16-byte loop, to judge it by
         vec = [a for a in stats if a["vec"] > 0]
         out = [max(vec, key=lambda a: (a["vec"], a["traffic"]))] if vec else []
@@ -179,6 +182,9 @@ def demangle(names):
 
 
 def short(name):
+    # the fused epilogue's activation, a template argument: its name, not a cast
+    name = re.sub(r"\((?:cubn|cubn_sim)::kernels::Act\)(\d)",
+                  lambda m: ("none", "relu", "silu")[int(m.group(1))], name)
     name = re.sub(r"^void ", "", name)
     name = re.sub(r"(cubn|cubn_sim)::kernels::", "", name)
     name = name.replace("__nv_bfloat16", "bf16").replace("__half", "fp16")

@@ -42,20 +42,34 @@ template <class T, class Sum, class Dx, class Fwd, class Fn>
 void with_grad_epilogue(const EpilogueGrad& e, const Sum& sum_op, const Dx& dx_op, const Fwd& fwd,
                         Fn&& fn) {
   using kernels::Act;
-  const auto fused = [&](auto a) {
+  const auto fused = [&](auto a, auto res) {
     constexpr Act A = decltype(a)::value;
-    const kernels::ActGrad<T, A, Fwd> act{fwd, static_cast<const T*>(e.residual),
-                                          static_cast<const unsigned*>(e.reserve.ptr)};
-    fn(kernels::FusedGradSumOp<T, A, Fwd>{sum_op.mean, act},
-       kernels::FusedDxOp<T, A, Fwd, Dx>{dx_op, act, static_cast<T*>(e.dz)});
+    constexpr bool Res = decltype(res)::value;
+    // only SiLU recomputes the pre-activation (and reads z): the others share their kernels
+    // across modes and residuals
+    using F = std::conditional_t<A == Act::kSilu, Fwd, kernels::NoForward>;
+    F f{};
+    if constexpr (A == Act::kSilu) f = fwd;
+    const kernels::ActGrad<T, A, F, Res> act{f, static_cast<const T*>(e.residual),
+                                             static_cast<const unsigned*>(e.reserve.ptr)};
+    fn(kernels::FusedGradSumOp<T, A, F, Res>{sum_op.mean, act},
+       kernels::FusedDxOp<T, A, F, Dx, Res>{dx_op, act, static_cast<T*>(e.dz)});
   };
   switch (e.activation) {
-    case Activation::kRelu: fused(std::integral_constant<Act, Act::kRelu>{}); return;
-    case Activation::kSilu: fused(std::integral_constant<Act, Act::kSilu>{}); return;
+    case Activation::kRelu:
+      fused(std::integral_constant<Act, Act::kRelu>{}, std::false_type{});
+      return;
+    case Activation::kSilu:
+      if (e.residual != nullptr) {
+        fused(std::integral_constant<Act, Act::kSilu>{}, std::true_type{});
+      } else {
+        fused(std::integral_constant<Act, Act::kSilu>{}, std::false_type{});
+      }
+      return;
     case Activation::kNone: break;
   }
   if (e.dz != nullptr) {
-    fused(std::integral_constant<Act, Act::kNone>{});
+    fused(std::integral_constant<Act, Act::kNone>{}, std::false_type{});
   } else {
     fn(sum_op, dx_op);
   }

@@ -21,19 +21,31 @@ void normalize(const MapPlan& plan, const T* x, T* y, const Affine& affine, cuda
 }
 
 // Calls fn(op) with the map op of `e` over `affine`: the plain affine without an epilogue, else
-// FusedAffine with the activation (ReLU writes its mask to `mask` when not null).
+// FusedAffine with the activation and the residual (ReLU writes its mask to `mask` when not null).
 template <class T, class Affine, class Fn>
 void with_epilogue(const Epilogue& e, const Affine& affine, unsigned* mask, Fn&& fn) {
   using kernels::Act;
   using kernels::FusedAffine;
   const T* z = static_cast<const T*>(e.residual);
+  const auto fused = [&](auto a, auto res) {
+    constexpr Act A = decltype(a)::value;
+    fn(FusedAffine<T, Affine, A, decltype(res)::value>{affine, z,
+                                                       A == Act::kRelu ? mask : nullptr});
+  };
+  const auto with_res = [&](auto a) {
+    if (z != nullptr) {
+      fused(a, std::true_type{});
+    } else {
+      fused(a, std::false_type{});
+    }
+  };
   switch (e.activation) {
-    case Activation::kRelu: fn(FusedAffine<T, Affine, Act::kRelu>{affine, z, mask}); return;
-    case Activation::kSilu: fn(FusedAffine<T, Affine, Act::kSilu>{affine, z, nullptr}); return;
+    case Activation::kRelu: with_res(std::integral_constant<Act, Act::kRelu>{}); return;
+    case Activation::kSilu: with_res(std::integral_constant<Act, Act::kSilu>{}); return;
     case Activation::kNone: break;
   }
   if (z != nullptr) {
-    fn(FusedAffine<T, Affine, Act::kNone>{affine, z, nullptr});
+    fused(std::integral_constant<Act, Act::kNone>{}, std::true_type{});
   } else {
     fn(affine);
   }

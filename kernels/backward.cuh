@@ -131,15 +131,20 @@ struct FrozenDxOp {
   CUBN_DEVICE Acc apply(const Coeffs& q, Acc dy, Acc) const { return q.a * dy; }
 };
 
-/// Nothing: the forward coefficients of activations other than SiLU.
+/// Nothing: the forward coefficients of activations other than SiLU, and their source (so the
+/// training and frozen backward of ReLU share kernels).
 struct NoCoeffs {};
+struct NoForward {
+  using Coeffs = NoCoeffs;
+};
 
 /// The backward of the fused epilogue (activation.cuh): dy * act'(p) from what each pack's side
 /// holds. ReLU reads the forward's mask; SiLU recomputes p = fwd(x) + z with the forward's own
 /// coefficients (Fwd: TrainedAffine over the coefficients the forward left in the reserve, or
-/// RunningAffine) and reads z again when there is one; none passes dy through.
-template <class T, Act A, class Fwd>
+/// RunningAffine) and reads z again when the forward added one (Res); none passes dy through.
+template <class T, Act A, class Fwd, bool Res>
 struct ActGrad {
+  static constexpr bool kReadsZ = A == Act::kSilu && Res;
   using Acc = acc_t<T>;
   using FwdCoeffs = std::conditional_t<A == Act::kSilu, typename Fwd::Coeffs, NoCoeffs>;
   template <int V>
@@ -148,7 +153,7 @@ struct ActGrad {
     unsigned bits;
   };
   Fwd fwd;
-  const T* z = nullptr;            ///< SiLU: the forward's residual; null: none
+  const T* z = nullptr;            ///< SiLU with Res: the forward's residual
   const unsigned* mask = nullptr;  ///< ReLU: the forward's mask
 
   CUBN_DEVICE FwdCoeffs fwd_coeffs(std::int64_t ch) const {
@@ -163,8 +168,7 @@ struct ActGrad {
     CUBN_UNROLL
     for (int u = 0; u < N; ++u) {
       if constexpr (A == Act::kRelu) s[u].bits = read_mask<V>(mask, at[u]);
-      if constexpr (A == Act::kSilu)
-        s[u].z = z != nullptr ? load_pack<V>(z + at[u]) : Pack<T, V>{};
+      if constexpr (kReadsZ) s[u].z = load_pack<V>(z + at[u]);
     }
   }
   /// dy * act'(p) of element k of a pack.
@@ -173,7 +177,9 @@ struct ActGrad {
     if constexpr (A == Act::kRelu) {
       return (s.bits >> k) & 1u ? dy : Acc(0);
     } else if constexpr (A == Act::kSilu) {
-      return silu_grad(dy, fc.apply(x) + to_acc(s.z.v[k]));
+      Acc p = fc.apply(x);
+      if constexpr (kReadsZ) p += to_acc(s.z.v[k]);
+      return silu_grad(dy, p);
     } else {
       return dy;
     }
@@ -182,12 +188,13 @@ struct ActGrad {
 
 /// The gradient sums through the fused epilogue: sum(g) and sum(g * (x - mean)), g = dy *
 /// act'(p) (ActGrad), as a channel reduction of (in0 = dy, in1 = x) with sides.
-template <class T, Act A, class Fwd>
+template <class T, Act A, class Fwd, bool Res>
 struct FusedGradSumOp {
   using Acc = acc_t<T>;
   static constexpr int kInputs = 2;
   static constexpr bool kSided = true;
-  using Grad = ActGrad<T, A, Fwd>;
+  using Grad = ActGrad<T, A, Fwd, Res>;
+  static constexpr int kSideStreams = Grad::kReadsZ ? 1 : 0;
   using State = GradSums<Acc>;
   using Local = GradSums<Acc>;
   template <class, int V>
@@ -250,12 +257,13 @@ struct FusedGradSumOp {
 
 /// dx through the fused epilogue: Base's dx (TrainingDxOp or FrozenDxOp) of g = dy * act'(p), and
 /// dz = g, each written when its pointer is not null. Reads x also when Base does not (SiLU).
-template <class T, Act A, class Fwd, class Base>
+template <class T, Act A, class Fwd, class Base, bool Res>
 struct FusedDxOp {
   using Acc = acc_t<T>;
-  using Grad = ActGrad<T, A, Fwd>;
+  using Grad = ActGrad<T, A, Fwd, Res>;
   static constexpr int kInputs = A == Act::kSilu ? 2 : Base::kInputs;
   static constexpr bool kSided = true;
+  static constexpr int kSideStreams = Grad::kReadsZ ? 1 : 0;
   template <class, int V>
   using Side = typename Grad::template Side<V>;
   struct Coeffs {

@@ -109,12 +109,14 @@ struct NoSide {};
 template <class Op, class = void>
 struct SideOf {
   static constexpr bool kSided = false;
+  static constexpr int kStreams = 0;
   template <class T, int V>
   using type = NoSide;
 };
 template <class Op>
 struct SideOf<Op, std::void_t<decltype(Op::kSided)>> {
   static constexpr bool kSided = true;
+  static constexpr int kStreams = Op::kSideStreams;  ///< whole tensors among the side (z)
   template <class T, int V>
   using type = typename Op::template Side<T, V>;
 };
@@ -163,8 +165,13 @@ CUBN_DEVICE void absorb_one(const R& op, L& l, const C& cst, A a, A b, const S& 
 template <class A>
 constexpr int packs_in = static_cast<int>(std::extent_v<std::remove_reference_t<A>>);
 
-/// Packs a loop over `inputs` tensors loads per iteration: kUnroll 16-byte loads in flight.
-constexpr int unroll_for(int inputs) { return kUnroll / inputs; }
+/// Packs a loop over `streams` tensors loads per iteration: kUnroll 16-byte loads in flight (more
+/// for three streams: 2 x 3).
+constexpr int unroll_for(int streams) { return (kUnroll + streams - 1) / streams; }
+
+/// The whole tensors op Op's loops load per pack: its inputs and the tensors among its side.
+template <class Op>
+constexpr int streams_of = Op::kInputs + SideOf<Op>::kStreams;
 
 // ---- tickets ------------------------------------------------------------------------------------
 
@@ -438,7 +445,7 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
                                                 const ChannelsFirstReduce& g, const R& op,
                                                 const typename R::Channel& cst, std::int64_t ch,
                                                 std::int64_t split, Src& src) {
-  constexpr int U = unroll_for(R::kInputs);
+  constexpr int U = unroll_for(streams_of<R>);
   typename R::Local l{};
   const auto first = static_cast<unsigned>(split * kBlockThreads + threadIdx.x);
   walk_planes<U, V>(
@@ -511,12 +518,13 @@ CUBN_DEVICE bool reduce_planes(const T* in0, const T* in1, const ChannelsFirstRe
 /// packs from src.fetch. A pack shared with a neighbouring plane is written whole, once: by the
 /// plane that holds its last element, with the previous plane's coefficients for the elements
 /// before the boundary (the whole pack is at hand: it was loaded whole); the previous plane skips
-/// it (src.skip keeps the order of kept packs).
-template <class T, int V, class F, class Src>
+/// it (src.skip keeps the order of kept packs). Visits of Ux packs (0: F's own unroll_for; the
+/// persistent kernels pass their reduction's, so that both phases visit alike).
+template <class T, int V, int Ux = 0, class F, class Src>
 CUBN_DEVICE void map_channel_planes(const T* in0, const T* in1, T* out,
                                     const ChannelsFirstReduce& g, const F& f, std::int64_t ch,
                                     unsigned first, Src& src) {
-  constexpr int U = unroll_for(F::kInputs);
+  constexpr int U = Ux != 0 ? Ux : unroll_for(streams_of<F>);
   const typename F::Coeffs q = f.coeffs(ch);
   const auto coeff = [&](int) { return q; };
   walk_planes<U, V>(
@@ -564,7 +572,7 @@ CUBN_DEVICE void map_own_planes(const T* in0, const T* in1, T* out, const Channe
 template <class T, int V, class F>
 CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFirstMap& g,
                             const F& f) {
-  constexpr int U = unroll_for(F::kInputs);
+  constexpr int U = unroll_for(streams_of<F>);
   const auto c = static_cast<unsigned>(g.c), s = static_cast<unsigned>(g.s);
   const auto step_pos = static_cast<unsigned>(g.step_pos),
              step_ch = static_cast<unsigned>(g.step_ch);
@@ -704,7 +712,7 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
                                  const R& op, typename R::State* partials, std::int64_t cb,
                                  std::int64_t split, std::int64_t splits, Src& src, Rows& rows) {
   using State = typename R::State;
-  constexpr int U = unroll_for(R::kInputs);
+  constexpr int U = unroll_for(streams_of<R>);
   typename R::template Columns<V> l{};
   const ThreadTile t0(g.bx, static_cast<int>(threadIdx.x));
   const std::int64_t j0 = cb * t0.bx + t0.tx;
@@ -795,15 +803,16 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
 }
 
 /// out = f(in0, in1) over pack column cb * bx + tx of the periods split * by + ty, stepping
-/// splits * by (the packs column_partials walks), its packs from src.fetch. The block's slots'
+/// splits * by (the packs column_partials walks), its packs from src.fetch, in visits of Ux packs
+/// as map_channel_planes. The block's slots'
 /// coefficients sit in shared memory (V slots' worth per thread would not fit in registers beside
 /// the packs in flight). Every thread of the block calls it. out may equal in0 or in1.
-template <class T, int V, class F, class Src>
+template <class T, int V, int Ux = 0, class F, class Src>
 CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out, const ChannelsLastGeometry& g,
                                   const F& f, std::int64_t cb, std::int64_t split,
                                   std::int64_t splits, Src& src) {
   using Coeffs = typename F::Coeffs;
-  constexpr int U = unroll_for(F::kInputs);
+  constexpr int U = Ux != 0 ? Ux : unroll_for(streams_of<F>);
   const ThreadTile tt(g.bx, static_cast<int>(threadIdx.x));
   const std::int64_t slot0 = cb * tt.bx * V;
   CUBN_SHARED(Coeffs, table, kMaxColumnSlots);

@@ -24,14 +24,16 @@
 
 namespace cubn::kernels {
 
-/// The fused forward map: y = act(affine(x) + z) (z optional: null adds nothing), and for ReLU
-/// the mask of p > 0 (activation.cuh) when `mask` is not null. Affine: TrainedAffine or
-/// RunningAffine. The residual is the op's side: its packs load with x's.
-template <class T, class Affine, Act A>
+/// The fused forward map: y = act(affine(x) + z) (z read when Res), and for ReLU the mask of p > 0
+/// (activation.cuh) when `mask` is not null. Affine: TrainedAffine or RunningAffine. The residual
+/// is the op's side: its packs load with x's, unconditionally (a compile-time Res, not a null
+/// test, keeps every load of a loop in flight at once).
+template <class T, class Affine, Act A, bool Res>
 struct FusedAffine {
   using Acc = acc_t<T>;
   static constexpr int kInputs = 1;
   static constexpr bool kSided = true;
+  static constexpr int kSideStreams = Res ? 1 : 0;
   using Coeffs = typename Affine::Coeffs;
   template <class, int V>
   struct Side {
@@ -45,8 +47,10 @@ struct FusedAffine {
 
   template <class, int V, int N>
   CUBN_DEVICE void load_side(const std::int64_t (&at)[N], Side<T, V> (&s)[N]) const {
-    CUBN_UNROLL
-    for (int u = 0; u < N; ++u) s[u].z = z != nullptr ? load_pack<V>(z + at[u]) : Pack<T, V>{};
+    if constexpr (Res) {
+      CUBN_UNROLL
+      for (int u = 0; u < N; ++u) s[u].z = load_pack<V>(z + at[u]);
+    }
   }
 
   template <int KV, int V, class CoeffOf>
@@ -56,7 +60,8 @@ struct FusedAffine {
     unsigned bits = 0;
     CUBN_UNROLL
     for (int k = 0; k < V; ++k) {
-      const Acc p = coeff(k).apply(to_acc(x.v[k])) + to_acc(s.z.v[k]);
+      Acc p = coeff(k).apply(to_acc(x.v[k]));
+      if constexpr (Res) p += to_acc(s.z.v[k]);
       if constexpr (A == Act::kRelu) bits |= (p > Acc(0) ? 1u : 0u) << k;
       o.v[k] = from_acc<T>(activate<A>(p));
     }

@@ -127,7 +127,7 @@ CUBN_DEVICE void persistent_planes(const T* in0, const T* in1, T* out, const Cha
   cache.rewind();
   for (std::int64_t vb = blockIdx.x; vb < vblocks; vb += gridDim.x) {
     const std::int64_t ch = vb % g.c, split = vb / g.c;
-    map_channel_planes<T, V>(in0, in1, out, g, f, ch,
+    map_channel_planes<T, V, unroll_for(streams_of<R>)>(in0, in1, out, g, f, ch,
                              static_cast<unsigned>(split * kBlockThreads + threadIdx.x), cache);
   }
   if (V > 1 && blockIdx.x == 0 && threadIdx.x == 0)
@@ -161,7 +161,8 @@ CUBN_DEVICE void persistent_columns(const T* in0, const T* in1, T* out,
   grid_sync();
   cache.rewind();
   for (std::int64_t vb = blockIdx.x; vb < vblocks; vb += gridDim.x)
-    map_column_block<T, V>(in0, in1, out, g, f, vb % gx, vb / gx, pg.splits, cache);
+    map_column_block<T, V, unroll_for(streams_of<R>)>(in0, in1, out, g, f, vb % gx, vb / gx,
+                                                     pg.splits, cache);
   if (V > 1 && blockIdx.x == 0 && threadIdx.x == 0)
     map_leftovers<V>(in0, in1, out, g.numel, f, column_tail(g));
 }

@@ -492,7 +492,9 @@ TYPED_TEST(ForwardFused, NanAndInfInTheResidual) {
       EXPECT_TRUE(std::isnan(got[9]));
     }
     for (std::size_t i = 0; i < got.size(); ++i)
-      if (i < 7 || i > 9) EXPECT_TRUE(std::isfinite(got[i])) << act_name(act) << " y[" << i << "]";
+      if (i < 7 || i > 9) {
+        EXPECT_TRUE(std::isfinite(got[i])) << act_name(act) << " y[" << i << "]";
+      }
   }
 }
 

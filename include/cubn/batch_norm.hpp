@@ -221,10 +221,12 @@ std::size_t forward_training_workspace_size(const TensorDesc& x);
 
 /// Training-mode forward batch normalization (fp16/bf16/fp32 tensors with float parameters).
 ///
-/// Reads x, args.affine, args.running (to update it). Writes y, args.running (updated with
-/// args.momentum from this batch's mean and unbiased variance), args.saved (batch mean and
-/// invstd), the workspace. The running statistics never affect y.
-/// y may be the same pointer as x (in place); any other overlap of y with x is an error.
+/// Reads x, args.affine, args.running (to update it), args.epilogue.residual. Writes y (fused
+/// with args.epilogue: y = act(x * a + b + z)), args.running (updated with args.momentum from this
+/// batch's mean and unbiased variance), args.saved (batch mean and invstd), the workspace, and
+/// args.epilogue.reserve (ReLU: the mask; SiLU: the coefficients its backward needs). The running
+/// statistics never affect y. y may be the same pointer as x or as the residual (in place); any
+/// other overlap of y with x is an error.
 /// Deterministic: the same inputs give bitwise-identical outputs on the same device and build.
 /// Does not synchronize the host with the device.
 ///
@@ -247,7 +249,9 @@ void forward_training(const TensorDesc& x_desc, const void* x, void* y,
 /// Inference-mode forward batch normalization: y = (x - running.mean) / sqrt(running.var +
 /// epsilon) * scale + offset, one or two fused operations per element, no reduction, no workspace.
 ///
-/// Reads x, args.running, args.affine. Writes y only. y may be the same pointer as x.
+/// Reads x, args.running, args.affine, args.epilogue.residual. Writes y (fused with
+/// args.epilogue), and ReLU's mask to args.epilogue.reserve when one is given (for
+/// backward_frozen). y may be the same pointer as x or as the residual.
 /// Does not synchronize the host with the device.
 /// @throws Error naming the argument for bad input (nothing is written), or a CUDA error.
 void forward_inference(const TensorDesc& x_desc, const void* x, void* y,
@@ -264,9 +268,13 @@ std::size_t backward_workspace_size(const TensorDesc& x);
 /// offset, through the batch statistics.
 ///   dx = scale * invstd / M * (M dy - sum(dy) - xhat sum(dy xhat)), xhat = (x - mean) invstd
 ///   dscale = sum(dy xhat), doffset = sum(dy)
-/// Reads x, dy, args.scale, args.saved. Writes dx (when not null), args.grads (overwritten, or
-/// added to with args.grads.accumulate), the workspace. dx may be the same pointer as dy or x;
-/// any other overlap is an error. Deterministic. Does not synchronize the host with the device.
+/// With a fused epilogue (args.epilogue: the forward's), dy is first taken through the activation:
+/// g = dy * act'(p), and the formulas above use g; dz = g.
+/// Reads x, dy, args.scale, args.saved, args.epilogue.reserve (ReLU, SiLU), args.epilogue.residual
+/// (SiLU with a residual). Writes dx (when not null), args.grads (overwritten, or added to with
+/// args.grads.accumulate), args.epilogue.dz (when not null), the workspace. dx may be the same
+/// pointer as dy or x; any other overlap is an error. Deterministic. Does not synchronize the host
+/// with the device.
 ///
 /// @param[in]  x_desc    the descriptor of x, dy and dx (as in the forward call).
 /// @param[in]  x         the forward call's input.
@@ -288,9 +296,13 @@ void backward_training(const TensorDesc& x_desc, const void* x, const void* dy, 
 /// Frozen-statistics backward: the gradient of forward_inference().
 ///   dx = scale / sqrt(running.var + epsilon) * dy
 ///   dscale = sum(dy xhat) with xhat from the running statistics, doffset = sum(dy)
-/// Reads dy, args.scale, args.running, and x only when dscale is asked for. Writes dx (when not
-/// null), args.grads, the workspace (only when dscale or doffset is asked for). dx may be the
-/// same pointer as dy or x. Does not synchronize the host with the device.
+/// With a fused epilogue, dy is first taken through the activation as in backward_training.
+/// Reads dy, args.scale, args.running, x only when dscale is asked for or the activation is SiLU
+/// (with args.offset and args.epilogue.residual, to recompute its pre-activation), and
+/// args.epilogue.reserve for ReLU (the mask forward_inference wrote). Writes dx (when not null),
+/// args.grads, args.epilogue.dz (when not null), the workspace (only when dscale or doffset is
+/// asked for). dx may be the same pointer as dy or x. Does not synchronize the host with the
+/// device.
 /// @throws Error naming the argument for bad input (nothing is written), or a CUDA error.
 void backward_frozen(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,
                      const FrozenBackwardArgs<float>& args, Workspace workspace,
