@@ -9,6 +9,9 @@ Prints a Markdown table. With --check, exits 1 when a kernel spills or its occup
 --min-occupancy: batch norm is memory-bound and needs enough warps in flight to hide latency.
 The persistent kernels run at kPersistentBlocksPerSm blocks per SM (half an SM's shared memory
 each holds their slice): they are held to keeping that many resident (--persistent-blocks).
+The fused epilogue's map kernels (normalize with FusedAffine, dx with FusedDxOp) are compiled for
+kFusedMapBlocksPerSm blocks (a second output or a third input beside the packs in flight), SiLU's
+for kSiluMapBlocksPerSm, and held to that (--fused-map-blocks, --silu-map-blocks).
 """
 import argparse
 import re
@@ -86,6 +89,11 @@ def main():
     ap.add_argument("--persistent-blocks", type=int, default=2,
                     help="resident blocks the persistent (cooperative) kernels must keep per SM: "
                          "kPersistentBlocksPerSm; their occupancy is held to that instead")
+    ap.add_argument("--fused-map-blocks", type=int, default=3,
+                    help="resident blocks the fused epilogue's map kernels must keep per SM: "
+                         "kFusedMapBlocksPerSm")
+    ap.add_argument("--silu-map-blocks", type=int, default=2,
+                    help="the same for SiLU's map kernels: kSiluMapBlocksPerSm")
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
     kernels = [k for log in args.logs for k in parse(log)]
@@ -101,6 +109,10 @@ def main():
         occ, blocks = occupancy(k["arch"], k["regs"], k["smem"], args.block)
         if "persistent" in k["name"]:  # designed for fewer, larger blocks: half an SM's smem each
             bad = k["spill"] > 0 or blocks < args.persistent_blocks
+        elif re.match(r"bn_(normalize|backward_dx)_", k["name"]) and re.search(
+                r"Fused(Affine|DxOp)<", k["name"]):
+            want = args.silu_map_blocks if ", silu," in k["name"] else args.fused_map_blocks
+            bad = k["spill"] > 0 or blocks < want
         else:
             bad = k["spill"] > 0 or occ < args.min_occupancy
         failures += bad
@@ -108,7 +120,7 @@ def main():
               f"{occ:.0%} ({blocks} blocks){' **FAIL**' if bad else ''} |")
     print(f"\n{len(kernels)} kernel instantiations; {failures} spill or fall below "
           f"{args.min_occupancy:.0%} occupancy (persistent kernels: below {args.persistent_blocks} "
-          f"resident blocks per SM)")
+          f"resident blocks per SM; fused map kernels: below {args.fused_map_blocks})")
     return 1 if args.check and failures else 0
 
 

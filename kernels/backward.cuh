@@ -264,6 +264,8 @@ struct FusedDxOp {
   static constexpr int kInputs = A == Act::kSilu ? 2 : Base::kInputs;
   static constexpr bool kSided = true;
   static constexpr int kSideStreams = Grad::kReadsZ ? 1 : 0;
+  static constexpr int kMapBlocksPerSm =
+      A == Act::kSilu ? kSiluMapBlocksPerSm : kFusedMapBlocksPerSm;
   template <class, int V>
   using Side = typename Grad::template Side<V>;
   struct Coeffs {
@@ -372,14 +374,14 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
 
 /// dx over a channels-first tensor (in0 = dy, in1 = x). dx may equal dy or x.
 template <class T, int V, class Op>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, map_blocks_per_sm<Op>)
     bn_backward_dx_channels_first(ChannelsFirstMap g, const T* dy, const T* x, T* dx, Op op) {
   map_planes<T, V>(dy, x, dx, g, op);
 }
 
 /// dx over a channels-last tensor (in0 = dy, in1 = x). dx may equal dy or x.
 template <class T, int V, class Op>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, map_blocks_per_sm<Op>)
     bn_backward_dx_channels_last(ChannelsLastGeometry g, const T* dy, const T* x, T* dx, Op op) {
   map_columns<T, V>(dy, x, dx, g, op);
 }

@@ -123,6 +123,12 @@ struct SideOf<Op, std::void_t<decltype(Op::kSided)>> {
 template <class Op, class T, int V>
 using side_t = typename SideOf<Op>::template type<T, V>;
 
+/// Resident blocks per SM a map kernel over op F is compiled for (__launch_bounds__).
+template <class F, class = void>
+constexpr int map_blocks_per_sm = kMinBlocksPerSm;
+template <class F>
+constexpr int map_blocks_per_sm<F, std::void_t<decltype(F::kMapBlocksPerSm)>> = F::kMapBlocksPerSm;
+
 /// Loads the sides of the packs at `at` (nothing for an op without one).
 template <class T, int V, int N, class Op>
 CUBN_DEVICE void load_sides(const Op& op, const std::int64_t (&at)[N], side_t<Op, T, V> (&s)[N]) {

@@ -34,6 +34,8 @@ struct FusedAffine {
   static constexpr int kInputs = 1;
   static constexpr bool kSided = true;
   static constexpr int kSideStreams = Res ? 1 : 0;
+  static constexpr int kMapBlocksPerSm =
+      A == Act::kSilu ? kSiluMapBlocksPerSm : kFusedMapBlocksPerSm;
   using Coeffs = typename Affine::Coeffs;
   template <class, int V>
   struct Side {
@@ -296,14 +298,14 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
 /// y = (x - shift) * a + b over a channels-first tensor (Affine: TrainedAffine or
 /// RunningAffine, or FusedAffine over one). y may equal x.
 template <class T, int V, class Affine>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, map_blocks_per_sm<Affine>)
     bn_normalize_channels_first(ChannelsFirstMap g, const T* x, T* y, Affine affine) {
   map_planes<T, V>(x, static_cast<const T*>(nullptr), y, g, affine);
 }
 
 /// y = (x - shift) * a + b over a channels-last tensor. y may equal x.
 template <class T, int V, class Affine>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, map_blocks_per_sm<Affine>)
     bn_normalize_channels_last(ChannelsLastGeometry g, const T* x, T* y, Affine affine) {
   map_columns<T, V>(x, static_cast<const T*>(nullptr), y, g, affine);
 }

@@ -32,6 +32,20 @@ constexpr int kBlockThreads = 256;
 /// (sm_80, bench/ptxas_report.py).
 constexpr int kMinBlocksPerSm = 4;
 
+/// Resident blocks per SM the fused epilogue's map kernels (normalize with an activation or a
+/// residual; dx with dz and an activation's derivative) are compiled for: 3 x 256 threads, up to
+/// 85 registers each. Their loops hold a second output (dz) or a third input (z) and an
+/// activation's constants beside the packs in flight, and at kMinBlocksPerSm's 64 registers ptxas
+/// spilled up to 380 bytes (sm_90, bench/ptxas_report.py). 37.5% occupancy still keeps 48 KB in
+/// flight per SM (768 threads x 64 bytes), over the ~18 KB an H100 needs by Little's law (see
+/// kUnroll): chosen from the spill counts, not measured on a GPU.
+constexpr int kFusedMapBlocksPerSm = 3;
+/// The same for SiLU's maps, which also hold its exponential and reciprocal per element: at 3
+/// blocks (80 registers) its fp16/bf16 dx kernels still spilled up to 104 bytes (sm_90). 2 x 256
+/// threads x 64 bytes = 32 KB in flight per SM, still over the ~18 KB an H100 needs. Chosen from
+/// the spill counts, not measured on a GPU.
+constexpr int kSiluMapBlocksPerSm = 2;
+
 /// Packs a thread loads before it uses any, in loops over one tensor (loops over two load this
 /// many halves of each): 4 x 16 bytes in flight per thread. Chosen from Little's law, not measured:
 /// an H100 needs about 18 KB in flight per SM (3.35 TB/s x ~700 ns / 132 SMs), and 4 blocks of 256
