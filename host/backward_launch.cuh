@@ -52,7 +52,7 @@ void with_grad_epilogue(const EpilogueGrad& e, const Sum& sum_op, const Dx& dx_o
     if constexpr (A == Act::kSilu) f = fwd;
     const kernels::ActGrad<T, A, F, Res> act{f, static_cast<const T*>(e.residual),
                                              static_cast<const unsigned*>(e.reserve.ptr)};
-    fn(kernels::FusedGradSumOp<T, A, F, Res>{sum_op.mean, act},
+    fn(kernels::FusedGradSumOp<T, A, F, Res>{{sum_op.mean}, act},
        kernels::FusedDxOp<T, A, F, Dx, Res>{dx_op, act, static_cast<T*>(e.dz)});
   };
   switch (e.activation) {

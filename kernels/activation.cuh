@@ -29,11 +29,10 @@ namespace cubn::kernels {
 /// The activation of the fused epilogue (kernel side of cubn::Activation).
 enum class Act : int { kNone = 0, kRelu = 1, kSilu = 2 };
 
-/// e^v and 1 / v where a few ulp suffice (SiLU's sigmoid: its output is rounded to the tensor's
-/// type, and fp32 outputs are held to a few ulp of |p|): on the GPU ex2.approx (2 ulp, plus the
-/// rounding of v log2(e): about 1.2 |v| ulp) and rcp.approx (1 ulp), one MUFU each, instead of
-/// expf's range reduction and IEEE division's slow path: the SiLU loops then fit the instruction
-/// budget (bench/sass_report.py). fp64 takes exp and division.
+/// e^v where a few ulp suffice (SiLU's sigmoid, with rcp_approx for its reciprocal: its output is
+/// rounded to the tensor's type, and fp32 outputs are held to a few ulp of |p|): on the GPU
+/// ex2.approx (2 ulp, plus the rounding of v log2(e): about 1.2 |v| ulp), one MUFU, instead of
+/// expf's range reduction. fp64 takes exp.
 CUBN_DEVICE float exp_fast(float v) {
 #if defined(__CUDA_ARCH__)
   float r;
@@ -44,16 +43,6 @@ CUBN_DEVICE float exp_fast(float v) {
 #endif
 }
 CUBN_DEVICE double exp_fast(double v) { return exp(v); }
-CUBN_DEVICE float rcp_fast(float v) {
-#if defined(__CUDA_ARCH__)
-  float r;
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
-  return r;
-#else
-  return 1.0f / v;
-#endif
-}
-CUBN_DEVICE double rcp_fast(double v) { return 1.0 / v; }
 
 /// act(p). ReLU: p <= 0 gives 0, NaN stays NaN. SiLU: p / (1 + exp(-p)), PyTorch's formula
 /// (+Inf gives +Inf; -Inf gives NaN, as there).
@@ -62,7 +51,7 @@ CUBN_DEVICE Acc activate(Acc p) {
   if constexpr (A == Act::kRelu) {
     return p <= Acc(0) ? Acc(0) : p;
   } else if constexpr (A == Act::kSilu) {
-    return p * rcp_fast(Acc(1) + exp_fast(-p));
+    return p * rcp_approx(Acc(1) + exp_fast(-p));
   } else {
     return p;
   }
@@ -74,7 +63,7 @@ CUBN_DEVICE Acc activate(Acc p) {
 template <class Acc>
 CUBN_DEVICE Acc silu_grad(Acc dy, Acc p) {
   const Acc e = exp_fast(-p);
-  const Acc s = rcp_fast(Acc(1) + e);
+  const Acc s = rcp_approx(Acc(1) + e);
   return dy * s * (p * e * s + Acc(1));
 }
 

@@ -187,32 +187,28 @@ struct ActGrad {
 };
 
 /// The gradient sums through the fused epilogue: sum(g) and sum(g * (x - mean)), g = dy *
-/// act'(p) (ActGrad), as a channel reduction of (in0 = dy, in1 = x) with sides.
+/// act'(p) (ActGrad), as a channel reduction of (in0 = dy, in1 = x) with sides; states, merges
+/// and the mean are GradSumOp's.
 template <class T, Act A, class Fwd, bool Res>
-struct FusedGradSumOp {
+struct FusedGradSumOp : GradSumOp<acc_t<T>> {
   using Acc = acc_t<T>;
-  static constexpr int kInputs = 2;
   static constexpr bool kSided = true;
   using Grad = ActGrad<T, A, Fwd, Res>;
   static constexpr int kSideStreams = Grad::kReadsZ ? 1 : 0;
-  using State = GradSums<Acc>;
   using Local = GradSums<Acc>;
   template <class, int V>
   using Side = typename Grad::template Side<V>;
   template <int V>
-  struct Columns {
-    Local slot[V];
-  };
+  using Columns = typename GradSumOp<Acc>::template Columns<V>;
   struct Channel {
     Acc mean;
     typename Grad::FwdCoeffs fc;
   };
-  const Acc* mean;
   Grad act;
 
   template <class U>
   CUBN_DEVICE Channel channel(const U*, const U*, std::int64_t c, std::int64_t) const {
-    return {mean[c], act.fwd_coeffs(c)};
+    return {this->mean[c], act.fwd_coeffs(c)};
   }
   template <class, int V, int N>
   CUBN_DEVICE void load_side(const std::int64_t (&at)[N], Side<T, V> (&s)[N]) const {
@@ -244,14 +240,6 @@ struct FusedGradSumOp {
       for (int k = 0; k < V; ++k)
         absorb_one(l.slot[k], ch(k), to_acc(dy[u].v[k]), to_acc(x[u].v[k]), s[u], k);
     }
-  }
-  template <int V>
-  CUBN_DEVICE State column_state(const Columns<V>& l, int k) const {
-    return l.slot[k];
-  }
-  CUBN_DEVICE State to_state(const Local& l) const { return l; }
-  CUBN_DEVICE State merge(const State& a, const State& b) const {
-    return {a.dy + b.dy, a.dy_xmu + b.dy_xmu};
   }
 };
 

@@ -168,7 +168,7 @@ struct WelfordOp {
     Acc mb, m2b;
     group<U * V>([&](int i) { return shifted(x[i / V].v[i % V], c); }, mb, m2b);
     const Acc n = l.n + Acc(U * V);
-    fold(l.n, l.mean, l.m2, Acc(U * V) * count_rcp(n), mb, m2b);
+    fold(l.n, l.mean, l.m2, Acc(U * V) * rcp_approx(n), mb, m2b);
     l.n = n;
   }
 
@@ -176,7 +176,7 @@ struct WelfordOp {
   CUBN_DEVICE void absorb_columns(Columns<V>& l, const Cst& c, const Pack<T, V> (&x)[U],
                                   const Pack<T, V> (&)[U]) const {
     const Acc n = l.n + Acc(U);
-    const Acc w = Acc(U) * count_rcp(n);
+    const Acc w = Acc(U) * rcp_approx(n);
     CUBN_UNROLL
     for (int k = 0; k < V; ++k) {
       Acc mb, m2b;
@@ -189,7 +189,7 @@ struct WelfordOp {
 
   CUBN_DEVICE void absorb_one(Local& l, const Channel& c, Acc x, Acc) const {
     const Acc n = l.n + Acc(1);
-    fold(l.n, l.mean, l.m2, count_rcp(n), x - c.shift, Acc(0));
+    fold(l.n, l.mean, l.m2, rcp_approx(n), x - c.shift, Acc(0));
     l.n = n;
   }
 

@@ -54,10 +54,10 @@ CUBN_HOST_DEVICE double sqrt_acc(double v) { return sqrt(v); }
 CUBN_DEVICE float rsqrt_acc(float v) { return rsqrtf(v); }
 CUBN_DEVICE double rsqrt_acc(double v) { return rsqrt(v); }
 
-/// 1 / n for a count n in [1, 2^24], where a few ulp suffice (Welford's weights): one
-/// MUFU.RCP (rcp.approx, under 1 ulp; no denormal or overflow can arise) instead of IEEE
-/// division's sequence with its slow-path branch. fp64 divides.
-CUBN_DEVICE float count_rcp(float n) {
+/// 1 / n where a few ulp suffice (Welford's weights, for counts n in [1, 2^24]; SiLU's sigmoid):
+/// one MUFU.RCP (rcp.approx.ftz, under 1 ulp; subnormal results flush to 0, 1 / Inf is 0) instead
+/// of IEEE division's sequence with its slow-path branch. fp64 divides.
+CUBN_DEVICE float rcp_approx(float n) {
 #if defined(__CUDA_ARCH__)
   float r;
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(n));
@@ -66,7 +66,7 @@ CUBN_DEVICE float count_rcp(float n) {
   return 1.0f / n;
 #endif
 }
-CUBN_DEVICE double count_rcp(double n) { return 1.0 / n; }
+CUBN_DEVICE double rcp_approx(double n) { return 1.0 / n; }
 
 /// Elements of T in one 16-byte vector access.
 template <class T>
