@@ -21,12 +21,13 @@ void normalize(const MapPlan& plan, const T* x, T* y, const Affine& affine, cuda
 }
 
 // Calls fn(op) with the map op of `e` over `affine`: the plain affine without an epilogue, else
-// FusedAffine with the activation and the residual (ReLU writes its mask to `mask` when not null).
+// FusedAffine with the activation and the residual (ReLU writes its mask to e.reserve when given).
 template <class T, class Affine, class Fn>
-void with_epilogue(const Epilogue& e, const Affine& affine, unsigned* mask, Fn&& fn) {
+void with_epilogue(const Epilogue& e, const Affine& affine, Fn&& fn) {
   using kernels::Act;
   using kernels::FusedAffine;
   const T* z = static_cast<const T*>(e.residual);
+  auto* mask = static_cast<unsigned*>(e.reserve.ptr);
   const auto fused = [&](auto a, auto res) {
     constexpr Act A = decltype(a)::value;
     fn(FusedAffine<T, Affine, A, decltype(res)::value>{affine, z,
@@ -78,10 +79,8 @@ void launch_forward_training(const Problem& p, const TrainingPlan& plan, const T
   // reserve instead of the workspace
   const Epilogue& e = args.epilogue;
   fin.k = e.activation == Activation::kSilu ? static_cast<Acc*>(e.reserve.ptr) : ws.coeffs;
-  unsigned* mask =
-      e.activation == Activation::kRelu ? static_cast<unsigned*>(e.reserve.ptr) : nullptr;
 
-  with_epilogue<T>(e, kernels::TrainedAffine<T>{fin.k, p.c}, mask, [&](const auto& f) {
+  with_epilogue<T>(e, kernels::TrainedAffine<T>{fin.k, p.c}, [&](const auto& f) {
     using F = std::decay_t<decltype(f)>;
     const dim3 block(kernels::kBlockThreads);
     if (plan.use_persistent) {
@@ -118,10 +117,8 @@ void launch_forward_inference(const Problem&, const MapPlan& plan, const T* x, T
   affine.scale = args.affine.scale;
   affine.offset = args.affine.offset;
   affine.epsilon = static_cast<param_t<T>>(args.epsilon);
-  const Epilogue& e = args.epilogue;
-  unsigned* mask =
-      e.activation == Activation::kRelu ? static_cast<unsigned*>(e.reserve.ptr) : nullptr;
-  with_epilogue<T>(e, affine, mask, [&](const auto& f) { normalize<T>(plan, x, y, f, stream); });
+  with_epilogue<T>(args.epilogue, affine,
+                   [&](const auto& f) { normalize<T>(plan, x, y, f, stream); });
 }
 
 }  // namespace cubn::detail

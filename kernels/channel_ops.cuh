@@ -78,14 +78,6 @@ CUBN_DEVICE void load_inputs(const T* in0, const T* in1, std::int64_t at, Pack<T
   }
 }
 
-/// One pack of each input, as U = 1.
-template <int Inputs, int V, class T>
-CUBN_DEVICE void load_packs(const T* in0, const T* in1, std::int64_t at, Pack<T, V> (&a)[1],
-                            Pack<T, V> (&b)[1]) {
-  const std::int64_t one[1] = {at};
-  load_packs<Inputs, 1, V>(in0, in1, one, a, b);
-}
-
 /// Element i of in0 and (for two-input ops) of in1 as Acc, one scalar access each.
 template <int Inputs, class T>
 CUBN_DEVICE void load_one(const T* in0, const T* in1, std::int64_t i, acc_t<T>& a, acc_t<T>& b) {

@@ -130,19 +130,9 @@ void check_inference(const Dims& dims, MemoryOrder order, unsigned seed) {
   forward_inference(desc, x.data(), y.data(), args, nullptr);
   device_sync();
 
-  ref::Params p;
-  p.scale = to_doubles(to_params<P>(d.scale));
-  p.offset = to_doubles(to_params<P>(d.offset));
-  p.eps = 1e-3;
-  const auto rm = to_doubles(to_params<P>(d.running_mean)),
-             rv = to_doubles(to_params<P>(d.running_var));
-  const auto y_ref = ref::forward_inference(d.shape, d.xd, p, rm, rv);
-  std::vector<double> invstd(rv.size());
-  for (std::size_t c = 0; c < rv.size(); ++c) invstd[c] = 1 / std::sqrt(rv[c] + 1e-3);
-  // no statistics are computed: only the rounding of invstd, a, b and the output
-  const Rounding u = rounding_of<T>();
-  std::vector<StatTolerance> st(rv.size(), StatTolerance{0, 8 * u.acc});
-  expect_y_near(d, to_doubles(y.download()), y_ref, rm, invstd, p.offset, p.scale, st, what);
+  const InferenceReference r = inference_reference(d);
+  expect_y_near(d, to_doubles(y.download()), r.y, r.mean, r.invstd, r.p.offset, r.p.scale, r.st,
+                what);
 }
 
 TYPED_TEST(Forward, TrainingMatchesTheReferenceOnEdgeShapes) {

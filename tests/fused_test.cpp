@@ -236,18 +236,9 @@ void check_inference(const Dims& dims, MemoryOrder order, unsigned seed, const V
   forward_inference(desc, x.data(), y.data(), args, nullptr);
   device_sync();
 
-  ref::Params p;
-  p.scale = to_doubles(to_params<P>(d.scale));
-  p.offset = to_doubles(to_params<P>(d.offset));
-  p.eps = 1e-3;
-  const auto rm = to_doubles(to_params<P>(d.running_mean)),
-             rv = to_doubles(to_params<P>(d.running_var));
-  const auto bn = ref::forward_inference(d.shape, d.xd, p, rm, rv);
-  std::vector<double> invstd(rv.size());
-  for (std::size_t c = 0; c < rv.size(); ++c) invstd[c] = 1 / std::sqrt(rv[c] + 1e-3);
-  const Rounding u = rounding_of<T>();
-  const std::vector<StatTolerance> st(rv.size(), StatTolerance{0, 8 * u.acc});
-  const auto e = reference_epilogue(d, v.act, bn, zd, rm, invstd, p.scale, p.offset, st);
+  const InferenceReference r = inference_reference(d);
+  const auto e =
+      reference_epilogue(d, v.act, r.y, zd, r.mean, r.invstd, r.p.scale, r.p.offset, r.st);
   std::vector<unsigned char> mask(rbytes);
   if (relu) reserve.download(mask.data(), rbytes);
   expect_epilogue_near(e, to_doubles(y.download()), relu ? &mask : nullptr, what);

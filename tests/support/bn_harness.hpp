@@ -166,6 +166,32 @@ std::vector<double> to_doubles(const std::vector<T>& v) {
   return r;
 }
 
+/// The inference reference of `d` (epsilon 1e-3, d's parameters and running statistics rounded
+/// to P, as the call sees them): y, the parameters, the running mean and 1 / sqrt(var + eps),
+/// and the statistic tolerances of a call that computes no statistics (only the rounding of
+/// invstd, a, b and the output).
+struct InferenceReference {
+  ref::Params p;
+  std::vector<double> y, mean, invstd;
+  std::vector<StatTolerance> st;
+};
+
+template <class T>
+InferenceReference inference_reference(const Data<T>& d) {
+  using P = param_of<T>;
+  InferenceReference r;
+  r.p.scale = to_doubles(to_params<P>(d.scale));
+  r.p.offset = to_doubles(to_params<P>(d.offset));
+  r.p.eps = 1e-3;
+  r.mean = to_doubles(to_params<P>(d.running_mean));
+  const auto rv = to_doubles(to_params<P>(d.running_var));
+  r.y = ref::forward_inference(d.shape, d.xd, r.p, r.mean, rv);
+  r.invstd.resize(rv.size());
+  for (std::size_t c = 0; c < rv.size(); ++c) r.invstd[c] = 1 / std::sqrt(rv[c] + r.p.eps);
+  r.st.assign(rv.size(), StatTolerance{0, 8 * rounding_of<T>().acc});
+  return r;
+}
+
 /// Compares y with the reference element by element with y_tolerance; prints the first few
 /// mismatches with their index. The reference must not be all zero.
 template <class T>
