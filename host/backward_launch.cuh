@@ -24,6 +24,7 @@ void sums(const Problem& p, const BackwardPlan& plan, const T* x, const T* dy, c
   fin.c = p.c;
   fin.m = static_cast<Acc>(p.m());
   const ReducePlan& rp = plan.sums;
+  check_reduce_blocks(rp, kernels::reduce_blocks_of<T, R, true>);
   const dim3 block(kernels::kBlockThreads);
   with_vec<T>(rp.vec, [&](auto v) {
     if (rp.planes) {

@@ -27,6 +27,14 @@ constexpr const char* kInferenceCall = "cubn::forward_inference";
 constexpr const char* kBackwardCall = "cubn::backward_training";
 constexpr const char* kFrozenCall = "cubn::backward_frozen";
 
+// The blocks per SM the reduction kernel of a call with epilogue e is compiled for (one wave of
+// them is what plan_reduce launches): the training forward's statistics, or the gradient sums.
+template <class E>
+int reduce_blocks(const detail::Problem& p, bool backward, const E& e) {
+  return kernels::reduce_blocks_per_sm(element_size(p.dtype), backward,
+                                       static_cast<int>(e.activation), e.residual != nullptr);
+}
+
 // The problem of x_desc, checked for a call with parameters of type P.
 template <class P>
 detail::Problem checked_problem(const char* call, const TensorDesc& desc) {
@@ -192,9 +200,9 @@ void forward_training_impl(const TensorDesc& desc, const void* x, void* y,
   detail::check_pointer(kTrainingCall, "args.saved.invstd", args.saved.invstd, sizeof(P), true);
   check_epilogue(kTrainingCall, p, x, y, args.epilogue, true);
 
-  const detail::TrainingPlan plan =
-      detail::plan_training(p, detail::current_device_info(), detail::aligned16(x),
-                            detail::aligned16(x, y, args.epilogue.residual));
+  const detail::TrainingPlan plan = detail::plan_training(
+      p, detail::current_device_info(), detail::aligned16(x),
+      detail::aligned16(x, y, args.epilogue.residual), reduce_blocks(p, false, args.epilogue));
   check_workspace(kTrainingCall, ws, plan.scratch.bytes, "forward_training_workspace_size");
 
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
@@ -246,7 +254,7 @@ void backward_training_impl(const TensorDesc& desc, const void* x, const void* d
   check_epilogue_grad(kBackwardCall, p, x, dy, dx, e, true);
   const detail::BackwardPlan plan = detail::plan_backward(
       p, detail::current_device_info(), detail::aligned16(x, dy, e.residual),
-      detail::aligned16(x, dy, dx, e.residual, e.dz));
+      detail::aligned16(x, dy, dx, e.residual, e.dz), reduce_blocks(p, true, e));
   check_workspace(kBackwardCall, ws, plan.scratch.bytes, "backward_workspace_size");
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -279,7 +287,7 @@ void backward_frozen_impl(const TensorDesc& desc, const void* x, const void* dy,
   check_epilogue_grad(kFrozenCall, p, x, dy, dx, e, false);
   const detail::BackwardPlan plan = detail::plan_backward(
       p, detail::current_device_info(), detail::aligned16(x, dy, e.residual),
-      detail::aligned16(dy, dx, e.dz, e.residual, silu ? x : nullptr));
+      detail::aligned16(dy, dx, e.dz, e.residual, silu ? x : nullptr), reduce_blocks(p, true, e));
   if (sums) check_workspace(kFrozenCall, ws, plan.scratch.bytes, "backward_workspace_size");
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -94,6 +94,7 @@ void launch_forward_training(const Problem& p, const TrainingPlan& plan, const T
       if (launched) return;  // else the device fits no block of it: stream
     }
     const ReducePlan& rp = plan.stats;
+    check_reduce_blocks(rp, kernels::reduce_blocks_of<T, F, false>);
     with_vec<T>(rp.vec, [&](auto v) {
       if (rp.planes) {
         launch("cubn::bn_stats", kernels::bn_stats_channels_first<T, v(), F>, rp.grid, block, 0,

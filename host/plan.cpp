@@ -13,11 +13,11 @@ using kernels::kBlockThreads;
 using kernels::kUnroll;
 
 constexpr std::int64_t kMaxGridY = 65535;
-// Blocks a reduction launches: one wave at the kernels' kMinBlocksPerSm resident blocks per SM,
-// each thread with 4 x 16 bytes in flight (kUnroll): 64 KB per SM, over three times what Little's
-// law asks of an H100. Fewer, larger blocks also keep the partials the last block merges few.
-// Untuned beyond that arithmetic.
-constexpr std::int64_t kReduceBlocksPerSm = kernels::kMinBlocksPerSm;
+// Blocks a reduction launches: one wave at the resident blocks per SM its kernel is compiled for
+// (kernels::reduce_blocks_per_sm: kMinBlocksPerSm, or 3 or 2 for the fused epilogue's and fp64),
+// each thread with 4 x 16 bytes in flight (kUnroll): 64 KB per SM at 4, over three times what
+// Little's law asks of an H100. Fewer, larger blocks also keep the partials the last block merges
+// few. Untuned beyond that arithmetic.
 // Blocks a map launches (grid-stride): two waves. Untuned.
 constexpr std::int64_t kMapBlocksPerSm = 2 * kernels::kMinBlocksPerSm;
 // Values one thread folds at most: its count is a float, exact to 2^24.
@@ -178,11 +178,21 @@ MapPlan plan_map(const Problem& p, const DeviceInfo& dev, bool aligned) {
   return mp;
 }
 
-ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bool fusable) {
+void check_reduce_blocks(const ReducePlan& rp, int kernel_blocks_per_sm) {
+  if (rp.blocks_per_sm != kernel_blocks_per_sm)
+    throw Error(Status::kInvalidLaunch,
+                "cubn internal error: a reduction planned for " + std::to_string(rp.blocks_per_sm) +
+                    " blocks per SM launches a kernel compiled for " +
+                    std::to_string(kernel_blocks_per_sm));
+}
+
+ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bool fusable,
+                       int blocks_per_sm) {
   ReducePlan rp;
   rp.vec = vector_width(p, aligned);
   rp.planes = use_planes(p, rp.vec);
-  const std::int64_t target = kReduceBlocksPerSm * dev.sm_count;
+  rp.blocks_per_sm = blocks_per_sm;
+  const std::int64_t target = std::int64_t{blocks_per_sm} * dev.sm_count;
   if (rp.planes) {
     check_grid_x(p.c);
     rp.splits = choose_splits(p.c, kBlockThreads,
@@ -293,6 +303,9 @@ namespace {
 // 256 (saving 7.5%) streams.
 bool choose_persistent(const Problem& p, const PersistentPlan& pp, const DeviceInfo& dev,
                        const ReducePlan& streaming, int inputs) {
+  // the persistent kernels index elements in 32 bits (channel_ops.cuh), even when forced: larger
+  // tensors never fit on chip anyway
+  if (p.numel > kernels::kNarrowElements) return false;
   switch (forced_path()) {
     case Path::kPersistent: return true;
     case Path::kStreaming: return false;
@@ -347,9 +360,9 @@ std::int64_t reduce_loaded_elements(const Problem& p, int vec) {
 }
 
 TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_aligned,
-                           bool xy_aligned) {
+                           bool xy_aligned, int reduce_blocks) {
   TrainingPlan tp;
-  tp.stats = plan_reduce(p, dev, x_aligned, x_aligned == xy_aligned);
+  tp.stats = plan_reduce(p, dev, x_aligned, x_aligned == xy_aligned, reduce_blocks);
   tp.normalize = plan_map(p, dev, xy_aligned);
   tp.persistent = plan_persistent(p, dev, xy_aligned, 1);
   tp.use_persistent = choose_persistent(p, tp.persistent, dev, tp.stats, 1);
@@ -359,9 +372,9 @@ TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_align
 }
 
 BackwardPlan plan_backward(const Problem& p, const DeviceInfo& dev, bool inputs_aligned,
-                           bool all_aligned) {
+                           bool all_aligned, int reduce_blocks) {
   BackwardPlan bp;
-  bp.sums = plan_reduce(p, dev, inputs_aligned, false);
+  bp.sums = plan_reduce(p, dev, inputs_aligned, false, reduce_blocks);
   bp.dx = plan_map(p, dev, all_aligned);
   bp.persistent = plan_persistent(p, dev, all_aligned, 2);
   bp.use_persistent = choose_persistent(p, bp.persistent, dev, bp.sums, 2);

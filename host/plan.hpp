@@ -34,6 +34,7 @@ struct ReducePlan {
   std::int64_t splits = 1;   ///< blocks per channel or column block (grid y)
   std::size_t partials = 0;  ///< partial states: splits * (C or period)
   std::size_t totals = 0;    ///< slot totals when channels span column blocks, else 0
+  int blocks_per_sm = kernels::kMinBlocksPerSm;  ///< resident blocks per SM the grid is a wave of
   bool fused() const { return planes ? cfr.fuse : cl.fuse; }
 };
 
@@ -71,7 +72,8 @@ struct PersistentPlan {
 };
 
 /// Which path training calls take: the planner's choice (kAuto), or one forced for the calling
-/// host thread (tests run the same cases through both).
+/// host thread (tests run the same cases through both). Tensors of more than
+/// kernels::kNarrowElements elements always stream (the persistent kernels index in 32 bits).
 enum class Path { kAuto, kStreaming, kPersistent };
 void force_path(Path path) noexcept;
 Path forced_path() noexcept;
@@ -102,19 +104,30 @@ struct BackwardPlan {
 /// aligned), else 1. Any plane or channel count takes vectors.
 int vector_width(const Problem& p, bool aligned);
 
+/// Throws (kInvalidLaunch, an internal error) unless `rp` was planned for the blocks per SM its
+/// kernel is compiled for: the host's choice (kernels::reduce_blocks_per_sm of the call's epilogue)
+/// and the kernel's (of its op's type) must agree, or the grid is not one wave.
+void check_reduce_blocks(const ReducePlan& rp, int kernel_blocks_per_sm);
+
 /// The elementwise map's plan.
 MapPlan plan_map(const Problem& p, const DeviceInfo& dev, bool aligned);
 
 /// A per-channel reduction's plan. `fusable`: the forward may normalize in the same launch.
-ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bool fusable);
+/// `blocks_per_sm`: the resident blocks per SM its kernel is compiled for
+/// (kernels::reduce_blocks_per_sm), one wave of which it launches; fewer never need more
+/// workspace.
+ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bool fusable,
+                       int blocks_per_sm = kernels::kMinBlocksPerSm);
 
 /// The training forward's plan (x_aligned: x is 16-byte aligned; xy_aligned: x and y are).
+/// `reduce_blocks`: the statistics kernel's blocks per SM (plan_reduce).
 TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_aligned,
-                           bool xy_aligned);
+                           bool xy_aligned, int reduce_blocks = kernels::kMinBlocksPerSm);
 
 /// The backward's plan (inputs_aligned: x and dy are 16-byte aligned; all_aligned: dx too).
+/// `reduce_blocks`: the gradient sums kernel's blocks per SM (plan_reduce).
 BackwardPlan plan_backward(const Problem& p, const DeviceInfo& dev, bool inputs_aligned,
-                           bool all_aligned);
+                           bool all_aligned, int reduce_blocks = kernels::kMinBlocksPerSm);
 
 /// The persistent path's plan for `inputs` tensors read (1: forward, 2: backward).
 PersistentPlan plan_persistent(const Problem& p, const DeviceInfo& dev, bool aligned, int inputs);

@@ -29,42 +29,67 @@ namespace cubn::kernels {
 /// The activation of the fused epilogue (kernel side of cubn::Activation).
 enum class Act : int { kNone = 0, kRelu = 1, kSilu = 2 };
 
-/// e^v where a few ulp suffice (SiLU's sigmoid, with rcp_approx for its reciprocal: its output is
+/// SiLU through the exponent of its sigmoid, q = -p log2(e): e = 2^q = exp(-p), s = 1 / (1 + e).
+/// Both passes form q from x (and z) with coefficients of their own (SiluCoeffs: the affine's a and
+/// b times -log2(e)) by the same code, so the forward and the backward evaluate the sigmoid at the
+/// same q bit for bit; the backward needs p itself only in p (1 - s) = q ln(2) (s - 1), which it
+/// forms from q. That spares the backward's loops an affine and the scaling per element: they sit
+/// within the instruction budget (bench/sass_report.py) where p, -p log2(e) and 1 - s each cost one.
+template <class Acc>
+constexpr Acc kNegLog2e = static_cast<Acc>(-1.4426950408889634074);
+template <class Acc>
+constexpr Acc kLn2 = static_cast<Acc>(0.69314718055994530942);
+
+/// The coefficients SiLU's fused epilogue forms q with: the affine's, scaled by -log2(e) (q =
+/// C::apply(x) with them, as p is with the affine's own).
+template <class C>
+CUBN_DEVICE C sigmoid_exponent(const C& affine) {
+  return affine.scaled(kNegLog2e<typename C::Acc>);
+}
+
+/// The forward's coefficients for SiLU: p's and q's.
+template <class C>
+struct SiluCoeffs {
+  using Acc = typename C::Acc;
+  C p, q;
+};
+
+/// 2^q where a few ulp suffice (SiLU's sigmoid, with rcp_approx for its reciprocal: its output is
 /// rounded to the tensor's type, and fp32 outputs are held to a few ulp of |p|): on the GPU
-/// ex2.approx (2 ulp, plus the rounding of v log2(e): about 1.2 |v| ulp), one MUFU, instead of
-/// expf's range reduction. fp64 takes exp.
-CUBN_DEVICE float exp_fast(float v) {
+/// ex2.approx.ftz (2 ulp; q under -126 flushes 2^q to 0, where 1 + 2^q is 1 anyway), one MUFU.
+/// fp64 takes exp2.
+CUBN_DEVICE float exp2_fast(float q) {
 #if defined(__CUDA_ARCH__)
   float r;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v * 1.4426950408889634f));
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(q));
   return r;
 #else
-  return std::exp(v);
+  return std::exp2(q);
 #endif
 }
-CUBN_DEVICE double exp_fast(double v) { return exp(v); }
+CUBN_DEVICE double exp2_fast(double q) { return exp2(q); }
 
-/// act(p). ReLU: p <= 0 gives 0, NaN stays NaN. SiLU: p / (1 + exp(-p)), PyTorch's formula
-/// (+Inf gives +Inf; -Inf gives NaN, as there).
-template <Act A, class Acc>
-CUBN_DEVICE Acc activate(Acc p) {
-  if constexpr (A == Act::kRelu) {
-    return p <= Acc(0) ? Acc(0) : p;
-  } else if constexpr (A == Act::kSilu) {
-    return p * rcp_approx(Acc(1) + exp_fast(-p));
-  } else {
-    return p;
-  }
+/// ReLU: p <= 0 gives 0, NaN stays NaN.
+template <class Acc>
+CUBN_DEVICE Acc relu(Acc p) {
+  return p <= Acc(0) ? Acc(0) : p;
 }
 
-/// SiLU's derivative times dy: dy * s * (1 + p * (1 - s)), s = 1 / (1 + exp(-p)) (PyTorch's
-/// silu_backward), formed with 1 - s = e * s (e = exp(-p)) as dy * s * (1 + p * e * s): one
-/// instruction per element fewer. p = -Inf gives NaN, as PyTorch's.
+/// SiLU of p, q its sigmoid's exponent: p / (1 + exp(-p)), PyTorch's formula (+Inf gives +Inf;
+/// -Inf gives NaN, as there; p below about -88 gives -0: 2^q is Inf, its reciprocal 0).
 template <class Acc>
-CUBN_DEVICE Acc silu_grad(Acc dy, Acc p) {
-  const Acc e = exp_fast(-p);
-  const Acc s = rcp_approx(Acc(1) + e);
-  return dy * s * (p * e * s + Acc(1));
+CUBN_DEVICE Acc silu(Acc p, Acc q) {
+  return p * rcp_approx(Acc(1) + exp2_fast(q));
+}
+
+/// SiLU's derivative times dy from q: dy * s * (1 + p (1 - s)) (PyTorch's silu_backward) with
+/// p (1 - s) = q * (ln 2 * s - ln 2). Where 2^q overflows (p below about -88) s is 0 and so is the
+/// gradient, as PyTorch's; p = +-Inf gives NaN, as there.
+template <class Acc>
+CUBN_DEVICE Acc silu_grad(Acc dy, Acc q) {
+  const Acc s = rcp_approx(Acc(1) + exp2_fast(q));
+  const Acc ln2 = kLn2<Acc>;
+  return dy * s * (q * (s * ln2 - ln2) + Acc(1));
 }
 
 /// Writes the V mask bits of the pack at element `at` (a multiple of V) in a kernel whose packs

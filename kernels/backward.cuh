@@ -56,7 +56,7 @@ struct GradSumOp {
     CUBN_UNROLL
     for (int u = 0; u < U; ++u) {
       CUBN_UNROLL
-      for (int k = 0; k < V; ++k) absorb_one(l, ch, to_acc(dy[u].v[k]), to_acc(x[u].v[k]));
+      for (int k = 0; k < V; ++k) absorb_one(l, ch, acc_at(dy[u], k), acc_at(x[u], k));
     }
   }
   template <class T, int V, int U, class Cst>
@@ -66,7 +66,7 @@ struct GradSumOp {
     for (int u = 0; u < U; ++u) {
       CUBN_UNROLL
       for (int k = 0; k < V; ++k)
-        absorb_one(l.slot[k], ch(k), to_acc(dy[u].v[k]), to_acc(x[u].v[k]));
+        absorb_one(l.slot[k], ch(k), acc_at(dy[u], k), acc_at(x[u], k));
     }
   }
   template <int V>
@@ -139,9 +139,10 @@ struct NoForward {
 };
 
 /// The backward of the fused epilogue (activation.cuh): dy * act'(p) from what each pack's side
-/// holds. ReLU reads the forward's mask; SiLU recomputes p = fwd(x) + z with the forward's own
-/// coefficients (Fwd: TrainedAffine over the coefficients the forward left in the reserve, or
-/// RunningAffine) and reads z again when the forward added one (Res); none passes dy through.
+/// holds. ReLU reads the forward's mask; SiLU recomputes its sigmoid's exponent q = -p log2(e)
+/// from x (and z, read again when the forward added one: Res) with coefficients derived from the
+/// forward's own (Fwd: TrainedAffine over those the forward left in the reserve, or RunningAffine)
+/// by the forward's code, so q is the forward's bit for bit; none passes dy through.
 template <class T, Act A, class Fwd, bool Res>
 struct ActGrad {
   static constexpr bool kReadsZ = A == Act::kSilu && Res;
@@ -156,9 +157,10 @@ struct ActGrad {
   const T* z = nullptr;            ///< SiLU with Res: the forward's residual
   const unsigned* mask = nullptr;  ///< ReLU: the forward's mask
 
+  /// SiLU: the coefficients of its sigmoid's exponent q (activation.cuh), formed as the forward's
   CUBN_DEVICE FwdCoeffs fwd_coeffs(std::int64_t ch) const {
     if constexpr (A == Act::kSilu) {
-      return fwd.coeffs(ch);
+      return sigmoid_exponent(fwd.coeffs(ch));
     } else {
       return {};
     }
@@ -177,9 +179,9 @@ struct ActGrad {
     if constexpr (A == Act::kRelu) {
       return (s.bits >> k) & 1u ? dy : Acc(0);
     } else if constexpr (A == Act::kSilu) {
-      Acc p = fc.apply(x);
-      if constexpr (kReadsZ) p += to_acc(s.z.v[k]);
-      return silu_grad(dy, p);
+      Acc q = fc.apply(x);
+      if constexpr (kReadsZ) q = acc_at(s.z, k) * kNegLog2e<Acc> + q;  // as FusedAffine::emit
+      return silu_grad(dy, q);
     } else {
       return dy;
     }
@@ -195,6 +197,8 @@ struct FusedGradSumOp : GradSumOp<acc_t<T>> {
   static constexpr bool kSided = true;
   using Grad = ActGrad<T, A, Fwd, Res>;
   static constexpr int kSideStreams = Grad::kReadsZ ? 1 : 0;
+  static constexpr Act kAct = A;
+  static constexpr bool kRes = Res;
   using Local = GradSums<Acc>;
   template <class, int V>
   using Side = typename Grad::template Side<V>;
@@ -228,7 +232,7 @@ struct FusedGradSumOp : GradSumOp<acc_t<T>> {
     for (int u = 0; u < U; ++u) {
       CUBN_UNROLL
       for (int k = 0; k < V; ++k)
-        absorb_one(l, ch, to_acc(dy[u].v[k]), to_acc(x[u].v[k]), s[u], k);
+        absorb_one(l, ch, acc_at(dy[u], k), acc_at(x[u], k), s[u], k);
     }
   }
   template <int V, int U, class Cst>
@@ -238,7 +242,7 @@ struct FusedGradSumOp : GradSumOp<acc_t<T>> {
     for (int u = 0; u < U; ++u) {
       CUBN_UNROLL
       for (int k = 0; k < V; ++k)
-        absorb_one(l.slot[k], ch(k), to_acc(dy[u].v[k]), to_acc(x[u].v[k]), s[u], k);
+        absorb_one(l.slot[k], ch(k), acc_at(dy[u], k), acc_at(x[u], k), s[u], k);
     }
   }
 };
@@ -276,8 +280,8 @@ struct FusedDxOp {
     CUBN_UNROLL
     for (int k = 0; k < V; ++k) {
       const Coeffs q = coeff(k);
-      const Acc xv = to_acc(x.v[k]);
-      const Acc g = act.grad(to_acc(dy.v[k]), xv, s, k, q.fc);
+      const Acc xv = acc_at(x, k);
+      const Acc g = act.grad(acc_at(dy, k), xv, s, k, q.fc);
       oz.v[k] = from_acc<T>(g);
       ox.v[k] = from_acc<T>(base.apply(q.q, g, xv));
     }
@@ -321,7 +325,7 @@ struct BackwardFinish {
 /// Gradient sums of channel blockIdx.x over split blockIdx.y (in0 = dy, in1 = x); the last block
 /// of each set of channels finishes them.
 template <class T, int V, class R>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, R, true>))
     bn_backward_sums_channels_first(ChannelsFirstReduce g, const T* __restrict__ dy,
                                     const T* __restrict__ x, R op,
                                     GradSums<acc_t<T>>* partials, unsigned* tickets,
@@ -332,7 +336,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
 /// Gradient sums of the V slots each thread owns over split blockIdx.y; the last blocks finish
 /// them (reduce_columns).
 template <class T, int V, class R>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, R, true>))
     bn_backward_sums_channels_last(ChannelsLastGeometry g, const T* __restrict__ dy,
                                    const T* __restrict__ x, R op,
                                    GradSums<acc_t<T>>* partials, GradSums<acc_t<T>>* totals,

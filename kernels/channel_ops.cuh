@@ -121,6 +121,26 @@ constexpr int map_blocks_per_sm = kMinBlocksPerSm;
 template <class F>
 constexpr int map_blocks_per_sm<F, std::void_t<decltype(F::kMapBlocksPerSm)>> = F::kMapBlocksPerSm;
 
+/// The fused epilogue an op applies (its activation's cubn::Activation value, and whether it adds
+/// a residual): Op::kAct and Op::kRes where it has them, else none.
+template <class Op, class = void>
+struct EpilogueOf {
+  static constexpr int act = 0;
+  static constexpr bool res = false;
+};
+template <class Op>
+struct EpilogueOf<Op, std::void_t<decltype(Op::kAct)>> {
+  static constexpr int act = static_cast<int>(Op::kAct);
+  static constexpr bool res = Op::kRes;
+};
+
+/// Resident blocks per SM a reduction kernel over elements of T is compiled for: the statistics
+/// kernels' with op F, their fused normalization (Backward false), the gradient sums' with op R
+/// (true). geometry.hpp's reduce_blocks_per_sm, which host/plan.cpp sizes their grids by.
+template <class T, class Op, bool Backward>
+constexpr int reduce_blocks_of =
+    reduce_blocks_per_sm(sizeof(T), Backward, EpilogueOf<Op>::act, EpilogueOf<Op>::res);
+
 /// Loads the sides of the packs at `at` (nothing for an op without one).
 template <class T, int V, int N, class Op>
 CUBN_DEVICE void load_sides(const Op& op, const std::int64_t (&at)[N], side_t<Op, T, V> (&s)[N]) {
@@ -314,7 +334,7 @@ CUBN_DEVICE Pack<T, V> apply_pack(const F& f, const Pack<T, V>& a, const Pack<T,
   Pack<T, V> o;
   CUBN_UNROLL
   for (int k = 0; k < V; ++k)
-    o.v[k] = from_acc<T>(f.apply(coeff(k), to_acc(a.v[k]), to_acc(b.v[k])));
+    o.v[k] = from_acc<T>(f.apply(coeff(k), acc_at(a, k), acc_at(b, k)));
   return o;
 }
 
@@ -375,8 +395,11 @@ struct FromGlobal {
 /// Walks the whole packs every plane of channel `ch` holds (the main tiles), starting at tile
 /// `first` (< g.step) and advancing g.step tiles: visit(at[U]) for U tiles at once while U
 /// remain, then visit(at[1]) for each of the rest. No division in the loop: the pack within the
-/// plane (32-bit) and the plane's start (64-bit) advance by precomputed steps.
-template <int U, int V, class Visit>
+/// plane and the plane's start advance by precomputed steps, in 64 bits, or in 32 bits where Wide
+/// is false: for callers whose tensors have at most kNarrowElements (the persistent kernels,
+/// host/plan.cpp). A pack's address is then one multiply-add from each tensor's base: about 8
+/// instructions a visit fewer (bench/sass_report.py).
+template <int U, int V, bool Wide, class Visit>
 CUBN_DEVICE void walk_plane_tiles(const ChannelsFirstReduce& g, std::int64_t ch, unsigned first,
                                   const Visit& visit) {
   if (g.wf == 0) return;
@@ -384,34 +407,42 @@ CUBN_DEVICE void walk_plane_tiles(const ChannelsFirstReduce& g, std::int64_t ch,
   unsigned count = static_cast<unsigned>(g.tiles_q) + (first < g.tiles_r ? 1u : 0u);
   const unsigned n0 = first / wf;
   unsigned j = first - n0 * wf;
-  std::int64_t base = n0 * g.plane + ch * g.s;  // the plane's first element
-  // the plane's first whole pack (V is a power of two), then the thread's
-  const auto pack = [&] {
-    return ((base + (V - 1)) & ~static_cast<std::int64_t>(V - 1)) +
-           static_cast<std::int64_t>(j) * V;
-  };
-  const auto advance = [&] {
-    j += step_j;
-    base += g.step_base;
-    if (j >= wf) {
-      j -= wf;
-      base += g.plane;
+  const auto walk = [&](auto base, auto step_base, auto plane) {  // base: the plane's first element
+    using I = decltype(base);
+    // the plane's first whole pack (V is a power of two), then the thread's
+    const auto pack = [&] {
+      return static_cast<std::int64_t>(((base + I(V - 1)) & ~I(V - 1)) + static_cast<I>(j) * V);
+    };
+    const auto advance = [&] {
+      j += step_j;
+      base += step_base;
+      if (j >= wf) {
+        j -= wf;
+        base += plane;
+      }
+    };
+    for (; count >= static_cast<unsigned>(U); count -= U) {
+      std::int64_t at[U];
+      CUBN_UNROLL
+      for (int u = 0; u < U; ++u) {
+        at[u] = pack();
+        advance();
+      }
+      visit(at);
     }
-  };
-  for (; count >= static_cast<unsigned>(U); count -= U) {
-    std::int64_t at[U];
-    CUBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      at[u] = pack();
+    CUBN_NO_UNROLL
+    for (; count > 0; --count) {
+      const std::int64_t at[1] = {pack()};
+      visit(at);
       advance();
     }
-    visit(at);
-  }
-  CUBN_NO_UNROLL
-  for (; count > 0; --count) {
-    const std::int64_t at[1] = {pack()};
-    visit(at);
-    advance();
+  };
+  const std::int64_t base = n0 * g.plane + ch * g.s;
+  if constexpr (Wide) {
+    walk(base, g.step_base, g.plane);
+  } else {
+    walk(static_cast<std::uint32_t>(base), static_cast<std::uint32_t>(g.step_base),
+         static_cast<std::uint32_t>(g.plane));
   }
 }
 
@@ -420,10 +451,10 @@ CUBN_DEVICE void walk_plane_tiles(const ChannelsFirstReduce& g, std::int64_t ch,
 /// has both the most tiles and the edges) shares with its neighbours: edge(at, b0, b1) for the pack
 /// at `at`, of which the elements in [b0, b1) are the channel's (the pack past the tensor's last
 /// whole pack is left to the code that takes the leftovers).
-template <int U, int V, class Main, class Edge>
+template <int U, int V, bool Wide = true, class Main, class Edge>
 CUBN_DEVICE void walk_planes(const ChannelsFirstReduce& g, std::int64_t ch, unsigned first,
                              const Main& main, const Edge& edge) {
-  walk_plane_tiles<U, V>(g, ch, first, main);
+  walk_plane_tiles<U, V, Wide>(g, ch, first, main);
   if (V == 1) return;
   const std::int64_t whole = g.wf * V;
   CUBN_NO_UNROLL
@@ -437,8 +468,8 @@ CUBN_DEVICE void walk_planes(const ChannelsFirstReduce& g, std::int64_t ch, unsi
 }
 
 /// A thread's share of channel `ch` over split `split` (walk_planes), each pack handed to
-/// src.keep after it is folded in.
-template <class T, int V, class R, class Src>
+/// src.keep after it is folded in. Wide: as walk_plane_tiles.
+template <class T, int V, bool Wide = true, class R, class Src>
 CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
                                                 const ChannelsFirstReduce& g, const R& op,
                                                 const typename R::Channel& cst, std::int64_t ch,
@@ -446,7 +477,7 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
   constexpr int U = unroll_for(streams_of<R>);
   typename R::Local l{};
   const auto first = static_cast<unsigned>(split * kBlockThreads + threadIdx.x);
-  walk_planes<U, V>(
+  walk_planes<U, V, Wide>(
       g, ch, first,
       [&](const auto& at) {
         constexpr int N = packs_in<decltype(at)>;
@@ -465,7 +496,7 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
         load_sides<T, V>(op, one, s);
         for (int k = 0; k < V; ++k)
           if (at + k >= b0 && at + k < b1)
-            absorb_one(op, l, cst, to_acc(a[0].v[k]), to_acc(b[0].v[k]), s[0], k);
+            absorb_one(op, l, cst, acc_at(a[0], k), acc_at(b[0], k), s[0], k);
         src.keep(a, b);
       });
   return l;
@@ -474,7 +505,7 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
 /// The partial of channel `ch` over split `split` (accumulate_planes, each pack handed to
 /// src.keep), merged over the block into partials[split * C + ch] by thread 0. Uses the block
 /// reduction's shared storage: a second call needs a barrier in between.
-template <class T, int V, class R, class Src>
+template <class T, int V, bool Wide = true, class R, class Src>
 CUBN_DEVICE void plane_partial(const T* in0, const T* in1, const ChannelsFirstReduce& g,
                                const R& op, typename R::State* partials, std::int64_t ch,
                                std::int64_t split, Src& src) {
@@ -482,7 +513,8 @@ CUBN_DEVICE void plane_partial(const T* in0, const T* in1, const ChannelsFirstRe
   using Reduce = BlockReduce<State, kBlockThreads>;
   CUBN_SHARED_OBJECT(typename Reduce::TempStorage, storage);
   const auto local =
-      accumulate_planes<T, V>(in0, in1, g, op, op.channel(in0, in1, ch, ch * g.s), ch, split, src);
+      accumulate_planes<T, V, Wide>(in0, in1, g, op, op.channel(in0, in1, ch, ch * g.s), ch,
+                                    split, src);
   const auto part = Reduce(storage).reduce(
       op.to_state(local), [&op](const State& a, const State& b) { return op.merge(a, b); });
   if (threadIdx.x == 0) partials[split * g.c + ch] = part.get();
@@ -517,15 +549,16 @@ CUBN_DEVICE bool reduce_planes(const T* in0, const T* in1, const ChannelsFirstRe
 /// plane that holds its last element, with the previous plane's coefficients for the elements
 /// before the boundary (the whole pack is at hand: it was loaded whole); the previous plane skips
 /// it (src.skip keeps the order of kept packs). Visits of Ux packs (0: F's own unroll_for; the
-/// persistent kernels pass their reduction's, so that both phases visit alike).
-template <class T, int V, int Ux = 0, class F, class Src>
+/// persistent kernels pass their reduction's, so that both phases visit alike). Wide: as
+/// walk_plane_tiles.
+template <class T, int V, int Ux = 0, bool Wide = true, class F, class Src>
 CUBN_DEVICE void map_channel_planes(const T* in0, const T* in1, T* out,
                                     const ChannelsFirstReduce& g, const F& f, std::int64_t ch,
                                     unsigned first, Src& src) {
   constexpr int U = Ux != 0 ? Ux : unroll_for(streams_of<F>);
   const typename F::Coeffs q = f.coeffs(ch);
   const auto coeff = [&](int) { return q; };
-  walk_planes<U, V>(
+  walk_planes<U, V, Wide>(
       g, ch, first,
       [&](const auto& at) {
         constexpr int N = packs_in<decltype(at)>;
@@ -665,28 +698,36 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
 // ---- periodic columns (channels-last) -----------------------------------------------------------
 
 /// Walks pack column j of the periods first, first + step, ...: visit(at[U]) for U periods at
-/// once while they are whole, then visit(at[1]) for each remaining pack inside the tensor.
-template <int U, int V, class Visit>
+/// once while they are whole, then visit(at[1]) for each remaining pack inside the tensor. The
+/// pack's index advances in 64 bits, or in 32 bits where Wide is false (as in walk_plane_tiles).
+template <int U, int V, bool Wide, class Visit>
 CUBN_DEVICE void walk_column(const ChannelsLastGeometry& g, std::int64_t j, std::int64_t first,
                              std::int64_t step, const Visit& visit) {
-  std::int64_t q = first, at = first * g.period + j * V;
-  const std::int64_t dat = step * g.period;
-  while (q + (U - 1) * step < g.full_periods) {
-    std::int64_t idx[U];
-    CUBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      idx[u] = at;
-      at += dat;
+  const auto walk = [&](auto at, auto dat) {
+    std::int64_t q = first;
+    while (q + (U - 1) * step < g.full_periods) {
+      std::int64_t idx[U];
+      CUBN_UNROLL
+      for (int u = 0; u < U; ++u) {
+        idx[u] = static_cast<std::int64_t>(at);
+        at += dat;
+      }
+      q += U * step;
+      visit(idx);
     }
-    q += U * step;
-    visit(idx);
+    CUBN_NO_UNROLL
+    for (; q < g.periods; q += step, at += dat)
+      if (static_cast<std::int64_t>(at) + V <= g.numel) {
+        const std::int64_t one[1] = {static_cast<std::int64_t>(at)};
+        visit(one);
+      }
+  };
+  const std::int64_t at = first * g.period + j * V;
+  if constexpr (Wide) {
+    walk(at, step * g.period);
+  } else {
+    walk(static_cast<std::uint32_t>(at), static_cast<std::uint32_t>(step * g.period));
   }
-  CUBN_NO_UNROLL
-  for (; q < g.periods; q += step, at += dat)
-    if (at + V <= g.numel) {
-      const std::int64_t one[1] = {at};
-      visit(one);
-    }
 }
 
 /// The channel of period slot `slot` (32-bit: the period is below 2^31).
@@ -704,8 +745,9 @@ CUBN_DEVICE ColumnTail column_tail(const ChannelsLastGeometry& g) {
 /// The partials of column block `cb` over split `split` of `splits`: each thread folds the V slots
 /// it owns (pack column cb * bx + tx of the periods split * by + ty, stepping splits * by; each
 /// pack then handed to src.keep), the block merges its thread rows in row order into partials[split
-/// * period + slot]. `rows` is kBlockThreads states of shared memory. Ends with a barrier.
-template <class T, int V, class R, class Src, class Rows>
+/// * period + slot]. `rows` is kBlockThreads states of shared memory. Ends with a barrier. Wide: as
+/// walk_column.
+template <class T, int V, bool Wide = true, class R, class Src, class Rows>
 CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastGeometry& g,
                                  const R& op, typename R::State* partials, std::int64_t cb,
                                  std::int64_t split, std::int64_t splits, Src& src, Rows& rows) {
@@ -728,7 +770,7 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
   __syncthreads();
   if (j0 < g.period_packs) {
     const auto cst = [&](int k) { return typename R::Channel(chan[opaque(t0.tx * V) + k]); };
-    walk_column<U, V>(g, j0, split * t0.by + t0.ty, splits * t0.by, [&](const auto& at) {
+    walk_column<U, V, Wide>(g, j0, split * t0.by + t0.ty, splits * t0.by, [&](const auto& at) {
       constexpr int N = packs_in<decltype(at)>;
       Pack<T, V> a[N], b[N];
       load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
@@ -805,7 +847,7 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
 /// as map_channel_planes. The block's slots'
 /// coefficients sit in shared memory (V slots' worth per thread would not fit in registers beside
 /// the packs in flight). Every thread of the block calls it. out may equal in0 or in1.
-template <class T, int V, int Ux = 0, class F, class Src>
+template <class T, int V, int Ux = 0, bool Wide = true, class F, class Src>
 CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out, const ChannelsLastGeometry& g,
                                   const F& f, std::int64_t cb, std::int64_t split,
                                   std::int64_t splits, Src& src) {
@@ -823,7 +865,7 @@ CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out, const Chan
     // read from shared memory at each use: V slots' coefficients held in registers across the
     // loop would crowd out the packs in flight
     const auto q = [&](int k) { return Coeffs(table[opaque(tt.tx * V) + k]); };
-    walk_column<U, V>(g, j, split * tt.by + tt.ty, splits * tt.by, [&](const auto& at) {
+    walk_column<U, V, Wide>(g, j, split * tt.by + tt.ty, splits * tt.by, [&](const auto& at) {
       constexpr int N = packs_in<decltype(at)>;
       Pack<T, V> a[N], b[N];
       src.fetch(in0, in1, at, a, b);

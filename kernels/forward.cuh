@@ -36,7 +36,11 @@ struct FusedAffine {
   static constexpr int kSideStreams = Res ? 1 : 0;
   static constexpr int kMapBlocksPerSm =
       A == Act::kSilu ? kSiluMapBlocksPerSm : kFusedMapBlocksPerSm;
-  using Coeffs = typename Affine::Coeffs;
+  static constexpr Act kAct = A;
+  static constexpr bool kRes = Res;
+  /// SiLU's: p's and its sigmoid's exponent's (activation.cuh)
+  using Coeffs = std::conditional_t<A == Act::kSilu, SiluCoeffs<typename Affine::Coeffs>,
+                                    typename Affine::Coeffs>;
   template <class, int V>
   struct Side {
     Pack<T, V> z;
@@ -45,7 +49,14 @@ struct FusedAffine {
   const T* z = nullptr;
   unsigned* mask = nullptr;
 
-  CUBN_DEVICE Coeffs coeffs(std::int64_t ch) const { return affine.coeffs(ch); }
+  CUBN_DEVICE Coeffs coeffs(std::int64_t ch) const {
+    if constexpr (A == Act::kSilu) {
+      const typename Affine::Coeffs c = affine.coeffs(ch);
+      return {c, sigmoid_exponent(c)};
+    } else {
+      return affine.coeffs(ch);
+    }
+  }
 
   template <class, int V, int N>
   CUBN_DEVICE void load_side(const std::int64_t (&at)[N], Side<T, V> (&s)[N]) const {
@@ -62,10 +73,25 @@ struct FusedAffine {
     unsigned bits = 0;
     CUBN_UNROLL
     for (int k = 0; k < V; ++k) {
-      Acc p = coeff(k).apply(to_acc(x.v[k]));
-      if constexpr (Res) p += to_acc(s.z.v[k]);
-      if constexpr (A == Act::kRelu) bits |= (p > Acc(0) ? 1u : 0u) << k;
-      o.v[k] = from_acc<T>(activate<A>(p));
+      const Acc xv = acc_at(x, k);
+      if constexpr (A == Act::kSilu) {
+        const Coeffs& c = coeff(k);
+        Acc p = c.p.apply(xv), q = c.q.apply(xv);
+        if constexpr (Res) {
+          const Acc zv = acc_at(s.z, k);
+          p += zv;
+          q = zv * kNegLog2e<Acc> + q;  // as the backward's ActGrad::grad
+        }
+        o.v[k] = from_acc<T>(silu(p, q));
+      } else {
+        Acc p = coeff(k).apply(xv);
+        if constexpr (Res) p += acc_at(s.z, k);
+        if constexpr (A == Act::kRelu) {
+          bits |= (p > Acc(0) ? 1u : 0u) << k;
+          p = relu(p);
+        }
+        o.v[k] = from_acc<T>(p);
+      }
     }
     store_pack<V>(y + at, o);
     if constexpr (A == Act::kRelu) {
@@ -180,7 +206,7 @@ struct WelfordOp {
     CUBN_UNROLL
     for (int k = 0; k < V; ++k) {
       Acc mb, m2b;
-      group<U>([&](int u) { return kShifted<T> ? shifted(x[u].v[k], c(k)) : to_acc(x[u].v[k]); },
+      group<U>([&](int u) { return kShifted<T> ? shifted(x[u].v[k], c(k)) : acc_at(x[u], k); },
                mb, m2b);
       fold(l.n, l.mean[k], l.m2[k], w, mb, m2b);
     }
@@ -247,7 +273,7 @@ struct ForwardFinish {
 /// its channel's y with f (TrainedAffine, or FusedAffine over it): the whole training forward in
 /// this one launch. y may equal x.
 template <class T, int V, class F>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, F, false>))
     bn_stats_channels_first(ChannelsFirstReduce g, const T* x, WelfordState<acc_t<T>>* partials,
                             unsigned* tickets, ForwardFinish<acc_t<T>> fin, F f, T* y) {
   using Acc = acc_t<T>;
@@ -262,7 +288,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
 /// each set of column blocks (and of all, where channels span column blocks) finishes them. With
 /// g.fuse (one split, whole channels per column block) the block then writes its columns' y.
 template <class T, int V, class F>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, F, false>))
     bn_stats_channels_last(ChannelsLastGeometry g, const T* x, WelfordState<acc_t<T>>* partials,
                            WelfordState<acc_t<T>>* totals, unsigned* tickets,
                            ForwardFinish<acc_t<T>> fin, F f, T* y) {

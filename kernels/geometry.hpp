@@ -46,12 +46,34 @@ constexpr int kFusedMapBlocksPerSm = 3;
 /// the spill counts, not measured on a GPU.
 constexpr int kSiluMapBlocksPerSm = 2;
 
+/// Resident blocks per SM a reduction kernel (statistics, which also carry the fused normalization
+/// when one block holds its channels; gradient sums) is compiled for (__launch_bounds__) and
+/// host/plan.cpp sizes its single wave by. kMinBlocksPerSm, but 3 (kFusedMapBlocksPerSm, up to 80
+/// registers) for fp64 tensors, for the statistics kernels whose normalization applies the fused
+/// epilogue (an activation or a residual: `act` is cubn::Activation's value) and for SiLU's
+/// gradient sums: at 64 registers those spilled up to 240 bytes (sm_80 to sm_100,
+/// bench/ptxas_report.py), and on sm_100 SiLU's loops used their first loads before issuing the
+/// others (2 of 4 in flight, bench/sass_report.py). Chosen from those counts, not measured on a
+/// GPU; a wave of 3 x 256 threads still keeps 48 KB in flight per SM (see kFusedMapBlocksPerSm).
+constexpr int reduce_blocks_per_sm(std::size_t elem_bytes, bool backward, int act, bool residual) {
+  if (act == 2) return kSiluMapBlocksPerSm;
+  if (elem_bytes == 8) return kFusedMapBlocksPerSm;
+  if (backward) return kMinBlocksPerSm;
+  return act != 0 || residual ? kFusedMapBlocksPerSm : kMinBlocksPerSm;
+}
+
 /// Packs a thread loads before it uses any, in loops over one tensor (loops over two load this
 /// many halves of each): 4 x 16 bytes in flight per thread. Chosen from Little's law, not measured:
 /// an H100 needs about 18 KB in flight per SM (3.35 TB/s x ~700 ns / 132 SMs), and 4 blocks of 256
 /// threads with 64 bytes each have 64 KB, enough for a B200's ~2x as well
 /// (bench/sass_report.py checks the loops issue them).
 constexpr int kUnroll = 4;
+
+/// The persistent kernels walk their tensors with 32-bit element offsets (channel_ops.cuh): a
+/// pack's address is one multiply-add from its tensor's base instead of a 64-bit shift and adds.
+/// host/plan.cpp takes them only for tensors of at most this many elements (larger ones could not
+/// be kept on chip anyway).
+constexpr std::int64_t kNarrowElements = 0xffffffff;
 
 /// Period slots one column block holds at most (threads across x V): the last block of a set of
 /// column blocks merges slots x splits partials with kBlockThreads threads, so this keeps that

@@ -29,37 +29,38 @@ namespace cubn::kernels {
 
 /// The packs a thread keeps on chip: slot k of thread t is element k * kBlockThreads + t of the
 /// block's dynamic shared memory (16 bytes, consecutive across a warp: no bank conflicts). keep()
-/// stores the packs of a visit while `slots` has room for all of them (of every input); fetch(),
+/// stores the packs of a visit while the slots have room for all of them (of every input); fetch(),
 /// called on the same sequence of visits after rewind(), takes them back from the same slots and
 /// loads from global memory exactly those that found none.
 template <int Inputs, class T, int V, class Smem>
 struct SliceCache {
   Smem smem;
-  unsigned slots;
-  unsigned next = 0;
+  unsigned end;  ///< slots * kBlockThreads: past the last slot's elements
+  /// the next free slot's element of smem (slot k: k * kBlockThreads + threadIdx.x), advanced a
+  /// visit at a time (one add a visit, not a multiply-add per pack)
+  unsigned slot = threadIdx.x;
 
   template <int N>
   CUBN_DEVICE bool room() const {
-    return next + static_cast<unsigned>(N * Inputs) <= slots;
+    return slot + static_cast<unsigned>(N * Inputs) * kBlockThreads <= end;
   }
-  CUBN_DEVICE unsigned index(unsigned k) const { return k * kBlockThreads + threadIdx.x; }
-  CUBN_DEVICE void rewind() { next = 0; }
+  CUBN_DEVICE void rewind() { slot = threadIdx.x; }
   /// Passes over the slots of a visit that fetch() would take, loading nothing.
   template <int N>
   CUBN_DEVICE void skip() {
-    if (room<N>()) next += N * Inputs;
+    if (room<N>()) slot += N * Inputs * kBlockThreads;
   }
 
   template <int N>
   CUBN_DEVICE void keep(const Pack<T, V> (&a)[N], const Pack<T, V> (&b)[N]) {
     if (!room<N>()) return;
     CUBN_UNROLL
-    for (int u = 0; u < N; ++u) smem[index(next + u)] = a[u];
+    for (int u = 0; u < N; ++u) smem[slot + u * kBlockThreads] = a[u];
     if constexpr (Inputs == 2) {
       CUBN_UNROLL
-      for (int u = 0; u < N; ++u) smem[index(next + N + u)] = b[u];
+      for (int u = 0; u < N; ++u) smem[slot + (N + u) * kBlockThreads] = b[u];
     }
-    next += N * Inputs;
+    slot += N * Inputs * kBlockThreads;
   }
 
   template <int N>
@@ -71,14 +72,14 @@ struct SliceCache {
     }
     CUBN_UNROLL
     for (int u = 0; u < N; ++u) {
-      a[u] = smem[index(next + u)];
+      a[u] = smem[slot + u * kBlockThreads];
       if constexpr (Inputs == 2) {
-        b[u] = smem[index(next + N + u)];
+        b[u] = smem[slot + (N + u) * kBlockThreads];
       } else {
         b[u] = a[u];
       }
     }
-    next += N * Inputs;
+    slot += N * Inputs * kBlockThreads;
   }
 };
 
@@ -112,10 +113,11 @@ CUBN_DEVICE void persistent_planes(const T* in0, const T* in1, T* out, const Cha
   using Kept = Pack<T, V>;
   CUBN_DYNAMIC_SHARED(Kept, kept);
   CUBN_SHARED(State, scratch, kBlockThreads);
-  SliceCache<R::kInputs, T, V, decltype(kept)> cache{kept, static_cast<unsigned>(pg.slots)};
+  SliceCache<R::kInputs, T, V, decltype(kept)> cache{
+      kept, static_cast<unsigned>(pg.slots) * static_cast<unsigned>(kBlockThreads)};
   const std::int64_t vblocks = g.c * pg.splits;
   for (std::int64_t vb = blockIdx.x; vb < vblocks; vb += gridDim.x) {
-    plane_partial<T, V>(in0, in1, g, op, partials, vb % g.c, vb / g.c, cache);
+    plane_partial<T, V, false>(in0, in1, g, op, partials, vb % g.c, vb / g.c, cache);
     __syncthreads();  // before the block reduction's storage is used again
   }
   grid_sync();
@@ -127,7 +129,7 @@ CUBN_DEVICE void persistent_planes(const T* in0, const T* in1, T* out, const Cha
   cache.rewind();
   for (std::int64_t vb = blockIdx.x; vb < vblocks; vb += gridDim.x) {
     const std::int64_t ch = vb % g.c, split = vb / g.c;
-    map_channel_planes<T, V, unroll_for(streams_of<R>)>(in0, in1, out, g, f, ch,
+    map_channel_planes<T, V, unroll_for(streams_of<R>), false>(in0, in1, out, g, f, ch,
                              static_cast<unsigned>(split * kBlockThreads + threadIdx.x), cache);
   }
   if (V > 1 && blockIdx.x == 0 && threadIdx.x == 0)
@@ -144,10 +146,12 @@ CUBN_DEVICE void persistent_columns(const T* in0, const T* in1, T* out,
   using Kept = Pack<T, V>;
   CUBN_DYNAMIC_SHARED(Kept, kept);
   CUBN_SHARED(State, rows, kBlockThreads);
-  SliceCache<R::kInputs, T, V, decltype(kept)> cache{kept, static_cast<unsigned>(pg.slots)};
+  SliceCache<R::kInputs, T, V, decltype(kept)> cache{
+      kept, static_cast<unsigned>(pg.slots) * static_cast<unsigned>(kBlockThreads)};
   const std::int64_t gx = pg.vblocks_x, vblocks = gx * pg.splits;
   for (std::int64_t vb = blockIdx.x; vb < vblocks; vb += gridDim.x)
-    column_partials<T, V>(in0, in1, g, op, partials, vb % gx, vb / gx, pg.splits, cache, rows);
+    column_partials<T, V, false>(in0, in1, g, op, partials, vb % gx, vb / gx, pg.splits, cache,
+                                 rows);
   grid_sync();
   const std::int64_t per_split = g.lr * g.d;
   finish_own_channels<V>(
@@ -161,7 +165,7 @@ CUBN_DEVICE void persistent_columns(const T* in0, const T* in1, T* out,
   grid_sync();
   cache.rewind();
   for (std::int64_t vb = blockIdx.x; vb < vblocks; vb += gridDim.x)
-    map_column_block<T, V, unroll_for(streams_of<R>)>(in0, in1, out, g, f, vb % gx, vb / gx,
+    map_column_block<T, V, unroll_for(streams_of<R>), false>(in0, in1, out, g, f, vb % gx, vb / gx,
                                                      pg.splits, cache);
   if (V > 1 && blockIdx.x == 0 && threadIdx.x == 0)
     map_leftovers<V>(in0, in1, out, g.numel, f, column_tail(g));

@@ -489,6 +489,50 @@ TYPED_TEST(ForwardFused, NanAndInfInTheResidual) {
   }
 }
 
+// SiLU far below zero: where exp(-p) overflows (p under about -88 in float, -709 in double) the
+// sigmoid is 0, y is -0 and the gradient 0, as PyTorch's, not NaN (an
+// earlier formula formed 1 - s as exp(-p) * s: Inf * 0). Training forward and backward with dz; the
+// other elements finite.
+TYPED_TEST(ForwardFused, SiluFarBelowZeroHasNoGradient) {
+  using T = TypeParam;
+  using P = param_of<T>;
+  const Dims dims{4, 3, 5};
+  const TensorDesc desc = make_desc(dtype_of<T>(), MemoryOrder::kChannelsLast, dims);
+  const Data<T> d = make_data<T>(dims, MemoryOrder::kChannelsLast, 8200);
+  auto z = make_dy<T>(d.x.size(), 8201);
+  const std::vector<std::size_t> far = {3, 17, 40};
+  // below -709 exp(-p) overflows fp64 too
+  const double far_z[] = {-1000.0, -800.0, -720.0};
+  for (std::size_t k = 0; k < far.size(); ++k) z[far[k]] = from_double<T>(far_z[k]);
+  DeviceBuffer<T> x(d.x), zb(z), y(d.x.size()), dy(make_dy<T>(d.x.size(), 8202)),
+      dx(d.x.size()), dz(d.x.size());
+  DeviceBuffer<P> sm(3), si(3), ds(3), dof(3);
+  DeviceBytes ws(forward_training_workspace_size(desc)), bws(backward_workspace_size(desc));
+  const std::size_t rbytes = activation_reserve_size(desc, Activation::kSilu);
+  DeviceBytes reserve(rbytes);
+  TrainingForwardArgs<P> fa;
+  fa.saved = {sm.data(), si.data()};
+  fa.epilogue = {Activation::kSilu, zb.data(), {reserve.data(), rbytes}};
+  forward_training(desc, x.data(), y.data(), fa, {ws.data(), ws.bytes()}, nullptr);
+  TrainingBackwardArgs<P> ba;
+  ba.saved = {sm.data(), si.data()};
+  ba.grads = {ds.data(), dof.data()};
+  ba.epilogue = {Activation::kSilu, zb.data(), {reserve.data(), rbytes}, dz.data()};
+  backward_training(desc, x.data(), dy.data(), dx.data(), ba, {bws.data(), bws.bytes()}, nullptr);
+  device_sync();
+  const auto yv = to_doubles(y.download()), dzv = to_doubles(dz.download()),
+             dxv = to_doubles(dx.download());
+  for (std::size_t i : far) {
+    EXPECT_EQ(yv[i], 0.0) << i;
+    EXPECT_EQ(dzv[i], 0.0) << i;
+  }
+  for (std::size_t i = 0; i < yv.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(yv[i]) && std::isfinite(dzv[i]) && std::isfinite(dxv[i])) << i;
+  }
+  for (double v : to_doubles(ds.download())) EXPECT_TRUE(std::isfinite(v));
+  for (double v : to_doubles(dof.download())) EXPECT_TRUE(std::isfinite(v));
+}
+
 // Bad combinations: each a clear error naming the argument, nothing written.
 class FusedErrors : public DeviceTest {
  protected:

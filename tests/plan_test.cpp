@@ -161,6 +161,21 @@ TEST(Plan, WorkspaceDoesNotDependOnPointerAlignment) {
   }
 }
 
+// The persistent kernels index elements in 32 bits: a tensor of more than 2^32 - 1 elements
+// streams even when the persistent path is forced; one of exactly that many may still go persistent.
+TEST(Plan, PersistentOnlyForTensorsItsOffsetsReach) {
+  auto& dev = cubn::detail::current_device_info();
+  cubn::detail::force_path(cubn::detail::Path::kPersistent);
+  const Problem big = problem(DataType::kFloat16, MemoryOrder::kChannelsFirst, {1 << 16, 64, 1024});
+  ASSERT_GT(big.numel, cubn::kernels::kNarrowElements);
+  EXPECT_FALSE(cubn::detail::plan_training(big, dev, true, true).use_persistent);
+  EXPECT_FALSE(cubn::detail::plan_backward(big, dev, true, true).use_persistent);
+  const Problem edge = problem(DataType::kFloat16, MemoryOrder::kChannelsLast, {3, 5, 17, 257, 65537});
+  ASSERT_EQ(edge.numel, cubn::kernels::kNarrowElements);
+  EXPECT_TRUE(cubn::detail::plan_training(edge, dev, true, true).use_persistent);
+  cubn::detail::force_path(cubn::detail::Path::kAuto);
+}
+
 TEST(Plan, ManyChannelsAreRefusedPastTheGridLimit) {
   const Problem p =
       problem(DataType::kFloat16, MemoryOrder::kChannelsFirst, {1, std::int64_t{1} << 32, 2});

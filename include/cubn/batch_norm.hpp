@@ -110,9 +110,10 @@ struct Workspace {
 ///  - kRelu: y = max(p, 0); a NaN p gives NaN, as PyTorch's relu. The forward records p > 0 in a
 ///    one-bit-per-element mask (the reserve); the backward reads the mask, so it needs neither x
 ///    nor z to know where the ReLU passed, and at p == 0 the gradient is 0.
-///  - kSilu: y = p / (1 + exp(-p)), PyTorch's formula (silu(-Inf) is NaN there and here). Its
-///    derivative needs p, so the backward recomputes it from x, z (read again when the forward
-///    added one) and the forward's own per-channel coefficients, exactly as the forward formed it.
+///  - kSilu: y = p / (1 + exp(-p)), PyTorch's formula (silu(-Inf) is NaN there and here; where
+///    exp(-p) overflows, y is -0 and the gradient 0, as there). Its derivative needs p, so the
+///    backward recomputes the sigmoid's argument from x, z (read again when the forward added one)
+///    and the forward's own per-channel coefficients, bit for bit as the forward formed it.
 enum class Activation { kNone, kRelu, kSilu };
 
 /// Caller memory a forward call with an activation writes for the backward call (as cuDNN's
