@@ -29,8 +29,8 @@ instructions; a B200 delivers about 27 bytes per SM per cycle, under 75. 64 per 
 room for the issue slots the memory pipeline itself takes.
 
 With --check, exits 1 when a kernel that a benchmark shape with aligned pointers takes (the
-16-byte instantiations for fp32, fp16 and bf16; SiLU's fused kernels are reported, not held) has
-no streaming loop, or one over the budget,
+16-byte instantiations for fp32, fp16 and bf16, fused or not) has no streaming loop, or one over
+the budget,
 with fewer 16-byte loads in flight than --min-in-flight, or dividing 64-bit integers. The scalar
 path for misaligned pointers and fp64 are reported but not held to it.
 
@@ -204,12 +204,8 @@ def element_type(name):
 
 def held(name):
     """Kernels that a benchmark shape with aligned pointers takes: the 16-byte vector
-    instantiations (V = 16 bytes of T) of fp32, fp16 and bf16 (bench/cubn_bench.cu's dtypes).
-    Not yet SiLU's fused kernels: an exponential and a reciprocal per element put its fp16/bf16
-    backward loops at about 55 to 75 instructions per 16 bytes (issue 10 remains open for them);
-    they are reported, not held."""
-    if ", silu," in name:
-        return False
+    instantiations (V = 16 bytes of T) of fp32, fp16 and bf16 (bench/cubn_bench.cu's dtypes),
+    the fused epilogue's included."""
     t, v = element_type(name)
     return (t, v) in {("float", 4), ("fp16", 8), ("bf16", 8)}
 
