@@ -13,11 +13,6 @@ using kernels::kBlockThreads;
 using kernels::kUnroll;
 
 constexpr std::int64_t kMaxGridY = 65535;
-// Blocks a reduction launches: one wave at the resident blocks per SM its kernel is compiled for
-// (kernels::reduce_blocks_per_sm: kMinBlocksPerSm, or 3 or 2 for the fused epilogue's and fp64),
-// each thread with 4 x 16 bytes in flight (kUnroll): 64 KB per SM at 4, over three times what
-// Little's law asks of an H100. Fewer, larger blocks also keep the partials the last block merges
-// few. Untuned beyond that arithmetic.
 // Blocks a map launches (grid-stride): two waves. Untuned.
 constexpr std::int64_t kMapBlocksPerSm = 2 * kernels::kMinBlocksPerSm;
 // Values one thread folds at most: its count is a float, exact to 2^24.
@@ -191,6 +186,11 @@ ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bo
   ReducePlan rp;
   rp.vec = vector_width(p, aligned);
   rp.planes = use_planes(p, rp.vec);
+  // Blocks a reduction launches: one wave at the resident blocks per SM its kernel is compiled for
+  // (kernels::reduce_blocks_per_sm: kMinBlocksPerSm, or 3 or 2 for the fused epilogue's and fp64),
+  // each thread with 4 x 16 bytes in flight (kUnroll): 64 KB per SM at 4, over three times what
+  // Little's law asks of an H100. Fewer, larger blocks also keep the partials the last block
+  // merges few. Untuned beyond that arithmetic.
   rp.blocks_per_sm = blocks_per_sm;
   const std::int64_t target = std::int64_t{blocks_per_sm} * dev.sm_count;
   if (rp.planes) {

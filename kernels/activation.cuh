@@ -30,8 +30,8 @@ namespace cubn::kernels {
 enum class Act : int { kNone = 0, kRelu = 1, kSilu = 2 };
 
 /// SiLU through the exponent of its sigmoid, q = -p log2(e): e = 2^q = exp(-p), s = 1 / (1 + e).
-/// Both passes form q from x (and z) with coefficients of their own (SiluCoeffs: the affine's a and
-/// b times -log2(e)) by the same code, so the forward and the backward evaluate the sigmoid at the
+/// Both passes form q from x (and z) with coefficients of their own (sigmoid_exponent: the
+/// affine's a and b times -log2(e)) by the same code, so the forward and the backward evaluate the sigmoid at the
 /// same q bit for bit; the backward needs p itself only in p (1 - s) = q ln(2) (s - 1), which it
 /// forms from q. That spares the backward's loops an affine and the scaling per element: they sit
 /// within the instruction budget (bench/sass_report.py) where p, -p log2(e) and 1 - s each cost one.
@@ -40,11 +40,20 @@ constexpr Acc kNegLog2e = static_cast<Acc>(-1.4426950408889634074);
 template <class Acc>
 constexpr Acc kLn2 = static_cast<Acc>(0.69314718055994530942);
 
-/// The coefficients SiLU's fused epilogue forms q with: the affine's, scaled by -log2(e) (q =
-/// C::apply(x) with them, as p is with the affine's own).
+/// The coefficients SiLU's fused epilogue forms q with: the affine's a and b scaled by -log2(e) (q =
+/// C::apply(x) with them, as p is with the affine's own; a shift, where C has one, is kept).
 template <class C>
 CUBN_DEVICE C sigmoid_exponent(const C& affine) {
-  return affine.scaled(kNegLog2e<typename C::Acc>);
+  C q = affine;
+  q.a *= kNegLog2e<typename C::Acc>;
+  q.b *= kNegLog2e<typename C::Acc>;
+  return q;
+}
+
+/// q with the residual z added to p: both passes add it with this, so their q agree bit for bit.
+template <class Acc>
+CUBN_DEVICE Acc exponent_plus_residual(Acc q, Acc z) {
+  return z * kNegLog2e<Acc> + q;
 }
 
 /// The forward's coefficients for SiLU: p's and q's.
@@ -69,6 +78,12 @@ CUBN_DEVICE float exp2_fast(float q) {
 }
 CUBN_DEVICE double exp2_fast(double q) { return exp2(q); }
 
+/// The sigmoid s = 1 / (1 + 2^q) both passes evaluate (2^q overflowing gives 0).
+template <class Acc>
+CUBN_DEVICE Acc sigmoid_of_exponent(Acc q) {
+  return rcp_approx(Acc(1) + exp2_fast(q));
+}
+
 /// ReLU: p <= 0 gives 0, NaN stays NaN.
 template <class Acc>
 CUBN_DEVICE Acc relu(Acc p) {
@@ -79,7 +94,7 @@ CUBN_DEVICE Acc relu(Acc p) {
 /// -Inf gives NaN, as there; p below about -88 gives -0: 2^q is Inf, its reciprocal 0).
 template <class Acc>
 CUBN_DEVICE Acc silu(Acc p, Acc q) {
-  return p * rcp_approx(Acc(1) + exp2_fast(q));
+  return p * sigmoid_of_exponent(q);
 }
 
 /// SiLU's derivative times dy from q: dy * s * (1 + p (1 - s)) (PyTorch's silu_backward) with
@@ -87,7 +102,7 @@ CUBN_DEVICE Acc silu(Acc p, Acc q) {
 /// gradient, as PyTorch's; p = +-Inf gives NaN, as there.
 template <class Acc>
 CUBN_DEVICE Acc silu_grad(Acc dy, Acc q) {
-  const Acc s = rcp_approx(Acc(1) + exp2_fast(q));
+  const Acc s = sigmoid_of_exponent(q);
   const Acc ln2 = kLn2<Acc>;
   return dy * s * (q * (s * ln2 - ln2) + Acc(1));
 }

@@ -23,13 +23,6 @@ struct AffineCoeffs {
   CUBN_DEVICE AffineCoeffs(Acc s, Acc a_, Acc b_) : shift(s), a(a_), b(b_) {}
   AffineCoeffs() = default;
   CUBN_DEVICE Acc apply(Acc x) const { return (x - shift) * a + b; }
-  /// The coefficients of k * apply(x), up to the rounding of a * k and b * k.
-  CUBN_DEVICE AffineCoeffs scaled(Acc k) const {
-    AffineCoeffs r = *this;
-    r.a = a * k;
-    r.b = b * k;
-    return r;
-  }
 };
 template <class T>
 struct AffineCoeffs<T, false> {
@@ -38,12 +31,6 @@ struct AffineCoeffs<T, false> {
   CUBN_DEVICE AffineCoeffs(Acc s, Acc a_, Acc b_) : a(a_), b(b_ - s * a_) {}
   AffineCoeffs() = default;
   CUBN_DEVICE Acc apply(Acc x) const { return x * a + b; }
-  CUBN_DEVICE AffineCoeffs scaled(Acc k) const {
-    AffineCoeffs r = *this;
-    r.a = a * k;
-    r.b = b * k;
-    return r;
-  }
 };
 
 /// y = (x - shift) * a + b with the coefficients the statistics kernel's finish stored (training:

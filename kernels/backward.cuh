@@ -180,7 +180,7 @@ struct ActGrad {
       return (s.bits >> k) & 1u ? dy : Acc(0);
     } else if constexpr (A == Act::kSilu) {
       Acc q = fc.apply(x);
-      if constexpr (kReadsZ) q = acc_at(s.z, k) * kNegLog2e<Acc> + q;  // as FusedAffine::emit
+      if constexpr (kReadsZ) q = exponent_plus_residual(q, acc_at(s.z, k));
       return silu_grad(dy, q);
     } else {
       return dy;

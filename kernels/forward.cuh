@@ -80,7 +80,7 @@ struct FusedAffine {
         if constexpr (Res) {
           const Acc zv = acc_at(s.z, k);
           p += zv;
-          q = zv * kNegLog2e<Acc> + q;  // as the backward's ActGrad::grad
+          q = exponent_plus_residual(q, zv);
         }
         o.v[k] = from_acc<T>(silu(p, q));
       } else {
