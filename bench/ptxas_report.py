@@ -96,11 +96,12 @@ def short(name):
 
 
 def reduce_blocks(name, args):
-    """The blocks per SM a reduction kernel (bn_stats_*, bn_backward_sums_*) is compiled for when
+    """The blocks per SM a reduction kernel (bn_stats_*, bn_backward_sums_*, and the split-phase
+    calls' bn_stats_local_*, bn_backward_sums_local_*) is compiled for when
     that is below kMinBlocksPerSm (kernels/geometry.hpp's reduce_blocks_per_sm): SiLU's
     kSiluMapBlocksPerSm; fp64's and the statistics kernels' whose fused normalization applies an
     activation or a residual, kFusedMapBlocksPerSm. None for the others (held to the occupancy)."""
-    m = re.match(r"bn_(stats|backward_sums)_channels_\w+<([\w:]+), ", name)
+    m = re.match(r"bn_(stats|backward_sums)_(?:local_)?channels_\w+<([\w:]+), ", name)
     if not m:
         return None
     if ", silu," in name:

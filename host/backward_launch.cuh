@@ -77,10 +77,10 @@ void with_grad_epilogue(const EpilogueGrad& e, const Sum& sum_op, const Dx& dx_o
 }
 
 template <class T, class Op>
-void dx_map(const BackwardPlan& plan, const T* dy, const T* x, T* dx, const Op& op,
+void dx_map(const MapPlan& plan, const T* dy, const T* x, T* dx, const Op& op,
             cudaStream_t stream) {
-  with_vec<T>(plan.dx.vec, [&](auto v) {
-    launch_map("cubn::bn_backward_dx", plan.dx, kernels::bn_backward_dx_channels_first<T, v(), Op>,
+  with_vec<T>(plan.vec, [&](auto v) {
+    launch_map("cubn::bn_backward_dx", plan, kernels::bn_backward_dx_channels_first<T, v(), Op>,
                kernels::bn_backward_dx_channels_last<T, v(), Op>, stream, dy, x, dx, op);
   });
 }
@@ -126,7 +126,7 @@ void launch_backward_training(const Problem& p, const BackwardPlan& plan, const 
           if (launched) return;  // else the device fits no block of it: stream
         }
         if (dx != nullptr || grads) sums<T>(p, plan, x, dy, op, fin, workspace, stream);
-        if (dx != nullptr || dz != nullptr) dx_map<T>(plan, dy, x, dx, f, stream);
+        if (dx != nullptr || dz != nullptr) dx_map<T>(plan.dx, dy, x, dx, f, stream);
       });
 }
 
@@ -158,7 +158,7 @@ void launch_backward_frozen(const Problem& p, const BackwardPlan& plan, const T*
           sums<T>(p, plan, x, dy, op, fin, workspace, stream);
         }
         if (dx != nullptr || dz != nullptr)
-          dx_map<T>(plan, dy, F::kInputs == 2 ? x : static_cast<const T*>(nullptr), dx, f, stream);
+          dx_map<T>(plan.dx, dy, F::kInputs == 2 ? x : static_cast<const T*>(nullptr), dx, f, stream);
       });
 }
 

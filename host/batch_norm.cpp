@@ -1,5 +1,6 @@
 // The public calls of cubn/batch_norm.hpp: check every argument, plan, launch.
 #include "cubn/batch_norm.hpp"
+#include "cubn/distributed.hpp"
 
 #include <cmath>
 #include <cstdint>
@@ -35,10 +36,12 @@ int reduce_blocks(const detail::Problem& p, bool backward, const E& e) {
                                        static_cast<int>(e.activation), e.residual != nullptr);
 }
 
-// The problem of x_desc, checked for a call with parameters of type P.
+// The problem of x_desc, checked for a call with parameters of type P (N may be 0 with
+// `empty_batch`).
 template <class P>
-detail::Problem checked_problem(const char* call, const TensorDesc& desc) {
-  const detail::Problem p = detail::canonicalize(call, "x_desc", desc);
+detail::Problem checked_problem(const char* call, const TensorDesc& desc,
+                                bool empty_batch = false) {
+  const detail::Problem p = detail::canonicalize(call, "x_desc", desc, empty_batch);
   const bool wants_double = p.dtype == DataType::kFloat64;
   if (wants_double != std::is_same_v<P, double>)
     fail(Status::kInvalidDataType, call,
@@ -177,6 +180,26 @@ void check_affine(const char* call, const Affine<P>& a) {
   detail::check_pointer(call, "args.affine.offset", a.offset, sizeof(P), true);
 }
 
+// The arguments of a training forward (forward_training, forward_training_apply) on `p`; x and y
+// may be null only for a problem without samples.
+template <class P>
+void check_training_forward(const char* call, const detail::Problem& p, const void* x,
+                            const void* y, const TrainingForwardArgs<P>& args) {
+  const bool empty = p.numel == 0;
+  check_tensor(call, p, x, "x", empty);
+  check_tensor(call, p, y, "y", empty);
+  check_overlap(call, p, x, "x", y, "y");
+  check_epsilon(call, args.epsilon);
+  check_momentum(call, "args.momentum.mean", args.momentum.mean);
+  check_momentum(call, "args.momentum.var", args.momentum.var);
+  check_affine(call, args.affine);
+  detail::check_pointer(call, "args.running.mean", args.running.mean, sizeof(P), true);
+  detail::check_pointer(call, "args.running.var", args.running.var, sizeof(P), true);
+  detail::check_pointer(call, "args.saved.mean", args.saved.mean, sizeof(P), true);
+  detail::check_pointer(call, "args.saved.invstd", args.saved.invstd, sizeof(P), true);
+  check_epilogue(call, p, x, y, args.epilogue, true);
+}
+
 template <class P>
 void forward_training_impl(const TensorDesc& desc, const void* x, void* y,
                            const TrainingForwardArgs<P>& args, Workspace ws, cudaStream_t stream) {
@@ -187,18 +210,7 @@ void forward_training_impl(const TensorDesc& desc, const void* x, void* y,
          "x_desc has one element per channel (N * spatial = 1): the batch variance is 0 and the "
          "unbiased variance for the running statistics is undefined; training needs at least two "
          "values per channel (use forward_inference to normalize a single sample)");
-  check_tensor(kTrainingCall, p, x, "x");
-  check_tensor(kTrainingCall, p, y, "y");
-  check_overlap(kTrainingCall, p, x, "x", y, "y");
-  check_epsilon(kTrainingCall, args.epsilon);
-  check_momentum(kTrainingCall, "args.momentum.mean", args.momentum.mean);
-  check_momentum(kTrainingCall, "args.momentum.var", args.momentum.var);
-  check_affine(kTrainingCall, args.affine);
-  detail::check_pointer(kTrainingCall, "args.running.mean", args.running.mean, sizeof(P), true);
-  detail::check_pointer(kTrainingCall, "args.running.var", args.running.var, sizeof(P), true);
-  detail::check_pointer(kTrainingCall, "args.saved.mean", args.saved.mean, sizeof(P), true);
-  detail::check_pointer(kTrainingCall, "args.saved.invstd", args.saved.invstd, sizeof(P), true);
-  check_epilogue(kTrainingCall, p, x, y, args.epilogue, true);
+  check_training_forward(kTrainingCall, p, x, y, args);
 
   const detail::TrainingPlan plan = detail::plan_training(
       p, detail::current_device_info(), detail::aligned16(x),
@@ -235,23 +247,32 @@ void forward_inference_impl(const TensorDesc& desc, const void* x, void* y,
   });
 }
 
+// The arguments of a training backward (backward_training and its split phases) on `p`; x and dy
+// may be null only for a problem without samples.
+template <class P>
+void check_training_backward(const char* call, const detail::Problem& p, const void* x,
+                             const void* dy, const void* dx, const TrainingBackwardArgs<P>& args) {
+  const bool empty = p.numel == 0;
+  check_tensor(call, p, x, "x", empty);
+  check_tensor(call, p, dy, "dy", empty);
+  check_tensor(call, p, dx, "dx", true);
+  check_overlap(call, p, x, "x", dx, "dx");
+  check_overlap(call, p, dy, "dy", dx, "dx");
+  detail::check_pointer(call, "args.scale", args.scale, sizeof(P), true);
+  detail::check_pointer(call, "args.saved.mean", args.saved.mean, sizeof(P));
+  detail::check_pointer(call, "args.saved.invstd", args.saved.invstd, sizeof(P));
+  check_grads(call, args.grads);
+  check_epilogue_grad(call, p, x, dy, dx, args.epilogue, true);
+}
+
 template <class P>
 void backward_training_impl(const TensorDesc& desc, const void* x, const void* dy, void* dx,
                             const TrainingBackwardArgs<P>& args, Workspace ws,
                             cudaStream_t stream) {
   nvtx3::scoped_range range{kBackwardCall};
   const detail::Problem p = checked_problem<P>(kBackwardCall, desc);
-  check_tensor(kBackwardCall, p, x, "x");
-  check_tensor(kBackwardCall, p, dy, "dy");
-  check_tensor(kBackwardCall, p, dx, "dx", true);
-  check_overlap(kBackwardCall, p, x, "x", dx, "dx");
-  check_overlap(kBackwardCall, p, dy, "dy", dx, "dx");
-  detail::check_pointer(kBackwardCall, "args.scale", args.scale, sizeof(P), true);
-  detail::check_pointer(kBackwardCall, "args.saved.mean", args.saved.mean, sizeof(P));
-  detail::check_pointer(kBackwardCall, "args.saved.invstd", args.saved.invstd, sizeof(P));
-  check_grads(kBackwardCall, args.grads);
+  check_training_backward(kBackwardCall, p, x, dy, dx, args);
   const EpilogueGrad& e = args.epilogue;
-  check_epilogue_grad(kBackwardCall, p, x, dy, dx, e, true);
   const detail::BackwardPlan plan = detail::plan_backward(
       p, detail::current_device_info(), detail::aligned16(x, dy, e.residual),
       detail::aligned16(x, dy, dx, e.residual, e.dz), reduce_blocks(p, true, e));
@@ -296,11 +317,200 @@ void backward_frozen_impl(const TensorDesc& desc, const void* x, const void* dy,
   });
 }
 
+// --- the split-phase calls (cubn/distributed.hpp) ---
+
+constexpr const char* kForwardLocalCall = "cubn::forward_training_local";
+constexpr const char* kForwardApplyCall = "cubn::forward_training_apply";
+constexpr const char* kBackwardLocalCall = "cubn::backward_training_local";
+constexpr const char* kBackwardApplyCall = "cubn::backward_training_apply";
+
+// This rank's record: 16-byte aligned, long enough, apart from the tensors the call reads and
+// from its workspace.
+void check_record(const char* call, const detail::Problem& p, const RankRecord& r,
+                  std::size_t needed, const Workspace& ws,
+                  std::initializer_list<std::pair<const void*, const char*>> tensors) {
+  detail::check_pointer(call, "local.ptr", r.ptr, 16);
+  if (r.bytes < needed)
+    fail(Status::kInvalidArgument, call,
+         "local.bytes is " + std::to_string(r.bytes) + "; one rank's record needs " +
+             std::to_string(needed) + " (local_stats_bytes, local_grad_sums_bytes)");
+  for (const auto& [t, name] : tensors)
+    check_disjoint(call, r.ptr, needed, "local", t, p.bytes(), name);
+  check_disjoint(call, r.ptr, needed, "local", ws.ptr, ws.bytes, "workspace");
+}
+
+// The gathered records: at least one rank, 16-byte aligned, `ranks` records long, apart from
+// what the call writes (its outputs and its workspace).
+void check_gathered(const char* call, const detail::Problem& p, const GatheredRecords& g,
+                    std::size_t record, const Workspace& ws,
+                    std::initializer_list<std::pair<const void*, const char*>> outputs) {
+  if (g.ranks < 1)
+    fail(Status::kInvalidArgument, call,
+         "gathered.ranks is " + std::to_string(g.ranks) + "; it must be at least 1");
+  detail::check_pointer(call, "gathered.ptr", g.ptr, 16);
+  const std::size_t needed = record * static_cast<std::size_t>(g.ranks);
+  if (g.bytes < needed)
+    fail(Status::kInvalidArgument, call,
+         "gathered.bytes is " + std::to_string(g.bytes) + "; " + std::to_string(g.ranks) +
+             " records of " + std::to_string(record) + " bytes need " + std::to_string(needed));
+  for (const auto& [t, name] : outputs)
+    check_disjoint(call, g.ptr, needed, "gathered", t, p.bytes(), name);
+  check_disjoint(call, g.ptr, needed, "gathered", ws.ptr, ws.bytes, "workspace");
+}
+
+template <class P>
+void forward_local_impl(const TensorDesc& desc, const void* x, RankRecord local, Workspace ws,
+                        cudaStream_t stream) {
+  nvtx3::scoped_range range{kForwardLocalCall};
+  const detail::Problem p = checked_problem<P>(kForwardLocalCall, desc, true);
+  check_tensor(kForwardLocalCall, p, x, "x", p.numel == 0);
+  const detail::SplitPlan plan =
+      detail::plan_split(p, detail::current_device_info(), false, detail::aligned16(x),
+                         detail::aligned16(x), reduce_blocks(p, false, Epilogue{}));
+  check_workspace(kForwardLocalCall, ws, plan.scratch.bytes, "forward_training_workspace_size");
+  check_record(kForwardLocalCall, p, local, plan.record_bytes, ws, {{x, "x"}});
+  detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    detail::launch_forward_local<T>(p, plan, static_cast<const T*>(x), local.ptr, ws.ptr, stream);
+  });
+}
+
+template <class P>
+void forward_apply_impl(const TensorDesc& desc, const void* x, void* y,
+                        const TrainingForwardArgs<P>& args, GatheredRecords gathered, Workspace ws,
+                        cudaStream_t stream) {
+  nvtx3::scoped_range range{kForwardApplyCall};
+  const detail::Problem p = checked_problem<P>(kForwardApplyCall, desc, true);
+  check_training_forward(kForwardApplyCall, p, x, y, args);
+  const Epilogue& e = args.epilogue;
+  const detail::SplitPlan plan =
+      detail::plan_split(p, detail::current_device_info(), false, detail::aligned16(x),
+                         detail::aligned16(x, y, e.residual), reduce_blocks(p, false, e));
+  check_workspace(kForwardApplyCall, ws, plan.scratch.bytes, "forward_training_workspace_size");
+  check_gathered(kForwardApplyCall, p, gathered, plan.record_bytes, ws,
+                 {{y, "y"}, {e.reserve.ptr, "args.epilogue.reserve"}});
+  detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    detail::launch_forward_apply<T>(p, plan, static_cast<const T*>(x), static_cast<T*>(y), args,
+                                    gathered, ws.ptr, stream);
+  });
+}
+
+template <class P>
+void backward_local_impl(const TensorDesc& desc, const void* x, const void* dy,
+                         const TrainingBackwardArgs<P>& args, RankRecord local, Workspace ws,
+                         cudaStream_t stream) {
+  nvtx3::scoped_range range{kBackwardLocalCall};
+  const detail::Problem p = checked_problem<P>(kBackwardLocalCall, desc, true);
+  check_training_backward(kBackwardLocalCall, p, x, dy, nullptr, args);
+  const EpilogueGrad& e = args.epilogue;
+  if (e.dz != nullptr)
+    fail(Status::kInvalidArgument, kBackwardLocalCall,
+         "args.epilogue.dz is given: the local phase computes sums only; pass dz to "
+         "backward_training_apply, which writes it with dx");
+  const detail::SplitPlan plan = detail::plan_split(
+      p, detail::current_device_info(), true, detail::aligned16(x, dy, e.residual),
+      detail::aligned16(x, dy, e.residual), reduce_blocks(p, true, e));
+  check_workspace(kBackwardLocalCall, ws, plan.scratch.bytes, "backward_workspace_size");
+  check_record(kBackwardLocalCall, p, local, plan.record_bytes, ws,
+               {{x, "x"}, {dy, "dy"}, {e.residual, "args.epilogue.residual"}});
+  detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    detail::launch_backward_local<T>(p, plan, static_cast<const T*>(x),
+                                     static_cast<const T*>(dy), args, local.ptr, ws.ptr, stream);
+  });
+}
+
+template <class P>
+void backward_apply_impl(const TensorDesc& desc, const void* x, const void* dy, void* dx,
+                         const TrainingBackwardArgs<P>& args, GatheredRecords gathered,
+                         Workspace ws, cudaStream_t stream) {
+  nvtx3::scoped_range range{kBackwardApplyCall};
+  const detail::Problem p = checked_problem<P>(kBackwardApplyCall, desc, true);
+  check_training_backward(kBackwardApplyCall, p, x, dy, dx, args);
+  if (args.grads.dscale != nullptr || args.grads.doffset != nullptr)
+    fail(Status::kInvalidArgument, kBackwardApplyCall,
+         "args.grads is given: backward_training_local writes dscale and doffset (this rank's "
+         "share); the apply phase writes dx and dz only");
+  const EpilogueGrad& e = args.epilogue;
+  const detail::SplitPlan plan = detail::plan_split(
+      p, detail::current_device_info(), true, detail::aligned16(x, dy, e.residual),
+      detail::aligned16(x, dy, dx, e.residual, e.dz), reduce_blocks(p, true, e));
+  check_workspace(kBackwardApplyCall, ws, plan.scratch.bytes, "backward_workspace_size");
+  check_gathered(kBackwardApplyCall, p, gathered, plan.record_bytes, ws,
+                 {{dx, "dx"}, {e.dz, "args.epilogue.dz"}});
+  detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    detail::launch_backward_apply<T>(p, plan, static_cast<const T*>(x), static_cast<const T*>(dy),
+                                     static_cast<T*>(dx), args, gathered, ws.ptr, stream);
+  });
+}
+
+// The descriptor of a split-phase call, any dtype (N may be 0): one rank's record bytes.
+std::size_t record_bytes(const char* call, const TensorDesc& x) {
+  const detail::Problem p = detail::canonicalize(call, "x", x, true);
+  return kernels::rank_record_bytes(p.c, p.param_bytes());
+}
+
 }  // namespace
+
+std::size_t local_stats_bytes(const TensorDesc& x) {
+  return record_bytes("cubn::local_stats_bytes", x);
+}
+
+std::size_t local_grad_sums_bytes(const TensorDesc& x) {
+  return record_bytes("cubn::local_grad_sums_bytes", x);
+}
+
+void forward_training_local(const TensorDesc& x_desc, const void* x, RankRecord local,
+                            Workspace workspace, cudaStream_t stream) {
+  const detail::Problem p = detail::canonicalize(kForwardLocalCall, "x_desc", x_desc, true);
+  if (p.dtype == DataType::kFloat64) {
+    forward_local_impl<double>(x_desc, x, local, workspace, stream);
+  } else {
+    forward_local_impl<float>(x_desc, x, local, workspace, stream);
+  }
+}
+
+void forward_training_apply(const TensorDesc& x_desc, const void* x, void* y,
+                            const TrainingForwardArgs<float>& args, GatheredRecords gathered,
+                            Workspace workspace, cudaStream_t stream) {
+  forward_apply_impl(x_desc, x, y, args, gathered, workspace, stream);
+}
+
+void forward_training_apply(const TensorDesc& x_desc, const void* x, void* y,
+                            const TrainingForwardArgs<double>& args, GatheredRecords gathered,
+                            Workspace workspace, cudaStream_t stream) {
+  forward_apply_impl(x_desc, x, y, args, gathered, workspace, stream);
+}
+
+void backward_training_local(const TensorDesc& x_desc, const void* x, const void* dy,
+                             const TrainingBackwardArgs<float>& args, RankRecord local,
+                             Workspace workspace, cudaStream_t stream) {
+  backward_local_impl(x_desc, x, dy, args, local, workspace, stream);
+}
+
+void backward_training_local(const TensorDesc& x_desc, const void* x, const void* dy,
+                             const TrainingBackwardArgs<double>& args, RankRecord local,
+                             Workspace workspace, cudaStream_t stream) {
+  backward_local_impl(x_desc, x, dy, args, local, workspace, stream);
+}
+
+void backward_training_apply(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,
+                             const TrainingBackwardArgs<float>& args, GatheredRecords gathered,
+                             Workspace workspace, cudaStream_t stream) {
+  backward_apply_impl(x_desc, x, dy, dx, args, gathered, workspace, stream);
+}
+
+void backward_training_apply(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,
+                             const TrainingBackwardArgs<double>& args, GatheredRecords gathered,
+                             Workspace workspace, cudaStream_t stream) {
+  backward_apply_impl(x_desc, x, dy, dx, args, gathered, workspace, stream);
+}
 
 std::size_t forward_training_workspace_size(const TensorDesc& x) {
   const char* call = "cubn::forward_training_workspace_size";
-  const detail::Problem p = detail::canonicalize(call, "x", x);
+  const detail::Problem p = detail::at_least_one_sample(detail::canonicalize(call, "x", x, true));
   return detail::plan_training(p, detail::current_device_info(), true, true).scratch.bytes;
 }
 
@@ -334,7 +544,8 @@ std::size_t activation_reserve_size(const TensorDesc& x, Activation activation) 
 }
 
 std::size_t backward_workspace_size(const TensorDesc& x) {
-  const detail::Problem p = detail::canonicalize("cubn::backward_workspace_size", "x", x);
+  const detail::Problem p = detail::at_least_one_sample(
+      detail::canonicalize("cubn::backward_workspace_size", "x", x, true));
   return detail::plan_backward(p, detail::current_device_info(), true, true).scratch.bytes;
 }
 

@@ -52,6 +52,28 @@ void with_epilogue(const Epilogue& e, const Affine& affine, Fn&& fn) {
   }
 }
 
+// What finishing the channels of forward_training (or forward_training_apply) with `args` writes;
+// the coefficients go to `coeffs`, SiLU's to the reserve (its backward recomputes the
+// pre-activation with these very coefficients).
+template <class Acc>
+kernels::ForwardFinish<Acc> forward_finish(const Problem& p, const TrainingForwardArgs<Acc>& args,
+                                           Acc* coeffs) {
+  kernels::ForwardFinish<Acc> fin;
+  fin.c = p.c;
+  fin.epsilon = static_cast<Acc>(args.epsilon);
+  fin.scale = args.affine.scale;
+  fin.offset = args.affine.offset;
+  fin.running_mean = args.running.mean;
+  fin.running_var = args.running.var;
+  fin.momentum_mean = static_cast<Acc>(args.momentum.mean);
+  fin.momentum_var = static_cast<Acc>(args.momentum.var);
+  fin.saved_mean = args.saved.mean;
+  fin.saved_invstd = args.saved.invstd;
+  const Epilogue& e = args.epilogue;
+  fin.k = e.activation == Activation::kSilu ? static_cast<Acc*>(e.reserve.ptr) : coeffs;
+  return fin;
+}
+
 }  // namespace
 
 template <class T>
@@ -64,22 +86,8 @@ void launch_forward_training(const Problem& p, const TrainingPlan& plan, const T
                 "plan.cpp sizes the workspace with welford_state_bytes");
   const ScratchPtrs<State, Acc> ws(workspace, plan.scratch);
 
-  kernels::ForwardFinish<Acc> fin;
-  fin.c = p.c;
-  fin.epsilon = static_cast<Acc>(args.epsilon);
-  fin.scale = args.affine.scale;
-  fin.offset = args.affine.offset;
-  fin.running_mean = args.running.mean;
-  fin.running_var = args.running.var;
-  fin.momentum_mean = static_cast<Acc>(args.momentum.mean);
-  fin.momentum_var = static_cast<Acc>(args.momentum.var);
-  fin.saved_mean = args.saved.mean;
-  fin.saved_invstd = args.saved.invstd;
-  // SiLU's backward recomputes the pre-activation with these very coefficients: they go to the
-  // reserve instead of the workspace
+  const kernels::ForwardFinish<Acc> fin = forward_finish(p, args, ws.coeffs);
   const Epilogue& e = args.epilogue;
-  fin.k = e.activation == Activation::kSilu ? static_cast<Acc*>(e.reserve.ptr) : ws.coeffs;
-
   with_epilogue<T>(e, kernels::TrainedAffine<T>{fin.k, p.c}, [&](const auto& f) {
     using F = std::decay_t<decltype(f)>;
     const dim3 block(kernels::kBlockThreads);

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "cubn/batch_norm.hpp"
+#include "cubn/distributed.hpp"
 #include "plan.hpp"
 
 namespace cubn::detail {
@@ -40,6 +41,25 @@ void launch_backward_frozen(const Problem& p, const BackwardPlan& plan, const T*
                             T* dx, const FrozenBackwardArgs<param_t<T>>& args, void* workspace,
                             cudaStream_t stream);
 
+/// The split-phase calls (cubn/distributed.hpp): the local reductions into a rank's record (a
+/// rank without samples writes an empty one), and the merge of the gathered records followed by
+/// the single call's map kernels.
+template <class T>
+void launch_forward_local(const Problem& p, const SplitPlan& plan, const T* x, void* record,
+                          void* workspace, cudaStream_t stream);
+template <class T>
+void launch_forward_apply(const Problem& p, const SplitPlan& plan, const T* x, T* y,
+                          const TrainingForwardArgs<param_t<T>>& args,
+                          const GatheredRecords& gathered, void* workspace, cudaStream_t stream);
+template <class T>
+void launch_backward_local(const Problem& p, const SplitPlan& plan, const T* x, const T* dy,
+                           const TrainingBackwardArgs<param_t<T>>& args, void* record,
+                           void* workspace, cudaStream_t stream);
+template <class T>
+void launch_backward_apply(const Problem& p, const SplitPlan& plan, const T* x, const T* dy, T* dx,
+                           const TrainingBackwardArgs<param_t<T>>& args,
+                           const GatheredRecords& gathered, void* workspace, cudaStream_t stream);
+
 #define CUBN_DECLARE_LAUNCHERS(T)                                                                \
   extern template void launch_forward_training<T>(const Problem&, const TrainingPlan&, const T*, \
                                                   T*, const TrainingForwardArgs<param_t<T>>&,    \
@@ -52,7 +72,19 @@ void launch_backward_frozen(const Problem& p, const BackwardPlan& plan, const T*
       const TrainingBackwardArgs<param_t<T>>&, void*, cudaStream_t);                             \
   extern template void launch_backward_frozen<T>(                                                \
       const Problem&, const BackwardPlan&, const T*, const T*, T*,                               \
-      const FrozenBackwardArgs<param_t<T>>&, void*, cudaStream_t);
+      const FrozenBackwardArgs<param_t<T>>&, void*, cudaStream_t);                              \
+  extern template void launch_forward_local<T>(const Problem&, const SplitPlan&, const T*, void*, \
+                                               void*, cudaStream_t);                             \
+  extern template void launch_forward_apply<T>(const Problem&, const SplitPlan&, const T*, T*,    \
+                                               const TrainingForwardArgs<param_t<T>>&,           \
+                                               const GatheredRecords&, void*, cudaStream_t);     \
+  extern template void launch_backward_local<T>(const Problem&, const SplitPlan&, const T*,       \
+                                                const T*, const TrainingBackwardArgs<param_t<T>>&, \
+                                                void*, void*, cudaStream_t);                     \
+  extern template void launch_backward_apply<T>(const Problem&, const SplitPlan&, const T*,       \
+                                                const T*, T*,                                    \
+                                                const TrainingBackwardArgs<param_t<T>>&,         \
+                                                const GatheredRecords&, void*, cudaStream_t);
 CUBN_DECLARE_LAUNCHERS(__half)
 CUBN_DECLARE_LAUNCHERS(__nv_bfloat16)
 CUBN_DECLARE_LAUNCHERS(float)

@@ -382,4 +382,19 @@ BackwardPlan plan_backward(const Problem& p, const DeviceInfo& dev, bool inputs_
   return bp;
 }
 
+SplitPlan plan_split(const Problem& p, const DeviceInfo& dev, bool backward, bool inputs_aligned,
+                     bool all_aligned, int reduce_blocks) {
+  SplitPlan sp;
+  sp.record_bytes = kernels::rank_record_bytes(p.c, p.param_bytes());
+  // a rank without samples runs no reduction or map; its merge writes the coefficients of one
+  // sample's problem
+  const Problem q = at_least_one_sample(p);
+  sp.scratch = backward ? plan_backward(q, dev, true, true).scratch
+                        : plan_training(q, dev, true, true).scratch;
+  if (p.numel == 0) return sp;
+  sp.reduce = plan_reduce(p, dev, inputs_aligned, false, reduce_blocks);
+  sp.map = plan_map(p, dev, all_aligned);
+  return sp;
+}
+
 }  // namespace cubn::detail

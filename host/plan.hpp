@@ -100,6 +100,17 @@ struct BackwardPlan {
   Scratch scratch;
 };
 
+/// How a split-phase call (cubn/distributed.hpp) runs: the local phase's reduction (never fused,
+/// never persistent: the normalization waits for the other ranks) and the apply phase's map, in
+/// the single call's workspace layout. For a rank with N = 0 only the scratch (the coefficients
+/// the merge writes) and the record size are planned.
+struct SplitPlan {
+  ReducePlan reduce;
+  MapPlan map;
+  Scratch scratch;
+  std::size_t record_bytes = 0;  ///< one rank's record (kernels::rank_record_bytes)
+};
+
 /// Elements per vector access for `p`: 16 bytes' worth when `aligned` (the pointers are 16-byte
 /// aligned), else 1. Any plane or channel count takes vectors.
 int vector_width(const Problem& p, bool aligned);
@@ -128,6 +139,12 @@ TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_align
 /// `reduce_blocks`: the gradient sums kernel's blocks per SM (plan_reduce).
 BackwardPlan plan_backward(const Problem& p, const DeviceInfo& dev, bool inputs_aligned,
                            bool all_aligned, int reduce_blocks = kernels::kMinBlocksPerSm);
+
+/// A split-phase call's plan (backward: the gradient sums and dx; else the statistics and the
+/// normalization). inputs_aligned: the reduction's inputs are 16-byte aligned; all_aligned: the
+/// map's tensors too. `reduce_blocks` as for plan_reduce. p.n may be 0.
+SplitPlan plan_split(const Problem& p, const DeviceInfo& dev, bool backward, bool inputs_aligned,
+                     bool all_aligned, int reduce_blocks = kernels::kMinBlocksPerSm);
 
 /// The persistent path's plan for `inputs` tensors read (1: forward, 2: backward).
 PersistentPlan plan_persistent(const Problem& p, const DeviceInfo& dev, bool aligned, int inputs);

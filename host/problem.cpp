@@ -9,7 +9,7 @@ void fail(Status status, const char* call, const std::string& what) {
   throw Error(status, std::string(call) + ": " + what);
 }
 
-Problem canonicalize(const char* call, const char* arg, const TensorDesc& d) {
+Problem canonicalize(const char* call, const char* arg, const TensorDesc& d, bool empty_batch) {
   const std::string a = arg;
   if (element_size(d.dtype) == 0)
     fail(Status::kInvalidDataType, call, a + ".dtype is not a cubn::DataType value");
@@ -21,7 +21,7 @@ Problem canonicalize(const char* call, const char* arg, const TensorDesc& d) {
              "; batch norm takes (N, C) to (N, C, D, H, W), rank 2 to 5");
   static const char* names[] = {"N", "C", "dims[2]", "dims[3]", "dims[4]"};
   for (int i = 0; i < d.rank; ++i) {
-    if (d.dims[i] < 1)
+    if (d.dims[i] < 1 && !(i == 0 && empty_batch && d.dims[0] == 0))
       fail(Status::kInvalidArgument, call,
            a + ".dims[" + std::to_string(i) + "] (" + names[i] + ") is " +
                std::to_string(d.dims[i]) + "; every dim must be at least 1" +
@@ -30,7 +30,7 @@ Problem canonicalize(const char* call, const char* arg, const TensorDesc& d) {
   const std::int64_t limit =
       std::numeric_limits<std::int64_t>::max() / static_cast<std::int64_t>(element_size(d.dtype));
   std::int64_t numel = 1;
-  for (int i = 0; i < d.rank; ++i) {
+  for (int i = d.dims[0] == 0 ? 1 : 0; i < d.rank; ++i) {
     if (numel > limit / d.dims[i])
       fail(Status::kSizeOverflow, call,
            a + " has more elements than 64-bit byte offsets can address");
@@ -38,6 +38,12 @@ Problem canonicalize(const char* call, const char* arg, const TensorDesc& d) {
   }
   Problem p;
   p.dtype = d.dtype;
+  if (d.dims[0] == 0) {  // no samples: only C and the spatial size matter
+    p.c = d.dims[1];
+    p.s = numel / p.c;
+    p.order = d.order;
+    return p;
+  }
   p.n = d.dims[0];
   p.c = d.dims[1];
   p.s = numel / (p.n * p.c);
@@ -53,6 +59,19 @@ Problem canonicalize(const char* call, const char* arg, const TensorDesc& d) {
     p.order = MemoryOrder::kChannelsLast;
   }
   return p;
+}
+
+Problem at_least_one_sample(const Problem& p) {
+  if (p.n > 0) return p;
+  Problem q = p;
+  q.n = 1;
+  q.numel = q.c * q.s;
+  if (q.c == 1) {
+    q.order = MemoryOrder::kChannelsFirst;
+  } else if (q.s == 1) {
+    q.order = MemoryOrder::kChannelsLast;
+  }
+  return q;
 }
 
 void check_pointer(const char* call, const char* arg, const void* p, std::size_t align,

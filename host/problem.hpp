@@ -32,8 +32,14 @@ struct Problem {
 
 /// Checks `desc` (named `arg` in errors of `call`) and canonicalizes it. Throws Error for an
 /// invalid dtype or order, a rank outside 2..5, a dim below 1, or sizes whose product (in
-/// elements or bytes) overflows 64 bits.
-Problem canonicalize(const char* call, const char* arg, const TensorDesc& desc);
+/// elements or bytes) overflows 64 bits. With `empty_batch`, N may be 0 (a rank without samples
+/// in the split-phase calls): the problem then has n = 0 and numel = 0, its order as given.
+Problem canonicalize(const char* call, const char* arg, const TensorDesc& desc,
+                     bool empty_batch = false);
+
+/// `p` itself, or for a problem without samples (n = 0) the same channels and spatial size with
+/// N = 1, canonical: the problem its workspace is sized by.
+Problem at_least_one_sample(const Problem& p);
 
 /// Checks that `p` is non-null (unless `optional`) and aligned to `align` bytes.
 void check_pointer(const char* call, const char* arg, const void* p, std::size_t align,

@@ -178,4 +178,13 @@ constexpr std::int64_t relu_mask_bytes(std::int64_t numel) { return (numel + 127
 /// Per-channel coefficients of the training dx (TrainingDxOp: k_dy, k_x, mean, k_1).
 constexpr int kDxCoeffs = 4;
 
+/// Bytes of a rank record's header (distributed.cuh's RankHeader: the count, then zero).
+constexpr std::size_t kRankHeaderBytes = 16;
+
+/// Bytes of one rank's record of the split-phase calls (cubn/distributed.hpp): the header, then C
+/// pairs of Acc (forward: mean and M2; backward: the two gradient sums), padded to 16 bytes.
+constexpr std::size_t rank_record_bytes(std::int64_t c, std::size_t acc_bytes) {
+  return kRankHeaderBytes + (2 * static_cast<std::size_t>(c) * acc_bytes + 15) / 16 * 16;
+}
+
 }  // namespace cubn::kernels

@@ -12,8 +12,11 @@
 // The persistent training path, where the tensor fits on chip: forward r + l + 1, backward
 // 2r + 2l + 1, in one launch, where l is the fraction of elements past the last whole vector
 // (fewer than 16 bytes' worth, read once more to be written).
-// Per-channel vectors, and the one element per channel the statistics take as their shift, are
-// not counted.
+// The split-phase calls (cubn/distributed.hpp) stream: forward local r (x), apply 1 + 1 (x, y)
+// after the merge kernel; backward local 2r (dy, x), apply 2 + 1 (dy, x, dx): one more pass over
+// x (backward dy and x) than the streaming single call, for the collective between the phases.
+// Per-channel vectors, the ranks' records, and the one element per channel the statistics take as
+// their shift, are not counted.
 // The fused epilogue (FusedCallsMatchTheirByteModel, on shapes without edge packs or leftovers)
 // adds: the residual z, read once per pass that writes (forward), or per pass (SiLU's backward,
 // which recomputes p); dz, written once; the ReLU mask, written by the forward (fp16/bf16: one
@@ -160,6 +163,36 @@ void check(const Dims& dims, MemoryOrder order, double min_lane_bytes = 0) {
       profile(bytes,
               [&] { backward_frozen(desc, x.data(), dy.data(), dx.data(), fa, w, nullptr); }),
       {1, 1, 1}, contiguous, min_lane_bytes, what + " backward_frozen");
+
+  // the split-phase calls (two ranks' worth of records, this tensor as both): local x (dy and x)
+  // r, apply 1 + 1 (2 + 1) with the small merge kernel, which moves no tensor
+  const std::size_t record = local_stats_bytes(desc);
+  DeviceBytes local(record), gathered(2 * record);
+  const GatheredRecords both{gathered.data(), gathered.bytes(), 2};
+  expect_traffic(profile(bytes,
+                         [&] {
+                           forward_training_local(desc, x.data(), {local.data(), record}, w,
+                                                  nullptr);
+                         }),
+                 {r, 0, 1}, contiguous, min_lane_bytes, what + " forward_training_local");
+  expect_traffic(
+      profile(bytes,
+              [&] { forward_training_apply(desc, x.data(), y.data(), ta, both, w, nullptr); }),
+      {1, 1, 2}, contiguous, min_lane_bytes, what + " forward_training_apply");
+  expect_traffic(profile(bytes,
+                         [&] {
+                           backward_training_local(desc, x.data(), dy.data(), ba,
+                                                   {local.data(), record}, w, nullptr);
+                         }),
+                 {2 * r, 0, 1}, contiguous, min_lane_bytes, what + " backward_training_local");
+  TrainingBackwardArgs<P> bapply = ba;
+  bapply.grads = {};
+  expect_traffic(profile(bytes,
+                         [&] {
+                           backward_training_apply(desc, x.data(), dy.data(), dx.data(), bapply,
+                                                   both, w, nullptr);
+                         }),
+                 {2, 1, 2}, contiguous, min_lane_bytes, what + " backward_training_apply");
 }
 
 // The fused calls of every variant against the model in the file comment, both paths.

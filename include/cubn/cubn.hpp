@@ -3,5 +3,6 @@
 #pragma once
 
 #include "cubn/batch_norm.hpp"
+#include "cubn/distributed.hpp"
 #include "cubn/error.hpp"
 #include "cubn/tensor.hpp"

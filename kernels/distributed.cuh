@@ -1,0 +1,197 @@
+/// @file distributed.cuh
+/// @brief The split-phase training calls (cubn/distributed.hpp): the local phases are the single
+/// call's reductions (channel_ops.cuh) with finishers that write this rank's record instead of
+/// finishing the channels; the apply phases merge the gathered records in rank order with one
+/// thread per channel and finish the channels with the single call's own finishers
+/// (ForwardFinish, BackwardFinish), then run the single call's map kernels (bn_normalize_*,
+/// bn_backward_dx_*).
+///
+/// A rank's record (cubn/distributed.hpp documents it as bytes): a RankHeader, then C pairs of
+/// Acc (RankMoments forward, GradSums backward), padded to 16 bytes (rank_record_bytes).
+#pragma once
+
+#include <cstdint>
+
+#include "backward.cuh"
+#include "channel_ops.cuh"
+#include "forward.cuh"
+#include "geometry.hpp"
+#include "platform.cuh"
+#include "types.cuh"
+#include "welford.cuh"
+
+namespace cubn::kernels {
+
+/// The first 16 bytes of a rank's record.
+struct RankHeader {
+  std::int64_t count;  ///< elements per channel on the rank
+  std::int64_t zero;
+};
+static_assert(sizeof(RankHeader) == kRankHeaderBytes, "geometry.hpp sizes records with it");
+
+/// A rank's statistics of one channel: its mean (not shifted) and M2.
+template <class Acc>
+struct RankMoments {
+  Acc mean, m2;
+};
+
+/// The records of R ranks back to back, `bytes` apart.
+struct Records {
+  const unsigned char* base;
+  std::size_t bytes;
+  int ranks;
+
+  CUBN_DEVICE std::int64_t count(int r) const {
+    return reinterpret_cast<const RankHeader*>(base + r * bytes)->count;
+  }
+  template <class Pair>
+  CUBN_DEVICE Pair pair(int r, std::int64_t ch) const {
+    return reinterpret_cast<const Pair*>(base + r * bytes + kRankHeaderBytes)[ch];
+  }
+};
+
+/// Writes one rank's record: a channel's pair, and with channel 0 the header and the padding
+/// pairs past the last channel (so every byte a collective moves is defined).
+template <class Pair>
+struct RecordWriter {
+  RankHeader* header = nullptr;
+  Pair* pairs = nullptr;
+  std::int64_t c = 0, padded = 0;  ///< channels; pairs the record has room for
+
+  RecordWriter() = default;
+  CUBN_HOST_DEVICE RecordWriter(void* record, std::size_t bytes, std::int64_t channels)
+      : header(static_cast<RankHeader*>(record)),
+        pairs(reinterpret_cast<Pair*>(static_cast<unsigned char*>(record) + kRankHeaderBytes)),
+        c(channels),
+        padded(static_cast<std::int64_t>((bytes - kRankHeaderBytes) / sizeof(Pair))) {}
+
+  CUBN_DEVICE void write(std::int64_t ch, const Pair& v, std::int64_t count) const {
+    pairs[ch] = v;
+    if (ch != 0) return;
+    *header = {count, 0};
+    for (std::int64_t i = c; i < padded; ++i) pairs[i] = Pair{};
+  }
+};
+
+/// Finishes a local forward reduction: this rank's mean (K + the mean of x - K) and M2 of each
+/// channel into its record, with the count.
+template <class Acc>
+struct LocalStatsFinish {
+  RecordWriter<RankMoments<Acc>> out;
+
+  CUBN_DEVICE_NOINLINE void finish(std::int64_t ch, const WelfordState<Acc>& st,
+                                   const typename WelfordOp<Acc>::Channel& cst) const {
+    out.write(ch, {cst.shift + st.mean, st.m2}, st.count);
+  }
+};
+
+/// Finishes a local backward reduction: this rank's sums of each channel into its record, with
+/// the count, and this rank's dscale and doffset (grads: BackwardFinish without dx's
+/// coefficients).
+template <class Acc>
+struct LocalGradFinish {
+  BackwardFinish<Acc> grads;
+  std::int64_t count = 0;
+  RecordWriter<GradSums<Acc>> out;
+
+  template <class Cst>
+  CUBN_DEVICE_NOINLINE void finish(std::int64_t ch, const GradSums<Acc>& s, const Cst& cst) const {
+    if (grads.dscale != nullptr || grads.doffset != nullptr) grads.finish(ch, s, cst);
+    out.write(ch, s, count);
+  }
+};
+
+/// The local forward statistics of channel blockIdx.x over split blockIdx.y: bn_stats_* without
+/// the finish and the fused normalization.
+template <class T, int V>
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_per_sm(sizeof(T), false, 0, false)))
+    bn_stats_local_channels_first(ChannelsFirstReduce g, const T* x,
+                                  WelfordState<acc_t<T>>* partials, unsigned* tickets,
+                                  LocalStatsFinish<acc_t<T>> fin) {
+  reduce_planes<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<acc_t<T>>{}, partials,
+                      tickets, fin);
+}
+
+/// The local forward statistics over a channels-last tensor.
+template <class T, int V>
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_per_sm(sizeof(T), false, 0, false)))
+    bn_stats_local_channels_last(ChannelsLastGeometry g, const T* x,
+                                 WelfordState<acc_t<T>>* partials, WelfordState<acc_t<T>>* totals,
+                                 unsigned* tickets, LocalStatsFinish<acc_t<T>> fin) {
+  reduce_columns<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<acc_t<T>>{}, partials,
+                       totals, tickets, fin);
+}
+
+/// The local gradient sums (in0 = dy, in1 = x; R: GradSumOp or FusedGradSumOp): bn_backward_sums_*
+/// with the local finish.
+template <class T, int V, class R>
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, R, true>))
+    bn_backward_sums_local_channels_first(ChannelsFirstReduce g, const T* __restrict__ dy,
+                                          const T* __restrict__ x, R op,
+                                          GradSums<acc_t<T>>* partials, unsigned* tickets,
+                                          LocalGradFinish<acc_t<T>> fin) {
+  reduce_planes<T, V>(dy, x, g, op, partials, tickets, fin);
+}
+
+/// The local gradient sums over a channels-last tensor.
+template <class T, int V, class R>
+CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, R, true>))
+    bn_backward_sums_local_channels_last(ChannelsLastGeometry g, const T* __restrict__ dy,
+                                         const T* __restrict__ x, R op,
+                                         GradSums<acc_t<T>>* partials, GradSums<acc_t<T>>* totals,
+                                         unsigned* tickets, LocalGradFinish<acc_t<T>> fin) {
+  reduce_columns<T, V>(dy, x, g, op, partials, totals, tickets, fin);
+}
+
+/// The record of a rank with no samples, `values` values of Acc: all zero bits (count 0, which
+/// merges as the identity).
+template <class Acc>
+CUBN_KERNEL void __launch_bounds__(kBlockThreads) bn_record_empty(Acc* record, std::int64_t values) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x;
+  if (i < values) record[i] = Acc(0);
+}
+
+/// Merges channel ch's statistics over the ranks in rank order (Chan's merge; an empty rank is the
+/// identity), then finishes the channel as the single call does, around the merged mean itself
+/// (the shift K of forward.cuh: the statistics of x - mean have mean 0 and the same M2).
+template <class Acc>
+CUBN_KERNEL void __launch_bounds__(kBlockThreads)
+    bn_merge_stats(Records in, ForwardFinish<Acc> fin) {
+  const std::int64_t ch = static_cast<std::int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x;
+  if (ch >= fin.c) return;
+  WelfordState<Acc> total;
+  for (int r = 0; r < in.ranks; ++r) {
+    const auto m = in.pair<RankMoments<Acc>>(r, ch);
+    WelfordState<Acc> s;
+    s.count = in.count(r);
+    s.mean = m.mean;
+    s.m2 = m.m2;
+    total = welford_merge(total, s);
+  }
+  WelfordState<Acc> centered;
+  centered.count = total.count;
+  centered.m2 = total.m2;
+  fin.finish(ch, centered, {total.mean});
+}
+
+/// Sums channel ch's gradient sums and the counts over the ranks in rank order, then finishes
+/// dx's coefficients as the single call does (fin: no dscale or doffset; its m set here from the
+/// global count). `mean`: the saved global mean the sums were taken around.
+template <class Acc>
+CUBN_KERNEL void __launch_bounds__(kBlockThreads)
+    bn_merge_grad_sums(Records in, const Acc* mean, BackwardFinish<Acc> fin) {
+  const std::int64_t ch = static_cast<std::int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x;
+  if (ch >= fin.c) return;
+  GradSums<Acc> total;
+  std::int64_t count = 0;
+  for (int r = 0; r < in.ranks; ++r) {
+    const auto s = in.pair<GradSums<Acc>>(r, ch);
+    total.dy += s.dy;
+    total.dy_xmu += s.dy_xmu;
+    count += in.count(r);
+  }
+  fin.m = static_cast<Acc>(count);
+  fin.finish(ch, total, typename GradSumOp<Acc>::Channel{mean[ch]});
+}
+
+}  // namespace cubn::kernels

@@ -1,0 +1,358 @@
+// The split-phase calls (cubn/distributed.hpp): a batch split into K shards (uneven, some empty,
+// K up to 8), each shard a rank, the all-gather done by copying the records into one buffer in
+// rank order, gives the whole batch's result: y, the saved and running statistics (bitwise the
+// same on every rank), dx, and dscale and doffset summed over the ranks, against the
+// double-precision reference of the whole batch with the single call's tolerances
+// (support/tolerance.hpp, backward_test.cpp): the shards change only where the roundings fall.
+// The same split gives bitwise the same results on every run. Argument errors write nothing.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cubn/cubn.hpp"
+#include "reference.hpp"
+#include "support/backward_check.hpp"
+#include "support/bn_harness.hpp"
+#include "support/device.hpp"
+#include "support/errors.hpp"
+
+namespace {
+
+using namespace cubn;
+using namespace cubn::test;
+
+template <class T>
+class Distributed : public DeviceTest {};
+using DTypes = ::testing::Types<__half, __nv_bfloat16, float, double>;
+TYPED_TEST_SUITE(Distributed, DTypes);
+
+// Samples per rank: n split at k - 1 random cuts (repeated cuts make empty ranks); `empty_first`
+// puts an empty rank first.
+std::vector<std::int64_t> split_batch(std::int64_t n, int k, unsigned seed, bool empty_first) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<std::int64_t> cut(0, n);
+  std::vector<std::int64_t> cuts{0, n};
+  for (int i = 0; i < k - 1; ++i) cuts.push_back(empty_first && i == 0 ? 0 : cut(rng));
+  std::sort(cuts.begin(), cuts.end());
+  std::vector<std::int64_t> sizes;
+  for (std::size_t i = 1; i < cuts.size(); ++i) sizes.push_back(cuts[i] - cuts[i - 1]);
+  return sizes;
+}
+
+// Everything the ranks produced, the shards put back together.
+template <class T>
+struct SplitResult {
+  using P = param_of<T>;
+  std::vector<T> y, dx;
+  std::vector<std::vector<P>> saved_mean, saved_invstd, running_mean, running_var;  ///< per rank
+  std::vector<std::vector<P>> dscale, doffset;                                      ///< per rank
+};
+
+// The device memory of one rank.
+template <class T>
+struct Rank {
+  using P = param_of<T>;
+  TensorDesc desc;
+  std::size_t offset = 0, count = 0;  ///< its elements in the whole batch
+  std::unique_ptr<DeviceBuffer<T>> x, y, dy, dx;
+  std::unique_ptr<DeviceBuffer<P>> rm, rv, sm, si, ds, dof;
+  std::unique_ptr<DeviceBytes> ws, record;
+  const T* xp() const { return count ? x->data() : nullptr; }
+  const T* dyp() const { return count ? dy->data() : nullptr; }
+};
+
+// Copies every rank's record into one buffer in rank order (what an all-gather does).
+template <class T>
+void gather(const std::vector<Rank<T>>& ranks, DeviceBytes& out, std::size_t record) {
+  std::vector<unsigned char> host(record);
+  for (std::size_t r = 0; r < ranks.size(); ++r) {
+    ranks[r].record->download(host.data(), record);
+    out.upload(host.data(), record, r * record);
+  }
+}
+
+// Runs the split forward and backward of `d` (dy: the whole batch's) over ranks of `sizes`
+// samples each.
+template <class T>
+SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder order,
+                         const std::vector<std::int64_t>& sizes) {
+  using P = param_of<T>;
+  const auto C = static_cast<std::size_t>(d.shape.c());
+  const auto per_sample = static_cast<std::size_t>(d.shape.c() * d.shape.s());
+  DeviceBuffer<P> scale(to_params<P>(d.scale)), offset(to_params<P>(d.offset));
+  std::vector<Rank<T>> ranks(sizes.size());
+  std::size_t at = 0;
+  for (std::size_t r = 0; r < sizes.size(); ++r) {
+    Rank<T>& k = ranks[r];
+    Dims dims = d.shape.dims;
+    dims[0] = sizes[r];
+    k.desc = make_desc(dtype_of<T>(), order, dims);
+    k.offset = at;
+    k.count = static_cast<std::size_t>(sizes[r]) * per_sample;
+    at += k.count;
+    k.x = std::make_unique<DeviceBuffer<T>>(
+        std::vector<T>(d.x.begin() + k.offset, d.x.begin() + k.offset + k.count));
+    k.dy = std::make_unique<DeviceBuffer<T>>(
+        std::vector<T>(dy.begin() + k.offset, dy.begin() + k.offset + k.count));
+    k.y = std::make_unique<DeviceBuffer<T>>(k.count);
+    k.dx = std::make_unique<DeviceBuffer<T>>(k.count);
+    k.rm = std::make_unique<DeviceBuffer<P>>(to_params<P>(d.running_mean));
+    k.rv = std::make_unique<DeviceBuffer<P>>(to_params<P>(d.running_var));
+    k.sm = std::make_unique<DeviceBuffer<P>>(C);
+    k.si = std::make_unique<DeviceBuffer<P>>(C);
+    k.ds = std::make_unique<DeviceBuffer<P>>(C);
+    k.dof = std::make_unique<DeviceBuffer<P>>(C);
+    k.ws = std::make_unique<DeviceBytes>(
+        std::max(forward_training_workspace_size(k.desc), backward_workspace_size(k.desc)));
+    k.record = std::make_unique<DeviceBytes>(
+        std::max(local_stats_bytes(k.desc), local_grad_sums_bytes(k.desc)));
+  }
+  const std::size_t record = local_stats_bytes(ranks[0].desc);
+  DeviceBytes gathered(record * ranks.size());
+  const GatheredRecords all{gathered.data(), gathered.bytes(), static_cast<int>(ranks.size())};
+
+  for (auto& k : ranks)
+    forward_training_local(k.desc, k.xp(), {k.record->data(), record}, {k.ws->data(), k.ws->bytes()},
+                           nullptr);
+  device_sync();
+  gather(ranks, gathered, record);
+  for (auto& k : ranks) {
+    TrainingForwardArgs<P> a;
+    a.affine = {scale.data(), offset.data()};
+    a.epsilon = 1e-3;
+    a.running = {k.rm->data(), k.rv->data()};
+    a.momentum = Momentum::pytorch(0.1);
+    a.saved = {k.sm->data(), k.si->data()};
+    forward_training_apply(k.desc, k.xp(), k.count ? k.y->data() : nullptr, a, all,
+                           {k.ws->data(), k.ws->bytes()}, nullptr);
+  }
+  device_sync();
+
+  const std::size_t grad_record = local_grad_sums_bytes(ranks[0].desc);
+  for (auto& k : ranks) {
+    TrainingBackwardArgs<P> b;
+    b.scale = scale.data();
+    b.saved = {k.sm->data(), k.si->data()};
+    b.grads = {k.ds->data(), k.dof->data()};
+    backward_training_local(k.desc, k.xp(), k.dyp(), b, {k.record->data(), grad_record},
+                            {k.ws->data(), k.ws->bytes()}, nullptr);
+  }
+  device_sync();
+  gather(ranks, gathered, grad_record);
+  for (auto& k : ranks) {
+    TrainingBackwardArgs<P> b;
+    b.scale = scale.data();
+    b.saved = {k.sm->data(), k.si->data()};
+    backward_training_apply(k.desc, k.xp(), k.dyp(), k.count ? k.dx->data() : nullptr, b,
+                            {gathered.data(), gathered.bytes(), static_cast<int>(ranks.size())},
+                            {k.ws->data(), k.ws->bytes()}, nullptr);
+  }
+  device_sync();
+
+  SplitResult<T> out;
+  out.y.resize(d.x.size());
+  out.dx.resize(d.x.size());
+  for (const auto& k : ranks) {
+    const auto y = k.y->download(), dx = k.dx->download();
+    std::copy(y.begin(), y.end(), out.y.begin() + k.offset);
+    std::copy(dx.begin(), dx.end(), out.dx.begin() + k.offset);
+    out.saved_mean.push_back(k.sm->download());
+    out.saved_invstd.push_back(k.si->download());
+    out.running_mean.push_back(k.rm->download());
+    out.running_var.push_back(k.rv->download());
+    out.dscale.push_back(k.ds->download());
+    out.doffset.push_back(k.dof->download());
+  }
+  return out;
+}
+
+template <class V>
+bool same_bits(const V& a, const V& b) {
+  return a.size() == b.size() &&
+         std::memcmp(a.data(), b.data(), a.size() * sizeof(typename V::value_type)) == 0;
+}
+
+// The split run of one case against the whole batch's reference.
+template <class T>
+void check_split(const Dims& dims, MemoryOrder order, const std::vector<std::int64_t>& sizes,
+                 unsigned seed, bool rerun = true) {
+  using P = param_of<T>;
+  std::string what = std::string(to_string(dtype_of<T>())) + " " + shape_string(dims, order) +
+                     " over ranks of";
+  for (auto s : sizes) what += " " + std::to_string(s);
+  SCOPED_TRACE(what);
+  const Data<T> d = make_data<T>(dims, order, seed);
+  const std::vector<T> dy = make_dy<T>(d.x.size(), seed + 1);
+  const auto got = run_split(d, dy, order, sizes);
+  const auto C = static_cast<std::size_t>(d.shape.c());
+
+  // every rank holds the same statistics, bit for bit
+  for (std::size_t r = 1; r < sizes.size(); ++r) {
+    EXPECT_TRUE(same_bits(got.saved_mean[r], got.saved_mean[0])) << "saved mean of rank " << r;
+    EXPECT_TRUE(same_bits(got.saved_invstd[r], got.saved_invstd[0])) << "invstd of rank " << r;
+    EXPECT_TRUE(same_bits(got.running_mean[r], got.running_mean[0])) << "running mean, " << r;
+    EXPECT_TRUE(same_bits(got.running_var[r], got.running_var[0])) << "running var, " << r;
+  }
+
+  ref::Params p;
+  p.scale = to_doubles(to_params<P>(d.scale));
+  p.offset = to_doubles(to_params<P>(d.offset));
+  p.eps = 1e-3;
+  const double momentum = static_cast<double>(static_cast<P>(0.1));
+  const auto r = ref::forward_training(d.shape, d.xd, p, momentum, momentum,
+                                       to_doubles(to_params<P>(d.running_mean)),
+                                       to_doubles(to_params<P>(d.running_var)));
+  const Rounding u = rounding_of<T>();
+  const double m = static_cast<double>(d.shape.m());
+  std::vector<StatTolerance> st(C);
+  const auto mean = to_doubles(got.saved_mean[0]), invstd = to_doubles(got.saved_invstd[0]);
+  const auto rmean = to_doubles(got.running_mean[0]), rvar = to_doubles(got.running_var[0]);
+  for (std::size_t c = 0; c < C; ++c) {
+    st[c] = stat_tolerance(u, m, r.stats.mean[c], std::sqrt(r.stats.var[c]));
+    EXPECT_NEAR(mean[c], r.stats.mean[c], st[c].mean) << "saved mean, c=" << c;
+    EXPECT_NEAR(invstd[c], r.stats.invstd[c], r.stats.invstd[c] * (st[c].rel_var / 2 + 4 * u.acc))
+        << "saved invstd, c=" << c;
+    EXPECT_NEAR(rmean[c], r.running_mean[c],
+                momentum * st[c].mean + 4 * u.acc * std::fabs(r.running_mean[c]))
+        << "running mean, c=" << c;
+    EXPECT_NEAR(rvar[c], r.running_var[c],
+                momentum * r.stats.var_unbiased[c] * (st[c].rel_var + 4 * u.acc) +
+                    4 * u.acc * r.running_var[c])
+        << "running var, c=" << c;
+  }
+  expect_y_near(d, to_doubles(got.y), r.y, r.stats.mean, r.stats.invstd, p.offset, p.scale, st,
+                what + ": y");
+
+  // backward around the statistics the forward saved (as backward_test.cpp); dscale and doffset
+  // are each rank's share, summed here as a gradient all-reduce would
+  const auto dyd = to_doubles(dy);
+  const auto g = ref::backward_with_stats(d.shape, d.xd, dyd, p, mean, invstd, true);
+  const auto tol = backward_tolerance<T>(d.shape, d.xd, dyd, p.scale, mean, invstd, g);
+  std::vector<double> dscale(C, 0), doffset(C, 0);
+  for (std::size_t k = 0; k < sizes.size(); ++k)
+    for (std::size_t c = 0; c < C; ++c) {
+      dscale[c] += static_cast<double>(got.dscale[k][c]);
+      doffset[c] += static_cast<double>(got.doffset[k][c]);
+    }
+  expect_gradients_near<T>(d.shape, d.xd, dyd, g, to_doubles(got.dx), dscale, doffset, tol, true,
+                           what + ": backward");
+
+  // the same split again: the same bits
+  if (!rerun) return;
+  const auto again = run_split(d, dy, order, sizes);
+  EXPECT_TRUE(same_bits(again.y, got.y)) << "y differs between runs";
+  EXPECT_TRUE(same_bits(again.dx, got.dx)) << "dx differs between runs";
+  for (std::size_t k = 0; k < sizes.size(); ++k) {
+    EXPECT_TRUE(same_bits(again.saved_mean[k], got.saved_mean[k])) << "rank " << k;
+    EXPECT_TRUE(same_bits(again.running_var[k], got.running_var[k])) << "rank " << k;
+    EXPECT_TRUE(same_bits(again.dscale[k], got.dscale[k])) << "rank " << k;
+  }
+}
+
+const std::vector<Dims>& split_shapes() {
+  static const std::vector<Dims> shapes = {
+      {8, 3},         {12, 5, 7},      {9, 4, 5, 5},  {16, 16, 8, 8}, {6, 1, 33},
+      {10, 40, 7, 7}, {7, 3, 2, 3, 4}, {8, 2, 1025},  {5, 70000},     {11, 24, 4, 4}};
+  return shapes;
+}
+
+TYPED_TEST(Distributed, ShardsGiveTheWholeBatchResult) {
+  // three of the rank counts 1, 2, 3, 5, 8 per shape, in turn; the rerun (determinism) with 8
+  const int counts[] = {1, 2, 3, 5, 8};
+  unsigned seed = 7000;
+  int turn = 0;
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+    for (const Dims& dims : split_shapes()) {
+      for (int i = 0; i < 3; ++i) {
+        const int k = counts[(turn + i) % 5];
+        ++seed;
+        check_split<TypeParam>(dims, order, split_batch(dims[0], k, seed, k == 3), seed, k == 8);
+      }
+      turn += 2;
+    }
+}
+
+TYPED_TEST(Distributed, OneSamplePerRankAndEmptyRanksAround) {
+  // every rank one sample of one element per channel, and empty ranks first and last
+  check_split<TypeParam>({4, 6}, MemoryOrder::kChannelsFirst, {0, 1, 1, 0, 1, 1, 0}, 11);
+  check_split<TypeParam>({2, 3, 1, 1}, MemoryOrder::kChannelsLast, {1, 0, 1}, 12);
+}
+
+TEST(DistributedSizes, RecordsHoldACountAndTwoValuesPerChannel) {
+  const TensorDesc f = TensorDesc::nchw(DataType::kBFloat16, 32, 64, 7, 7);
+  EXPECT_EQ(local_stats_bytes(f), 16u + 64 * 2 * 4);
+  EXPECT_EQ(local_grad_sums_bytes(f), 16u + 64 * 2 * 4);
+  EXPECT_EQ(local_stats_bytes(TensorDesc::nchw(DataType::kFloat32, 0, 3, 7, 7)), 16u + 32);
+  EXPECT_EQ(local_stats_bytes(TensorDesc::nchw(DataType::kFloat64, 2, 3, 7, 7)), 16u + 48);
+  EXPECT_GT(forward_training_workspace_size(TensorDesc::nchw(DataType::kFloat32, 0, 3, 7, 7)), 0u);
+}
+
+class DistributedErrors : public DeviceTest {};
+
+TEST_F(DistributedErrors, BadArgumentsAreNamedAndNothingIsWritten) {
+  const TensorDesc desc = TensorDesc::nchw(DataType::kFloat32, 4, 3, 5, 5);
+  const std::size_t numel = 4 * 3 * 5 * 5, record = local_stats_bytes(desc);
+  DeviceBuffer<float> x(std::vector<float>(numel, 1.5f)), stats(3);
+  DeviceBytes ws(std::max(forward_training_workspace_size(desc), backward_workspace_size(desc)));
+  DeviceBytes rec(record), gathered(2 * record), y(numel * sizeof(float)), out(3 * sizeof(float));
+  for (DeviceBytes* b : {&rec, &y, &out}) b->fill(kSentinel);
+  const std::vector<const DeviceBytes*> outputs{&rec, &y, &out};
+  const Workspace w{ws.data(), ws.bytes()};
+  const auto fails = [&](Status s, const std::string& needle, const std::function<void()>& call) {
+    expect_error_and_no_writes(call, s, needle, outputs);
+  };
+  fails(Status::kInvalidArgument, "local.bytes", [&] {
+    forward_training_local(desc, x.data(), {rec.data(), record - 16}, w, nullptr);
+  });
+  fails(Status::kMisalignedOperand, "local.ptr", [&] {
+    forward_training_local(desc, x.data(), {static_cast<char*>(rec.data()) + 8, record}, w,
+                           nullptr);
+  });
+  fails(Status::kInvalidArgument, "local overlaps workspace",
+        [&] { forward_training_local(desc, x.data(), {ws.data(), record}, w, nullptr); });
+  fails(Status::kInvalidArgument, "x is null",
+        [&] { forward_training_local(desc, nullptr, {rec.data(), record}, w, nullptr); });
+  fails(Status::kWorkspaceTooSmall, "workspace.bytes",
+        [&] { forward_training_local(desc, x.data(), {rec.data(), record}, {ws.data(), 64}, nullptr); });
+  TrainingForwardArgs<float> a;
+  a.running.mean = static_cast<float*>(out.data());
+  fails(Status::kInvalidArgument, "gathered.ranks", [&] {
+    forward_training_apply(desc, x.data(), y.data(), a, {gathered.data(), gathered.bytes(), 0}, w,
+                           nullptr);
+  });
+  fails(Status::kInvalidArgument, "gathered.bytes", [&] {
+    forward_training_apply(desc, x.data(), y.data(), a, {gathered.data(), gathered.bytes(), 3}, w,
+                           nullptr);
+  });
+  fails(Status::kInvalidArgument, "gathered overlaps y", [&] {
+    forward_training_apply(desc, x.data(), y.data(), a, {y.data(), y.bytes(), 2}, w, nullptr);
+  });
+  fails(Status::kInvalidDataType, "<float>", [&] {
+    TrainingForwardArgs<double> ad;
+    forward_training_apply(desc, x.data(), y.data(), ad, {gathered.data(), gathered.bytes(), 2}, w,
+                           nullptr);
+  });
+  TrainingBackwardArgs<float> b;
+  b.saved = {stats.data(), stats.data()};
+  b.grads.dscale = static_cast<float*>(out.data());
+  fails(Status::kInvalidArgument, "args.grads", [&] {
+    backward_training_apply(desc, x.data(), x.data(), y.data(), b,
+                            {gathered.data(), gathered.bytes(), 2}, w, nullptr);
+  });
+  b.epilogue.residual = x.data();
+  b.epilogue.dz = y.data();
+  fails(Status::kInvalidArgument, "args.epilogue.dz", [&] {
+    backward_training_local(desc, x.data(), x.data(), b, {rec.data(), record}, w, nullptr);
+  });
+}
+
+}  // namespace
