@@ -157,8 +157,10 @@ void launch_backward_frozen(const Problem& p, const BackwardPlan& plan, const T*
           fin.accumulate = args.grads.accumulate;
           sums<T>(p, plan, x, dy, op, fin, workspace, stream);
         }
-        if (dx != nullptr || dz != nullptr)
-          dx_map<T>(plan.dx, dy, F::kInputs == 2 ? x : static_cast<const T*>(nullptr), dx, f, stream);
+        if (dx != nullptr || dz != nullptr) {
+          const T* x_read = F::kInputs == 2 ? x : nullptr;
+          dx_map<T>(plan.dx, dy, x_read, dx, f, stream);
+        }
       });
 }
 

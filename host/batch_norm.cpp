@@ -1,21 +1,22 @@
 // The public calls of cubn/batch_norm.hpp: check every argument, plan, launch.
 #include "cubn/batch_norm.hpp"
-#include "cubn/distributed.hpp"
 
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <nvtx3/nvtx3.hpp>
 #include <string>
+#include <tuple>
 #include <utility>
 
-#include "geometry.hpp"
-
+#include "cubn/distributed.hpp"
 #include "device_info.hpp"
 #include "dispatch.hpp"
+#include "geometry.hpp"
 #include "launchers.hpp"
 #include "plan.hpp"
 #include "problem.hpp"
+#include "split_checks.hpp"
 
 namespace cubn {
 
@@ -147,15 +148,17 @@ void check_epilogue(const char* call, const detail::Problem& p, const void* x, c
   check_overlap(call, p, e.residual, "args.epilogue.residual", y, "y");
   const bool relu = e.activation == Activation::kRelu;
   if (relu || (training && e.activation == Activation::kSilu)) {
+    // (a rank without samples writes no ReLU mask)
     check_reserve(call, p, e.reserve.ptr, e.reserve.bytes, reserve_size(p, e.activation),
-                  !training, {{x, "x"}, {y, "y"}, {e.residual, "args.epilogue.residual"}});
+                  !training || (relu && p.numel == 0),
+                  {{x, "x"}, {y, "y"}, {e.residual, "args.epilogue.residual"}});
   }
 }
 
 // The backward epilogue: what the forward's activation needs (ReLU's mask; SiLU's coefficients in
 // training), dz only with a residual, dz apart from dx.
-void check_epilogue_grad(const char* call, const detail::Problem& p, const void* x,
-                         const void* dy, const void* dx, const EpilogueGrad& e, bool training) {
+void check_epilogue_grad(const char* call, const detail::Problem& p, const void* x, const void* dy,
+                         const void* dx, const EpilogueGrad& e, bool training) {
   check_activation(call, "args.epilogue.activation", e.activation);
   detail::check_pointer(call, "args.epilogue.residual", e.residual, element_size(p.dtype), true);
   detail::check_pointer(call, "args.epilogue.dz", e.dz, element_size(p.dtype), true);
@@ -170,8 +173,8 @@ void check_epilogue_grad(const char* call, const detail::Problem& p, const void*
   check_overlap(call, p, e.residual, "args.epilogue.residual", dx, "dx");
   const bool relu = e.activation == Activation::kRelu;
   if (relu || (training && e.activation == Activation::kSilu))
-    check_reserve(call, p, e.reserve.ptr, e.reserve.bytes, reserve_size(p, e.activation), false,
-                  {{dx, "dx"}, {e.dz, "args.epilogue.dz"}});
+    check_reserve(call, p, e.reserve.ptr, e.reserve.bytes, reserve_size(p, e.activation),
+                  relu && p.numel == 0, {{dx, "dx"}, {e.dz, "args.epilogue.dz"}});
 }
 
 template <class P>
@@ -340,10 +343,10 @@ void check_record(const char* call, const detail::Problem& p, const RankRecord& 
 }
 
 // The gathered records: at least one rank, 16-byte aligned, `ranks` records long, apart from
-// what the call writes (its outputs and its workspace).
-void check_gathered(const char* call, const detail::Problem& p, const GatheredRecords& g,
-                    std::size_t record, const Workspace& ws,
-                    std::initializer_list<std::pair<const void*, const char*>> outputs) {
+// what the call writes (its outputs, of the given lengths, and its workspace).
+void check_gathered(
+    const char* call, const GatheredRecords& g, std::size_t record, const Workspace& ws,
+    std::initializer_list<std::tuple<const void*, std::size_t, const char*>> outputs) {
   if (g.ranks < 1)
     fail(Status::kInvalidArgument, call,
          "gathered.ranks is " + std::to_string(g.ranks) + "; it must be at least 1");
@@ -353,8 +356,8 @@ void check_gathered(const char* call, const detail::Problem& p, const GatheredRe
     fail(Status::kInvalidArgument, call,
          "gathered.bytes is " + std::to_string(g.bytes) + "; " + std::to_string(g.ranks) +
              " records of " + std::to_string(record) + " bytes need " + std::to_string(needed));
-  for (const auto& [t, name] : outputs)
-    check_disjoint(call, g.ptr, needed, "gathered", t, p.bytes(), name);
+  for (const auto& [t, bytes, name] : outputs)
+    check_disjoint(call, g.ptr, needed, "gathered", t, bytes, name);
   check_disjoint(call, g.ptr, needed, "gathered", ws.ptr, ws.bytes, "workspace");
 }
 
@@ -375,11 +378,12 @@ void forward_local_impl(const TensorDesc& desc, const void* x, RankRecord local,
   });
 }
 
+// launch: false only checks the arguments (cubn/nccl.hpp checks its apply phase before it
+// launches the local one).
 template <class P>
-void forward_apply_impl(const TensorDesc& desc, const void* x, void* y,
+void forward_apply_impl(const TensorDesc& desc, const void* x, const void* y,
                         const TrainingForwardArgs<P>& args, GatheredRecords gathered, Workspace ws,
-                        cudaStream_t stream) {
-  nvtx3::scoped_range range{kForwardApplyCall};
+                        cudaStream_t stream, bool launch = true) {
   const detail::Problem p = checked_problem<P>(kForwardApplyCall, desc, true);
   check_training_forward(kForwardApplyCall, p, x, y, args);
   const Epilogue& e = args.epilogue;
@@ -387,12 +391,24 @@ void forward_apply_impl(const TensorDesc& desc, const void* x, void* y,
       detail::plan_split(p, detail::current_device_info(), false, detail::aligned16(x),
                          detail::aligned16(x, y, e.residual), reduce_blocks(p, false, e));
   check_workspace(kForwardApplyCall, ws, plan.scratch.bytes, "forward_training_workspace_size");
-  check_gathered(kForwardApplyCall, p, gathered, plan.record_bytes, ws,
-                 {{y, "y"}, {e.reserve.ptr, "args.epilogue.reserve"}});
+  const std::size_t params = static_cast<std::size_t>(p.c) * sizeof(P);
+  // the reserve, where this call writes it (ReLU's mask, SiLU's coefficients)
+  const bool writes_reserve =
+      e.activation == Activation::kRelu || e.activation == Activation::kSilu;
+  check_gathered(kForwardApplyCall, gathered, plan.record_bytes, ws,
+                 {{y, p.bytes(), "y"},
+                  {writes_reserve ? e.reserve.ptr : nullptr, reserve_size(p, e.activation),
+                   "args.epilogue.reserve"},
+                  {args.running.mean, params, "args.running.mean"},
+                  {args.running.var, params, "args.running.var"},
+                  {args.saved.mean, params, "args.saved.mean"},
+                  {args.saved.invstd, params, "args.saved.invstd"}});
+  if (!launch) return;
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    detail::launch_forward_apply<T>(p, plan, static_cast<const T*>(x), static_cast<T*>(y), args,
-                                    gathered, ws.ptr, stream);
+    detail::launch_forward_apply<T>(p, plan, static_cast<const T*>(x),
+                                    static_cast<T*>(const_cast<void*>(y)), args, gathered, ws.ptr,
+                                    stream);
   });
 }
 
@@ -416,16 +432,15 @@ void backward_local_impl(const TensorDesc& desc, const void* x, const void* dy,
                {{x, "x"}, {dy, "dy"}, {e.residual, "args.epilogue.residual"}});
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    detail::launch_backward_local<T>(p, plan, static_cast<const T*>(x),
-                                     static_cast<const T*>(dy), args, local.ptr, ws.ptr, stream);
+    detail::launch_backward_local<T>(p, plan, static_cast<const T*>(x), static_cast<const T*>(dy),
+                                     args, local.ptr, ws.ptr, stream);
   });
 }
 
 template <class P>
-void backward_apply_impl(const TensorDesc& desc, const void* x, const void* dy, void* dx,
+void backward_apply_impl(const TensorDesc& desc, const void* x, const void* dy, const void* dx,
                          const TrainingBackwardArgs<P>& args, GatheredRecords gathered,
-                         Workspace ws, cudaStream_t stream) {
-  nvtx3::scoped_range range{kBackwardApplyCall};
+                         Workspace ws, cudaStream_t stream, bool launch = true) {
   const detail::Problem p = checked_problem<P>(kBackwardApplyCall, desc, true);
   check_training_backward(kBackwardApplyCall, p, x, dy, dx, args);
   if (args.grads.dscale != nullptr || args.grads.doffset != nullptr)
@@ -437,12 +452,14 @@ void backward_apply_impl(const TensorDesc& desc, const void* x, const void* dy, 
       p, detail::current_device_info(), true, detail::aligned16(x, dy, e.residual),
       detail::aligned16(x, dy, dx, e.residual, e.dz), reduce_blocks(p, true, e));
   check_workspace(kBackwardApplyCall, ws, plan.scratch.bytes, "backward_workspace_size");
-  check_gathered(kBackwardApplyCall, p, gathered, plan.record_bytes, ws,
-                 {{dx, "dx"}, {e.dz, "args.epilogue.dz"}});
+  check_gathered(kBackwardApplyCall, gathered, plan.record_bytes, ws,
+                 {{dx, p.bytes(), "dx"}, {e.dz, p.bytes(), "args.epilogue.dz"}});
+  if (!launch) return;
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     detail::launch_backward_apply<T>(p, plan, static_cast<const T*>(x), static_cast<const T*>(dy),
-                                     static_cast<T*>(dx), args, gathered, ws.ptr, stream);
+                                     static_cast<T*>(const_cast<void*>(dx)), args, gathered, ws.ptr,
+                                     stream);
   });
 }
 
@@ -475,12 +492,14 @@ void forward_training_local(const TensorDesc& x_desc, const void* x, RankRecord 
 void forward_training_apply(const TensorDesc& x_desc, const void* x, void* y,
                             const TrainingForwardArgs<float>& args, GatheredRecords gathered,
                             Workspace workspace, cudaStream_t stream) {
+  nvtx3::scoped_range range{kForwardApplyCall};
   forward_apply_impl(x_desc, x, y, args, gathered, workspace, stream);
 }
 
 void forward_training_apply(const TensorDesc& x_desc, const void* x, void* y,
                             const TrainingForwardArgs<double>& args, GatheredRecords gathered,
                             Workspace workspace, cudaStream_t stream) {
+  nvtx3::scoped_range range{kForwardApplyCall};
   forward_apply_impl(x_desc, x, y, args, gathered, workspace, stream);
 }
 
@@ -499,14 +518,41 @@ void backward_training_local(const TensorDesc& x_desc, const void* x, const void
 void backward_training_apply(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,
                              const TrainingBackwardArgs<float>& args, GatheredRecords gathered,
                              Workspace workspace, cudaStream_t stream) {
+  nvtx3::scoped_range range{kBackwardApplyCall};
   backward_apply_impl(x_desc, x, dy, dx, args, gathered, workspace, stream);
 }
 
 void backward_training_apply(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,
                              const TrainingBackwardArgs<double>& args, GatheredRecords gathered,
                              Workspace workspace, cudaStream_t stream) {
+  nvtx3::scoped_range range{kBackwardApplyCall};
   backward_apply_impl(x_desc, x, dy, dx, args, gathered, workspace, stream);
 }
+
+namespace detail {
+
+void check_forward_training_apply(const TensorDesc& x_desc, const void* x, const void* y,
+                                  const TrainingForwardArgs<float>& args, GatheredRecords gathered,
+                                  Workspace workspace) {
+  forward_apply_impl(x_desc, x, y, args, gathered, workspace, nullptr, false);
+}
+void check_forward_training_apply(const TensorDesc& x_desc, const void* x, const void* y,
+                                  const TrainingForwardArgs<double>& args, GatheredRecords gathered,
+                                  Workspace workspace) {
+  forward_apply_impl(x_desc, x, y, args, gathered, workspace, nullptr, false);
+}
+void check_backward_training_apply(const TensorDesc& x_desc, const void* x, const void* dy,
+                                   const void* dx, const TrainingBackwardArgs<float>& args,
+                                   GatheredRecords gathered, Workspace workspace) {
+  backward_apply_impl(x_desc, x, dy, dx, args, gathered, workspace, nullptr, false);
+}
+void check_backward_training_apply(const TensorDesc& x_desc, const void* x, const void* dy,
+                                   const void* dx, const TrainingBackwardArgs<double>& args,
+                                   GatheredRecords gathered, Workspace workspace) {
+  backward_apply_impl(x_desc, x, dy, dx, args, gathered, workspace, nullptr, false);
+}
+
+}  // namespace detail
 
 std::size_t forward_training_workspace_size(const TensorDesc& x) {
   const char* call = "cubn::forward_training_workspace_size";
@@ -538,7 +584,7 @@ void forward_inference(const TensorDesc& x_desc, const void* x, void* y,
 
 std::size_t activation_reserve_size(const TensorDesc& x, Activation activation) {
   const char* call = "cubn::activation_reserve_size";
-  const detail::Problem p = detail::canonicalize(call, "x", x);
+  const detail::Problem p = detail::canonicalize(call, "x", x, true);
   check_activation(call, "activation", activation);
   return reserve_size(p, activation);
 }

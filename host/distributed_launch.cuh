@@ -45,8 +45,8 @@ void launch_forward_local(const Problem& p, const SplitPlan& plan, const T* x, v
   const dim3 block(kernels::kBlockThreads);
   with_vec<T>(rp.vec, [&](auto v) {
     if (rp.planes) {
-      launch("cubn::bn_stats_local", kernels::bn_stats_local_channels_first<T, v()>, rp.grid,
-             block, 0, stream, rp.cfr, x, ws.partials, ws.tickets, fin);
+      launch("cubn::bn_stats_local", kernels::bn_stats_local_channels_first<T, v()>, rp.grid, block,
+             0, stream, rp.cfr, x, ws.partials, ws.tickets, fin);
     } else {
       launch("cubn::bn_stats_local", kernels::bn_stats_local_channels_last<T, v()>, rp.grid, block,
              0, stream, rp.cl, x, ws.partials, ws.totals, ws.tickets, fin);
@@ -125,9 +125,10 @@ void launch_backward_apply(const Problem& p, const SplitPlan& plan, const T* x, 
          dim3(kernels::kBlockThreads), 0, stream, records_of(gathered, plan.record_bytes),
          args.saved.mean, fin);
   const kernels::TrainedAffine<T> fwd{static_cast<const Acc*>(args.epilogue.reserve.ptr), p.c};
-  with_grad_epilogue<T>(args.epilogue, kernels::GradSumOp<Acc>{args.saved.mean},
-                        kernels::TrainingDxOp<T>{ws.coeffs, p.c}, fwd,
-                        [&](const auto&, const auto& f) { dx_map<T>(plan.map, dy, x, dx, f, stream); });
+  with_grad_epilogue<T>(
+      args.epilogue, kernels::GradSumOp<Acc>{args.saved.mean},
+      kernels::TrainingDxOp<T>{ws.coeffs, p.c}, fwd,
+      [&](const auto&, const auto& f) { dx_map<T>(plan.map, dy, x, dx, f, stream); });
 }
 
 }  // namespace cubn::detail

@@ -104,7 +104,8 @@ struct LocalGradFinish {
 /// The local forward statistics of channel blockIdx.x over split blockIdx.y: bn_stats_* without
 /// the finish and the fused normalization.
 template <class T, int V>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_per_sm(sizeof(T), false, 0, false)))
+CUBN_KERNEL void __launch_bounds__(kBlockThreads,
+                                   (reduce_blocks_per_sm(sizeof(T), false, 0, false)))
     bn_stats_local_channels_first(ChannelsFirstReduce g, const T* x,
                                   WelfordState<acc_t<T>>* partials, unsigned* tickets,
                                   LocalStatsFinish<acc_t<T>> fin) {
@@ -114,7 +115,8 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_per_sm(sizeof(T
 
 /// The local forward statistics over a channels-last tensor.
 template <class T, int V>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_per_sm(sizeof(T), false, 0, false)))
+CUBN_KERNEL void __launch_bounds__(kBlockThreads,
+                                   (reduce_blocks_per_sm(sizeof(T), false, 0, false)))
     bn_stats_local_channels_last(ChannelsLastGeometry g, const T* x,
                                  WelfordState<acc_t<T>>* partials, WelfordState<acc_t<T>>* totals,
                                  unsigned* tickets, LocalStatsFinish<acc_t<T>> fin) {
@@ -146,7 +148,8 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, R, true>)
 /// The record of a rank with no samples, `values` values of Acc: all zero bits (count 0, which
 /// merges as the identity).
 template <class Acc>
-CUBN_KERNEL void __launch_bounds__(kBlockThreads) bn_record_empty(Acc* record, std::int64_t values) {
+CUBN_KERNEL void __launch_bounds__(kBlockThreads)
+    bn_record_empty(Acc* record, std::int64_t values) {
   const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x;
   if (i < values) record[i] = Acc(0);
 }

@@ -24,6 +24,7 @@
 #include "support/bn_harness.hpp"
 #include "support/device.hpp"
 #include "support/errors.hpp"
+#include "support/split_check.hpp"
 
 namespace {
 
@@ -48,24 +49,15 @@ std::vector<std::int64_t> split_batch(std::int64_t n, int k, unsigned seed, bool
   return sizes;
 }
 
-// Everything the ranks produced, the shards put back together.
-template <class T>
-struct SplitResult {
-  using P = param_of<T>;
-  std::vector<T> y, dx;
-  std::vector<std::vector<P>> saved_mean, saved_invstd, running_mean, running_var;  ///< per rank
-  std::vector<std::vector<P>> dscale, doffset;                                      ///< per rank
-};
-
 // The device memory of one rank.
 template <class T>
 struct Rank {
   using P = param_of<T>;
   TensorDesc desc;
   std::size_t offset = 0, count = 0;  ///< its elements in the whole batch
-  std::unique_ptr<DeviceBuffer<T>> x, y, dy, dx;
+  std::unique_ptr<DeviceBuffer<T>> x, y, dy, dx, z, dz;
   std::unique_ptr<DeviceBuffer<P>> rm, rv, sm, si, ds, dof;
-  std::unique_ptr<DeviceBytes> ws, record;
+  std::unique_ptr<DeviceBytes> ws, record, reserve;
   const T* xp() const { return count ? x->data() : nullptr; }
   const T* dyp() const { return count ? dy->data() : nullptr; }
 };
@@ -81,10 +73,11 @@ void gather(const std::vector<Rank<T>>& ranks, DeviceBytes& out, std::size_t rec
 }
 
 // Runs the split forward and backward of `d` (dy: the whole batch's) over ranks of `sizes`
-// samples each.
+// samples each, with the epilogue `act` (and with `residual`, z = dy's values, and dz).
 template <class T>
 SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder order,
-                         const std::vector<std::int64_t>& sizes) {
+                         const std::vector<std::int64_t>& sizes, Activation act = Activation::kNone,
+                         bool residual = false, std::vector<T>* dz_out = nullptr) {
   using P = param_of<T>;
   const auto C = static_cast<std::size_t>(d.shape.c());
   const auto per_sample = static_cast<std::size_t>(d.shape.c() * d.shape.s());
@@ -105,6 +98,10 @@ SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder
         std::vector<T>(dy.begin() + k.offset, dy.begin() + k.offset + k.count));
     k.y = std::make_unique<DeviceBuffer<T>>(k.count);
     k.dx = std::make_unique<DeviceBuffer<T>>(k.count);
+    k.z = std::make_unique<DeviceBuffer<T>>(
+        std::vector<T>(dy.begin() + k.offset, dy.begin() + k.offset + k.count));
+    k.dz = std::make_unique<DeviceBuffer<T>>(k.count);
+    k.reserve = std::make_unique<DeviceBytes>(activation_reserve_size(k.desc, act) + 16);
     k.rm = std::make_unique<DeviceBuffer<P>>(to_params<P>(d.running_mean));
     k.rv = std::make_unique<DeviceBuffer<P>>(to_params<P>(d.running_var));
     k.sm = std::make_unique<DeviceBuffer<P>>(C);
@@ -121,8 +118,8 @@ SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder
   const GatheredRecords all{gathered.data(), gathered.bytes(), static_cast<int>(ranks.size())};
 
   for (auto& k : ranks)
-    forward_training_local(k.desc, k.xp(), {k.record->data(), record}, {k.ws->data(), k.ws->bytes()},
-                           nullptr);
+    forward_training_local(k.desc, k.xp(), {k.record->data(), record},
+                           {k.ws->data(), k.ws->bytes()}, nullptr);
   device_sync();
   gather(ranks, gathered, record);
   for (auto& k : ranks) {
@@ -132,6 +129,8 @@ SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder
     a.running = {k.rm->data(), k.rv->data()};
     a.momentum = Momentum::pytorch(0.1);
     a.saved = {k.sm->data(), k.si->data()};
+    a.epilogue = {
+        act, residual && k.count ? k.z->data() : nullptr, {k.reserve->data(), k.reserve->bytes()}};
     forward_training_apply(k.desc, k.xp(), k.count ? k.y->data() : nullptr, a, all,
                            {k.ws->data(), k.ws->bytes()}, nullptr);
   }
@@ -143,6 +142,8 @@ SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder
     b.scale = scale.data();
     b.saved = {k.sm->data(), k.si->data()};
     b.grads = {k.ds->data(), k.dof->data()};
+    b.epilogue = {
+        act, residual && k.count ? k.z->data() : nullptr, {k.reserve->data(), k.reserve->bytes()}};
     backward_training_local(k.desc, k.xp(), k.dyp(), b, {k.record->data(), grad_record},
                             {k.ws->data(), k.ws->bytes()}, nullptr);
   }
@@ -152,6 +153,10 @@ SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder
     TrainingBackwardArgs<P> b;
     b.scale = scale.data();
     b.saved = {k.sm->data(), k.si->data()};
+    b.epilogue = {act,
+                  residual && k.count ? k.z->data() : nullptr,
+                  {k.reserve->data(), k.reserve->bytes()},
+                  residual && k.count ? k.dz->data() : nullptr};
     backward_training_apply(k.desc, k.xp(), k.dyp(), k.count ? k.dx->data() : nullptr, b,
                             {gathered.data(), gathered.bytes(), static_cast<int>(ranks.size())},
                             {k.ws->data(), k.ws->bytes()}, nullptr);
@@ -165,6 +170,11 @@ SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder
     const auto y = k.y->download(), dx = k.dx->download();
     std::copy(y.begin(), y.end(), out.y.begin() + k.offset);
     std::copy(dx.begin(), dx.end(), out.dx.begin() + k.offset);
+    if (dz_out != nullptr) {
+      dz_out->resize(d.x.size());
+      const auto dz = k.dz->download();
+      std::copy(dz.begin(), dz.end(), dz_out->begin() + k.offset);
+    }
     out.saved_mean.push_back(k.sm->download());
     out.saved_invstd.push_back(k.si->download());
     out.running_mean.push_back(k.rm->download());
@@ -175,76 +185,18 @@ SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder
   return out;
 }
 
-template <class V>
-bool same_bits(const V& a, const V& b) {
-  return a.size() == b.size() &&
-         std::memcmp(a.data(), b.data(), a.size() * sizeof(typename V::value_type)) == 0;
-}
-
 // The split run of one case against the whole batch's reference.
 template <class T>
 void check_split(const Dims& dims, MemoryOrder order, const std::vector<std::int64_t>& sizes,
                  unsigned seed, bool rerun = true) {
-  using P = param_of<T>;
-  std::string what = std::string(to_string(dtype_of<T>())) + " " + shape_string(dims, order) +
-                     " over ranks of";
+  std::string what =
+      std::string(to_string(dtype_of<T>())) + " " + shape_string(dims, order) + " over ranks of";
   for (auto s : sizes) what += " " + std::to_string(s);
   SCOPED_TRACE(what);
   const Data<T> d = make_data<T>(dims, order, seed);
   const std::vector<T> dy = make_dy<T>(d.x.size(), seed + 1);
   const auto got = run_split(d, dy, order, sizes);
-  const auto C = static_cast<std::size_t>(d.shape.c());
-
-  // every rank holds the same statistics, bit for bit
-  for (std::size_t r = 1; r < sizes.size(); ++r) {
-    EXPECT_TRUE(same_bits(got.saved_mean[r], got.saved_mean[0])) << "saved mean of rank " << r;
-    EXPECT_TRUE(same_bits(got.saved_invstd[r], got.saved_invstd[0])) << "invstd of rank " << r;
-    EXPECT_TRUE(same_bits(got.running_mean[r], got.running_mean[0])) << "running mean, " << r;
-    EXPECT_TRUE(same_bits(got.running_var[r], got.running_var[0])) << "running var, " << r;
-  }
-
-  ref::Params p;
-  p.scale = to_doubles(to_params<P>(d.scale));
-  p.offset = to_doubles(to_params<P>(d.offset));
-  p.eps = 1e-3;
-  const double momentum = static_cast<double>(static_cast<P>(0.1));
-  const auto r = ref::forward_training(d.shape, d.xd, p, momentum, momentum,
-                                       to_doubles(to_params<P>(d.running_mean)),
-                                       to_doubles(to_params<P>(d.running_var)));
-  const Rounding u = rounding_of<T>();
-  const double m = static_cast<double>(d.shape.m());
-  std::vector<StatTolerance> st(C);
-  const auto mean = to_doubles(got.saved_mean[0]), invstd = to_doubles(got.saved_invstd[0]);
-  const auto rmean = to_doubles(got.running_mean[0]), rvar = to_doubles(got.running_var[0]);
-  for (std::size_t c = 0; c < C; ++c) {
-    st[c] = stat_tolerance(u, m, r.stats.mean[c], std::sqrt(r.stats.var[c]));
-    EXPECT_NEAR(mean[c], r.stats.mean[c], st[c].mean) << "saved mean, c=" << c;
-    EXPECT_NEAR(invstd[c], r.stats.invstd[c], r.stats.invstd[c] * (st[c].rel_var / 2 + 4 * u.acc))
-        << "saved invstd, c=" << c;
-    EXPECT_NEAR(rmean[c], r.running_mean[c],
-                momentum * st[c].mean + 4 * u.acc * std::fabs(r.running_mean[c]))
-        << "running mean, c=" << c;
-    EXPECT_NEAR(rvar[c], r.running_var[c],
-                momentum * r.stats.var_unbiased[c] * (st[c].rel_var + 4 * u.acc) +
-                    4 * u.acc * r.running_var[c])
-        << "running var, c=" << c;
-  }
-  expect_y_near(d, to_doubles(got.y), r.y, r.stats.mean, r.stats.invstd, p.offset, p.scale, st,
-                what + ": y");
-
-  // backward around the statistics the forward saved (as backward_test.cpp); dscale and doffset
-  // are each rank's share, summed here as a gradient all-reduce would
-  const auto dyd = to_doubles(dy);
-  const auto g = ref::backward_with_stats(d.shape, d.xd, dyd, p, mean, invstd, true);
-  const auto tol = backward_tolerance<T>(d.shape, d.xd, dyd, p.scale, mean, invstd, g);
-  std::vector<double> dscale(C, 0), doffset(C, 0);
-  for (std::size_t k = 0; k < sizes.size(); ++k)
-    for (std::size_t c = 0; c < C; ++c) {
-      dscale[c] += static_cast<double>(got.dscale[k][c]);
-      doffset[c] += static_cast<double>(got.doffset[k][c]);
-    }
-  expect_gradients_near<T>(d.shape, d.xd, dyd, g, to_doubles(got.dx), dscale, doffset, tol, true,
-                           what + ": backward");
+  expect_whole_batch_result(d, dy, got, what);
 
   // the same split again: the same bits
   if (!rerun) return;
@@ -260,8 +212,8 @@ void check_split(const Dims& dims, MemoryOrder order, const std::vector<std::int
 
 const std::vector<Dims>& split_shapes() {
   static const std::vector<Dims> shapes = {
-      {8, 3},         {12, 5, 7},      {9, 4, 5, 5},  {16, 16, 8, 8}, {6, 1, 33},
-      {10, 40, 7, 7}, {7, 3, 2, 3, 4}, {8, 2, 1025},  {5, 70000},     {11, 24, 4, 4}};
+      {8, 3},         {12, 5, 7},      {9, 4, 5, 5}, {16, 16, 8, 8}, {6, 1, 33},
+      {10, 40, 7, 7}, {7, 3, 2, 3, 4}, {8, 2, 1025}, {5, 70000},     {11, 24, 4, 4}};
   return shapes;
 }
 
@@ -287,7 +239,45 @@ TYPED_TEST(Distributed, OneSamplePerRankAndEmptyRanksAround) {
   check_split<TypeParam>({2, 3, 1, 1}, MemoryOrder::kChannelsLast, {1, 0, 1}, 12);
 }
 
-TEST(DistributedSizes, RecordsHoldACountAndTwoValuesPerChannel) {
+// The fused epilogue through the phases: ReLU's y is max(y, 0) of the same split without it, bit
+// for bit (p is formed alike; rounding is monotonic), and its dz passes dy exactly where y > 0
+// (the mask the apply phase wrote, read by both backward phases); SiLU's y is silu of the plain y
+// within the rounding of both (|silu'| <= 1.1).
+template <class T>
+void check_split_epilogue(MemoryOrder order) {
+  const Dims dims{9, 6, 5, 7};
+  const std::vector<std::int64_t> sizes{3, 0, 4, 2};
+  const Data<T> d = make_data<T>(dims, order, 90);
+  const std::vector<T> dy = make_dy<T>(d.x.size(), 91);
+  const auto plain = run_split(d, dy, order, sizes);
+  const auto relu = run_split(d, dy, order, sizes, Activation::kRelu);
+  const auto silu = run_split(d, dy, order, sizes, Activation::kSilu);
+  std::vector<T> dz;
+  const auto relu_res = run_split(d, dy, order, sizes, Activation::kRelu, true, &dz);
+  const double u = rounding_of<T>().out;
+  for (std::size_t i = 0; i < d.x.size(); ++i) {
+    const double yp = to_double(plain.y[i]);
+    ASSERT_EQ(to_double(relu.y[i]), std::max(yp, 0.0)) << "relu y[" << i << "]";
+    const double s = yp / (1 + std::exp(-yp)), ys = to_double(silu.y[i]);
+    ASSERT_NEAR(ys, s, 1.1 * u * std::fabs(yp) + 2 * u * std::fabs(s) + 1e-6)
+        << "silu y[" << i << "]";
+    const double want = to_double(relu_res.y[i]) > 0 ? to_double(dy[i]) : 0.0;
+    ASSERT_EQ(to_double(dz[i]), want) << "relu dz[" << i << "]";
+  }
+  EXPECT_FALSE(same_bits(relu.dx, plain.dx)) << "the backward phases ignored the mask";
+}
+
+TEST(DistributedEpilogue, ReluAndSiluThroughThePhases) {
+  if (!no_device_reason().empty()) GTEST_SKIP() << no_device_reason();
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast}) {
+    check_split_epilogue<float>(order);
+    check_split_epilogue<__nv_bfloat16>(order);
+  }
+}
+
+class DistributedSizes : public DeviceTest {};
+
+TEST_F(DistributedSizes, RecordsHoldACountAndTwoValuesPerChannel) {
   const TensorDesc f = TensorDesc::nchw(DataType::kBFloat16, 32, 64, 7, 7);
   EXPECT_EQ(local_stats_bytes(f), 16u + 64 * 2 * 4);
   EXPECT_EQ(local_grad_sums_bytes(f), 16u + 64 * 2 * 4);
@@ -317,12 +307,15 @@ TEST_F(DistributedErrors, BadArgumentsAreNamedAndNothingIsWritten) {
     forward_training_local(desc, x.data(), {static_cast<char*>(rec.data()) + 8, record}, w,
                            nullptr);
   });
-  fails(Status::kInvalidArgument, "local overlaps workspace",
-        [&] { forward_training_local(desc, x.data(), {ws.data(), record}, w, nullptr); });
-  fails(Status::kInvalidArgument, "x is null",
-        [&] { forward_training_local(desc, nullptr, {rec.data(), record}, w, nullptr); });
-  fails(Status::kWorkspaceTooSmall, "workspace.bytes",
-        [&] { forward_training_local(desc, x.data(), {rec.data(), record}, {ws.data(), 64}, nullptr); });
+  fails(Status::kInvalidArgument, "local overlaps workspace", [&] {
+    forward_training_local(desc, x.data(), {ws.data(), record}, w, nullptr);
+  });
+  fails(Status::kInvalidArgument, "x is null", [&] {
+    forward_training_local(desc, nullptr, {rec.data(), record}, w, nullptr);
+  });
+  fails(Status::kWorkspaceTooSmall, "workspace.bytes", [&] {
+    forward_training_local(desc, x.data(), {rec.data(), record}, {ws.data(), 64}, nullptr);
+  });
   TrainingForwardArgs<float> a;
   a.running.mean = static_cast<float*>(out.data());
   fails(Status::kInvalidArgument, "gathered.ranks", [&] {
@@ -335,6 +328,10 @@ TEST_F(DistributedErrors, BadArgumentsAreNamedAndNothingIsWritten) {
   });
   fails(Status::kInvalidArgument, "gathered overlaps y", [&] {
     forward_training_apply(desc, x.data(), y.data(), a, {y.data(), y.bytes(), 2}, w, nullptr);
+  });
+  fails(Status::kInvalidArgument, "gathered overlaps args.running.mean", [&] {
+    forward_training_apply(desc, x.data(), y.data(), a,
+                           {static_cast<char*>(out.data()) - 16, 2 * record, 1}, w, nullptr);
   });
   fails(Status::kInvalidDataType, "<float>", [&] {
     TrainingForwardArgs<double> ad;

@@ -13,15 +13,16 @@ namespace cubn {
 /// What kind of failure a cubn::Error reports.
 enum class Status {
   kSuccess = 0,
-  kInvalidArgument,    ///< a null pointer, a bad size, an out-of-range parameter
-  kInvalidDataType,    ///< a dtype the call does not support
-  kInvalidLayout,      ///< a memory order or rank the call does not support
-  kMisalignedOperand,  ///< a pointer without the alignment its dtype requires
-  kWorkspaceTooSmall,  ///< the caller's workspace is smaller than the size query asked for
-  kSizeOverflow,       ///< a size product that does not fit in 64 bits
-  kInvalidLaunch,      ///< a launch shape the device cannot run (threads, shared memory, grid)
-  kCudaError,          ///< the CUDA runtime reported an error (launch or device query)
-  kKernelFault,        ///< the CPU executor caught a kernel breaking a CUDA rule
+  kInvalidArgument,     ///< a null pointer, a bad size, an out-of-range parameter
+  kInvalidDataType,     ///< a dtype the call does not support
+  kInvalidLayout,       ///< a memory order or rank the call does not support
+  kMisalignedOperand,   ///< a pointer without the alignment its dtype requires
+  kWorkspaceTooSmall,   ///< the caller's workspace is smaller than the size query asked for
+  kSizeOverflow,        ///< a size product that does not fit in 64 bits
+  kInvalidLaunch,       ///< a launch shape the device cannot run (threads, shared memory, grid)
+  kCudaError,           ///< the CUDA runtime reported an error (launch or device query)
+  kKernelFault,         ///< the CPU executor caught a kernel breaking a CUDA rule
+  kCommunicationError,  ///< the collective library (NCCL, cubn/nccl.hpp) reported an error
 };
 
 /// A readable name for a Status, e.g. "invalid argument".
@@ -37,6 +38,7 @@ inline const char* to_string(Status s) noexcept {
     case Status::kInvalidLaunch: return "invalid launch";
     case Status::kCudaError: return "CUDA error";
     case Status::kKernelFault: return "kernel fault";
+    case Status::kCommunicationError: return "communication error";
   }
   return "unknown status";
 }
