@@ -8,7 +8,8 @@
 #  1. builds cubn, cubn_bench and cubn_io for the native architecture (and the gpu tests when
 #     GoogleTest is found; else it runs PREBUILT/tests/cubn_gpu_tests, default build/ci, built on
 #     a machine that has it: carry that folder along);
-#  2. runs the gpu-labelled tests, then again under compute-sanitizer memcheck, racecheck,
+#  2. runs the gpu-labelled tests (and cubn::nccl's, cubn_nccl_tests, where NCCL was found), then
+#     the first again under compute-sanitizer memcheck, racecheck,
 #     synccheck and initcheck (the last three on a subset, for time);
 #  3. runs cubn_bench --quick beside cuDNN and the copy kernel (CSV; chart if matplotlib is there);
 #  4. compares cubn with torch.nn.functional.batch_norm on the same inputs and times PyTorch's
@@ -74,6 +75,25 @@ else
   status=1
 fi
 echo "$tests_line"
+
+step "nccl tests"
+# cubn::nccl's tests (one rank per visible GPU), built where NCCL is found; libnccl.so.2 may come
+# from PyTorch's wheel (nvidia/nccl/lib) when the toolkit's is missing
+ncclbin=$build/tests/cubn_nccl_tests
+if [ "$tests" = ON ]; then
+  timeout 240 cmake --build "$build" -j "$(nproc)" --target cubn_nccl_tests >> "$out/build.log" 2>&1 || true
+else
+  ncclbin=$prebuilt/tests/cubn_nccl_tests
+fi
+nccl_line="nccl tests: not run (no binary: NCCL not found at build time)"
+if [ -x "$ncclbin" ]; then
+  torch_nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(nvidia.nccl.__path__[0], "lib"))' 2>/dev/null || true)
+  LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$torch_nccl" timeout 180 "$ncclbin" \
+    --gtest_brief=1 > "$out/nccl_tests.log" 2>&1 || status=1
+  nccl_line="nccl tests: $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' "$out/nccl_tests.log" | tr '\n' ' ')"
+  [ -n "$(grep -E '^\[' "$out/nccl_tests.log")" ] || nccl_line="nccl tests: did not start ($(tail -n 1 "$out/nccl_tests.log"))"
+fi
+echo "$nccl_line"
 
 step "compute-sanitizer"
 san_line="compute-sanitizer:"
@@ -150,6 +170,7 @@ EOF
 {
   echo "cubn GPU check, $(head -n 1 "$out/device.txt")"
   echo "$tests_line"
+  echo "$nccl_line"
   echo "$san_line"
   echo "$agree_line"
   cat "$out/ratios.txt"
