@@ -68,6 +68,10 @@ struct RankRecord {
 
 /// R records back to back in rank order, as an all-gather leaves them: ranks * (record bytes)
 /// bytes at `ptr`, 16-byte aligned. Every rank passes the same bytes, so every rank merges alike.
+/// The backward records are sums, so a buffer that a transport reduced by summation instead
+/// (every field in its own type: the count as int64, the pairs in P) may be passed as one record
+/// (ranks = 1); the result then depends on that reduction's order. The forward records are not
+/// sums (means and M2 merge by Chan's formula) and must be gathered.
 struct GatheredRecords {
   const void* ptr = nullptr;
   std::size_t bytes = 0;
