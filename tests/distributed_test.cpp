@@ -77,7 +77,8 @@ void gather(const std::vector<Rank<T>>& ranks, DeviceBytes& out, std::size_t rec
 template <class T>
 SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder order,
                          const std::vector<std::int64_t>& sizes, Activation act = Activation::kNone,
-                         bool residual = false, std::vector<T>* dz_out = nullptr) {
+                         bool residual = false, std::vector<T>* dz_out = nullptr,
+                         bool summed_backward = false) {
   using P = param_of<T>;
   const auto C = static_cast<std::size_t>(d.shape.c());
   const auto per_sample = static_cast<std::size_t>(d.shape.c() * d.shape.s());
@@ -149,6 +150,28 @@ SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder
   }
   device_sync();
   gather(ranks, gathered, grad_record);
+  int apply_ranks = static_cast<int>(ranks.size());
+  if (summed_backward) {  // what a summing all-reduce leaves: one record, each field summed
+    std::vector<unsigned char> all(gathered.bytes());
+    gathered.download(all.data(), all.size());
+    std::int64_t count = 0;
+    std::vector<P> sums(2 * C, P(0));
+    for (std::size_t r = 0; r < ranks.size(); ++r) {
+      const unsigned char* rec = all.data() + r * grad_record;
+      std::int64_t n;
+      std::memcpy(&n, rec, sizeof n);
+      count += n;
+      for (std::size_t i = 0; i < 2 * C; ++i) {
+        P v;
+        std::memcpy(&v, rec + 16 + i * sizeof(P), sizeof v);
+        sums[i] += v;
+      }
+    }
+    std::memcpy(all.data(), &count, sizeof count);
+    std::memcpy(all.data() + 16, sums.data(), sums.size() * sizeof(P));
+    gathered.upload(all.data(), grad_record);
+    apply_ranks = 1;
+  }
   for (auto& k : ranks) {
     TrainingBackwardArgs<P> b;
     b.scale = scale.data();
@@ -158,7 +181,7 @@ SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder
                   {k.reserve->data(), k.reserve->bytes()},
                   residual && k.count ? k.dz->data() : nullptr};
     backward_training_apply(k.desc, k.xp(), k.dyp(), k.count ? k.dx->data() : nullptr, b,
-                            {gathered.data(), gathered.bytes(), static_cast<int>(ranks.size())},
+                            {gathered.data(), gathered.bytes(), apply_ranks},
                             {k.ws->data(), k.ws->bytes()}, nullptr);
   }
   device_sync();
@@ -272,6 +295,20 @@ TEST(DistributedEpilogue, ReluAndSiluThroughThePhases) {
   for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast}) {
     check_split_epilogue<float>(order);
     check_split_epilogue<__nv_bfloat16>(order);
+  }
+}
+
+// The backward records are sums: one record summed field by field (as a summing all-reduce in
+// rank order leaves it) gives the gathered records' dx bit for bit.
+TYPED_TEST(Distributed, SummedBackwardRecordsStandForTheGatheredOnes) {
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast}) {
+    const Data<TypeParam> d = make_data<TypeParam>({10, 7, 3, 5}, order, 95);
+    const std::vector<TypeParam> dy = make_dy<TypeParam>(d.x.size(), 96);
+    const std::vector<std::int64_t> sizes{4, 0, 3, 3};
+    const auto gathered = run_split(d, dy, order, sizes);
+    const auto summed =
+        run_split<TypeParam>(d, dy, order, sizes, Activation::kNone, false, nullptr, true);
+    EXPECT_TRUE(same_bits(summed.dx, gathered.dx)) << to_string(order);
   }
 }
 
