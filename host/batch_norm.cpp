@@ -361,11 +361,10 @@ void check_gathered(
   check_disjoint(call, g.ptr, needed, "gathered", ws.ptr, ws.bytes, "workspace");
 }
 
+// p: x_desc canonicalized (the call takes no parameters, so any dtype; P follows from it).
 template <class P>
-void forward_local_impl(const TensorDesc& desc, const void* x, RankRecord local, Workspace ws,
+void forward_local_impl(const detail::Problem& p, const void* x, RankRecord local, Workspace ws,
                         cudaStream_t stream) {
-  nvtx3::scoped_range range{kForwardLocalCall};
-  const detail::Problem p = checked_problem<P>(kForwardLocalCall, desc, true);
   check_tensor(kForwardLocalCall, p, x, "x", p.numel == 0);
   const detail::SplitPlan plan =
       detail::plan_split(p, detail::current_device_info(), false, detail::aligned16(x),
@@ -481,11 +480,12 @@ std::size_t local_grad_sums_bytes(const TensorDesc& x) {
 
 void forward_training_local(const TensorDesc& x_desc, const void* x, RankRecord local,
                             Workspace workspace, cudaStream_t stream) {
+  nvtx3::scoped_range range{kForwardLocalCall};
   const detail::Problem p = detail::canonicalize(kForwardLocalCall, "x_desc", x_desc, true);
   if (p.dtype == DataType::kFloat64) {
-    forward_local_impl<double>(x_desc, x, local, workspace, stream);
+    forward_local_impl<double>(p, x, local, workspace, stream);
   } else {
-    forward_local_impl<float>(x_desc, x, local, workspace, stream);
+    forward_local_impl<float>(p, x, local, workspace, stream);
   }
 }
 

@@ -344,6 +344,15 @@ Scratch scratch_for(const Problem& p, const DeviceInfo& dev, std::size_t state_b
   return s;
 }
 
+// The training forward's regions (Welford partials, the normalization's coefficients) and the
+// backward's (gradient sums, dx's coefficients).
+Scratch forward_scratch(const Problem& p, const DeviceInfo& dev) {
+  return scratch_for(p, dev, kernels::welford_state_bytes(p.param_bytes()), kernels::kAffineCoeffs);
+}
+Scratch backward_scratch(const Problem& p, const DeviceInfo& dev) {
+  return scratch_for(p, dev, kernels::grad_sums_bytes(p.param_bytes()), kernels::kDxCoeffs);
+}
+
 }  // namespace
 
 std::int64_t reduce_loaded_elements(const Problem& p, int vec) {
@@ -366,8 +375,7 @@ TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_align
   tp.normalize = plan_map(p, dev, xy_aligned);
   tp.persistent = plan_persistent(p, dev, xy_aligned, 1);
   tp.use_persistent = choose_persistent(p, tp.persistent, dev, tp.stats, 1);
-  tp.scratch =
-      scratch_for(p, dev, kernels::welford_state_bytes(p.param_bytes()), kernels::kAffineCoeffs);
+  tp.scratch = forward_scratch(p, dev);
   return tp;
 }
 
@@ -378,7 +386,7 @@ BackwardPlan plan_backward(const Problem& p, const DeviceInfo& dev, bool inputs_
   bp.dx = plan_map(p, dev, all_aligned);
   bp.persistent = plan_persistent(p, dev, all_aligned, 2);
   bp.use_persistent = choose_persistent(p, bp.persistent, dev, bp.sums, 2);
-  bp.scratch = scratch_for(p, dev, kernels::grad_sums_bytes(p.param_bytes()), kernels::kDxCoeffs);
+  bp.scratch = backward_scratch(p, dev);
   return bp;
 }
 
@@ -389,8 +397,7 @@ SplitPlan plan_split(const Problem& p, const DeviceInfo& dev, bool backward, boo
   // a rank without samples runs no reduction or map; its merge writes the coefficients of one
   // sample's problem
   const Problem q = at_least_one_sample(p);
-  sp.scratch = backward ? plan_backward(q, dev, true, true).scratch
-                        : plan_training(q, dev, true, true).scratch;
+  sp.scratch = backward ? backward_scratch(q, dev) : forward_scratch(q, dev);
   if (p.numel == 0) return sp;
   sp.reduce = plan_reduce(p, dev, inputs_aligned, false, reduce_blocks);
   sp.map = plan_map(p, dev, all_aligned);

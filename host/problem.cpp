@@ -9,6 +9,23 @@ void fail(Status status, const char* call, const std::string& what) {
   throw Error(status, std::string(call) + ": " + what);
 }
 
+namespace {
+
+// The memory order (and shape) the kernels use for p, which has samples: see Problem::order.
+void canonical_order(Problem& p) {
+  if (p.c == 1) {  // one contiguous channel: one plane, unless that plane would pass 2^31
+    p.order = MemoryOrder::kChannelsFirst;
+    if (p.n * p.s <= 2147483647) {
+      p.s = p.n * p.s;
+      p.n = 1;
+    }
+  } else if (p.s == 1) {  // [N][C] either way
+    p.order = MemoryOrder::kChannelsLast;
+  }
+}
+
+}  // namespace
+
 Problem canonicalize(const char* call, const char* arg, const TensorDesc& d, bool empty_batch) {
   const std::string a = arg;
   if (element_size(d.dtype) == 0)
@@ -49,15 +66,7 @@ Problem canonicalize(const char* call, const char* arg, const TensorDesc& d, boo
   p.s = numel / (p.n * p.c);
   p.numel = numel;
   p.order = d.order;
-  if (p.c == 1) {  // one contiguous channel: one plane, unless that plane would pass 2^31
-    p.order = MemoryOrder::kChannelsFirst;
-    if (p.n * p.s <= 2147483647) {
-      p.s = p.n * p.s;
-      p.n = 1;
-    }
-  } else if (p.s == 1) {  // [N][C] either way
-    p.order = MemoryOrder::kChannelsLast;
-  }
+  canonical_order(p);
   return p;
 }
 
@@ -66,11 +75,7 @@ Problem at_least_one_sample(const Problem& p) {
   Problem q = p;
   q.n = 1;
   q.numel = q.c * q.s;
-  if (q.c == 1) {
-    q.order = MemoryOrder::kChannelsFirst;
-  } else if (q.s == 1) {
-    q.order = MemoryOrder::kChannelsLast;
-  }
+  canonical_order(q);
   return q;
 }
 

@@ -124,12 +124,8 @@ SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder
   device_sync();
   gather(ranks, gathered, record);
   for (auto& k : ranks) {
-    TrainingForwardArgs<P> a;
-    a.affine = {scale.data(), offset.data()};
-    a.epsilon = 1e-3;
-    a.running = {k.rm->data(), k.rv->data()};
-    a.momentum = Momentum::pytorch(0.1);
-    a.saved = {k.sm->data(), k.si->data()};
+    TrainingForwardArgs<P> a = split_forward_args<P>(scale.data(), offset.data(), k.rm->data(),
+                                                     k.rv->data(), k.sm->data(), k.si->data());
     a.epilogue = {
         act, residual && k.count ? k.z->data() : nullptr, {k.reserve->data(), k.reserve->bytes()}};
     forward_training_apply(k.desc, k.xp(), k.count ? k.y->data() : nullptr, a, all,

@@ -61,12 +61,8 @@ void run_rank(const Data<T>& d, const std::vector<T>& dy, MemoryOrder order, int
                             nccl::backward_workspace_size(desc, comm)));
     cudaStream_t stream = nullptr;
     check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
-    TrainingForwardArgs<P> a;
-    a.affine = {scale.data(), shift.data()};
-    a.epsilon = 1e-3;
-    a.running = {rm.data(), rv.data()};
-    a.momentum = Momentum::pytorch(0.1);
-    a.saved = {sm.data(), si.data()};
+    const TrainingForwardArgs<P> a = split_forward_args<P>(scale.data(), shift.data(), rm.data(),
+                                                           rv.data(), sm.data(), si.data());
     TrainingBackwardArgs<P> b;
     b.scale = scale.data();
     b.saved = {sm.data(), si.data()};

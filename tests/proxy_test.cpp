@@ -13,8 +13,9 @@
 // 2r + 2l + 1, in one launch, where l is the fraction of elements past the last whole vector
 // (fewer than 16 bytes' worth, read once more to be written).
 // The split-phase calls (cubn/distributed.hpp) stream: forward local r (x), apply 1 + 1 (x, y)
-// after the merge kernel; backward local 2r (dy, x), apply 2 + 1 (dy, x, dx): one more pass over
-// x (backward dy and x) than the streaming single call, for the collective between the phases.
+// after the merge kernel; backward local 2r (dy, x), apply 2 + 1 (dy, x, dx): the streaming
+// single call's passes, one more over x (backward dy and x) than the persistent one where the
+// tensor fits on chip, for the collective between the phases.
 // Per-channel vectors, the ranks' records, and the one element per channel the statistics take as
 // their shift, are not counted.
 // The fused epilogue (FusedCallsMatchTheirByteModel, on shapes without edge packs or leftovers)

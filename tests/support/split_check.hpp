@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cubn/batch_norm.hpp"
 #include "reference.hpp"
 #include "support/backward_check.hpp"
 #include "support/bn_harness.hpp"
@@ -28,6 +29,23 @@ struct SplitResult {
   std::vector<std::vector<P>> dscale, doffset;                                      ///< per rank
 };
 
+/// The epsilon and momentum every split run trains with, which the reference below assumes.
+constexpr double kSplitEpsilon = 1e-3, kSplitMomentum = 0.1;
+
+/// A split run's forward arguments: scale and offset, the running statistics to update and the
+/// saved ones to write, kSplitEpsilon and kSplitMomentum.
+template <class P>
+TrainingForwardArgs<P> split_forward_args(const P* scale, const P* offset, P* running_mean,
+                                          P* running_var, P* saved_mean, P* saved_invstd) {
+  TrainingForwardArgs<P> a;
+  a.affine = {scale, offset};
+  a.epsilon = kSplitEpsilon;
+  a.running = {running_mean, running_var};
+  a.momentum = Momentum::pytorch(kSplitMomentum);
+  a.saved = {saved_mean, saved_invstd};
+  return a;
+}
+
 /// a and b hold the same bytes.
 template <class V>
 bool same_bits(const V& a, const V& b) {
@@ -35,7 +53,7 @@ bool same_bits(const V& a, const V& b) {
          std::memcmp(a.data(), b.data(), a.size() * sizeof(typename V::value_type)) == 0;
 }
 
-/// The forward (momentum 0.1, epsilon 1e-3, d's scale and offset) and backward (dy, the scale)
+/// The forward (split_forward_args with d's scale and offset) and backward (dy, the scale)
 /// that produced `got` against the whole batch's reference.
 template <class T>
 void expect_whole_batch_result(const Data<T>& d, const std::vector<T>& dy,
@@ -55,8 +73,8 @@ void expect_whole_batch_result(const Data<T>& d, const std::vector<T>& dy,
   ref::Params p;
   p.scale = to_doubles(to_params<P>(d.scale));
   p.offset = to_doubles(to_params<P>(d.offset));
-  p.eps = 1e-3;
-  const double momentum = static_cast<double>(static_cast<P>(0.1));
+  p.eps = kSplitEpsilon;
+  const double momentum = static_cast<double>(static_cast<P>(kSplitMomentum));
   const auto r = ref::forward_training(d.shape, d.xd, p, momentum, momentum,
                                        to_doubles(to_params<P>(d.running_mean)),
                                        to_doubles(to_params<P>(d.running_var)));
