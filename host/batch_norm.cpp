@@ -56,13 +56,13 @@ detail::Problem checked_problem(const char* call, const TensorDesc& desc,
 void check_epsilon(const char* call, double epsilon) {
   if (!(epsilon > 0) || !std::isfinite(epsilon))
     fail(Status::kInvalidArgument, call,
-         "epsilon is " + std::to_string(epsilon) + "; it must be finite and greater than 0");
+         "epsilon is " + detail::number(epsilon) + "; it must be finite and greater than 0");
 }
 
 void check_momentum(const char* call, const char* arg, double m) {
   if (!(m >= 0 && m <= 1))
     fail(Status::kInvalidArgument, call,
-         std::string(arg) + " is " + std::to_string(m) + "; it must lie in [0, 1]");
+         std::string(arg) + " is " + detail::number(m) + "; it must lie in [0, 1]");
 }
 
 // `out` and `in` (either may be null) are the same pointer or do not overlap.

@@ -1,9 +1,16 @@
 #include "problem.hpp"
 
+#include <charconv>
 #include <cstdint>
 #include <limits>
 
 namespace cubn::detail {
+
+std::string number(double v) {
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
 
 void fail(Status status, const char* call, const std::string& what) {
   throw Error(status, std::string(call) + ": " + what);

@@ -27,6 +27,10 @@ struct Problem {
   std::size_t param_bytes() const { return dtype == DataType::kFloat64 ? 8 : 4; }
 };
 
+/// `v` as given, in the fewest digits that read back as the same double ("-1e-09", "0.1", "nan"),
+/// for error messages: std::to_string's fixed six decimals would print -1e-9 as "-0.000000".
+std::string number(double v);
+
 /// Throws Error(status) with "<call>: <what>".
 [[noreturn]] void fail(Status status, const char* call, const std::string& what);
 

@@ -138,6 +138,18 @@ TEST_F(ForwardErrors, EpsilonAndMomentumOutOfRange) {
   }
 }
 
+// Numbers in messages print as given, not rounded to six decimals ("-0.000000").
+TEST_F(ForwardErrors, MessagesPrintNumbersAsGiven) {
+  auto a = training_args();
+  a.epsilon = -1e-9;
+  expect_error([&] { train(desc_, x(), y(), a, workspace()); }, Status::kInvalidArgument,
+               "epsilon is -1e-09;");
+  a = training_args();
+  a.momentum.var = 1.0000001;
+  expect_error([&] { train(desc_, x(), y(), a, workspace()); }, Status::kInvalidArgument,
+               "args.momentum.var is 1.0000001;");
+}
+
 TEST_F(ForwardErrors, WorkspaceTooSmallNullOrMisaligned) {
   const std::size_t need = forward_training_workspace_size(desc_);
   ASSERT_LE(need, b_->ws.bytes());
