@@ -22,7 +22,7 @@ dim3 channel_grid(std::int64_t c) {
   return dim3(static_cast<unsigned>((c + kernels::kBlockThreads - 1) / kernels::kBlockThreads));
 }
 
-// The record of a rank without samples: all zero.
+// The record of a rank without samples (or its gradients): all zero.
 template <class Acc>
 void empty_record(void* record, std::size_t bytes, cudaStream_t stream) {
   const auto values = static_cast<std::int64_t>(bytes / sizeof(Acc));
@@ -72,8 +72,14 @@ template <class T>
 void launch_backward_local(const Problem& p, const SplitPlan& plan, const T* x, const T* dy,
                            const TrainingBackwardArgs<param_t<T>>& args, void* record,
                            void* workspace, cudaStream_t stream) {
-  if (p.numel == 0) return empty_record<param_t<T>>(record, plan.record_bytes, stream);
   using Acc = param_t<T>;
+  if (p.numel == 0) {  // this rank's share of dscale and doffset is zero
+    if (!args.grads.accumulate) {
+      for (Acc* g : {args.grads.dscale, args.grads.doffset})
+        if (g != nullptr) empty_record<Acc>(g, static_cast<std::size_t>(p.c) * sizeof(Acc), stream);
+    }
+    return empty_record<Acc>(record, plan.record_bytes, stream);
+  }
   using State = kernels::GradSums<Acc>;
   const ScratchPtrs<State, Acc> ws(workspace, plan.scratch);
   kernels::LocalGradFinish<Acc> fin;

@@ -109,6 +109,9 @@ SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder
     k.si = std::make_unique<DeviceBuffer<P>>(C);
     k.ds = std::make_unique<DeviceBuffer<P>>(C);
     k.dof = std::make_unique<DeviceBuffer<P>>(C);
+    // every rank's share is written, an empty rank's too (zero): no zero-filled buffers here
+    k.ds->fill_bytes(0x7f);
+    k.dof->fill_bytes(0x7f);
     k.ws = std::make_unique<DeviceBytes>(
         std::max(forward_training_workspace_size(k.desc), backward_workspace_size(k.desc)));
     k.record = std::make_unique<DeviceBytes>(
