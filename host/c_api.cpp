@@ -1,16 +1,14 @@
 // The C ABI (cubn/cubn.h) over the C++ API: each call converts its structs, runs the C++ call and
 // turns every exception into a status and a thread-local message.
-#include <exception>
-#include <new>
 #include <string>
-#include <type_traits>
 
+#include "c_api_support.hpp"
 #include "cubn/cubn.h"
-#include "cubn/cubn.hpp"
 
 namespace {
 
 using namespace cubn;
+using namespace cubn::c_api;
 
 static_assert(static_cast<int>(Status::kSuccess) == CUBN_STATUS_SUCCESS &&
                   static_cast<int>(Status::kInvalidArgument) == CUBN_STATUS_INVALID_ARGUMENT &&
@@ -34,135 +32,6 @@ static_assert(static_cast<int>(DataType::kFloat16) == CUBN_FLOAT16 &&
                   static_cast<int>(Activation::kRelu) == CUBN_ACTIVATION_RELU &&
                   static_cast<int>(Activation::kSilu) == CUBN_ACTIVATION_SILU,
               "the C enums mirror the C++ ones");
-
-thread_local std::string last_message;
-
-// Runs `body`; every exception becomes a status and this thread's last message.
-template <class F>
-cubn_status guarded(F&& body) noexcept {
-  try {
-    body();
-    return CUBN_STATUS_SUCCESS;
-  } catch (const Error& e) {
-    try {
-      last_message = e.what();
-    } catch (...) {
-    }
-    return static_cast<cubn_status>(e.status());
-  } catch (const std::bad_alloc&) {
-    last_message.clear();  // no memory for a message either
-    return CUBN_STATUS_INTERNAL_ERROR;
-  } catch (const std::exception& e) {
-    try {
-      last_message = std::string("cubn: internal error: ") + e.what();
-    } catch (...) {
-    }
-    return CUBN_STATUS_INTERNAL_ERROR;
-  } catch (...) {
-    try {
-      last_message = "cubn: internal error: an unknown exception";
-    } catch (...) {
-    }
-    return CUBN_STATUS_INTERNAL_ERROR;
-  }
-}
-
-[[noreturn]] void null_argument(const char* call, const char* arg) {
-  throw Error(Status::kInvalidArgument, std::string(call) + ": " + arg + " is null");
-}
-
-template <class T>
-const T& required(const char* call, const char* arg, const T* p) {
-  if (p == nullptr) null_argument(call, arg);
-  return *p;
-}
-
-// Values outside the enums pass through: the C++ checks name them.
-TensorDesc tensor_desc(const char* call, const cubn_tensor_desc* d) {
-  const cubn_tensor_desc& c = required(call, "x_desc", d);
-  TensorDesc t;
-  t.dtype = static_cast<DataType>(c.dtype);
-  t.order = static_cast<MemoryOrder>(c.order);
-  t.rank = c.rank;
-  for (int i = 0; i < TensorDesc::kMaxRank; ++i) t.dims[i] = c.dims[i];
-  return t;
-}
-
-// Calls `f` with a null pointer of the parameter type of `d`'s dtype: double for fp64, float
-// otherwise (an invalid dtype takes float, and the C++ call rejects it).
-template <class F>
-void with_param_type(const cubn_tensor_desc& d, F&& f) {
-  if (d.dtype == CUBN_FLOAT64)
-    f(static_cast<double*>(nullptr));
-  else
-    f(static_cast<float*>(nullptr));
-}
-
-Epilogue epilogue(const cubn_epilogue& e) {
-  Epilogue r;
-  r.activation = static_cast<Activation>(e.activation);
-  r.residual = e.residual;
-  r.reserve = {e.reserve, e.reserve_bytes};
-  return r;
-}
-
-EpilogueGrad epilogue_grad(const cubn_epilogue_grad& e) {
-  EpilogueGrad r;
-  r.activation = static_cast<Activation>(e.activation);
-  r.residual = e.residual;
-  r.reserve = {e.reserve, e.reserve_bytes};
-  r.dz = e.dz;
-  return r;
-}
-
-template <class P>
-ParamGradients<P> grads(const cubn_param_gradients& g) {
-  return {static_cast<P*>(g.dscale), static_cast<P*>(g.doffset), g.accumulate != 0};
-}
-
-template <class P>
-TrainingForwardArgs<P> training_forward(const cubn_training_forward_args& a) {
-  TrainingForwardArgs<P> r;
-  r.affine = {static_cast<const P*>(a.scale), static_cast<const P*>(a.offset)};
-  r.epsilon = a.epsilon;
-  r.running = {static_cast<P*>(a.running_mean), static_cast<P*>(a.running_var)};
-  r.momentum = {a.momentum_mean, a.momentum_var};
-  r.saved = {static_cast<P*>(a.saved_mean), static_cast<P*>(a.saved_invstd)};
-  r.epilogue = epilogue(a.epilogue);
-  return r;
-}
-
-template <class P>
-InferenceForwardArgs<P> inference_forward(const cubn_inference_forward_args& a) {
-  InferenceForwardArgs<P> r;
-  r.affine = {static_cast<const P*>(a.scale), static_cast<const P*>(a.offset)};
-  r.running = {static_cast<const P*>(a.running_mean), static_cast<const P*>(a.running_var)};
-  r.epsilon = a.epsilon;
-  r.epilogue = epilogue(a.epilogue);
-  return r;
-}
-
-template <class P>
-TrainingBackwardArgs<P> training_backward(const cubn_training_backward_args& a) {
-  TrainingBackwardArgs<P> r;
-  r.scale = static_cast<const P*>(a.scale);
-  r.saved = {static_cast<const P*>(a.saved_mean), static_cast<const P*>(a.saved_invstd)};
-  r.grads = grads<P>(a.grads);
-  r.epilogue = epilogue_grad(a.epilogue);
-  return r;
-}
-
-template <class P>
-FrozenBackwardArgs<P> frozen_backward(const cubn_frozen_backward_args& a) {
-  FrozenBackwardArgs<P> r;
-  r.scale = static_cast<const P*>(a.scale);
-  r.running = {static_cast<const P*>(a.running_mean), static_cast<const P*>(a.running_var)};
-  r.epsilon = a.epsilon;
-  r.grads = grads<P>(a.grads);
-  r.epilogue = epilogue_grad(a.epilogue);
-  r.offset = static_cast<const P*>(a.offset);
-  return r;
-}
 
 // A size query: `query(desc)` into *bytes.
 template <class Q>
@@ -208,7 +77,7 @@ const char* cubn_status_string(cubn_status status) {
   return to_string(static_cast<Status>(status));
 }
 
-const char* cubn_last_error_message(void) { return last_message.c_str(); }
+const char* cubn_last_error_message(void) { return last_message().c_str(); }
 
 cubn_status cubn_forward_training_workspace_size(const cubn_tensor_desc* x_desc, size_t* bytes) {
   return size_query("cubn_forward_training_workspace_size", x_desc, bytes,
@@ -355,3 +224,8 @@ cubn_status cubn_backward_training_apply(const cubn_tensor_desc* x_desc, const v
 }
 
 }  // extern "C"
+
+std::string& cubn::c_api::last_message() {
+  thread_local std::string message;
+  return message;
+}
