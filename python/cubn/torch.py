@@ -1,0 +1,407 @@
+"""cubn.torch: drop-in replacements for torch.nn's batch norms.
+
+BatchNorm1d, BatchNorm2d, BatchNorm3d and SyncBatchNorm take torch.nn's constructor arguments and
+hold the same parameters and buffers under the same names (they subclass torch's classes), so
+state_dict() moves between torch's modules and these both ways. train() runs cubn's training
+forward (batch statistics, running statistics updated) and its backward; eval() runs cubn's
+inference forward and, where gradients are needed, its frozen backward. The calls are torch.library
+custom ops (cubn::batch_norm_train, cubn::batch_norm_eval and their backwards), opaque to
+torch.compile and CUDA graphs. Tensors must be contiguous or channels-last (channels_last,
+channels_last_3d); other strides are refused with an error. Workspaces come from PyTorch's
+allocator (a zeroed block per call), never from a hidden cudaMalloc.
+
+convert_batchnorm(module) swaps torch's batch norms in a module for these, in place, keeping the
+parameter and buffer tensors themselves (as torch.nn.SyncBatchNorm.convert_sync_batchnorm does).
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _core
+
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "SyncBatchNorm",
+    "batch_norm",
+    "convert_batchnorm",
+]
+
+
+def _param_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _p(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """A parameter or statistic in cubn's parameter type (float32, float64 for float64 x)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+def _like(x: Tensor, t: Tensor) -> Tensor:
+    """t in x's memory order (dy may come back from autograd in another)."""
+    if t.stride() == x.stride():
+        return t
+    return torch.empty_like(x).copy_(t)
+
+
+def _zeros(nbytes: int, device) -> Tensor:
+    # at least 16 bytes: cubn takes a workspace pointer even where it needs none
+    return torch.zeros(max(int(nbytes), 16), dtype=torch.uint8, device=device)
+
+
+def _workspace(x: Tensor) -> Tensor:
+    return _zeros(
+        max(_core.forward_training_workspace_size(x), _core.backward_workspace_size(x)), x.device
+    )
+
+
+class _Stats:
+    """Running statistics in the parameter type, written back where the buffers hold another
+    (a module converted with .half() keeps fp16 buffers; cubn updates float ones)."""
+
+    def __init__(self, tensors, dtype):
+        self.tensors = tensors
+        self.work = [_p(t, dtype) for t in tensors]
+
+    def write_back(self):
+        for t, w in zip(self.tensors, self.work):
+            if t is not None and w is not t:
+                t.copy_(w)
+
+
+@torch.library.custom_op("cubn::batch_norm_train", mutates_args=("running_mean", "running_var"))
+def batch_norm_train(
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    momentum: float,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Training forward: (y, saved_mean, saved_invstd); running statistics updated in place."""
+    p = _param_dtype(x)
+    c = x.shape[1]
+    y = torch.empty_like(x)
+    saved_mean = x.new_empty((c,), dtype=p)
+    saved_invstd = x.new_empty((c,), dtype=p)
+    stats = _Stats([running_mean, running_var], p)
+    _core.forward_training(
+        x, y, workspace=_workspace(x), scale=_p(weight, p), offset=_p(bias, p),
+        running_mean=stats.work[0], running_var=stats.work[1], momentum=momentum,
+        saved_mean=saved_mean, saved_invstd=saved_invstd, epsilon=eps)
+    stats.write_back()
+    return y, saved_mean, saved_invstd
+
+
+@batch_norm_train.register_fake
+def _(x, weight, bias, running_mean, running_var, momentum, eps):
+    p = _param_dtype(x)
+    c = x.shape[1]
+    return torch.empty_like(x), x.new_empty((c,), dtype=p), x.new_empty((c,), dtype=p)
+
+
+@torch.library.custom_op("cubn::batch_norm_train_backward", mutates_args=())
+def batch_norm_train_backward(
+    dy: Tensor, x: Tensor, weight: Optional[Tensor], saved_mean: Tensor, saved_invstd: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward of batch_norm_train: (dx, dweight, dbias) in the parameter type."""
+    p = _param_dtype(x)
+    c = x.shape[1]
+    dx = torch.empty_like(x)
+    dscale = x.new_empty((c,), dtype=p)
+    doffset = x.new_empty((c,), dtype=p)
+    _core.backward_training(
+        x, _like(x, dy), dx, saved_mean=saved_mean, saved_invstd=saved_invstd,
+        workspace=_workspace(x), scale=_p(weight, p), dscale=dscale, doffset=doffset)
+    return dx, dscale, doffset
+
+
+@batch_norm_train_backward.register_fake
+def _(dy, x, weight, saved_mean, saved_invstd):
+    p = _param_dtype(x)
+    c = x.shape[1]
+    return torch.empty_like(x), x.new_empty((c,), dtype=p), x.new_empty((c,), dtype=p)
+
+
+def _param_grad(g: Tensor, like: Optional[Tensor], needed: bool) -> Optional[Tensor]:
+    if not needed or like is None:
+        return None
+    return g if g.dtype == like.dtype else g.to(like.dtype)
+
+
+def _bias_like(ctx, like: Tensor) -> Optional[Tensor]:
+    return None if ctx.bias_dtype is None else like.new_empty(0, dtype=ctx.bias_dtype)
+
+
+class _TrainFunction(torch.autograd.Function):
+    """Autograd of the training forward. The op updates the running statistics in place, and
+    torch.library attaches autograd formulas to functional ops only, so the formula lives here
+    (torch.compile traces autograd.Function; both ops stay opaque)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
+        y, saved_mean, saved_invstd = torch.ops.cubn.batch_norm_train(
+            x, weight, bias, running_mean, running_var, momentum, eps)
+        ctx.save_for_backward(x, weight, saved_mean, saved_invstd)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, saved_mean, saved_invstd = ctx.saved_tensors
+        dx, dscale, doffset = torch.ops.cubn.batch_norm_train_backward(
+            dy, x, weight, saved_mean, saved_invstd)
+        return (dx if ctx.needs_input_grad[0] else None,
+                _param_grad(dscale, weight, ctx.needs_input_grad[1]),
+                _param_grad(doffset, _bias_like(ctx, doffset), ctx.needs_input_grad[2]),
+                None, None, None, None)
+
+
+@torch.library.custom_op("cubn::batch_norm_eval", mutates_args=())
+def batch_norm_eval(
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+) -> Tensor:
+    """Inference forward with the running statistics."""
+    p = _param_dtype(x)
+    y = torch.empty_like(x)
+    _core.forward_inference(
+        x, y, running_mean=_p(running_mean, p), running_var=_p(running_var, p),
+        scale=_p(weight, p), offset=_p(bias, p), epsilon=eps)
+    return y
+
+
+@batch_norm_eval.register_fake
+def _(x, weight, bias, running_mean, running_var, eps):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("cubn::batch_norm_eval_backward", mutates_args=())
+def batch_norm_eval_backward(
+    dy: Tensor,
+    x: Tensor,
+    weight: Optional[Tensor],
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Frozen backward (statistics are constants): (dx, dweight, dbias)."""
+    p = _param_dtype(x)
+    c = x.shape[1]
+    dx = torch.empty_like(x)
+    dscale = x.new_empty((c,), dtype=p)
+    doffset = x.new_empty((c,), dtype=p)
+    _core.backward_frozen(
+        x, _like(x, dy), dx, running_mean=_p(running_mean, p), running_var=_p(running_var, p),
+        workspace=_zeros(_core.backward_workspace_size(x), x.device), scale=_p(weight, p),
+        epsilon=eps, dscale=dscale, doffset=doffset)
+    return dx, dscale, doffset
+
+
+@batch_norm_eval_backward.register_fake
+def _(dy, x, weight, running_mean, running_var, eps):
+    p = _param_dtype(x)
+    c = x.shape[1]
+    return torch.empty_like(x), x.new_empty((c,), dtype=p), x.new_empty((c,), dtype=p)
+
+
+def _eval_setup(ctx, inputs, output):
+    x, weight, bias, running_mean, running_var, eps = inputs
+    ctx.save_for_backward(x, weight, running_mean, running_var)
+    ctx.eps = eps
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _eval_backward(ctx, dy):
+    x, weight, running_mean, running_var = ctx.saved_tensors
+    dx, dscale, doffset = batch_norm_eval_backward(dy, x, weight, running_mean, running_var,
+                                                   ctx.eps)
+    return (
+        dx if ctx.needs_input_grad[0] else None,
+        _param_grad(dscale, weight, ctx.needs_input_grad[1]),
+        _param_grad(doffset, _bias_like(ctx, doffset), ctx.needs_input_grad[2]),
+        None,
+        None,
+        None,
+    )
+
+
+batch_norm_eval.register_autograd(_eval_backward, setup_context=_eval_setup)
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """torch.nn.functional.batch_norm's contract on cubn's calls: training uses the batch's
+    statistics and updates the running ones given; otherwise both running statistics are used."""
+    if training:
+        return _TrainFunction.apply(input, weight, bias, running_mean, running_var,
+                                    float(momentum), float(eps))
+    if running_mean is None or running_var is None:
+        raise ValueError("cubn.torch.batch_norm: running_mean and running_var are needed when "
+                         "not training")
+    return torch.ops.cubn.batch_norm_eval(input, weight, bias, running_mean, running_var,
+                                          float(eps))
+
+
+class _CubnBatchNorm:
+    """torch.nn's _BatchNorm.forward, with cubn's calls in place of F.batch_norm."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+            else:
+                factor = self.momentum
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        keep = not self.training or self.track_running_stats
+        running_mean = self.running_mean if keep else None
+        running_var = self.running_var if keep else None
+        return self._normalize(input, running_mean, running_var, bn_training, factor)
+
+    def _normalize(self, input, running_mean, running_var, bn_training, factor):
+        return batch_norm(input, running_mean, running_var, self.weight, self.bias, bn_training,
+                          factor, self.eps)
+
+
+class BatchNorm1d(_CubnBatchNorm, torch.nn.BatchNorm1d):
+    """torch.nn.BatchNorm1d on cubn: (N, C) or (N, C, L)."""
+
+
+class BatchNorm2d(_CubnBatchNorm, torch.nn.BatchNorm2d):
+    """torch.nn.BatchNorm2d on cubn: (N, C, H, W), contiguous or channels_last."""
+
+
+class BatchNorm3d(_CubnBatchNorm, torch.nn.BatchNorm3d):
+    """torch.nn.BatchNorm3d on cubn: (N, C, D, H, W), contiguous or channels_last_3d."""
+
+
+def _all_gather_bytes(local: Tensor, group, world: int) -> Tensor:
+    import torch.distributed as dist
+
+    gathered = local.new_empty((world * local.numel(),))
+    dist.all_gather(list(gathered.chunk(world)), local, group=group)
+    return gathered
+
+
+class _SyncBatchNormFunction(torch.autograd.Function):
+    """Training across ranks: cubn's split phases around torch.distributed all-gathers of the
+    per-rank records (statistics forward, gradient sums backward)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, group, world):
+        x = x.detach()
+        p = _param_dtype(x)
+        c = x.shape[1]
+        workspace = _workspace(x)
+        local = torch.empty(_core.local_stats_bytes(x), dtype=torch.uint8, device=x.device)
+        _core.forward_training_local(x, local, workspace=workspace)
+        gathered = _all_gather_bytes(local, group, world)
+        y = torch.empty_like(x)
+        saved_mean = x.new_empty((c,), dtype=p)
+        saved_invstd = x.new_empty((c,), dtype=p)
+        stats = _Stats([running_mean, running_var], p)
+        _core.forward_training_apply(
+            x, y, gathered, ranks=world, workspace=workspace, scale=_p(weight, p),
+            offset=_p(bias, p), running_mean=stats.work[0], running_var=stats.work[1],
+            momentum=momentum, saved_mean=saved_mean, saved_invstd=saved_invstd, epsilon=eps)
+        stats.write_back()
+        ctx.save_for_backward(x, weight, saved_mean, saved_invstd)
+        ctx.group, ctx.world = group, world
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, saved_mean, saved_invstd = ctx.saved_tensors
+        p = _param_dtype(x)
+        c = x.shape[1]
+        dy = _like(x, dy.contiguous() if dy.numel() == 0 else dy)
+        workspace = _workspace(x)
+        local = torch.empty(_core.local_grad_sums_bytes(x), dtype=torch.uint8, device=x.device)
+        dscale = x.new_empty((c,), dtype=p)
+        doffset = x.new_empty((c,), dtype=p)
+        _core.backward_training_local(
+            x, dy, local, saved_mean=saved_mean, saved_invstd=saved_invstd, workspace=workspace,
+            scale=_p(weight, p), dscale=dscale, doffset=doffset)
+        gathered = _all_gather_bytes(local, ctx.group, ctx.world)
+        dx = torch.empty_like(x)
+        _core.backward_training_apply(
+            x, dy, dx, gathered, ranks=ctx.world, saved_mean=saved_mean,
+            saved_invstd=saved_invstd, workspace=workspace, scale=_p(weight, p))
+        # dscale and doffset are this rank's share (torch's SyncBatchNorm's): the trainer's
+        # gradient all-reduce (DistributedDataParallel) sums them
+        return (dx, _param_grad(dscale, weight, ctx.needs_input_grad[1]),
+                _param_grad(doffset, _bias_like(ctx, doffset), ctx.needs_input_grad[2]), None,
+                None, None,
+                None, None, None)
+
+
+class SyncBatchNorm(_CubnBatchNorm, torch.nn.SyncBatchNorm):
+    """torch.nn.SyncBatchNorm on cubn: in training with a torch.distributed process group of
+    several ranks, the statistics (and the backward's sums) are those of every rank's batch,
+    gathered through torch.distributed (any backend: NCCL, gloo). Elsewhere it is BatchNorm."""
+
+    def _normalize(self, input, running_mean, running_var, bn_training, factor):
+        import torch.distributed as dist
+
+        if bn_training and self.training and dist.is_available() and dist.is_initialized():
+            group = self.process_group or dist.group.WORLD
+            world = dist.get_world_size(group)
+            if world > 1:
+                return _SyncBatchNormFunction.apply(input, self.weight, self.bias, running_mean,
+                                                    running_var, factor, self.eps, group, world)
+        return super()._normalize(input, running_mean, running_var, bn_training, factor)
+
+
+_CONVERSIONS = {
+    torch.nn.BatchNorm1d: BatchNorm1d,
+    torch.nn.BatchNorm2d: BatchNorm2d,
+    torch.nn.BatchNorm3d: BatchNorm3d,
+    torch.nn.SyncBatchNorm: SyncBatchNorm,
+}
+
+
+def convert_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Swaps torch's batch norms in `module` (and itself, if it is one: use the return value) for
+    cubn's, keeping their parameter and buffer tensors, training flag and hooks-free state."""
+    out = module
+    cls = _CONVERSIONS.get(type(module))
+    if cls is not None:
+        kwargs = dict(num_features=module.num_features, eps=module.eps, momentum=module.momentum,
+                      affine=module.affine, track_running_stats=module.track_running_stats,
+                      device="meta")
+        if cls is SyncBatchNorm:
+            kwargs["process_group"] = module.process_group
+        out = cls(**kwargs)
+        if module.affine:
+            with torch.no_grad():
+                out.weight = module.weight
+                out.bias = module.bias
+        out.running_mean = module.running_mean
+        out.running_var = module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.train(module.training)
+        if hasattr(module, "qconfig"):
+            out.qconfig = module.qconfig
+    for name, child in module.named_children():
+        out.add_module(name, convert_batchnorm(child))
+    return out
