@@ -47,6 +47,14 @@ def _like(x: Tensor, t: Tensor) -> Tensor:
     return torch.empty_like(x).copy_(t)
 
 
+def _outputs(x: Tensor):
+    """A tensor like x (its strides too) and two of C values in the parameter type: (y,
+    saved_mean, saved_invstd) or (dx, dscale, doffset)."""
+    p = _param_dtype(x)
+    c = x.shape[1]
+    return torch.empty_like(x), x.new_empty((c,), dtype=p), x.new_empty((c,), dtype=p)
+
+
 def _zeros(nbytes: int, device) -> Tensor:
     # at least 16 bytes: cubn takes a workspace pointer even where it needs none
     return torch.zeros(max(int(nbytes), 16), dtype=torch.uint8, device=device)
@@ -84,10 +92,7 @@ def batch_norm_train(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Training forward: (y, saved_mean, saved_invstd); running statistics updated in place."""
     p = _param_dtype(x)
-    c = x.shape[1]
-    y = torch.empty_like(x)
-    saved_mean = x.new_empty((c,), dtype=p)
-    saved_invstd = x.new_empty((c,), dtype=p)
+    y, saved_mean, saved_invstd = _outputs(x)
     stats = _Stats([running_mean, running_var], p)
     _core.forward_training(
         x, y, workspace=_workspace(x), scale=_p(weight, p), offset=_p(bias, p),
@@ -99,9 +104,7 @@ def batch_norm_train(
 
 @batch_norm_train.register_fake
 def _(x, weight, bias, running_mean, running_var, momentum, eps):
-    p = _param_dtype(x)
-    c = x.shape[1]
-    return torch.empty_like(x), x.new_empty((c,), dtype=p), x.new_empty((c,), dtype=p)
+    return _outputs(x)
 
 
 @torch.library.custom_op("cubn::batch_norm_train_backward", mutates_args=())
@@ -110,10 +113,7 @@ def batch_norm_train_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Backward of batch_norm_train: (dx, dweight, dbias) in the parameter type."""
     p = _param_dtype(x)
-    c = x.shape[1]
-    dx = torch.empty_like(x)
-    dscale = x.new_empty((c,), dtype=p)
-    doffset = x.new_empty((c,), dtype=p)
+    dx, dscale, doffset = _outputs(x)
     _core.backward_training(
         x, _like(x, dy), dx, saved_mean=saved_mean, saved_invstd=saved_invstd,
         workspace=_workspace(x), scale=_p(weight, p), dscale=dscale, doffset=doffset)
@@ -122,9 +122,7 @@ def batch_norm_train_backward(
 
 @batch_norm_train_backward.register_fake
 def _(dy, x, weight, saved_mean, saved_invstd):
-    p = _param_dtype(x)
-    c = x.shape[1]
-    return torch.empty_like(x), x.new_empty((c,), dtype=p), x.new_empty((c,), dtype=p)
+    return _outputs(x)
 
 
 def _param_grad(g: Tensor, like: Optional[Tensor], needed: bool) -> Optional[Tensor]:
@@ -195,10 +193,7 @@ def batch_norm_eval_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Frozen backward (statistics are constants): (dx, dweight, dbias)."""
     p = _param_dtype(x)
-    c = x.shape[1]
-    dx = torch.empty_like(x)
-    dscale = x.new_empty((c,), dtype=p)
-    doffset = x.new_empty((c,), dtype=p)
+    dx, dscale, doffset = _outputs(x)
     _core.backward_frozen(
         x, _like(x, dy), dx, running_mean=_p(running_mean, p), running_var=_p(running_var, p),
         workspace=_zeros(_core.backward_workspace_size(x), x.device), scale=_p(weight, p),
@@ -208,9 +203,7 @@ def batch_norm_eval_backward(
 
 @batch_norm_eval_backward.register_fake
 def _(dy, x, weight, running_mean, running_var, eps):
-    p = _param_dtype(x)
-    c = x.shape[1]
-    return torch.empty_like(x), x.new_empty((c,), dtype=p), x.new_empty((c,), dtype=p)
+    return _outputs(x)
 
 
 def _eval_setup(ctx, inputs, output):
@@ -310,14 +303,11 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, group, world):
         x = x.detach()
         p = _param_dtype(x)
-        c = x.shape[1]
         workspace = _workspace(x)
         local = torch.empty(_core.local_stats_bytes(x), dtype=torch.uint8, device=x.device)
         _core.forward_training_local(x, local, workspace=workspace)
         gathered = _all_gather_bytes(local, group, world)
-        y = torch.empty_like(x)
-        saved_mean = x.new_empty((c,), dtype=p)
-        saved_invstd = x.new_empty((c,), dtype=p)
+        y, saved_mean, saved_invstd = _outputs(x)
         stats = _Stats([running_mean, running_var], p)
         _core.forward_training_apply(
             x, y, gathered, ranks=world, workspace=workspace, scale=_p(weight, p),
@@ -333,17 +323,14 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight, saved_mean, saved_invstd = ctx.saved_tensors
         p = _param_dtype(x)
-        c = x.shape[1]
         dy = _like(x, dy.contiguous() if dy.numel() == 0 else dy)
         workspace = _workspace(x)
         local = torch.empty(_core.local_grad_sums_bytes(x), dtype=torch.uint8, device=x.device)
-        dscale = x.new_empty((c,), dtype=p)
-        doffset = x.new_empty((c,), dtype=p)
+        dx, dscale, doffset = _outputs(x)
         _core.backward_training_local(
             x, dy, local, saved_mean=saved_mean, saved_invstd=saved_invstd, workspace=workspace,
             scale=_p(weight, p), dscale=dscale, doffset=doffset)
         gathered = _all_gather_bytes(local, ctx.group, ctx.world)
-        dx = torch.empty_like(x)
         _core.backward_training_apply(
             x, dy, dx, gathered, ranks=ctx.world, saved_mean=saved_mean,
             saved_invstd=saved_invstd, workspace=workspace, scale=_p(weight, p))
