@@ -74,10 +74,12 @@ void launch_backward_local(const Problem& p, const SplitPlan& plan, const T* x, 
                            void* workspace, cudaStream_t stream) {
   using Acc = param_t<T>;
   if (p.numel == 0) {  // this rank's share of dscale and doffset is zero
-    if (!args.grads.accumulate) {
-      for (Acc* g : {args.grads.dscale, args.grads.doffset})
-        if (g != nullptr) empty_record<Acc>(g, static_cast<std::size_t>(p.c) * sizeof(Acc), stream);
-    }
+    const auto zero = [&](Acc* g) {
+      if (g != nullptr && !args.grads.accumulate)
+        empty_record<Acc>(g, static_cast<std::size_t>(p.c) * sizeof(Acc), stream);
+    };
+    zero(args.grads.dscale);
+    zero(args.grads.doffset);
     return empty_record<Acc>(record, plan.record_bytes, stream);
   }
   using State = kernels::GradSums<Acc>;
