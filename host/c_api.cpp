@@ -33,16 +33,6 @@ static_assert(static_cast<int>(DataType::kFloat16) == CUBN_FLOAT16 &&
                   static_cast<int>(Activation::kSilu) == CUBN_ACTIVATION_SILU,
               "the C enums mirror the C++ ones");
 
-// A size query: `query(desc)` into *bytes.
-template <class Q>
-cubn_status size_query(const char* call, const cubn_tensor_desc* d, size_t* bytes, Q&& query) {
-  return guarded([&] {
-    const TensorDesc desc = tensor_desc(call, d);
-    if (bytes == nullptr) null_argument(call, "bytes");
-    *bytes = query(desc);
-  });
-}
-
 }  // namespace
 
 extern "C" {
@@ -109,56 +99,31 @@ cubn_status cubn_local_grad_sums_bytes(const cubn_tensor_desc* x_desc, size_t* b
 cubn_status cubn_forward_training(const cubn_tensor_desc* x_desc, const void* x, void* y,
                                   const cubn_training_forward_args* args, void* workspace,
                                   size_t workspace_bytes, cubn_stream stream) {
-  constexpr const char* call = "cubn_forward_training";
-  return guarded([&] {
-    const TensorDesc d = tensor_desc(call, x_desc);
-    const auto& a = required(call, "args", args);
-    with_param_type(*x_desc, [&](auto* p) {
-      using P = std::remove_pointer_t<decltype(p)>;
-      forward_training(d, x, y, training_forward<P>(a), {workspace, workspace_bytes}, stream);
-    });
+  return with_args("cubn_forward_training", x_desc, args, [&](const TensorDesc& d, const auto& a) {
+    forward_training(d, x, y, a, {workspace, workspace_bytes}, stream);
   });
 }
 
 cubn_status cubn_forward_inference(const cubn_tensor_desc* x_desc, const void* x, void* y,
                                    const cubn_inference_forward_args* args, cubn_stream stream) {
-  constexpr const char* call = "cubn_forward_inference";
-  return guarded([&] {
-    const TensorDesc d = tensor_desc(call, x_desc);
-    const auto& a = required(call, "args", args);
-    with_param_type(*x_desc, [&](auto* p) {
-      using P = std::remove_pointer_t<decltype(p)>;
-      forward_inference(d, x, y, inference_forward<P>(a), stream);
-    });
+  return with_args("cubn_forward_inference", x_desc, args, [&](const TensorDesc& d, const auto& a) {
+    forward_inference(d, x, y, a, stream);
   });
 }
 
 cubn_status cubn_backward_training(const cubn_tensor_desc* x_desc, const void* x, const void* dy,
                                    void* dx, const cubn_training_backward_args* args,
                                    void* workspace, size_t workspace_bytes, cubn_stream stream) {
-  constexpr const char* call = "cubn_backward_training";
-  return guarded([&] {
-    const TensorDesc d = tensor_desc(call, x_desc);
-    const auto& a = required(call, "args", args);
-    with_param_type(*x_desc, [&](auto* p) {
-      using P = std::remove_pointer_t<decltype(p)>;
-      backward_training(d, x, dy, dx, training_backward<P>(a), {workspace, workspace_bytes},
-                        stream);
-    });
+  return with_args("cubn_backward_training", x_desc, args, [&](const TensorDesc& d, const auto& a) {
+    backward_training(d, x, dy, dx, a, {workspace, workspace_bytes}, stream);
   });
 }
 
 cubn_status cubn_backward_frozen(const cubn_tensor_desc* x_desc, const void* x, const void* dy,
                                  void* dx, const cubn_frozen_backward_args* args, void* workspace,
                                  size_t workspace_bytes, cubn_stream stream) {
-  constexpr const char* call = "cubn_backward_frozen";
-  return guarded([&] {
-    const TensorDesc d = tensor_desc(call, x_desc);
-    const auto& a = required(call, "args", args);
-    with_param_type(*x_desc, [&](auto* p) {
-      using P = std::remove_pointer_t<decltype(p)>;
-      backward_frozen(d, x, dy, dx, frozen_backward<P>(a), {workspace, workspace_bytes}, stream);
-    });
+  return with_args("cubn_backward_frozen", x_desc, args, [&](const TensorDesc& d, const auto& a) {
+    backward_frozen(d, x, dy, dx, a, {workspace, workspace_bytes}, stream);
   });
 }
 
@@ -176,32 +141,22 @@ cubn_status cubn_forward_training_apply(const cubn_tensor_desc* x_desc, const vo
                                         const void* gathered, size_t gathered_bytes, int ranks,
                                         void* workspace, size_t workspace_bytes,
                                         cubn_stream stream) {
-  constexpr const char* call = "cubn_forward_training_apply";
-  return guarded([&] {
-    const TensorDesc d = tensor_desc(call, x_desc);
-    const auto& a = required(call, "args", args);
-    with_param_type(*x_desc, [&](auto* p) {
-      using P = std::remove_pointer_t<decltype(p)>;
-      forward_training_apply(d, x, y, training_forward<P>(a), {gathered, gathered_bytes, ranks},
-                             {workspace, workspace_bytes}, stream);
-    });
-  });
+  return with_args("cubn_forward_training_apply", x_desc, args,
+                   [&](const TensorDesc& d, const auto& a) {
+                     forward_training_apply(d, x, y, a, {gathered, gathered_bytes, ranks},
+                                            {workspace, workspace_bytes}, stream);
+                   });
 }
 
 cubn_status cubn_backward_training_local(const cubn_tensor_desc* x_desc, const void* x,
                                          const void* dy, const cubn_training_backward_args* args,
                                          void* local, size_t local_bytes, void* workspace,
                                          size_t workspace_bytes, cubn_stream stream) {
-  constexpr const char* call = "cubn_backward_training_local";
-  return guarded([&] {
-    const TensorDesc d = tensor_desc(call, x_desc);
-    const auto& a = required(call, "args", args);
-    with_param_type(*x_desc, [&](auto* p) {
-      using P = std::remove_pointer_t<decltype(p)>;
-      backward_training_local(d, x, dy, training_backward<P>(a), {local, local_bytes},
-                              {workspace, workspace_bytes}, stream);
-    });
-  });
+  return with_args("cubn_backward_training_local", x_desc, args,
+                   [&](const TensorDesc& d, const auto& a) {
+                     backward_training_local(d, x, dy, a, {local, local_bytes},
+                                             {workspace, workspace_bytes}, stream);
+                   });
 }
 
 cubn_status cubn_backward_training_apply(const cubn_tensor_desc* x_desc, const void* x,
@@ -210,17 +165,11 @@ cubn_status cubn_backward_training_apply(const cubn_tensor_desc* x_desc, const v
                                          const void* gathered, size_t gathered_bytes, int ranks,
                                          void* workspace, size_t workspace_bytes,
                                          cubn_stream stream) {
-  constexpr const char* call = "cubn_backward_training_apply";
-  return guarded([&] {
-    const TensorDesc d = tensor_desc(call, x_desc);
-    const auto& a = required(call, "args", args);
-    with_param_type(*x_desc, [&](auto* p) {
-      using P = std::remove_pointer_t<decltype(p)>;
-      backward_training_apply(d, x, dy, dx, training_backward<P>(a),
-                              {gathered, gathered_bytes, ranks}, {workspace, workspace_bytes},
-                              stream);
-    });
-  });
+  return with_args("cubn_backward_training_apply", x_desc, args,
+                   [&](const TensorDesc& d, const auto& a) {
+                     backward_training_apply(d, x, dy, dx, a, {gathered, gathered_bytes, ranks},
+                                             {workspace, workspace_bytes}, stream);
+                   });
 }
 
 }  // extern "C"

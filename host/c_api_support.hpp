@@ -68,16 +68,6 @@ inline TensorDesc tensor_desc(const char* call, const cubn_tensor_desc* d) {
   return t;
 }
 
-// Calls `f` with a null pointer of the parameter type of `d`'s dtype: double for fp64, float
-// otherwise (an invalid dtype takes float, and the C++ call rejects it).
-template <class F>
-void with_param_type(const cubn_tensor_desc& d, F&& f) {
-  if (d.dtype == CUBN_FLOAT64)
-    f(static_cast<double*>(nullptr));
-  else
-    f(static_cast<float*>(nullptr));
-}
-
 inline Epilogue epilogue(const cubn_epilogue& e) {
   Epilogue r;
   r.activation = static_cast<Activation>(e.activation);
@@ -100,8 +90,9 @@ ParamGradients<P> grads(const cubn_param_gradients& g) {
   return {static_cast<P*>(g.dscale), static_cast<P*>(g.doffset), g.accumulate != 0};
 }
 
+// The C++ arguments of a C argument struct, with parameters of type P (chosen by with_args).
 template <class P>
-TrainingForwardArgs<P> training_forward(const cubn_training_forward_args& a) {
+TrainingForwardArgs<P> to_cxx(const cubn_training_forward_args& a) {
   TrainingForwardArgs<P> r;
   r.affine = {static_cast<const P*>(a.scale), static_cast<const P*>(a.offset)};
   r.epsilon = a.epsilon;
@@ -113,7 +104,7 @@ TrainingForwardArgs<P> training_forward(const cubn_training_forward_args& a) {
 }
 
 template <class P>
-InferenceForwardArgs<P> inference_forward(const cubn_inference_forward_args& a) {
+InferenceForwardArgs<P> to_cxx(const cubn_inference_forward_args& a) {
   InferenceForwardArgs<P> r;
   r.affine = {static_cast<const P*>(a.scale), static_cast<const P*>(a.offset)};
   r.running = {static_cast<const P*>(a.running_mean), static_cast<const P*>(a.running_var)};
@@ -123,7 +114,7 @@ InferenceForwardArgs<P> inference_forward(const cubn_inference_forward_args& a) 
 }
 
 template <class P>
-TrainingBackwardArgs<P> training_backward(const cubn_training_backward_args& a) {
+TrainingBackwardArgs<P> to_cxx(const cubn_training_backward_args& a) {
   TrainingBackwardArgs<P> r;
   r.scale = static_cast<const P*>(a.scale);
   r.saved = {static_cast<const P*>(a.saved_mean), static_cast<const P*>(a.saved_invstd)};
@@ -133,7 +124,7 @@ TrainingBackwardArgs<P> training_backward(const cubn_training_backward_args& a) 
 }
 
 template <class P>
-FrozenBackwardArgs<P> frozen_backward(const cubn_frozen_backward_args& a) {
+FrozenBackwardArgs<P> to_cxx(const cubn_frozen_backward_args& a) {
   FrozenBackwardArgs<P> r;
   r.scale = static_cast<const P*>(a.scale);
   r.running = {static_cast<const P*>(a.running_mean), static_cast<const P*>(a.running_var)};
@@ -142,6 +133,32 @@ FrozenBackwardArgs<P> frozen_backward(const cubn_frozen_backward_args& a) {
   r.epilogue = epilogue_grad(a.epilogue);
   r.offset = static_cast<const P*>(a.offset);
   return r;
+}
+
+/// A size query: `query(desc)` into *bytes.
+template <class Q>
+cubn_status size_query(const char* call, const cubn_tensor_desc* d, size_t* bytes, Q&& query) {
+  return guarded([&] {
+    const TensorDesc desc = tensor_desc(call, d);
+    if (bytes == nullptr) null_argument(call, "bytes");
+    *bytes = query(desc);
+  });
+}
+
+/// A call with an argument struct: checks x_desc and args, converts args with parameters of x's
+/// type (double for fp64, float otherwise: an invalid dtype takes float, and the C++ call rejects
+/// it) and runs `body(desc, cxx_args)`, guarded.
+template <class Args, class F>
+cubn_status with_args(const char* call, const cubn_tensor_desc* x_desc, const Args* args,
+                      F&& body) {
+  return guarded([&] {
+    const TensorDesc d = tensor_desc(call, x_desc);
+    const Args& a = required(call, "args", args);
+    if (x_desc->dtype == CUBN_FLOAT64)
+      body(d, to_cxx<double>(a));
+    else
+      body(d, to_cxx<float>(a));
+  });
 }
 
 }  // namespace cubn::c_api

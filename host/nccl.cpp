@@ -30,9 +30,8 @@ void check_nccl(ncclResult_t r, const char* call, const char* what) {
 }
 
 // Checked before anything else, the size queries (which may ask the device) included.
-ncclComm_t checked_comm(const char* call, ncclComm_t comm) {
+void check_comm(const char* call, ncclComm_t comm) {
   if (comm == nullptr) fail(Status::kInvalidArgument, call, "comm is null");
-  return comm;
 }
 
 Layout layout_of(const char* call, ncclComm_t comm, std::size_t split, std::size_t record) {
@@ -80,12 +79,12 @@ constexpr const char* kForwardQuery = "cubn::nccl::forward_training_workspace_si
 constexpr const char* kBackwardQuery = "cubn::nccl::backward_workspace_size";
 
 Layout forward_layout(const char* call, const TensorDesc& x, ncclComm_t comm) {
-  checked_comm(call, comm);
+  check_comm(call, comm);
   return layout_of(call, comm, cubn::forward_training_workspace_size(x), local_stats_bytes(x));
 }
 
 Layout backward_layout(const char* call, const TensorDesc& x, ncclComm_t comm) {
-  checked_comm(call, comm);
+  check_comm(call, comm);
   return layout_of(call, comm, cubn::backward_workspace_size(x), local_grad_sums_bytes(x));
 }
 

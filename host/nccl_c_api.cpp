@@ -16,38 +16,25 @@ extern "C" {
 
 cubn_status cubn_nccl_forward_training_workspace_size(const cubn_tensor_desc* x_desc,
                                                       cubn_nccl_comm comm, size_t* bytes) {
-  constexpr const char* call = "cubn_nccl_forward_training_workspace_size";
-  return guarded([&] {
-    const TensorDesc d = tensor_desc(call, x_desc);
-    if (bytes == nullptr) null_argument(call, "bytes");
-    *bytes = nccl::forward_training_workspace_size(d, comm);
-  });
+  return size_query(
+      "cubn_nccl_forward_training_workspace_size", x_desc, bytes,
+      [&](const TensorDesc& d) { return nccl::forward_training_workspace_size(d, comm); });
 }
 
 cubn_status cubn_nccl_backward_workspace_size(const cubn_tensor_desc* x_desc, cubn_nccl_comm comm,
                                               size_t* bytes) {
-  constexpr const char* call = "cubn_nccl_backward_workspace_size";
-  return guarded([&] {
-    const TensorDesc d = tensor_desc(call, x_desc);
-    if (bytes == nullptr) null_argument(call, "bytes");
-    *bytes = nccl::backward_workspace_size(d, comm);
-  });
+  return size_query("cubn_nccl_backward_workspace_size", x_desc, bytes,
+                    [&](const TensorDesc& d) { return nccl::backward_workspace_size(d, comm); });
 }
 
 cubn_status cubn_nccl_forward_training(const cubn_tensor_desc* x_desc, const void* x, void* y,
                                        const cubn_training_forward_args* args, void* workspace,
                                        size_t workspace_bytes, cubn_nccl_comm comm,
                                        cubn_stream stream) {
-  constexpr const char* call = "cubn_nccl_forward_training";
-  return guarded([&] {
-    const TensorDesc d = tensor_desc(call, x_desc);
-    const auto& a = required(call, "args", args);
-    with_param_type(*x_desc, [&](auto* p) {
-      using P = std::remove_pointer_t<decltype(p)>;
-      nccl::forward_training(d, x, y, training_forward<P>(a), {workspace, workspace_bytes}, comm,
-                             stream);
-    });
-  });
+  return with_args("cubn_nccl_forward_training", x_desc, args,
+                   [&](const TensorDesc& d, const auto& a) {
+                     nccl::forward_training(d, x, y, a, {workspace, workspace_bytes}, comm, stream);
+                   });
 }
 
 cubn_status cubn_nccl_backward_training(const cubn_tensor_desc* x_desc, const void* x,
@@ -55,16 +42,10 @@ cubn_status cubn_nccl_backward_training(const cubn_tensor_desc* x_desc, const vo
                                         const cubn_training_backward_args* args, void* workspace,
                                         size_t workspace_bytes, cubn_nccl_comm comm,
                                         cubn_stream stream) {
-  constexpr const char* call = "cubn_nccl_backward_training";
-  return guarded([&] {
-    const TensorDesc d = tensor_desc(call, x_desc);
-    const auto& a = required(call, "args", args);
-    with_param_type(*x_desc, [&](auto* p) {
-      using P = std::remove_pointer_t<decltype(p)>;
-      nccl::backward_training(d, x, dy, dx, training_backward<P>(a), {workspace, workspace_bytes},
-                              comm, stream);
-    });
-  });
+  return with_args(
+      "cubn_nccl_backward_training", x_desc, args, [&](const TensorDesc& d, const auto& a) {
+        nccl::backward_training(d, x, dy, dx, a, {workspace, workspace_bytes}, comm, stream);
+      });
 }
 
 }  // extern "C"
