@@ -93,8 +93,9 @@ def _info(call: str, name: str, obj) -> _Array:
     elif lanes == 1 and code == _DLPACK_BFLOAT and bits == 16:
         dtype = BFLOAT16
     kind = {0: "int", 1: "uint", 2: "float", 4: "bfloat", 5: "complex", 6: "bool"}
+    lanes_name = f"x{lanes}" if lanes != 1 else ""
     dtype_name = _DTYPE_NAMES.get(dtype) or (
-        f"{kind.get(code, f'(DLPack type code {code}) ')}{bits}" + (f"x{lanes}" if lanes != 1 else ""))
+        f"{kind.get(code, f'(DLPack type code {code}) ')}{bits}{lanes_name}")
     if dev_type == _DLPACK_CUDA_HOST:
         dev_type = _DLPACK_CPU
     return _Array(ptr, dtype, dtype_name, tuple(shape), tuple(strides), (dev_type, dev_id),
@@ -126,23 +127,23 @@ def memory_order(shape, strides) -> int:
 class _Call:
     """One call: x's facts, the backend and stream it runs on, and the checks of the others."""
 
-    def __init__(self, call: str, x, stream, x_name: str = "x"):
+    def __init__(self, call: str, x, stream):
         self.call = call
-        self.x = _info(call, x_name, x)
+        self.x = _info(call, "x", x)
         if self.x.dtype < 0:
             raise TypeError(
-                f"{call}: {x_name} has dtype {self.x.dtype_name}; cubn takes float16, bfloat16, "
+                f"{call}: x has dtype {self.x.dtype_name}; cubn takes float16, bfloat16, "
                 "float32 and float64"
             )
         if not 2 <= len(self.x.shape) <= 5:
             raise ValueError(
-                f"{call}: {x_name} has shape {self.x.shape}; batch norm takes (N, C) to "
+                f"{call}: x has shape {self.x.shape}; batch norm takes (N, C) to "
                 "(N, C, D, H, W), 2 to 5 dims"
             )
         order = memory_order(self.x.shape, self.x.strides)
         if order is None:
             raise ValueError(
-                f"{call}: {x_name} has strides {self.x.strides} (in elements) for shape "
+                f"{call}: x has strides {self.x.strides} (in elements) for shape "
                 f"{self.x.shape}: neither contiguous (N, C, ...) nor channels-last (C fastest, "
                 "N slowest); make it dense first (torch: .contiguous() or "
                 ".contiguous(memory_format=torch.channels_last))"
@@ -235,10 +236,14 @@ class _Call:
         return a.ptr, a.numel * a.itemsize
 
     def run(self, fn, *args):
+        """fn(*args) on x's device: raises cubn's error for a failed status; returns the value of
+        a (status, value) result (the size queries)."""
         with _device_guard(self.x.device):
-            status = fn(*args)
+            result = fn(*args)
+        status, value = result if isinstance(result, tuple) else (result, None)
         if status != 0:
             raise Error(status, self.backend.last_error_message())
+        return value
 
 
 @contextlib.contextmanager
@@ -280,10 +285,7 @@ def _momentum(call: str, momentum):
 
 def _size(query: str, x, *extra) -> int:
     c = _Call(f"cubn.{query}", x, None)
-    try:
-        return getattr(c.backend, query)(*c.desc, *extra)
-    except ValueError as e:
-        raise Error(1, str(e)) from None
+    return c.run(getattr(c.backend, query), *c.desc, *extra)
 
 
 def forward_training_workspace_size(x) -> int:
@@ -319,16 +321,15 @@ def _forward_training(call, x, y, workspace, scale, offset, running_mean, runnin
     mm, mv = _momentum(call, momentum)
     act = _activation(call, activation)
     reserve_ptr, reserve_bytes = c.buffer("reserve", reserve, optional=True)
-    gathered_ptr, gathered_bytes = (0, 0)
-    if ranks:
-        gathered_ptr, gathered_bytes = c.buffer("gathered", gathered)
+    apply = ranks is not None  # the split call's apply phase, else the single call
+    gathered_ptr, gathered_bytes = c.buffer("gathered", gathered) if apply else (0, 0)
     ws_ptr, ws_bytes = c.buffer("workspace", workspace)
     c.run(c.backend.forward_training, *c.desc, c.x.ptr, c.like_x("y", y, optional=False),
           c.param("scale", scale), c.param("offset", offset), float(epsilon),
           c.param("running_mean", running_mean), c.param("running_var", running_var), mm, mv,
           c.param("saved_mean", saved_mean), c.param("saved_invstd", saved_invstd), act,
-          c.like_x("residual", residual), reserve_ptr, reserve_bytes, gathered_ptr,
-          gathered_bytes, ranks, ws_ptr, ws_bytes, c.stream)
+          c.like_x("residual", residual), reserve_ptr, reserve_bytes, apply, gathered_ptr,
+          gathered_bytes, int(ranks or 0), ws_ptr, ws_bytes, c.stream)
 
 
 def forward_training(x, y, *, workspace, scale=None, offset=None, running_mean=None,
@@ -339,7 +340,7 @@ def forward_training(x, y, *, workspace, scale=None, offset=None, running_mean=N
     variance); saved_mean/invstd (optional) written for backward. momentum may be (mean, var)."""
     _forward_training("cubn.forward_training", x, y, workspace, scale, offset, running_mean,
                       running_var, momentum, saved_mean, saved_invstd, epsilon, activation,
-                      residual, reserve, None, 0, stream)
+                      residual, reserve, None, None, stream)
 
 
 def forward_training_apply(x, y, gathered, *, ranks, workspace, scale=None, offset=None,
@@ -348,11 +349,9 @@ def forward_training_apply(x, y, gathered, *, ranks, workspace, scale=None, offs
                            reserve=None, stream=None):
     """The split forward's second phase: normalizes with the statistics of the `ranks` records in
     `gathered` (every rank's forward_training_local record, in rank order)."""
-    if int(ranks) < 1:
-        raise ValueError(f"cubn.forward_training_apply: ranks is {ranks}; it must be at least 1")
     _forward_training("cubn.forward_training_apply", x, y, workspace, scale, offset, running_mean,
                       running_var, momentum, saved_mean, saved_invstd, epsilon, activation,
-                      residual, reserve, gathered, int(ranks), stream)
+                      residual, reserve, gathered, ranks, stream)
 
 
 def forward_training_local(x, local, *, workspace, stream=None):
@@ -417,8 +416,6 @@ def backward_training_apply(x, dy, dx, gathered, *, ranks, saved_mean, saved_inv
                             scale=None, activation="none", residual=None, reserve=None, dz=None,
                             stream=None):
     """The split backward's second phase: dx from the `ranks` records in `gathered`."""
-    if int(ranks) < 1:
-        raise ValueError(f"cubn.backward_training_apply: ranks is {ranks}; it must be at least 1")
     _backward_training("cubn.backward_training_apply", 2, x, dy, dx, workspace, saved_mean,
                        saved_invstd, scale, None, None, False, activation, residual, reserve, dz,
                        gathered, int(ranks), stream)

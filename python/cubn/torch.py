@@ -55,15 +55,11 @@ def _outputs(x: Tensor):
     return torch.empty_like(x), x.new_empty((c,), dtype=p), x.new_empty((c,), dtype=p)
 
 
-def _zeros(nbytes: int, device) -> Tensor:
-    # at least 16 bytes: cubn takes a workspace pointer even where it needs none
-    return torch.zeros(max(int(nbytes), 16), dtype=torch.uint8, device=device)
-
-
-def _workspace(x: Tensor) -> Tensor:
-    return _zeros(
-        max(_core.forward_training_workspace_size(x), _core.backward_workspace_size(x)), x.device
-    )
+def _workspace(x: Tensor, backward: bool) -> Tensor:
+    """The workspace of a forward (or backward) call on x, zero-filled; at least 16 bytes: cubn
+    takes a workspace pointer even where it needs none."""
+    query = _core.backward_workspace_size if backward else _core.forward_training_workspace_size
+    return torch.zeros(max(query(x), 16), dtype=torch.uint8, device=x.device)
 
 
 class _Stats:
@@ -95,7 +91,7 @@ def batch_norm_train(
     y, saved_mean, saved_invstd = _outputs(x)
     stats = _Stats([running_mean, running_var], p)
     _core.forward_training(
-        x, y, workspace=_workspace(x), scale=_p(weight, p), offset=_p(bias, p),
+        x, y, workspace=_workspace(x, backward=False), scale=_p(weight, p), offset=_p(bias, p),
         running_mean=stats.work[0], running_var=stats.work[1], momentum=momentum,
         saved_mean=saved_mean, saved_invstd=saved_invstd, epsilon=eps)
     stats.write_back()
@@ -116,7 +112,8 @@ def batch_norm_train_backward(
     dx, dscale, doffset = _outputs(x)
     _core.backward_training(
         x, _like(x, dy), dx, saved_mean=saved_mean, saved_invstd=saved_invstd,
-        workspace=_workspace(x), scale=_p(weight, p), dscale=dscale, doffset=doffset)
+        workspace=_workspace(x, backward=True), scale=_p(weight, p), dscale=dscale,
+        doffset=doffset)
     return dx, dscale, doffset
 
 
@@ -125,14 +122,15 @@ def _(dy, x, weight, saved_mean, saved_invstd):
     return _outputs(x)
 
 
-def _param_grad(g: Tensor, like: Optional[Tensor], needed: bool) -> Optional[Tensor]:
-    if not needed or like is None:
-        return None
-    return g if g.dtype == like.dtype else g.to(like.dtype)
+def _param_dtypes(weight: Optional[Tensor], bias: Optional[Tensor]):
+    return tuple(None if t is None else t.dtype for t in (weight, bias))
 
 
-def _bias_like(ctx, like: Tensor) -> Optional[Tensor]:
-    return None if ctx.bias_dtype is None else like.new_empty(0, dtype=ctx.bias_dtype)
+def _param_grads(ctx, dscale: Tensor, doffset: Tensor):
+    """(dweight, dbias) in the parameters' own dtypes (ctx.param_dtypes), where autograd asks."""
+    return tuple(g.to(dtype) if needed else None
+                 for g, dtype, needed in zip((dscale, doffset), ctx.param_dtypes,
+                                             ctx.needs_input_grad[1:3]))
 
 
 class _TrainFunction(torch.autograd.Function):
@@ -145,7 +143,7 @@ class _TrainFunction(torch.autograd.Function):
         y, saved_mean, saved_invstd = torch.ops.cubn.batch_norm_train(
             x, weight, bias, running_mean, running_var, momentum, eps)
         ctx.save_for_backward(x, weight, saved_mean, saved_invstd)
-        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.param_dtypes = _param_dtypes(weight, bias)
         return y
 
     @staticmethod
@@ -153,9 +151,7 @@ class _TrainFunction(torch.autograd.Function):
         x, weight, saved_mean, saved_invstd = ctx.saved_tensors
         dx, dscale, doffset = torch.ops.cubn.batch_norm_train_backward(
             dy, x, weight, saved_mean, saved_invstd)
-        return (dx if ctx.needs_input_grad[0] else None,
-                _param_grad(dscale, weight, ctx.needs_input_grad[1]),
-                _param_grad(doffset, _bias_like(ctx, doffset), ctx.needs_input_grad[2]),
+        return (dx if ctx.needs_input_grad[0] else None, *_param_grads(ctx, dscale, doffset),
                 None, None, None, None)
 
 
@@ -196,7 +192,7 @@ def batch_norm_eval_backward(
     dx, dscale, doffset = _outputs(x)
     _core.backward_frozen(
         x, _like(x, dy), dx, running_mean=_p(running_mean, p), running_var=_p(running_var, p),
-        workspace=_zeros(_core.backward_workspace_size(x), x.device), scale=_p(weight, p),
+        workspace=_workspace(x, backward=True), scale=_p(weight, p),
         epsilon=eps, dscale=dscale, doffset=doffset)
     return dx, dscale, doffset
 
@@ -210,21 +206,15 @@ def _eval_setup(ctx, inputs, output):
     x, weight, bias, running_mean, running_var, eps = inputs
     ctx.save_for_backward(x, weight, running_mean, running_var)
     ctx.eps = eps
-    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.param_dtypes = _param_dtypes(weight, bias)
 
 
 def _eval_backward(ctx, dy):
     x, weight, running_mean, running_var = ctx.saved_tensors
     dx, dscale, doffset = batch_norm_eval_backward(dy, x, weight, running_mean, running_var,
                                                    ctx.eps)
-    return (
-        dx if ctx.needs_input_grad[0] else None,
-        _param_grad(dscale, weight, ctx.needs_input_grad[1]),
-        _param_grad(doffset, _bias_like(ctx, doffset), ctx.needs_input_grad[2]),
-        None,
-        None,
-        None,
-    )
+    return (dx if ctx.needs_input_grad[0] else None, *_param_grads(ctx, dscale, doffset), None,
+            None, None)
 
 
 batch_norm_eval.register_autograd(_eval_backward, setup_context=_eval_setup)
@@ -303,7 +293,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, group, world):
         x = x.detach()
         p = _param_dtype(x)
-        workspace = _workspace(x)
+        workspace = _workspace(x, backward=False)
         local = torch.empty(_core.local_stats_bytes(x), dtype=torch.uint8, device=x.device)
         _core.forward_training_local(x, local, workspace=workspace)
         gathered = _all_gather_bytes(local, group, world)
@@ -316,15 +306,15 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         stats.write_back()
         ctx.save_for_backward(x, weight, saved_mean, saved_invstd)
         ctx.group, ctx.world = group, world
-        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.param_dtypes = _param_dtypes(weight, bias)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, saved_mean, saved_invstd = ctx.saved_tensors
         p = _param_dtype(x)
-        dy = _like(x, dy.contiguous() if dy.numel() == 0 else dy)
-        workspace = _workspace(x)
+        dy = _like(x, dy)
+        workspace = _workspace(x, backward=True)
         local = torch.empty(_core.local_grad_sums_bytes(x), dtype=torch.uint8, device=x.device)
         dx, dscale, doffset = _outputs(x)
         _core.backward_training_local(
@@ -336,10 +326,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             saved_invstd=saved_invstd, workspace=workspace, scale=_p(weight, p))
         # dscale and doffset are this rank's share (torch's SyncBatchNorm's): the trainer's
         # gradient all-reduce (DistributedDataParallel) sums them
-        return (dx, _param_grad(dscale, weight, ctx.needs_input_grad[1]),
-                _param_grad(doffset, _bias_like(ctx, doffset), ctx.needs_input_grad[2]), None,
-                None, None,
-                None, None, None)
+        return (dx, *_param_grads(ctx, dscale, doffset), None, None, None, None, None, None)
 
 
 class SyncBatchNorm(_CubnBatchNorm, torch.nn.SyncBatchNorm):

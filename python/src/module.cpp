@@ -53,8 +53,9 @@ nb::tuple array_info(nb::ndarray<nb::ro> a) {
                         a.device_type(), a.device_id());
 }
 
+// (status, bytes) of a size query; the message of a failure is read as for the calls.
 template <class F>
-std::size_t size_query(F f, int dtype, int order, const Dims& dims, std::int32_t activation = 0) {
+nb::tuple size_query(F f, int dtype, int order, const Dims& dims, std::int32_t activation = 0) {
   const cubn_tensor_desc d = desc(dtype, order, dims);
   std::size_t bytes = 0;
   cubn_status s;
@@ -62,8 +63,7 @@ std::size_t size_query(F f, int dtype, int order, const Dims& dims, std::int32_t
     s = f(&d, activation, &bytes);
   else
     s = f(&d, &bytes);
-  if (s != CUBN_STATUS_SUCCESS) throw nb::value_error(cubn_last_error_message());
-  return bytes;
+  return nb::make_tuple(int(s), bytes);
 }
 
 cubn_epilogue epilogue(std::int32_t activation, Ptr residual, Ptr reserve,
@@ -76,8 +76,8 @@ cubn_epilogue_grad epilogue_grad(std::int32_t activation, Ptr residual, Ptr rese
   return {activation, ptr<const void>(residual), ptr<const void>(reserve), reserve_bytes, ptr(dz)};
 }
 
-// Each C call returns its status; the message is read with last_error_message() on the same
-// thread (the calls release the GIL while they run).
+// Each C call returns its status (a size query, (status, bytes)); the message is read with
+// last_error_message() on the same thread (the calls release the GIL while they run).
 using Release = nb::call_guard<nb::gil_scoped_release>;
 
 }  // namespace
@@ -96,8 +96,9 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
   m.def("forward_training_workspace_size", [](int t, int o, const Dims& d) {
     return size_query(cubn_forward_training_workspace_size, t, o, d);
   });
-  m.def("backward_workspace_size",
-        [](int t, int o, const Dims& d) { return size_query(cubn_backward_workspace_size, t, o, d); });
+  m.def("backward_workspace_size", [](int t, int o, const Dims& d) {
+    return size_query(cubn_backward_workspace_size, t, o, d);
+  });
   m.def("activation_reserve_size", [](int t, int o, const Dims& d, std::int32_t a) {
     return size_query(cubn_activation_reserve_size, t, o, d, a);
   });
@@ -112,8 +113,8 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
       [](int t, int o, const Dims& d, Ptr x, Ptr y, Ptr scale, Ptr offset, double epsilon,
          Ptr running_mean, Ptr running_var, double momentum_mean, double momentum_var,
          Ptr saved_mean, Ptr saved_invstd, std::int32_t activation, Ptr residual, Ptr reserve,
-         std::size_t reserve_bytes, Ptr gathered, std::size_t gathered_bytes, int ranks, Ptr ws,
-         std::size_t ws_bytes, Ptr stream) {
+         std::size_t reserve_bytes, bool apply, Ptr gathered, std::size_t gathered_bytes, int ranks,
+         Ptr ws, std::size_t ws_bytes, Ptr stream) {
         const cubn_tensor_desc xd = desc(t, o, d);
         cubn_training_forward_args a;
         cubn_training_forward_args_init(&a);
@@ -127,7 +128,7 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
         a.saved_mean = ptr(saved_mean);
         a.saved_invstd = ptr(saved_invstd);
         a.epilogue = epilogue(activation, residual, reserve, reserve_bytes);
-        if (ranks == 0)  // the single call
+        if (!apply)  // the single call
           return int(cubn_forward_training(&xd, ptr<const void>(x), ptr(y), &a, ptr(ws), ws_bytes,
                                            stream_of(stream)));
         return int(cubn_forward_training_apply(&xd, ptr<const void>(x), ptr(y), &a,
@@ -159,8 +160,7 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
         a.running_var = ptr<const void>(running_var);
         a.epsilon = epsilon;
         a.epilogue = epilogue(activation, residual, 0, 0);
-        return int(
-            cubn_forward_inference(&xd, ptr<const void>(x), ptr(y), &a, stream_of(stream)));
+        return int(cubn_forward_inference(&xd, ptr<const void>(x), ptr(y), &a, stream_of(stream)));
       },
       Release());
 
@@ -187,12 +187,11 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
                                                     ws_bytes, stream_of(stream)));
           case 2:
             return int(cubn_backward_training_apply(
-                &xd, ptr<const void>(x), ptr<const void>(dy), ptr(dx), &a,
-                ptr<const void>(records), records_bytes, ranks, ptr(ws), ws_bytes,
-                stream_of(stream)));
+                &xd, ptr<const void>(x), ptr<const void>(dy), ptr(dx), &a, ptr<const void>(records),
+                records_bytes, ranks, ptr(ws), ws_bytes, stream_of(stream)));
           default:
-            return int(cubn_backward_training(&xd, ptr<const void>(x), ptr<const void>(dy),
-                                              ptr(dx), &a, ptr(ws), ws_bytes, stream_of(stream)));
+            return int(cubn_backward_training(&xd, ptr<const void>(x), ptr<const void>(dy), ptr(dx),
+                                              &a, ptr(ws), ws_bytes, stream_of(stream)));
         }
       },
       Release());

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The Python package's tests, as CTest runs them (test `python`): pip install ./python into the
 # environment of the interpreter given (the CPU executor build only: CUDA would compile every
-# kernel again), then pytest. Exits 77 (CTest: skipped) where the interpreter lacks what they need.
+# kernel again), then pytest. Exits 77 (CTest: skipped) where none is given or it lacks what the
+# tests need.
 # run.sh <python> <repository root> <build dir for the package>
 set -euo pipefail
 py=$1 root=$2 build=$3
-if ! "$py" -c 'import torch, numpy, pytest, nanobind, scikit_build_core' 2>/dev/null; then
-  echo "skipped: $py lacks torch, numpy, pytest, nanobind or scikit-build-core (.ci/run makes a" \
-       "virtual environment with them and sets CUBN_PYTHON)"
+if [ -z "$py" ] || ! "$py" -c 'import torch, numpy, pytest, nanobind, scikit_build_core' 2>/dev/null
+then
+  echo "skipped: CUBN_PYTHON (${py:-unset}) is not an interpreter with torch, numpy, pytest," \
+       "nanobind and scikit-build-core (.ci/run makes a virtual environment with them)"
   exit 77
 fi
 start=$SECONDS

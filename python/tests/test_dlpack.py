@@ -94,6 +94,9 @@ def test_split_phases_over_two_ranks_equal_the_single_call():
         y_part = np.empty_like(part)
         cubn.forward_training_apply(part, y_part, gathered, ranks=2, workspace=ws)
         np.testing.assert_allclose(y_part, y[start:start + len(part)], rtol=1e-13, atol=1e-13)
+    with pytest.raises(cubn.Error, match="gathered.ranks is 0"):  # cubn's own check
+        cubn.forward_training_apply(parts[0], np.empty_like(parts[0]), gathered, ranks=0,
+                                    workspace=ws)
 
 
 def test_torch_tensors_and_numpy_agree():

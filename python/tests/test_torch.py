@@ -143,7 +143,8 @@ def test_state_dict_round_trips_both_ways():
 
 
 def test_convert_batchnorm_keeps_tensors_and_mode():
-    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Sequential(torch.nn.BatchNorm1d(2)))
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3),
+                                torch.nn.Sequential(torch.nn.BatchNorm1d(2)))
     model[1].eval()
     weight = model[0].weight
     out = ct.convert_batchnorm(model)
