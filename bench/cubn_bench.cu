@@ -443,6 +443,7 @@ int main(int argc, char** argv) {
         if (quick && s.dims[0] == 256 && dtype != cubn::DataType::kFloat16) continue;
         run_case(s, dtype, order, reps, dev, csv, handle);
         std::fflush(stdout);
+        if (csv) std::fflush(csv);  // a run stopped at its time limit keeps the rows it has
       }
   if (csv) std::fclose(csv);
   std::printf("wrote %s\n", csv_path);
