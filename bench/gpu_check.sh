@@ -1,179 +1,353 @@
 #!/usr/bin/env bash
-# The one-command GPU check, for a machine with an NVIDIA GPU where nothing can be downloaded
-# (nvcc, CMake, Ninja and a python3 with PyTorch are there; GoogleTest, matplotlib and the PyPI
-# SASS tools may not be):
+# The GPU check: one remote command on a GPU machine without network (README, "Checking on a GPU").
 #
-#   bench/gpu_check.sh OUTDIR [PREBUILT]
+#   bench/gpu_check_prepare.sh                   here, first: stages GoogleTest into build/gpu-deps
+#   bench/gpu_check.sh OUTDIR [BUDGET]           there: everything ends within BUDGET s (540)
+#   bench/gpu_check.sh --dry-run OUTDIR          here, without a GPU (CTest gpu_check.dry_run)
 #
-#  1. builds cubn, cubn_bench and cubn_io for the native architecture (and the gpu tests when
-#     GoogleTest is found; else it runs PREBUILT/tests/cubn_gpu_tests, default build/ci, built on
-#     a machine that has it: carry that folder along);
-#  2. runs the gpu-labelled tests (and cubn::nccl's, cubn_nccl_tests, where NCCL was found), then
-#     the first again under compute-sanitizer memcheck, racecheck,
-#     synccheck and initcheck (the last three on a subset, for time);
-#  3. runs cubn_bench --quick beside cuDNN and the copy kernel (CSV; chart if matplotlib is there);
-#  4. compares cubn with torch.nn.functional.batch_norm on the same inputs and times PyTorch's
-#     native kernels on the benchmark shapes (bench/torch_compare.py);
-#  5. writes logs, CSVs and OUTDIR/summary.txt (tests passed, sanitizer errors, cubn/cuDNN and
-#     cubn/PyTorch time ratios per shape family) and prints the summary.
-# Each step has its own time limit so the whole stays under 9 minutes. Exits 1 when a test, a
-# sanitizer run or the PyTorch agreement failed.
+# It needs there only what the GPU machine has: nvcc, CMake, Ninja, compute-sanitizer, and a python3
+# with PyTorch (whose nvidia-cudnn-cu13 and nvidia-nccl-cu13 wheels give cuDNN and NCCL where the
+# toolkit lacks them). It builds there, for that GPU's architecture only (sm_90 on an H200), and runs
+# in order of value, each step under its share of the budget (bench/gpu_common.sh):
+#   device                   nvidia-smi, nvcc, date
+#   gtest, configure, build  GoogleTest from build/gpu-deps, then cubn's GPU targets
+#   tests, persistent, nccl  every gpu-labelled test (graph capture, two streams, the ticket paths),
+#                            the forward and backward tests again on the persistent path, cubn::nccl
+#                            on one rank
+#   memcheck, racecheck, racecheck_ticket, synccheck
+#                            compute-sanitizer on subsets: memcheck on the default paths; racecheck
+#                            and synccheck on the cooperative (persistent) kernels, racecheck on the
+#                            ticket (streaming) kernels
+#   bench                    cubn_bench on ResNet-50's N=32 shapes, fp32/fp16/bf16, both layouts,
+#                            beside cuDNN and a copy kernel
+#   torch                    agreement with and timing beside torch.nn.functional.batch_norm
+#   large                    a bf16 tensor past 2^31 elements, both layouts (cubn_large)
+# OUTDIR then holds four files: summary.txt, bench.csv, bench.png (where matplotlib is) and
+# logs.tar.gz (every step's log), packed whatever happens (a trap on exit).
+# Exit status: 0 when nothing failed (a step that did not finish or start is reported, not failed),
+# 1 when a test, a sanitizer or an agreement check failed, 2 on a broken check (a dry run's finding).
+#
+# The dry run does here what the GPU machine will, up to its first GPU call: stages the deps, sums
+# the working tree and what is sent against 48 MiB, checks the budget arithmetic for budgets of 120
+# to 600 s, builds GoogleTest from the staged source, configures the GPU build exactly as there
+# (cuDNN and NCCL found in a wheel-like layout it makes, the toolkit's own not used), builds and runs
+# a small program that links them and GoogleTest, describes each GPU step with its share, and packs
+# and checks the results against what the remote command gives back.
 set -uo pipefail
-out=${1:?usage: bench/gpu_check.sh OUTDIR [PREBUILT]}
+cd "$(dirname "$0")/.." || exit 2
+repo=$(pwd)
+DRY_RUN=
+if [ "${1:-}" = --dry-run ]; then
+  DRY_RUN=1
+  shift
+fi
+out=${1:?usage: bench/gpu_check.sh [--dry-run] OUTDIR [BUDGET]}
+budget=${2:-540}
+[[ $budget =~ ^[0-9]+$ ]] && [ "$budget" -ge 60 ] || { echo "BUDGET: seconds, at least 60"; exit 2; }
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-cd "$(dirname "$0")/.."
-prebuilt=${2:-build/ci}
-build=build/gpu-check
-start=$SECONDS
-status=0
 export PATH="/usr/local/cuda/bin:$PATH"
+source bench/gpu_common.sh
 
-step() { echo "== $* ($((SECONDS - start)) s)" | tee -a "$out/steps.log"; }
-left() { echo $((520 - (SECONDS - start))); }  # seconds left of the budget, with margin
+deps=$repo/build/gpu-deps
+build=$repo/build/gpu-check${DRY_RUN:+-dry}
+rm -rf "$build/work"
+rm -f "$out/summary.txt" "$out/bench.csv" "$out/bench.png" "$out/logs.tar.gz"
+budget_start "$budget" "$build/work" "$out"
 
-step "device"
+# the steps in order: name:minimum:cap (seconds)
+# (the minimums: what a step needs to be worth starting; the caps: estimates for an H200 with 16
+# cores, none measured yet, so that no step can take the time of the ones after it)
+parse_steps "gtest:10:90 configure:15:120 build:60:330 tests:30:150 persistent:20:90 nccl:10:60
+  memcheck:20:60 racecheck:20:60 racecheck_ticket:15:45 synccheck:15:45 bench:30:120 torch:30:120
+  large:20:60"
+summary=()  # one line per step
+failed=0    # 1: a failure of cubn; 2: of the check itself (the dry run's findings)
+report() { summary+=("$*"); }
+mark_failed() { [ "$1" -gt "$failed" ] && failed=$1; }
+
+finish() {
+  local rc
+  trap - EXIT
+  {
+    echo "cubn GPU check${DRY_RUN:+ (dry run, no GPU)}: $(head -n 1 "$WORK/device.txt" 2>/dev/null)"
+    printf '%s\n' "${summary[@]}"
+    [ -f "$WORK/ratios.txt" ] && cat "$WORK/ratios.txt"
+    echo "total $(elapsed) s of a $BUDGET s budget; $([ $failed = 0 ] && echo passed || echo FAILED)"
+  } > "$OUT/summary.txt"
+  [ -f "$WORK/bench.csv" ] && cp "$WORK/bench.csv" "$OUT/"
+  [ -f "$WORK/bench.png" ] && cp "$WORK/bench.png" "$OUT/"
+  cp "$OUT/summary.txt" "$WORK/"
+  if ! pack_results; then
+    echo "results would not come back whole" | tee -a "$OUT/summary.txt"
+    mark_failed 2
+  fi
+  cat "$OUT/summary.txt"
+  rc=0
+  [ "$failed" = 1 ] && rc=1
+  [ "$failed" = 2 ] && rc=2
+  exit $rc
+}
+trap finish EXIT
+trap 'report "interrupted"; exit' INT TERM
+
+# --- dry run only: what travels, and the budget arithmetic ---------------------------------------
+check_size() {  # the working tree (tracked and untracked-not-ignored files) plus build/gpu-deps
+  local tree sent limit=$((48 << 20))
+  tree=$(git ls-files -z -co --exclude-standard | xargs -0 stat -c %s -- 2>/dev/null |
+    awk '{s += $1} END {print s + 0}')
+  sent=$(du -sb "$deps" | cut -f1)
+  report "size: working tree $(awk "BEGIN {printf \"%.1f\", $tree / 1048576}") MiB + build/gpu-deps $(
+    awk "BEGIN {printf \"%.1f\", $sent / 1048576}") MiB = $(
+    awk "BEGIN {printf \"%.1f\", ($tree + $sent) / 1048576}") MiB (at most 48)"
+  [ $((tree + sent)) -le $limit ] || mark_failed 2
+}
+
+# Every budget from 120 to 600 s: each step that starts gets at least its minimum (so never 0 or
+# less), and the steps end, at worst each running its whole share plus GRACE and 1 s between steps,
+# with RESERVE - GRACE seconds left for the summary and the packing. Also random step times.
+check_budget_arithmetic() {
+  local b trial i t elapsed_s took bad=0
+  for b in $(seq 120 5 600); do
+    for trial in $(seq 0 20); do
+      elapsed_s=1  # the device step (its commands under 20 s limits, counted apart)
+      for i in "${!STEP_NAME[@]}"; do
+        share $((b - elapsed_s)) "${STEP_MIN[i]}" "${STEP_CAP[i]}" "${STEP_LATER[i]}"
+        t=$SHARE
+        [ "$t" = 0 ] && continue
+        if [ "$t" -lt "${STEP_MIN[i]}" ] || [ "$t" -le 0 ]; then
+          echo "budget $b: step ${STEP_NAME[i]} given $t s"
+          bad=1
+        fi
+        took=$((t + GRACE))  # trial 0: the worst case
+        [ "$trial" -gt 0 ] && took=$((RANDOM % (t + GRACE + 1)))
+        elapsed_s=$((elapsed_s + took + 1))
+      done
+      if [ $((b - elapsed_s)) -lt $((RESERVE - GRACE - 1)) ]; then
+        echo "budget $b: steps end at $elapsed_s s, too late to pack"
+        bad=1
+      fi
+    done
+  done
+  report "budget arithmetic: budgets 120 to 600 s, worst case and 20 random runs each: $(
+    [ $bad = 0 ] && echo "every step that starts gets at least its minimum and all end in time" ||
+      echo FAILED)"
+  [ $bad = 0 ] || mark_failed 2
+}
+
+# A wheel-like layout of the toolkit's cuDNN and NCCL (versioned names only, as PyPI's wheels have)
+fake_wheels() {
+  local site=$build/wheels/site f lib
+  rm -rf "$build/wheels"
+  mkdir -p "$site/nvidia/cudnn/include" "$site/nvidia/cudnn/lib" "$site/nvidia/nccl/include" \
+    "$site/nvidia/nccl/lib"
+  for f in /usr/local/cuda/include/cudnn*.h; do ln -s "$f" "$site/nvidia/cudnn/include/"; done
+  ln -s /usr/local/cuda/include/nccl.h "$site/nvidia/nccl/include/"
+  for lib in /usr/local/cuda/lib64/libcudnn*.so.9; do
+    ln -s "$(readlink -f "$lib")" "$site/nvidia/cudnn/lib/$(basename "$lib")"
+  done
+  ln -s "$(readlink -f /usr/local/cuda/lib64/libnccl.so.2)" "$site/nvidia/nccl/lib/libnccl.so.2"
+  echo "$site"
+}
+
+# site-packages holding PyTorch's nvidia wheels (cuDNN, NCCL), for CUBN_WHEEL_SITES
+wheel_sites() {
+  python3 - <<'EOF' 2>/dev/null
+import importlib.util, os
+sites = []
+for name in ("nvidia.cudnn", "nvidia.nccl"):
+    try:
+        spec = importlib.util.find_spec(name)
+    except ImportError:
+        continue
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        site = os.path.dirname(os.path.dirname(loc))
+        if site not in sites:
+            sites.append(site)
+print(";".join(sites))
+EOF
+}
+
+cache_value() { sed -n "s/^$1:[A-Z]*=//p" "$build/CMakeCache.txt" 2>/dev/null; }
+
+# --- the check ------------------------------------------------------------------------------------
+if [ -n "$DRY_RUN" ]; then
+  bench/gpu_check_prepare.sh "$deps" > "$WORK/prepare.log" 2>&1 ||
+    { report "prepare: FAILED ($(tail -n 1 "$WORK/prepare.log"))"; mark_failed 2; exit; }
+  check_size
+  check_budget_arithmetic
+fi
+
+note "== device ($(elapsed) s)"
 {
-  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader
+  if command -v nvidia-smi > /dev/null && timeout 20 nvidia-smi -L > /dev/null 2>&1; then
+    timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap \
+      --format=csv,noheader
+  else
+    echo "no GPU visible"
+  fi
   nvcc --version | tail -n 2
   date -u +"%Y-%m-%d %H:%M UTC"
-} > "$out/device.txt" 2>&1
-cat "$out/device.txt"
+} > "$WORK/device.txt" 2>&1
+cat "$WORK/device.txt"
+arch=${CUBN_GPU_ARCH:-$(timeout 20 nvidia-smi --query-gpu=compute_cap --format=csv,noheader \
+  2>/dev/null | head -n 1 | tr -d '.[:space:]')}
+arch=${arch:-90}
+[ -n "$DRY_RUN" ] && sites=$(fake_wheels) || sites=$(wheel_sites)
+report "device: $(head -n 1 "$WORK/device.txt"); building for sm_$arch"
 
-step "configure and build (native architecture)"
-tests=ON
-if ! cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=native \
-    -DCUBN_BUILD_TESTS=ON > "$out/configure.log" 2>&1; then
-  tests=OFF
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=native \
-    -DCUBN_BUILD_TESTS=OFF >> "$out/configure.log" 2>&1 || { echo "configure failed"; exit 1; }
+gtest=$build/gtest
+if [ ! -f "$deps/googletest/CMakeLists.txt" ]; then
+  report "gtest: FAILED (no $deps/googletest: run bench/gpu_check_prepare.sh here and carry build/gpu-deps)"
+  mark_failed 2
+  exit
 fi
-targets=(cubn_bench cubn_io)
-[ "$tests" = ON ] && targets+=(cubn_gpu_tests)
-timeout 240 cmake --build "$build" -j "$(nproc)" --target "${targets[@]}" > "$out/build.log" 2>&1 ||
-  { echo "build failed: $out/build.log"; tail -n 20 "$out/build.log"; exit 1; }
+run_step gtest gtest.log bash -c "cmake -S '$deps/googletest' -B '$build/gtest-build' -G Ninja \
+  -DCMAKE_BUILD_TYPE=Release -DBUILD_GMOCK=OFF -DCMAKE_INSTALL_PREFIX='$gtest' &&
+  cmake --build '$build/gtest-build' -j $(nproc) && cmake --install '$build/gtest-build'"
+report "gtest (GoogleTest from build/gpu-deps): $STEP_RESULT"
+[ "$STEP_RESULT" = passed ] || { mark_failed 2; exit; }
 
-testbin=$build/tests/cubn_gpu_tests
-if [ "$tests" = OFF ]; then
-  testbin=$prebuilt/tests/cubn_gpu_tests
-  echo "GoogleTest not found here: running the prebuilt $testbin" | tee -a "$out/steps.log"
+run_step configure configure.log cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_CUDA_ARCHITECTURES="$arch-real" -DCUBN_BUILD_TESTS=ON -DCUBN_BUILD_EXAMPLES=OFF \
+  -DCUBN_INSTALL=OFF -DCUBN_TEST_INSTALL=OFF -DCUBN_TEST_PYTHON=OFF -DGTest_ROOT="$gtest" \
+  -DCUBN_WHEEL_SITES="$sites"
+gtest_dir=$(cache_value GTest_DIR)
+cudnn=$(cache_value CUBN_CUDNN_LIBRARY)
+nccl=$(cache_value CUBN_NCCL_LIBRARY)
+report "configure: $STEP_RESULT; GoogleTest ${gtest_dir:-not found}; cuDNN ${cudnn:-not found}; NCCL ${nccl:-not found}"
+[ "$STEP_RESULT" = passed ] || { mark_failed 2; exit; }
+if [ -n "$DRY_RUN" ]; then
+  # the GPU machine's lookups must take the staged GoogleTest and the wheels, not this machine's
+  [[ $gtest_dir == "$gtest"/* ]] || { report "dry run: GoogleTest not from the staged folder"; mark_failed 2; }
+  [[ $cudnn == "$sites"/nvidia/cudnn/lib/libcudnn.so.9 ]] ||
+    { report "dry run: cuDNN not found in the wheel layout"; mark_failed 2; }
+  [[ $nccl == "$sites"/nvidia/nccl/lib/libnccl.so.2 ]] ||
+    { report "dry run: NCCL not found in the wheel layout"; mark_failed 2; }
 fi
-
-step "gpu tests"
-tests_line="gpu tests: not run (no test binary)"
-if [ -x "$testbin" ]; then
-  timeout 120 "$testbin" --gtest_brief=1 > "$out/gpu_tests.log" 2>&1 || status=1
-  tests_line="gpu tests: $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' "$out/gpu_tests.log" | tr '\n' ' ')"
-  # the forward and backward tests again with every training call on the persistent path
-  # (tests/support/path_environment.cpp), as CTest's gpu.persistent.* twins do
-  CUBN_TEST_PATH=persistent timeout 120 "$testbin" --gtest_brief=1 \
-    --gtest_filter='Forward*:Backward*-ForwardPlans*:BackwardPlans*' \
-    > "$out/gpu_tests_persistent.log" 2>&1 || status=1
-  tests_line="$tests_line; persistent path: $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' \
-    "$out/gpu_tests_persistent.log" | tr '\n' ' ')"
-else
-  status=1
-fi
-echo "$tests_line"
-
-step "nccl tests"
-# cubn::nccl's tests (one rank per visible GPU), built where NCCL is found; libnccl.so.2 may come
-# from PyTorch's wheel (nvidia/nccl/lib) when the toolkit's is missing
-ncclbin=$build/tests/cubn_nccl_tests
-if [ "$tests" = ON ]; then
-  timeout 240 cmake --build "$build" -j "$(nproc)" --target cubn_nccl_tests >> "$out/build.log" 2>&1 || true
-else
-  ncclbin=$prebuilt/tests/cubn_nccl_tests
-fi
-nccl_line="nccl tests: not run (no binary: NCCL not found at build time)"
-if [ -x "$ncclbin" ]; then
-  torch_nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(nvidia.nccl.__path__[0], "lib"))' 2>/dev/null || true)
-  LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$torch_nccl" timeout 180 "$ncclbin" \
-    --gtest_brief=1 > "$out/nccl_tests.log" 2>&1 || status=1
-  nccl_line="nccl tests: $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' "$out/nccl_tests.log" | tr '\n' ' ')"
-  [ -n "$(grep -E '^\[' "$out/nccl_tests.log")" ] || nccl_line="nccl tests: did not start ($(tail -n 1 "$out/nccl_tests.log"))"
-fi
-echo "$nccl_line"
-
-step "compute-sanitizer"
-san_line="compute-sanitizer:"
-subset='*Properties*:*Proxies*:Forward/*EdgeShapes*:Backward/*EdgeShapes*'
-for tool in memcheck racecheck synccheck initcheck; do
-  [ -x "$testbin" ] || break
-  filter='*'
-  [ "$tool" = memcheck ] || filter=$subset
-  budget=$(( $(left) / 4 ))
-  [ "$budget" -lt 20 ] && budget=20
-  # the persistent path for racecheck and synccheck: its kernels share slices and grid syncs
-  path=auto
-  case $tool in racecheck | synccheck) path=persistent ;; esac
-  CUBN_TEST_PATH=$path timeout "$budget" compute-sanitizer --tool "$tool" --error-exitcode 99 "$testbin" \
-    --gtest_brief=1 --gtest_filter="$filter" > "$out/sanitizer_$tool.log" 2>&1
-  rc=$?
-  errors=$(grep -Eo 'ERROR SUMMARY: [0-9]+' "$out/sanitizer_$tool.log" | tail -n 1 | grep -Eo '[0-9]+$')
-  case $rc in
-    0) san_line="$san_line $tool ${errors:-0} errors;" ;;
-    124) san_line="$san_line $tool stopped at ${budget} s (${errors:-?} errors so far);" ;;
-    *) san_line="$san_line $tool ${errors:-?} errors (exit $rc);"; status=1 ;;
-  esac
+# wheels' libraries load from where they were found (cuDNN's sub-libraries through its own RPATH)
+for lib in "$cudnn" "$nccl"; do
+  if [[ $lib == */* && -e $lib ]]; then
+    LD_LIBRARY_PATH="$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export LD_LIBRARY_PATH
+  fi
 done
-echo "$san_line"
 
-step "cubn_bench --quick"
-timeout "$(( $(left) * 2 / 3 ))" "$build/bench/cubn_bench" --quick --csv "$out/bench.csv" \
-  > "$out/bench.log" 2>&1 || echo "cubn_bench did not finish (see $out/bench.log)"
-python3 bench/plot_bench.py "$out/bench.csv" "$out/bench.png" > "$out/plot.log" 2>&1 ||
-  echo "no chart (matplotlib missing?): $out/plot.log"
-# the ResNet-50 shapes again with the training calls forced to stream: the persistent path's gain
-timeout "$(( $(left) / 3 ))" "$build/bench/cubn_bench" --quick --filter resnet --path streaming \
-  --csv "$out/bench_streaming.csv" > "$out/bench_streaming.log" 2>&1 ||
-  echo "cubn_bench --path streaming did not finish (see $out/bench_streaming.log)"
+targets=(cubn_gpu_check_link)
+[ -z "$DRY_RUN" ] && targets+=(cubn_gpu_tests cubn_bench cubn_io cubn_large)
+[ -z "$DRY_RUN" ] && [ -n "$nccl" ] && [[ $nccl != *NOTFOUND ]] && targets+=(cubn_nccl_tests)
+run_step build build.log cmake --build "$build" -j "$(nproc)" --target "${targets[@]}"
+report "build (${targets[*]}): $STEP_RESULT"
+[ "$STEP_RESULT" = passed ] || { mark_failed 1; exit; }
+if [ -n "$DRY_RUN" ]; then
+  if "$build/tests/cubn_gpu_check_link" > "$WORK/link.log" 2>&1; then
+    report "link: GoogleTest, $(grep -E '^(cuDNN|NCCL|CUDA)' "$WORK/link.log" | tr '\n' ' ')loaded"
+  else
+    report "link: FAILED ($(tail -n 2 "$WORK/link.log" | tr '\n' ' '))"
+    mark_failed 2
+  fi
+  DRY_RUN=gpu  # from here on every step needs a GPU: describe it, do not run it
+fi
 
-step "PyTorch: agreement and timing"
-timeout "$(left)" python3 bench/torch_compare.py --cubn-io "$build/bench/cubn_io" --out "$out" --quick \
-  > "$out/torch_compare.log" 2>&1 || status=1
-agree_line=$(grep -E '^agreement:' "$out/torch_compare.log" || echo "agreement: did not finish")
-echo "$agree_line"
+# --- on the GPU -----------------------------------------------------------------------------------
+tests=$build/tests/cubn_gpu_tests
+gtest_step() {  # NAME LOG CMD...: a GoogleTest run, reported with how far it got
+  local name=$1 log=$2
+  run_step "$@"
+  local how=$STEP_RESULT
+  [ -f "$WORK/$log" ] && how="$how: $(gtest_progress "$WORK/$log")"
+  report "$name: $how"
+  case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
+}
+gtest_step tests gpu_tests.log "$tests"
+gtest_step persistent gpu_tests_persistent.log env CUBN_TEST_PATH=persistent "$tests" \
+  --gtest_filter='Forward*:Backward*-ForwardPlans*:BackwardPlans*'
+if [ -x "$build/tests/cubn_nccl_tests" ] || [ "$DRY_RUN" = gpu ]; then
+  gtest_step nccl nccl_tests.log "$build/tests/cubn_nccl_tests"
+else
+  report "nccl: not run (NCCL not found at configure)"
+fi
 
-step "summary"
-python3 - "$out" > "$out/ratios.txt" 2>&1 <<'EOF'
+# compute-sanitizer, each on a subset; the persistent path for the cooperative kernels
+sanitize() {  # NAME TOOL PATH FILTER
+  local name=$1 tool=$2 path=$3 filter=$4 errors
+  run_step "$name" "sanitizer_$name.log" env CUBN_TEST_PATH="$path" compute-sanitizer \
+    --tool "$tool" --error-exitcode 99 "$tests" --gtest_brief=1 --gtest_filter="$filter"
+  errors=$(grep -Eo 'ERROR SUMMARY: [0-9]+' "$WORK/sanitizer_$name.log" 2>/dev/null | tail -n 1 |
+    grep -Eo '[0-9]+$')
+  report "$name ($tool, $path path): $STEP_RESULT${errors:+, $errors errors}"
+  case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
+}
+small='Forward/*EdgeShapes*:Backward/*.TrainingMatchesTheReference:ForwardFused/*.TrainingMatchesTheReference'
+sanitize memcheck memcheck auto "$small:*Misaligned*:*NanAndInf*:*InPlace*:Launch*"
+sanitize racecheck racecheck persistent "$small"
+sanitize racecheck_ticket racecheck streaming "$small:*DeterministicBitForBit*"
+sanitize synccheck synccheck persistent "$small"
+
+run_step bench bench.log "$build/bench/cubn_bench" --quick --filter "resnet 32x" \
+  --csv "$WORK/bench.csv"
+# ran: the step's command ran (it did not only get described or skipped)
+ran() { [ -f "$WORK/$1" ]; }
+detail=
+if ran bench.log; then
+  cudnn_version=$(grep -Eo '^cuDNN [0-9]+' "$WORK/bench.log")
+  detail="; ${cudnn_version:+compared with $cudnn_version}${cudnn_version:-no cuDNN found: no comparison}"
+fi
+report "bench (ResNet-50 N=32, fp32/fp16/bf16, both layouts): $STEP_RESULT$detail"
+case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
+if [ -f "$WORK/bench.csv" ]; then
+  timeout 30 python3 bench/plot_bench.py "$WORK/bench.csv" "$WORK/bench.png" > "$WORK/plot.log" 2>&1
+fi
+
+run_step torch torch_compare.log python3 bench/torch_compare.py \
+  --cubn-io "$build/bench/cubn_io" --out "$WORK" --quick
+detail=
+ran torch_compare.log &&
+  detail="; $(grep -E '^(agreement|torch_compare):' "$WORK/torch_compare.log" || echo 'no agreement line')"
+report "torch: $STEP_RESULT$detail"
+case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
+
+run_step large large.log "$build/bench/cubn_large"
+detail=
+ran large.log && detail="; $(grep -E '^large: bf16' "$WORK/large.log" |
+  sed -E 's/^large: bf16 (NCHW|NHWC) ([0-9x]+) .*forward ([0-9.]+) ms.*backward ([0-9.]+) ms.*errors y ([0-9]+).* dx ([0-9]+) .*per-channel errors ([0-9]+)/\1 \2: forward \3 ms, backward \4 ms, errors y \5, dx \6, per channel \7/' |
+  tr '\n' ';')"
+report "large (bf16 past 2^31 elements): $STEP_RESULT$detail"
+case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
+
+# cubn / other per dtype, order and call (geometric means; below 1: cubn faster)
+timeout 30 python3 - "$WORK" > "$WORK/ratios.txt" 2>&1 <<'EOF'
 import csv, math, os, sys
 from collections import defaultdict
-out = sys.argv[1]
+work = sys.argv[1]
 def rows(name):
-    path = os.path.join(out, name)
+    path = os.path.join(work, name)
     return list(csv.DictReader(open(path))) if os.path.exists(path) else []
-torch_us = {(r["family"], r["shape"], r["dtype"], r["order"], r["call"]): float(r["torch_us"])
+def num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+torch_us = {(r["family"], r["shape"], r["dtype"], r["order"], r["call"]): num(r["torch_us"])
             for r in rows("torch.csv")}
-ratios = defaultdict(lambda: {"cudnn": [], "torch": []})
+ratios = defaultdict(lambda: defaultdict(list))
 for r in rows("bench.csv"):
-    key = (r["family"], r["shape"], r["dtype"], r["order"], r["call"])
-    try:
-        cubn = float(r["cubn_us"])
-    except ValueError:
-        continue
-    fam = (r["family"], r["call"])
-    try:
-        if float(r["cudnn_us"]) > 0:
-            ratios[fam]["cudnn"].append(cubn / float(r["cudnn_us"]))
-    except ValueError:
-        pass
-    if key in torch_us and torch_us[key] > 0:
-        ratios[fam]["torch"].append(cubn / torch_us[key])
-def gmean(v):
-    return math.exp(sum(map(math.log, v)) / len(v)) if v else float("nan")
-print("cubn time / other time, geometric mean per family and call (below 1: cubn faster)")
-for (fam, call), v in sorted(ratios.items()):
-    print(f"  {fam:7s} {call:18s} vs cuDNN {gmean(v['cudnn']):5.2f} ({len(v['cudnn'])} cases)"
-          f"   vs PyTorch {gmean(v['torch']):5.2f} ({len(v['torch'])} cases)")
+    key = (r["dtype"], r["order"], r["call"])
+    cubn = num(r["cubn_us"])
+    for other, us in (("cuDNN", num(r["cudnn_us"])), ("copy", num(r["copy_us"])),
+                      ("PyTorch", torch_us.get((r["family"], r["shape"], r["dtype"], r["order"],
+                                                r["call"]), float("nan")))):
+        if cubn > 0 and us > 0:
+            ratios[key][other].append(cubn / us)
+if ratios:
+    print("cubn time / other time, geometric mean over the shapes (below 1: cubn faster; copy: the"
+          " bandwidth ceiling)")
+    for key in sorted(ratios):
+        parts = []
+        for other in ("cuDNN", "PyTorch", "copy"):
+            v = ratios[key][other]
+            parts.append(f"{other} {math.exp(sum(map(math.log, v)) / len(v)):5.2f} ({len(v)})"
+                         if v else f"{other}   -  (0)")
+        print(f"  {key[0]:4s} {key[1]:4s} {key[2]:18s} " + "   ".join(parts))
 EOF
-{
-  echo "cubn GPU check, $(head -n 1 "$out/device.txt")"
-  echo "$tests_line"
-  echo "$nccl_line"
-  echo "$san_line"
-  echo "$agree_line"
-  cat "$out/ratios.txt"
-  echo "total $((SECONDS - start)) s; status $status"
-} | tee "$out/summary.txt"
-exit $status
+exit

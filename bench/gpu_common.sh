@@ -1,0 +1,154 @@
+# shellcheck shell=bash
+# Shared by bench/gpu_check.sh and bench/gpu_python_check.sh (sourced, not run): the time budget,
+# steps with hard limits, and results packed into at most four files that the GPU machine's
+# remote command gives back (at most 8 files, 16 MiB each, no deeper than two folders, names of
+# letters, digits, '.', '_' and '-').
+#
+# The budget: the whole check ends within BUDGET seconds of its start. Each step has a minimum
+# and a cap; it gets
+#     min(cap, left - reserve - the minimums of the steps after it)   but at least its minimum,
+# and is not started at all when less than its minimum is left (after the reserve). A step's
+# command runs under `timeout -k GRACE`, so a started step ends within its share plus GRACE; the
+# reserve (RESERVE s) covers that grace and packing the results. So no timeout is ever 0 or
+# negative, earlier (more valuable) steps win when time is short, and later ones keep their
+# minimum while there is time for it. `share` is the arithmetic alone, so that
+# `gpu_check.sh --dry-run` can check it for every budget from 120 to 600 s.
+
+GRACE=5     # seconds between timeout's TERM and its KILL
+RESERVE=20  # seconds kept back for GRACE, the summary and the packing
+
+# share LEFT MIN CAP LATER_MINS: sets SHARE to the seconds a step may take, or 0 for "do not start
+# it" (a variable, not output: the dry run calls it some 30,000 times).
+share() {
+  local left=$1 min=$2 cap=$3 later=$4
+  local avail=$((left - RESERVE))
+  if [ "$avail" -lt "$min" ]; then
+    SHARE=0
+    return
+  fi
+  SHARE=$((avail - later))
+  [ "$SHARE" -lt "$min" ] && SHARE=$min
+  [ "$SHARE" -gt "$cap" ] && SHARE=$cap
+}
+
+# budget_start SECONDS WORKDIR OUTDIR: starts the clock; step logs go to WORKDIR, results to OUTDIR.
+budget_start() {
+  BUDGET=$1
+  WORK=$2
+  OUT=$3
+  T0=$SECONDS
+  mkdir -p "$WORK" "$OUT"
+  : > "$WORK/steps.log"
+}
+
+elapsed() { echo $((SECONDS - T0)); }
+left() { echo $((BUDGET - (SECONDS - T0))); }
+
+note() { echo "$*" | tee -a "$WORK/steps.log"; }
+
+# parse_steps "name:min:cap ...": the steps in the order they run, into STEP_NAME, STEP_MIN,
+# STEP_CAP and STEP_LATER (the sum of the minimums of the steps after each).
+parse_steps() {
+  local entry i later=0
+  STEP_NAME=() STEP_MIN=() STEP_CAP=() STEP_LATER=()
+  for entry in $1; do
+    STEP_NAME+=("${entry%%:*}")
+    entry=${entry#*:}
+    STEP_MIN+=("${entry%%:*}")
+    STEP_CAP+=("${entry#*:}")
+  done
+  for ((i = ${#STEP_NAME[@]} - 1; i >= 0; i--)); do
+    STEP_LATER[i]=$later
+    later=$((later + STEP_MIN[i]))
+  done
+}
+
+# step_share NAME: sets SHARE to this step's seconds now (0: not started).
+step_share() {
+  local i
+  for i in "${!STEP_NAME[@]}"; do
+    if [ "${STEP_NAME[i]}" = "$1" ]; then
+      share "$(left)" "${STEP_MIN[i]}" "${STEP_CAP[i]}" "${STEP_LATER[i]}"
+      return
+    fi
+  done
+  echo "step_share: no step $1" >&2
+  exit 2
+}
+
+# run_step NAME LOG CMD...: runs CMD under its share with output to WORK/LOG and sets STEP_RESULT
+# to one of: passed, FAILED (exit N), did not finish (stopped at T s), not started (budget spent),
+# dry run (not run: needs a GPU). Under DRY_RUN=gpu the command is only described.
+run_step() {
+  local name=$1 log=$2
+  shift 2
+  local t
+  step_share "$name"
+  t=$SHARE
+  if [ "$t" = 0 ]; then
+    STEP_RESULT="not started (budget spent: $(left) s left)"
+    note "== $name: $STEP_RESULT"
+    return
+  fi
+  if [ "${DRY_RUN:-}" = gpu ]; then
+    STEP_RESULT="dry run (not run: needs a GPU; would get $t s)"
+    note "== $name ($(elapsed) s): would run for at most $t s: $*"
+    return
+  fi
+  note "== $name ($(elapsed) s): at most $t s"
+  timeout -k "$GRACE" "$t" "$@" > "$WORK/$log" 2>&1
+  local rc=$?
+  case $rc in
+    0) STEP_RESULT=passed ;;
+    124 | 137) STEP_RESULT="did not finish (stopped at $t s)" ;;
+    *) STEP_RESULT="FAILED (exit $rc)" ;;
+  esac
+  note "   $name: $STEP_RESULT ($(elapsed) s)"
+}
+
+# gtest_progress LOG: "N passed, M failed" from a GoogleTest log, whole or cut short.
+gtest_progress() {
+  local ok failed
+  ok=$(grep -c '^\[       OK \]' "$1" 2>/dev/null)
+  # a failed test's own line ends with its time; the closing list repeats the names without it
+  failed=$(grep -c '^\[  FAILED  \] .* ms)$' "$1" 2>/dev/null)
+  echo "${ok:-0} tests passed, ${failed:-0} failed"
+}
+
+# pack_results: OUT gets WORK's logs as one tarball beside the files already there, then checks
+# what would come back: at most 4 files, each under 16 MiB, no folders, plain names. A log over
+# 2 MiB is cut to its last 2 MiB in the tarball (the whole stays in WORK).
+pack_results() {
+  local packdir="$WORK/pack/logs" f
+  rm -rf "$WORK/pack"
+  mkdir -p "$packdir"
+  for f in "$WORK"/*; do
+    [ -f "$f" ] || continue
+    if [ "$(stat -c %s "$f")" -gt $((2 << 20)) ]; then
+      { echo "[cut to the last 2 MiB]"; tail -c $((2 << 20)) "$f"; } > "$packdir/$(basename "$f")"
+    else
+      cp "$f" "$packdir/"
+    fi
+  done
+  tar -czf "$OUT/logs.tar.gz" -C "$WORK/pack" logs
+  check_results "$OUT"
+}
+
+# check_results DIR: fails (1) when DIR holds what the remote command would not give back whole.
+check_results() {
+  local dir=$1 count=0 bad=0 f name size
+  while IFS= read -r -d '' f; do
+    name=${f#"$dir"/}
+    if [ -d "$f" ]; then
+      echo "results: folder $name (results must be files at the top)"
+      bad=1
+      continue
+    fi
+    count=$((count + 1))
+    size=$(stat -c %s "$f")
+    [ "$size" -lt $((16 << 20)) ] || { echo "results: $name is $size bytes (16 MiB at most)"; bad=1; }
+    [[ $name =~ ^[A-Za-z0-9._-]+$ ]] || { echo "results: name '$name' has other characters"; bad=1; }
+  done < <(find "$dir" -mindepth 1 -print0)
+  [ "$count" -le 4 ] || { echo "results: $count files (4 at most)"; bad=1; }
+  return $bad
+}
