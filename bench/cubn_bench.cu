@@ -28,21 +28,13 @@
 
 #include "cubn/cubn.hpp"
 #include "plan.hpp"
+#include "check_cuda.hpp"
 
 #if defined(CUBN_BENCH_HAVE_CUDNN)
 #include <cudnn.h>
 #endif
 
 namespace {
-
-#define CHECK_CUDA(x)                                                                            \
-  do {                                                                                           \
-    cudaError_t err_ = (x);                                                                      \
-    if (err_ != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
 
 struct Shape {
   const char* family;

@@ -31,17 +31,9 @@
 #include <vector>
 
 #include "cubn/cubn.hpp"
+#include "check_cuda.hpp"
 
 namespace {
-
-#define CHECK_CUDA(x)                                                                            \
-  do {                                                                                           \
-    cudaError_t err_ = (x);                                                                      \
-    if (err_ != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
 
 struct Geometry {
   std::int64_t n, c, s;  // batch, channels, spatial positions

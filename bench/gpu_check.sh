@@ -50,7 +50,8 @@ export PATH="/usr/local/cuda/bin:$PATH"
 source bench/gpu_common.sh
 
 deps=$repo/build/gpu-deps
-build=$repo/build/gpu-check${DRY_RUN:+-dry}
+# CUBN_GPU_CHECK_BUILD: another build folder (a rehearsal here reusing the dry run's objects)
+build=${CUBN_GPU_CHECK_BUILD:-$repo/build/gpu-check${DRY_RUN:+-dry}}
 rm -rf "$build/work"
 rm -f "$out/summary.txt" "$out/bench.csv" "$out/bench.png" "$out/logs.tar.gz"
 budget_start "$budget" "$build/work" "$out"
