@@ -20,7 +20,8 @@
 #                            ticket (streaming) kernels
 #   bench                    cubn_bench on ResNet-50's N=32 shapes, fp32/fp16/bf16, both layouts,
 #                            beside cuDNN and a copy kernel
-#   torch                    agreement with and timing beside torch.nn.functional.batch_norm
+#   torch                    agreement with torch.nn.functional.batch_norm, and its timing on the
+#                            shapes cubn_bench times
 #   large                    a bf16 tensor past 2^31 elements, both layouts (cubn_large)
 # OUTDIR then holds four files: summary.txt, bench.csv, bench.png (where matplotlib is) and
 # logs.tar.gz (every step's log), packed whatever happens (a trap on exit).
@@ -251,27 +252,36 @@ if [ -n "$DRY_RUN" ]; then
 fi
 
 # --- on the GPU -----------------------------------------------------------------------------------
+# ran LOG: the step's command ran (it was not only described or skipped)
+ran() { [ -f "$WORK/$1" ]; }
 tests=$build/tests/cubn_gpu_tests
-gtest_step() {  # NAME LOG CMD...: a GoogleTest run, reported with how far it got
-  local name=$1 log=$2
-  run_step "$@"
+gtest_step() {  # NAME LOG SHARDS CMD...: a GoogleTest run, reported with how far it got
+  local name=$1 log=$2 shards=$3
+  shift 3
+  run_step "$name" "$log" bash -c 'source bench/gpu_common.sh && gtest_shards "$@"' gtest_shards \
+    "$shards" "$WORK/$log" "$@"
   local how=$STEP_RESULT
-  [ -f "$WORK/$log" ] && how="$how: $(gtest_progress "$WORK/$log")"
+  ran "$log" && how="$how: $(gtest_progress "$WORK/$log".*)"
   report "$name: $how"
   case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
 }
-gtest_step tests gpu_tests.log "$tests"
-gtest_step persistent gpu_tests_persistent.log env CUBN_TEST_PATH=persistent "$tests" \
+gtest_step tests gpu_tests.log 4 "$tests"
+gtest_step persistent gpu_tests_persistent.log 4 env CUBN_TEST_PATH=persistent "$tests" \
   --gtest_filter='Forward*:Backward*-ForwardPlans*:BackwardPlans*'
 if [ -x "$build/tests/cubn_nccl_tests" ] || [ "$DRY_RUN" = gpu ]; then
-  gtest_step nccl nccl_tests.log "$build/tests/cubn_nccl_tests"
+  gtest_step nccl nccl_tests.log 1 "$build/tests/cubn_nccl_tests"
 else
   report "nccl: not run (NCCL not found at configure)"
 fi
 
 # compute-sanitizer, each on a subset; the persistent path for the cooperative kernels
+export PATH="$PATH:/usr/local/cuda/compute-sanitizer"
 sanitize() {  # NAME TOOL PATH FILTER
   local name=$1 tool=$2 path=$3 filter=$4 errors
+  if [ "$DRY_RUN" != gpu ] && ! command -v compute-sanitizer > /dev/null; then
+    report "$name: not run (no compute-sanitizer on this machine)"
+    return
+  fi
   run_step "$name" "sanitizer_$name.log" env CUBN_TEST_PATH="$path" compute-sanitizer \
     --tool "$tool" --error-exitcode 99 "$tests" --gtest_brief=1 --gtest_filter="$filter"
   errors=$(grep -Eo 'ERROR SUMMARY: [0-9]+' "$WORK/sanitizer_$name.log" 2>/dev/null | tail -n 1 |
@@ -287,10 +297,10 @@ sanitize synccheck synccheck persistent "$small"
 
 run_step bench bench.log "$build/bench/cubn_bench" --quick --filter "resnet 32x" \
   --csv "$WORK/bench.csv"
-# ran: the step's command ran (it did not only get described or skipped)
-ran() { [ -f "$WORK/$1" ]; }
 detail=
-if ran bench.log; then
+if ran bench.log && grep -q 'no usable CUDA device' "$WORK/bench.log"; then
+  detail="; no usable CUDA device"
+elif ran bench.log; then
   cudnn_version=$(grep -Eo '^cuDNN [0-9]+' "$WORK/bench.log")
   detail="; ${cudnn_version:+compared with $cudnn_version}${cudnn_version:-no cuDNN found: no comparison}"
 fi
@@ -300,17 +310,22 @@ if [ -f "$WORK/bench.csv" ]; then
   timeout 30 python3 bench/plot_bench.py "$WORK/bench.csv" "$WORK/bench.png" > "$WORK/plot.log" 2>&1
 fi
 
-run_step torch torch_compare.log python3 bench/torch_compare.py \
-  --cubn-io "$build/bench/cubn_io" --out "$WORK" --quick
-detail=
-ran torch_compare.log &&
-  detail="; $(grep -E '^(agreement|torch_compare):' "$WORK/torch_compare.log" || echo 'no agreement line')"
-report "torch: $STEP_RESULT$detail"
-case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
+if [ "$DRY_RUN" = gpu ] || python3 -c 'import torch' 2> /dev/null; then
+  run_step torch torch_compare.log python3 bench/torch_compare.py \
+    --cubn-io "$build/bench/cubn_io" --out "$WORK" --quick --filter "resnet 32x"
+  detail=
+  ran torch_compare.log &&
+    detail="; $(grep -E '^(agreement|torch_compare):' "$WORK/torch_compare.log" || echo 'no agreement line')"
+  report "torch: $STEP_RESULT$detail"
+  case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
+else
+  report "torch: not run (python3 has no PyTorch)"
+fi
 
 run_step large large.log "$build/bench/cubn_large"
 detail=
-ran large.log && detail="; $(grep -E '^large: bf16' "$WORK/large.log" |
+ran large.log && grep -q 'no usable CUDA device' "$WORK/large.log" && detail="; no usable CUDA device"
+ran large.log && [ -z "$detail" ] && detail="; $(grep -E '^large: bf16' "$WORK/large.log" |
   sed -E 's/^large: bf16 (NCHW|NHWC) ([0-9x]+) .*forward ([0-9.]+) ms.*backward ([0-9.]+) ms.*errors y ([0-9]+).* dx ([0-9]+) .*per-channel errors ([0-9]+)/\1 \2: forward \3 ms, backward \4 ms, errors y \5, dx \6, per channel \7/' |
   tr '\n' ';')"
 report "large (bf16 past 2^31 elements): $STEP_RESULT$detail"

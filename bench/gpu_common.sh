@@ -106,13 +106,30 @@ run_step() {
   note "   $name: $STEP_RESULT ($(elapsed) s)"
 }
 
-# gtest_progress LOG: "N passed, M failed" from a GoogleTest log, whole or cut short.
+# gtest_progress LOG...: "N tests passed, M failed, K skipped" from GoogleTest logs, whole or cut
+# short (a test's own result line ends with its time; the closing lists repeat names without it).
 gtest_progress() {
-  local ok failed
-  ok=$(grep -c '^\[       OK \]' "$1" 2>/dev/null)
-  # a failed test's own line ends with its time; the closing list repeats the names without it
-  failed=$(grep -c '^\[  FAILED  \] .* ms)$' "$1" 2>/dev/null)
-  echo "${ok:-0} tests passed, ${failed:-0} failed"
+  local ok failed skipped
+  ok=$(cat "$@" 2>/dev/null | grep -c '^\[       OK \] .* ms)$')
+  failed=$(cat "$@" 2>/dev/null | grep -c '^\[  FAILED  \] .* ms)$')
+  skipped=$(cat "$@" 2>/dev/null | grep -c '^\[  SKIPPED \] .* ms)$')
+  echo "${ok:-0} tests passed, ${failed:-0} failed, ${skipped:-0} skipped"
+}
+
+# gtest_shards N LOG CMD...: CMD (a GoogleTest binary and its arguments) as N processes at once, each
+# running its shard of the tests (GTEST_TOTAL_SHARDS) into LOG.K: the tests' host-side references
+# use one core each, and the GPU machine has 16. Fails when any shard fails.
+gtest_shards() {
+  local n=$1 log=$2 k rc=0 pid pids=()
+  shift 2
+  for ((k = 0; k < n; k++)); do
+    GTEST_TOTAL_SHARDS=$n GTEST_SHARD_INDEX=$k "$@" > "$log.$k" 2>&1 &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" || rc=1
+  done
+  return $rc
 }
 
 # pack_results: OUT gets WORK's logs as one tarball beside the files already there, then checks

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """cubn beside PyTorch on a GPU: the same inputs through both, and PyTorch's own times.
 
-  bench/torch_compare.py --cubn-io build/.../bench/cubn_io --out OUTDIR [--quick]
+  bench/torch_compare.py --cubn-io build/.../bench/cubn_io --out OUTDIR [--quick] [--filter TEXT]
 
 1. Agreement. For a set of shapes (ResNet-50 planes, odd planes, C = 100, BatchNorm1d) in fp32,
    fp16 and bf16 and both memory orders, writes x, dy and parameters to files, runs cubn_io (cubn's
@@ -15,7 +15,8 @@
 2. Timing. PyTorch's native CUDA batch norm (aten.native_batch_norm and its backward, so cuDNN's
    kernels are not what is timed) on the shapes cubn_bench times, median of CUDA-event times with
    the L2 flushed between repetitions. Writes OUTDIR/torch.csv (family,shape,dtype,order,call,
-   torch_us), to be joined with cubn_bench's CSV.
+   torch_us), to be joined with cubn_bench's CSV; --filter times only the shapes cubn_bench's
+   --filter with the same text times.
 """
 import argparse
 import os
@@ -187,39 +188,46 @@ def median_us(fn, reps, flush):
     return times[len(times) // 2]
 
 
-def timing(out, quick):
+def timing(out, quick, filter_text=""):
+    """Times PyTorch's kernels on cubn_bench's shapes (those whose "family NxCx.. dtype order" key
+    holds filter_text, as cubn_bench --filter); each row is written as it is measured, so a run
+    stopped at its time limit keeps what it has."""
     flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-    rows = ["family,shape,dtype,order,call,torch_us"]
     reps = 5 if quick else 20
-    for family, shape in TIMING:
-        for name, dtype in DTYPES.items():
-            if quick and shape[0] == 256 and name != "fp16":
-                continue
-            for order in ("NCHW", "NHWC"):
-                try:
-                    x = to_layout(torch.randn(shape, device="cuda", dtype=dtype), order)
-                    dy = to_layout(torch.randn(shape, device="cuda", dtype=dtype), order)
-                except torch.OutOfMemoryError:
-                    continue
-                C = shape[1]
-                w, b = torch.ones(C, device="cuda"), torch.zeros(C, device="cuda")
-                rm, rv = torch.zeros(C, device="cuda"), torch.ones(C, device="cuda")
-                eps = 1e-5
-                _, sm, si = torch.ops.aten.native_batch_norm(x, w, b, rm, rv, True, 0.1, eps)
-                calls = {
-                    "forward_training": lambda: torch.ops.aten.native_batch_norm(x, w, b, rm, rv, True, 0.1, eps),
-                    "forward_inference": lambda: torch.ops.aten.native_batch_norm(x, w, b, rm, rv, False, 0.1, eps),
-                    "backward_training": lambda: torch.ops.aten.native_batch_norm_backward(
-                        dy, x, w, rm, rv, sm, si, True, eps, [True, True, True]),
-                }
-                for call, fn in calls.items():
-                    us = median_us(fn, reps, flush)
-                    rows.append(f"{family},{'x'.join(map(str, shape))},{name},{order},{call},{us:.2f}")
-                del x, dy
-                torch.cuda.empty_cache()
+    count = 0
     with open(os.path.join(out, "torch.csv"), "w") as f:
-        f.write("\n".join(rows) + "\n")
-    return len(rows) - 1
+        f.write("family,shape,dtype,order,call,torch_us\n")
+        for family, shape in TIMING:
+            for name, dtype in DTYPES.items():
+                if quick and shape[0] == 256 and name != "fp16":
+                    continue
+                for order in ("NCHW", "NHWC"):
+                    if filter_text not in f"{family} {'x'.join(map(str, shape))} {name} {order}":
+                        continue
+                    try:
+                        x = to_layout(torch.randn(shape, device="cuda", dtype=dtype), order)
+                        dy = to_layout(torch.randn(shape, device="cuda", dtype=dtype), order)
+                    except torch.OutOfMemoryError:
+                        continue
+                    C = shape[1]
+                    w, b = torch.ones(C, device="cuda"), torch.zeros(C, device="cuda")
+                    rm, rv = torch.zeros(C, device="cuda"), torch.ones(C, device="cuda")
+                    eps = 1e-5
+                    _, sm, si = torch.ops.aten.native_batch_norm(x, w, b, rm, rv, True, 0.1, eps)
+                    calls = {
+                        "forward_training": lambda: torch.ops.aten.native_batch_norm(x, w, b, rm, rv, True, 0.1, eps),
+                        "forward_inference": lambda: torch.ops.aten.native_batch_norm(x, w, b, rm, rv, False, 0.1, eps),
+                        "backward_training": lambda: torch.ops.aten.native_batch_norm_backward(
+                            dy, x, w, rm, rv, sm, si, True, eps, [True, True, True]),
+                    }
+                    for call, fn in calls.items():
+                        us = median_us(fn, reps, flush)
+                        f.write(f"{family},{'x'.join(map(str, shape))},{name},{order},{call},{us:.2f}\n")
+                        f.flush()
+                        count += 1
+                    del x, dy
+                    torch.cuda.empty_cache()
+    return count
 
 
 def main():
@@ -228,6 +236,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--filter", default="", help="time only the shapes whose key holds this text")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("torch_compare: no CUDA device for PyTorch")
@@ -235,7 +244,7 @@ def main():
     failures, cases = agree(args.cubn_io, args.out, args.quick)
     print(f"agreement: {cases - failures} of {cases} cases within bounds")
     if not args.skip_timing:
-        print(f"timing: {timing(args.out, args.quick)} PyTorch measurements in {args.out}/torch.csv")
+        print(f"timing: {timing(args.out, args.quick, args.filter)} PyTorch measurements in {args.out}/torch.csv")
     return 1 if failures else 0
 
 
