@@ -1,48 +1,87 @@
 #!/usr/bin/env bash
-# The Python package on a GPU machine without network (the issue-12 GPU checks):
+# The Python package on a GPU machine without network: the second remote command, for whoever has
+# device time left after bench/gpu_check.sh (README, "Checking on a GPU"). Nothing is carried: it
+# uses the GPU machine's own python3 (PyTorch, nanobind, scikit-build-core, pytest).
 #
-#   bench/gpu_python_check.sh OUTDIR [PYDEPS]
+#   bench/gpu_python_check.sh OUTDIR [BUDGET]     everything ends within BUDGET s (default 540)
 #
-# PYDEPS (default build/pydeps) holds what the device lacks, made on a machine with PyPI and
-# carried along:  pip install --target build/pydeps nanobind scikit-build-core pytest
-#  1. builds the package with cubn's CUDA library for this GPU (CUBN_CUDA_ARCH, default native)
-#     into OUTDIR/site (pip --no-build-isolation --target: nothing is installed system-wide);
-#  2. runs python/tests against the device's PyTorch: test_cuda.py (cubn.torch against
+#  1. build: the package with cubn's CUDA library for this GPU only (CUBN_GPU_ARCH, else nvidia-smi's
+#     compute capability, else 90) into a folder of its own (pip --no-build-isolation --target:
+#     nothing is installed system-wide);
+#  2. pytest: python/tests against the device's PyTorch: test_cuda.py (cubn.torch against
 #     torch.nn.BatchNorm2d on CUDA tensors, fp16/bf16/fp32, contiguous and channels_last, CUDA
 #     graph capture) and the CPU suites;
-#  3. times a ResNet-50 training step with torch's batch norm and with cubn's
-#     (bench/torch_resnet50.py; bf16 autocast and fp32, channels_last) into OUTDIR/resnet50.csv.
-# Exits 1 when the build or a test failed.
+#  3. resnet_bf16, resnet_fp32: a ResNet-50 training step with torch's batch norm and with cubn's
+#     (bench/torch_resnet50.py; channels_last) into resnet50.csv.
+# Each step under its share of the budget (bench/gpu_common.sh). OUTDIR then holds summary.txt,
+# resnet50.csv and logs.tar.gz. Exit status: 0 when nothing failed (a step cut short is reported,
+# not failed), 1 when the build, a test or a timing run failed.
 set -uo pipefail
-out=${1:?usage: bench/gpu_python_check.sh OUTDIR [PYDEPS]}
+cd "$(dirname "$0")/.." || exit 2
+repo=$(pwd)
+out=${1:?usage: bench/gpu_python_check.sh OUTDIR [BUDGET]}
+budget=${2:-540}
+[[ $budget =~ ^[0-9]+$ ]] && [ "$budget" -ge 60 ] || { echo "BUDGET: seconds, at least 60"; exit 2; }
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-cd "$(dirname "$0")/.."
-pydeps=$(cd "${2:-build/pydeps}" 2>/dev/null && pwd) ||
-  { echo "no $2: pip install --target build/pydeps nanobind scikit-build-core pytest"; exit 1; }
 export PATH="/usr/local/cuda/bin:$PATH"
-start=$SECONDS
-status=0
-step() { echo "== $* ($((SECONDS - start)) s)" | tee -a "$out/steps.log"; }
+source bench/gpu_common.sh
 
-step "build the package (CUDA for ${CUBN_CUDA_ARCH:-native})"
-PYTHONPATH="$pydeps" timeout 420 python3 -m pip install -q --no-build-isolation --no-deps \
-  --target "$out/site" ./python -C cmake.define.CMAKE_CUDA_ARCHITECTURES="${CUBN_CUDA_ARCH:-native}" \
-  -C build-dir="${CUBN_PY_BUILD:-build/gpu-python}" > "$out/build.log" 2>&1 ||
-  { echo "build failed: $out/build.log"; tail -n 20 "$out/build.log"; exit 1; }
-export PYTHONPATH="$out/site:$pydeps"
-python3 -c 'import cubn; print("cubn CUDA library:", cubn.has_cuda())' | tee -a "$out/steps.log"
+build=$repo/build/gpu-python
+rm -rf "$build/work"
+rm -f "$out/summary.txt" "$out/resnet50.csv" "$out/logs.tar.gz"
+budget_start "$budget" "$build/work" "$out"
+# name:minimum:cap (seconds; the caps are estimates for an H200 with 16 cores, not yet measured)
+parse_steps "build:60:300 pytest:30:150 resnet_bf16:30:120 resnet_fp32:30:120"
+summary=()
+failed=0
 
-step "pytest"
-(cd "$out" && timeout 300 python3 -m pytest -q -p no:cacheprovider -rs \
-  "$OLDPWD/python/tests") > "$out/pytest.log" 2>&1 || status=1
-tail -n 3 "$out/pytest.log"
+finish() {
+  trap - EXIT
+  {
+    echo "cubn Python package on a GPU: $(head -n 1 "$WORK/device.txt" 2>/dev/null)"
+    printf '%s\n' "${summary[@]}"
+    echo "total $(elapsed) s of a $BUDGET s budget; $([ $failed = 0 ] && echo passed || echo FAILED)"
+  } > "$OUT/summary.txt"
+  [ -f "$WORK/resnet50.csv" ] && cp "$WORK/resnet50.csv" "$OUT/"
+  cp "$OUT/summary.txt" "$WORK/"
+  pack_results || failed=1
+  cat "$OUT/summary.txt"
+  exit $failed
+}
+trap finish EXIT
+trap 'summary+=("interrupted"); exit' INT TERM
+step_done() {  # NAME: records the step's result
+  summary+=("$1: $STEP_RESULT${2:+; $2}")
+  case $STEP_RESULT in FAILED*) failed=1 ;; esac
+}
 
-step "ResNet-50 training step: torch.nn.BatchNorm2d against cubn.torch"
+{
+  timeout 20 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader ||
+    echo "no GPU visible"
+  date -u +"%Y-%m-%d %H:%M UTC"
+} > "$WORK/device.txt" 2>&1
+arch=${CUBN_GPU_ARCH:-$(timeout 20 nvidia-smi --query-gpu=compute_cap --format=csv,noheader \
+  2>/dev/null | head -n 1 | tr -d '.[:space:]')}
+arch=${arch:-90}
+
+site=$build/site
+run_step build build.log python3 -m pip install -q --no-build-isolation --no-deps \
+  --target "$site" ./python -C cmake.define.CMAKE_CUDA_ARCHITECTURES="$arch-real" \
+  -C build-dir="$build/cmake"
+step_done build "CUDA for sm_$arch"
+[ "$STEP_RESULT" = passed ] || exit
+export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+python3 -c 'import cubn; print("cubn CUDA library:", cubn.has_cuda())' >> "$WORK/build.log" 2>&1
+
+# from the work folder, not the source tree: the tests import the package just built
+run_step pytest pytest.log bash -c "cd '$WORK' && python3 -m pytest -q -p no:cacheprovider -rs \
+  '$repo/python/tests'"
+step_done pytest "$(tail -n 1 "$WORK/pytest.log" 2>/dev/null)"
+
 for dtype in bf16 fp32; do
-  timeout 240 python3 bench/torch_resnet50.py --dtype "$dtype" --csv "$out/resnet50.csv" \
-    >> "$out/resnet50.log" 2>&1 || status=1
+  run_step "resnet_$dtype" "resnet50_$dtype.log" python3 bench/torch_resnet50.py --dtype "$dtype" \
+    --csv "$WORK/resnet50.csv"
+  step_done "resnet_$dtype" "$(tail -n 1 "$WORK/resnet50_$dtype.log" 2>/dev/null)"
 done
-cat "$out/resnet50.csv" 2>/dev/null
-echo "total $((SECONDS - start)) s; status $status" | tee -a "$out/steps.log"
-exit $status
+exit
