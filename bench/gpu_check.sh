@@ -75,7 +75,7 @@ finish() {
     echo "cubn GPU check${DRY_RUN:+ (dry run, no GPU)}: $(head -n 1 "$WORK/device.txt" 2>/dev/null)"
     printf '%s\n' "${summary[@]}"
     [ -f "$WORK/ratios.txt" ] && cat "$WORK/ratios.txt"
-    echo "total $(elapsed) s of a $BUDGET s budget; $([ $failed = 0 ] && echo passed || echo FAILED)"
+    echo "total $(elapsed) s of a $BUDGET s budget; $(verdict "$failed" "${summary[@]}")"
   } > "$OUT/summary.txt"
   [ -f "$WORK/bench.csv" ] && cp "$WORK/bench.csv" "$OUT/"
   [ -f "$WORK/bench.png" ] && cp "$WORK/bench.png" "$OUT/"
@@ -240,7 +240,8 @@ targets=(cubn_gpu_check_link)
 [ -z "$DRY_RUN" ] && [ -n "$nccl" ] && [[ $nccl != *NOTFOUND ]] && targets+=(cubn_nccl_tests)
 run_step build build.log cmake --build "$build" -j "$(nproc)" --target "${targets[@]}"
 report "build (${targets[*]}): $STEP_RESULT"
-[ "$STEP_RESULT" = passed ] || { mark_failed 1; exit; }
+case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
+[ "$STEP_RESULT" = passed ] || exit
 if [ -n "$DRY_RUN" ]; then
   if "$build/tests/cubn_gpu_check_link" > "$WORK/link.log" 2>&1; then
     report "link: GoogleTest, $(grep -E '^(cuDNN|NCCL|CUDA)' "$WORK/link.log" | tr '\n' ' ')loaded"

@@ -132,6 +132,23 @@ gtest_shards() {
   return $rc
 }
 
+# verdict FAILED LINE...: the summary's last word: FAILED when FAILED is not 0, else passed, and
+# "incomplete" with how many steps did not finish or start.
+verdict() {
+  local failed=$1 line short=0
+  shift
+  for line in "$@"; do
+    case $line in *"did not finish"* | *"not started"*) short=$((short + 1)) ;; esac
+  done
+  if [ "$failed" != 0 ]; then
+    echo FAILED
+  elif [ "$short" -gt 0 ]; then
+    echo "passed as far as it went: incomplete, $short steps did not finish or start"
+  else
+    echo passed
+  fi
+}
+
 # pack_results: OUT gets WORK's logs as one tarball beside the files already there, then checks
 # what would come back: at most 4 files, each under 16 MiB, no folders, plain names. A log over
 # 2 MiB is cut to its last 2 MiB in the tarball (the whole stays in WORK).

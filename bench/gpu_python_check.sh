@@ -41,7 +41,7 @@ finish() {
   {
     echo "cubn Python package on a GPU: $(head -n 1 "$WORK/device.txt" 2>/dev/null)"
     printf '%s\n' "${summary[@]}"
-    echo "total $(elapsed) s of a $BUDGET s budget; $([ $failed = 0 ] && echo passed || echo FAILED)"
+    echo "total $(elapsed) s of a $BUDGET s budget; $(verdict "$failed" "${summary[@]}")"
   } > "$OUT/summary.txt"
   [ -f "$WORK/resnet50.csv" ] && cp "$WORK/resnet50.csv" "$OUT/"
   cp "$OUT/summary.txt" "$WORK/"
@@ -57,8 +57,11 @@ step_done() {  # NAME: records the step's result
 }
 
 {
-  timeout 20 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader ||
+  if command -v nvidia-smi > /dev/null && timeout 20 nvidia-smi -L > /dev/null 2>&1; then
+    timeout 20 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader
+  else
     echo "no GPU visible"
+  fi
   date -u +"%Y-%m-%d %H:%M UTC"
 } > "$WORK/device.txt" 2>&1
 arch=${CUBN_GPU_ARCH:-$(timeout 20 nvidia-smi --query-gpu=compute_cap --format=csv,noheader \
