@@ -143,7 +143,8 @@ verdict() {
   if [ "$failed" != 0 ]; then
     echo FAILED
   elif [ "$short" -gt 0 ]; then
-    echo "passed as far as it went: incomplete, $short steps did not finish or start"
+    echo "passed as far as it went: incomplete, $short step$([ "$short" = 1 ] || echo s) did not" \
+      "finish or start"
   else
     echo passed
   fi

@@ -83,6 +83,10 @@ run_step pytest pytest.log bash -c "cd '$WORK' && python3 -m pytest -q -p no:cac
 step_done pytest "$(tail -n 1 "$WORK/pytest.log" 2>/dev/null)"
 
 for dtype in bf16 fp32; do
+  if ! python3 -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2> /dev/null; then
+    summary+=("resnet_$dtype: not run (no CUDA device for PyTorch)")
+    continue
+  fi
   run_step "resnet_$dtype" "resnet50_$dtype.log" python3 bench/torch_resnet50.py --dtype "$dtype" \
     --csv "$WORK/resnet50.csv"
   step_done "resnet_$dtype" "$(tail -n 1 "$WORK/resnet50_$dtype.log" 2>/dev/null)"
