@@ -192,9 +192,7 @@ note "== device ($(elapsed) s)"
   date -u +"%Y-%m-%d %H:%M UTC"
 } > "$WORK/device.txt" 2>&1
 cat "$WORK/device.txt"
-arch=${CUBN_GPU_ARCH:-$(timeout 20 nvidia-smi --query-gpu=compute_cap --format=csv,noheader \
-  2>/dev/null | head -n 1 | tr -d '.[:space:]')}
-arch=${arch:-90}
+arch=$(gpu_arch)
 [ -n "$DRY_RUN" ] && sites=$(fake_wheels) || sites=$(wheel_sites)
 report "device: $(head -n 1 "$WORK/device.txt"); building for sm_$arch"
 

@@ -31,6 +31,15 @@ share() {
   [ "$SHARE" -gt "$cap" ] && SHARE=$cap
 }
 
+# gpu_arch: the architecture to build for: CUBN_GPU_ARCH, else the first GPU's compute capability
+# (90 on an H200), else 90.
+gpu_arch() {
+  local arch=${CUBN_GPU_ARCH:-}
+  [ -n "$arch" ] || arch=$(timeout 20 nvidia-smi --query-gpu=compute_cap --format=csv,noheader \
+    2> /dev/null | head -n 1 | tr -d '.[:space:]')
+  echo "${arch:-90}"
+}
+
 # budget_start SECONDS WORKDIR OUTDIR: starts the clock; step logs go to WORKDIR, results to OUTDIR.
 budget_start() {
   BUDGET=$1

@@ -64,9 +64,7 @@ step_done() {  # NAME: records the step's result
   fi
   date -u +"%Y-%m-%d %H:%M UTC"
 } > "$WORK/device.txt" 2>&1
-arch=${CUBN_GPU_ARCH:-$(timeout 20 nvidia-smi --query-gpu=compute_cap --format=csv,noheader \
-  2>/dev/null | head -n 1 | tr -d '.[:space:]')}
-arch=${arch:-90}
+arch=$(gpu_arch)
 
 site=$build/site
 run_step build build.log python3 -m pip install -q --no-build-isolation --no-deps \
