@@ -43,8 +43,6 @@ if [ "${1:-}" = --dry-run ]; then
   shift
 fi
 out=${1:?usage: bench/gpu_check.sh [--dry-run] OUTDIR [BUDGET]}
-budget=${2:-540}
-[[ $budget =~ ^[0-9]+$ ]] && [ "$budget" -ge 60 ] || { echo "BUDGET: seconds, at least 60"; exit 2; }
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 export PATH="/usr/local/cuda/bin:$PATH"
@@ -55,7 +53,7 @@ deps=$repo/build/gpu-deps
 build=${CUBN_GPU_CHECK_BUILD:-$repo/build/gpu-check${DRY_RUN:+-dry}}
 rm -rf "$build/work"
 rm -f "$out/summary.txt" "$out/bench.csv" "$out/bench.png" "$out/logs.tar.gz"
-budget_start "$budget" "$build/work" "$out"
+budget_start "${2:-540}" "$build/work" "$out"
 
 # the steps in order: name:minimum:cap (seconds)
 # (the minimums: what a step needs to be worth starting; the caps: estimates for an H200 with 16
@@ -63,34 +61,8 @@ budget_start "$budget" "$build/work" "$out"
 parse_steps "gtest:10:90 configure:15:120 build:60:330 tests:30:150 persistent:20:90 nccl:10:60
   memcheck:20:60 racecheck:20:60 racecheck_ticket:15:45 synccheck:15:45 bench:30:120 torch:30:120
   large:20:60"
-summary=()  # one line per step
-failed=0    # 1: a failure of cubn; 2: of the check itself (the dry run's findings)
-report() { summary+=("$*"); }
-mark_failed() { [ "$1" -gt "$failed" ] && failed=$1; }
-
-finish() {
-  local rc
-  trap - EXIT
-  {
-    echo "cubn GPU check${DRY_RUN:+ (dry run, no GPU)}: $(head -n 1 "$WORK/device.txt" 2>/dev/null)"
-    printf '%s\n' "${summary[@]}"
-    [ -f "$WORK/ratios.txt" ] && cat "$WORK/ratios.txt"
-    echo "total $(elapsed) s of a $BUDGET s budget; $(verdict "$failed" "${summary[@]}")"
-  } > "$OUT/summary.txt"
-  [ -f "$WORK/bench.csv" ] && cp "$WORK/bench.csv" "$OUT/"
-  [ -f "$WORK/bench.png" ] && cp "$WORK/bench.png" "$OUT/"
-  cp "$OUT/summary.txt" "$WORK/"
-  if ! pack_results; then
-    echo "results would not come back whole" | tee -a "$OUT/summary.txt"
-    mark_failed 2
-  fi
-  cat "$OUT/summary.txt"
-  rc=0
-  [ "$failed" = 1 ] && rc=1
-  [ "$failed" = 2 ] && rc=2
-  exit $rc
-}
-trap finish EXIT
+trap 'finish_results "cubn GPU check${DRY_RUN:+ (dry run, no GPU)}" ratios.txt bench.csv bench.png' \
+  EXIT
 trap 'report "interrupted"; exit' INT TERM
 
 # --- dry run only: what travels, and the budget arithmetic ---------------------------------------
@@ -181,16 +153,7 @@ if [ -n "$DRY_RUN" ]; then
 fi
 
 note "== device ($(elapsed) s)"
-{
-  if command -v nvidia-smi > /dev/null && timeout 20 nvidia-smi -L > /dev/null 2>&1; then
-    timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap \
-      --format=csv,noheader
-  else
-    echo "no GPU visible"
-  fi
-  nvcc --version | tail -n 2
-  date -u +"%Y-%m-%d %H:%M UTC"
-} > "$WORK/device.txt" 2>&1
+device_info
 cat "$WORK/device.txt"
 arch=$(gpu_arch)
 [ -n "$DRY_RUN" ] && sites=$(fake_wheels) || sites=$(wheel_sites)
@@ -208,7 +171,7 @@ run_step gtest gtest.log bash -c "cmake -S '$deps/googletest' -B '$build/gtest-b
   -DCMAKE_BUILD_TYPE=Release -DBUILD_GMOCK=OFF -DCMAKE_INSTALL_PREFIX='$gtest' \
   -DCMAKE_POLICY_VERSION_MINIMUM=3.5 &&
   cmake --build '$build/gtest-build' -j $(nproc) && cmake --install '$build/gtest-build'"
-report "gtest (GoogleTest from build/gpu-deps): $STEP_RESULT"
+step_report "gtest (GoogleTest from build/gpu-deps)"
 [ "$STEP_RESULT" = passed ] || { mark_failed 2; exit; }
 
 run_step configure configure.log cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
@@ -218,7 +181,8 @@ run_step configure configure.log cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_T
 gtest_dir=$(cache_value GTest_DIR)
 cudnn=$(cache_value CUBN_CUDNN_LIBRARY)
 nccl=$(cache_value CUBN_NCCL_LIBRARY)
-report "configure: $STEP_RESULT; GoogleTest ${gtest_dir:-not found}; cuDNN ${cudnn:-not found}; NCCL ${nccl:-not found}"
+step_report configure \
+  "GoogleTest ${gtest_dir:-not found}; cuDNN ${cudnn:-not found}; NCCL ${nccl:-not found}"
 [ "$STEP_RESULT" = passed ] || { mark_failed 2; exit; }
 if [ -n "$DRY_RUN" ]; then
   # the GPU machine's lookups must take the staged GoogleTest and the wheels, not this machine's
@@ -240,8 +204,7 @@ targets=(cubn_gpu_check_link)
 [ -z "$DRY_RUN" ] && targets+=(cubn_gpu_tests cubn_bench cubn_io cubn_large)
 [ -z "$DRY_RUN" ] && [ -n "$nccl" ] && [[ $nccl != *NOTFOUND ]] && targets+=(cubn_nccl_tests)
 run_step build build.log cmake --build "$build" -j "$(nproc)" --target "${targets[@]}"
-report "build (${targets[*]}): $STEP_RESULT"
-case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
+step_report "build (${targets[*]})"
 [ "$STEP_RESULT" = passed ] || exit
 if [ -n "$DRY_RUN" ]; then
   if "$build/tests/cubn_gpu_check_link" > "$WORK/link.log" 2>&1; then
@@ -262,10 +225,7 @@ gtest_step() {  # NAME LOG SHARDS CMD...: a GoogleTest run, reported with how fa
   shift 3
   run_step "$name" "$log" bash -c 'source bench/gpu_common.sh && gtest_shards "$@"' gtest_shards \
     "$shards" "$WORK/$log" "$@"
-  local how=$STEP_RESULT
-  ran "$log" && how="$how: $(gtest_progress "$WORK/$log".*)"
-  report "$name: $how"
-  case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
+  step_report "$name" "$(ran "$log" && gtest_progress "$WORK/$log".*)"
 }
 gtest_step tests gpu_tests.log 4 "$tests"
 gtest_step persistent gpu_tests_persistent.log 4 env CUBN_TEST_PATH=persistent "$tests" \
@@ -288,8 +248,7 @@ sanitize() {  # NAME TOOL PATH FILTER
     --tool "$tool" --error-exitcode 99 "$tests" --gtest_brief=1 --gtest_filter="$filter"
   errors=$(grep -Eo 'ERROR SUMMARY: [0-9]+' "$WORK/sanitizer_$name.log" 2>/dev/null | tail -n 1 |
     grep -Eo '[0-9]+$')
-  report "$name ($tool, $path path): $STEP_RESULT${errors:+, $errors errors}"
-  case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
+  step_report "$name ($tool, $path path)" "${errors:+$errors errors}"
 }
 small='Forward/*EdgeShapes*:Backward/*.TrainingMatchesTheReference:ForwardFused/*.TrainingMatchesTheReference'
 sanitize memcheck memcheck auto "$small:*Misaligned*:*NanAndInf*:*InPlace*:Launch*"
@@ -301,13 +260,12 @@ run_step bench bench.log "$build/bench/cubn_bench" --quick --filter "resnet 32x"
   --csv "$WORK/bench.csv"
 detail=
 if ran bench.log && grep -q 'no usable CUDA device' "$WORK/bench.log"; then
-  detail="; no usable CUDA device"
+  detail="no usable CUDA device"
 elif ran bench.log; then
   cudnn_version=$(grep -Eo '^cuDNN [0-9]+' "$WORK/bench.log")
-  detail="; ${cudnn_version:+compared with $cudnn_version}${cudnn_version:-no cuDNN found: no comparison}"
+  detail="${cudnn_version:+compared with $cudnn_version}${cudnn_version:-no cuDNN found: no comparison}"
 fi
-report "bench (ResNet-50 N=32, fp32/fp16/bf16, both layouts): $STEP_RESULT$detail"
-case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
+step_report "bench (ResNet-50 N=32, fp32/fp16/bf16, both layouts)" "$detail"
 if [ -f "$WORK/bench.csv" ]; then
   timeout 30 python3 bench/plot_bench.py "$WORK/bench.csv" "$WORK/bench.png" > "$WORK/plot.log" 2>&1
 fi
@@ -315,23 +273,22 @@ fi
 if [ "$DRY_RUN" = gpu ] || python3 -c 'import torch' 2> /dev/null; then
   run_step torch torch_compare.log python3 bench/torch_compare.py \
     --cubn-io "$build/bench/cubn_io" --out "$WORK" --quick --filter "resnet 32x"
-  detail=
-  ran torch_compare.log &&
-    detail="; $(grep -E '^(agreement|torch_compare):' "$WORK/torch_compare.log" || echo 'no agreement line')"
-  report "torch: $STEP_RESULT$detail"
-  case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
+  step_report torch "$(ran torch_compare.log &&
+    { grep -E '^(agreement|torch_compare):' "$WORK/torch_compare.log" || echo 'no agreement line'; })"
 else
   report "torch: not run (python3 has no PyTorch)"
 fi
 
 run_step large large.log "$build/bench/cubn_large"
 detail=
-ran large.log && grep -q 'no usable CUDA device' "$WORK/large.log" && detail="; no usable CUDA device"
-ran large.log && [ -z "$detail" ] && detail="; $(grep -E '^large: bf16' "$WORK/large.log" |
-  sed -E 's/^large: bf16 (NCHW|NHWC) ([0-9x]+) .*forward ([0-9.]+) ms.*backward ([0-9.]+) ms.*errors y ([0-9]+).* dx ([0-9]+) .*per-channel errors ([0-9]+)/\1 \2: forward \3 ms, backward \4 ms, errors y \5, dx \6, per channel \7/' |
-  tr '\n' ';')"
-report "large (bf16 past 2^31 elements): $STEP_RESULT$detail"
-case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
+if ran large.log && grep -q 'no usable CUDA device' "$WORK/large.log"; then
+  detail="no usable CUDA device"
+elif ran large.log; then
+  detail=$(grep -E '^large: bf16' "$WORK/large.log" |
+    sed -E 's/^large: bf16 (NCHW|NHWC) ([0-9x]+) .*forward ([0-9.]+) ms.*backward ([0-9.]+) ms.*errors y ([0-9]+).* dx ([0-9]+) .*per-channel errors ([0-9]+)/\1 \2: forward \3 ms, backward \4 ms, errors y \5, dx \6, per channel \7/' |
+    tr '\n' ';')
+fi
+step_report "large (bf16 past 2^31 elements)" "$detail"
 
 # cubn / other per dtype, order and call (geometric means; below 1: cubn faster)
 timeout 30 python3 - "$WORK" > "$WORK/ratios.txt" 2>&1 <<'EOF'

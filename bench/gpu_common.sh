@@ -40,8 +40,10 @@ gpu_arch() {
   echo "${arch:-90}"
 }
 
-# budget_start SECONDS WORKDIR OUTDIR: starts the clock; step logs go to WORKDIR, results to OUTDIR.
+# budget_start SECONDS WORKDIR OUTDIR: starts the clock (SECONDS: whole seconds, at least 60, else
+# exit 2); step logs go to WORKDIR, results to OUTDIR.
 budget_start() {
+  [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -ge 60 ] || { echo "BUDGET: seconds, at least 60"; exit 2; }
   BUDGET=$1
   WORK=$2
   OUT=$3
@@ -83,6 +85,61 @@ step_share() {
   done
   echo "step_share: no step $1" >&2
   exit 2
+}
+
+# The summary: one line per step (report), and FAILED: 0, 1 for a failure of cubn (a test, a
+# sanitizer, an agreement check, a build), 2 for a failure of the check itself.
+SUMMARY=()
+FAILED=0
+report() { SUMMARY+=("$*"); }
+mark_failed() { if [ "$1" -gt "$FAILED" ]; then FAILED=$1; fi; }
+
+# step_report LABEL [DETAIL]: the summary line of the step run_step just ran, "LABEL: result;
+# DETAIL"; a step that FAILED marks a failure of cubn.
+step_report() {
+  report "$1: $STEP_RESULT${2:+; $2}"
+  case $STEP_RESULT in FAILED*) mark_failed 1 ;; esac
+}
+
+# device_info: WORK/device.txt: the GPU (name, driver, memory, compute capability) or "no GPU
+# visible", nvcc's version, the date.
+device_info() {
+  {
+    if command -v nvidia-smi > /dev/null && timeout 20 nvidia-smi -L > /dev/null 2>&1; then
+      timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap \
+        --format=csv,noheader
+    else
+      echo "no GPU visible"
+    fi
+    nvcc --version | tail -n 2
+    date -u +"%Y-%m-%d %H:%M UTC"
+  } > "$WORK/device.txt" 2>&1
+}
+
+# finish_results TITLE APPENDIX FILE...: the end of a check, whatever happened (its EXIT trap):
+# OUT/summary.txt (TITLE with the device, the summary lines, WORK/APPENDIX where there is one, the
+# time and the verdict), each FILE copied from WORK to OUT where it exists, the logs packed and
+# the results checked; prints the summary and exits with FAILED.
+finish_results() {
+  local title=$1 appendix=$2 f
+  shift 2
+  trap - EXIT
+  {
+    echo "$title: $(head -n 1 "$WORK/device.txt" 2>/dev/null)"
+    printf '%s\n' "${SUMMARY[@]}"
+    [ -f "$WORK/$appendix" ] && cat "$WORK/$appendix"
+    echo "total $(elapsed) s of a $BUDGET s budget; $(verdict "$FAILED" "${SUMMARY[@]}")"
+  } > "$OUT/summary.txt"
+  for f in "$@"; do
+    [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/"
+  done
+  cp "$OUT/summary.txt" "$WORK/"
+  if ! pack_results; then
+    echo "results would not come back whole" | tee -a "$OUT/summary.txt"
+    mark_failed 2
+  fi
+  cat "$OUT/summary.txt"
+  exit "$FAILED"
 }
 
 # run_step NAME LOG CMD...: runs CMD under its share with output to WORK/LOG and sets STEP_RESULT

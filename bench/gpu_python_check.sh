@@ -15,13 +15,12 @@
 #     (bench/torch_resnet50.py; channels_last) into resnet50.csv.
 # Each step under its share of the budget (bench/gpu_common.sh). OUTDIR then holds summary.txt,
 # resnet50.csv and logs.tar.gz. Exit status: 0 when nothing failed (a step cut short is reported,
-# not failed), 1 when the build, a test or a timing run failed.
+# not failed), 1 when the build, a test or a timing run failed, 2 when the results would not come
+# back whole.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 repo=$(pwd)
 out=${1:?usage: bench/gpu_python_check.sh OUTDIR [BUDGET]}
-budget=${2:-540}
-[[ $budget =~ ^[0-9]+$ ]] && [ "$budget" -ge 60 ] || { echo "BUDGET: seconds, at least 60"; exit 2; }
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 export PATH="/usr/local/cuda/bin:$PATH"
@@ -30,47 +29,20 @@ source bench/gpu_common.sh
 build=$repo/build/gpu-python
 rm -rf "$build/work"
 rm -f "$out/summary.txt" "$out/resnet50.csv" "$out/logs.tar.gz"
-budget_start "$budget" "$build/work" "$out"
+budget_start "${2:-540}" "$build/work" "$out"
 # name:minimum:cap (seconds; the caps are estimates for an H200 with 16 cores, not yet measured)
 parse_steps "build:60:300 pytest:30:150 resnet_bf16:30:120 resnet_fp32:30:120"
-summary=()
-failed=0
+trap 'finish_results "cubn Python package on a GPU" "" resnet50.csv' EXIT
+trap 'report interrupted; exit' INT TERM
 
-finish() {
-  trap - EXIT
-  {
-    echo "cubn Python package on a GPU: $(head -n 1 "$WORK/device.txt" 2>/dev/null)"
-    printf '%s\n' "${summary[@]}"
-    echo "total $(elapsed) s of a $BUDGET s budget; $(verdict "$failed" "${summary[@]}")"
-  } > "$OUT/summary.txt"
-  [ -f "$WORK/resnet50.csv" ] && cp "$WORK/resnet50.csv" "$OUT/"
-  cp "$OUT/summary.txt" "$WORK/"
-  pack_results || failed=1
-  cat "$OUT/summary.txt"
-  exit $failed
-}
-trap finish EXIT
-trap 'summary+=("interrupted"); exit' INT TERM
-step_done() {  # NAME: records the step's result
-  summary+=("$1: $STEP_RESULT${2:+; $2}")
-  case $STEP_RESULT in FAILED*) failed=1 ;; esac
-}
-
-{
-  if command -v nvidia-smi > /dev/null && timeout 20 nvidia-smi -L > /dev/null 2>&1; then
-    timeout 20 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader
-  else
-    echo "no GPU visible"
-  fi
-  date -u +"%Y-%m-%d %H:%M UTC"
-} > "$WORK/device.txt" 2>&1
+device_info
 arch=$(gpu_arch)
 
 site=$build/site
 run_step build build.log python3 -m pip install -q --no-build-isolation --no-deps \
   --target "$site" ./python -C cmake.define.CMAKE_CUDA_ARCHITECTURES="$arch-real" \
   -C build-dir="$build/cmake"
-step_done build "CUDA for sm_$arch"
+step_report build "CUDA for sm_$arch"
 [ "$STEP_RESULT" = passed ] || exit
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c 'import cubn; print("cubn CUDA library:", cubn.has_cuda())' >> "$WORK/build.log" 2>&1
@@ -78,15 +50,15 @@ python3 -c 'import cubn; print("cubn CUDA library:", cubn.has_cuda())' >> "$WORK
 # from the work folder, not the source tree: the tests import the package just built
 run_step pytest pytest.log bash -c "cd '$WORK' && python3 -m pytest -q -p no:cacheprovider -rs \
   '$repo/python/tests'"
-step_done pytest "$(tail -n 1 "$WORK/pytest.log" 2>/dev/null)"
+step_report pytest "$(tail -n 1 "$WORK/pytest.log" 2>/dev/null)"
 
 for dtype in bf16 fp32; do
   if ! python3 -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2> /dev/null; then
-    summary+=("resnet_$dtype: not run (no CUDA device for PyTorch)")
+    report "resnet_$dtype: not run (no CUDA device for PyTorch)"
     continue
   fi
   run_step "resnet_$dtype" "resnet50_$dtype.log" python3 bench/torch_resnet50.py --dtype "$dtype" \
     --csv "$WORK/resnet50.csv"
-  step_done "resnet_$dtype" "$(tail -n 1 "$WORK/resnet50_$dtype.log" 2>/dev/null)"
+  step_report "resnet_$dtype" "$(tail -n 1 "$WORK/resnet50_$dtype.log" 2>/dev/null)"
 done
 exit
