@@ -1,6 +1,7 @@
 // The public calls of cubn/batch_norm.hpp: check every argument, plan, launch.
 #include "cubn/batch_norm.hpp"
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
@@ -82,14 +83,6 @@ void check_tensor(const char* call, const detail::Problem& p, const void* t, con
   detail::check_pointer(call, name, t, element_size(p.dtype), optional);
 }
 
-void check_workspace(const char* call, const Workspace& ws, std::size_t needed, const char* query) {
-  if (ws.bytes < needed)
-    fail(Status::kWorkspaceTooSmall, call,
-         "workspace.bytes is " + std::to_string(ws.bytes) + "; this call needs " +
-             std::to_string(needed) + " (" + query + ")");
-  detail::check_pointer(call, "workspace.ptr", ws.ptr, 16);
-}
-
 template <class P>
 void check_grads(const char* call, const ParamGradients<P>& g) {
   detail::check_pointer(call, "args.grads.dscale", g.dscale, sizeof(P), true);
@@ -115,6 +108,74 @@ std::size_t reserve_size(const detail::Problem& p, Activation a) {
     case Activation::kNone: return 0;
   }
   return 0;
+}
+
+// Memory a call reads or writes besides its workspace (null or 0 bytes: none).
+struct Region {
+  const void* ptr;
+  std::size_t bytes;
+  const char* name;
+};
+
+// The per-channel arrays and epilogue tensors the arguments of each kind of call name.
+template <class P>
+std::array<Region, 8> regions(const detail::Problem& p, const TrainingForwardArgs<P>& a) {
+  const std::size_t c = static_cast<std::size_t>(p.c) * sizeof(P);
+  const Epilogue& e = a.epilogue;
+  return {{{a.affine.scale, c, "args.affine.scale"},
+           {a.affine.offset, c, "args.affine.offset"},
+           {a.running.mean, c, "args.running.mean"},
+           {a.running.var, c, "args.running.var"},
+           {a.saved.mean, c, "args.saved.mean"},
+           {a.saved.invstd, c, "args.saved.invstd"},
+           {e.residual, p.bytes(), "args.epilogue.residual"},
+           {e.reserve.ptr, reserve_size(p, e.activation), "args.epilogue.reserve"}}};
+}
+template <class P>
+std::array<Region, 8> regions(const detail::Problem& p, const TrainingBackwardArgs<P>& a) {
+  const std::size_t c = static_cast<std::size_t>(p.c) * sizeof(P);
+  const EpilogueGrad& e = a.epilogue;
+  return {{{a.scale, c, "args.scale"},
+           {a.saved.mean, c, "args.saved.mean"},
+           {a.saved.invstd, c, "args.saved.invstd"},
+           {a.grads.dscale, c, "args.grads.dscale"},
+           {a.grads.doffset, c, "args.grads.doffset"},
+           {e.residual, p.bytes(), "args.epilogue.residual"},
+           {e.dz, p.bytes(), "args.epilogue.dz"},
+           {e.reserve.ptr, reserve_size(p, e.activation), "args.epilogue.reserve"}}};
+}
+template <class P>
+std::array<Region, 9> regions(const detail::Problem& p, const FrozenBackwardArgs<P>& a) {
+  const std::size_t c = static_cast<std::size_t>(p.c) * sizeof(P);
+  const EpilogueGrad& e = a.epilogue;
+  return {{{a.scale, c, "args.scale"},
+           {a.offset, c, "args.offset"},
+           {a.running.mean, c, "args.running.mean"},
+           {a.running.var, c, "args.running.var"},
+           {a.grads.dscale, c, "args.grads.dscale"},
+           {a.grads.doffset, c, "args.grads.doffset"},
+           {e.residual, p.bytes(), "args.epilogue.residual"},
+           {e.dz, p.bytes(), "args.epilogue.dz"},
+           {e.reserve.ptr, reserve_size(p, e.activation), "args.epilogue.reserve"}}};
+}
+
+// The workspace: large enough, 16-byte aligned, and apart from every tensor (`tensors`, x's
+// bytes each) and argument array (`args`) of the call: its kernels write the first `needed`
+// bytes while they read and write the others, so an overlap would corrupt both.
+template <std::size_t N = 0>
+void check_workspace(const char* call, const detail::Problem& p, const Workspace& ws,
+                     std::size_t needed, const char* query,
+                     std::initializer_list<std::pair<const void*, const char*>> tensors,
+                     const std::array<Region, N>& args = {}) {
+  if (ws.bytes < needed)
+    fail(Status::kWorkspaceTooSmall, call,
+         "workspace.bytes is " + std::to_string(ws.bytes) + "; this call needs " +
+             std::to_string(needed) + " (" + query + ")");
+  detail::check_pointer(call, "workspace.ptr", ws.ptr, 16);
+  for (const auto& [t, name] : tensors)
+    check_disjoint(call, ws.ptr, needed, "workspace", t, p.bytes(), name);
+  for (const Region& r : args)
+    check_disjoint(call, ws.ptr, needed, "workspace", r.ptr, r.bytes, r.name);
 }
 
 void check_activation(const char* call, const char* arg, Activation a) {
@@ -218,7 +279,8 @@ void forward_training_impl(const TensorDesc& desc, const void* x, void* y,
   const detail::TrainingPlan plan = detail::plan_training(
       p, detail::current_device_info(), detail::aligned16(x),
       detail::aligned16(x, y, args.epilogue.residual), reduce_blocks(p, false, args.epilogue));
-  check_workspace(kTrainingCall, ws, plan.scratch.bytes, "forward_training_workspace_size");
+  check_workspace(kTrainingCall, p, ws, plan.scratch.bytes, "forward_training_workspace_size",
+                  {{x, "x"}, {y, "y"}}, regions(p, args));
 
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -279,7 +341,8 @@ void backward_training_impl(const TensorDesc& desc, const void* x, const void* d
   const detail::BackwardPlan plan = detail::plan_backward(
       p, detail::current_device_info(), detail::aligned16(x, dy, e.residual),
       detail::aligned16(x, dy, dx, e.residual, e.dz), reduce_blocks(p, true, e));
-  check_workspace(kBackwardCall, ws, plan.scratch.bytes, "backward_workspace_size");
+  check_workspace(kBackwardCall, p, ws, plan.scratch.bytes, "backward_workspace_size",
+                  {{x, "x"}, {dy, "dy"}, {dx, "dx"}}, regions(p, args));
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     detail::launch_backward_training<T>(p, plan, static_cast<const T*>(x),
@@ -312,7 +375,9 @@ void backward_frozen_impl(const TensorDesc& desc, const void* x, const void* dy,
   const detail::BackwardPlan plan = detail::plan_backward(
       p, detail::current_device_info(), detail::aligned16(x, dy, e.residual),
       detail::aligned16(dy, dx, e.dz, e.residual, silu ? x : nullptr), reduce_blocks(p, true, e));
-  if (sums) check_workspace(kFrozenCall, ws, plan.scratch.bytes, "backward_workspace_size");
+  if (sums)
+    check_workspace(kFrozenCall, p, ws, plan.scratch.bytes, "backward_workspace_size",
+                    {{x, "x"}, {dy, "dy"}, {dx, "dx"}}, regions(p, args));
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     detail::launch_backward_frozen<T>(p, plan, static_cast<const T*>(x), static_cast<const T*>(dy),
@@ -369,7 +434,8 @@ void forward_local_impl(const detail::Problem& p, const void* x, RankRecord loca
   const detail::SplitPlan plan =
       detail::plan_split(p, detail::current_device_info(), false, detail::aligned16(x),
                          detail::aligned16(x), reduce_blocks(p, false, Epilogue{}));
-  check_workspace(kForwardLocalCall, ws, plan.scratch.bytes, "forward_training_workspace_size");
+  check_workspace(kForwardLocalCall, p, ws, plan.scratch.bytes, "forward_training_workspace_size",
+                  {{x, "x"}});
   check_record(kForwardLocalCall, p, local, plan.record_bytes, ws, {{x, "x"}});
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -389,7 +455,8 @@ void forward_apply_impl(const TensorDesc& desc, const void* x, const void* y,
   const detail::SplitPlan plan =
       detail::plan_split(p, detail::current_device_info(), false, detail::aligned16(x),
                          detail::aligned16(x, y, e.residual), reduce_blocks(p, false, e));
-  check_workspace(kForwardApplyCall, ws, plan.scratch.bytes, "forward_training_workspace_size");
+  check_workspace(kForwardApplyCall, p, ws, plan.scratch.bytes, "forward_training_workspace_size",
+                  {{x, "x"}, {y, "y"}}, regions(p, args));
   const std::size_t params = static_cast<std::size_t>(p.c) * sizeof(P);
   // the reserve, where this call writes it (ReLU's mask, SiLU's coefficients)
   const bool writes_reserve =
@@ -426,7 +493,8 @@ void backward_local_impl(const TensorDesc& desc, const void* x, const void* dy,
   const detail::SplitPlan plan = detail::plan_split(
       p, detail::current_device_info(), true, detail::aligned16(x, dy, e.residual),
       detail::aligned16(x, dy, e.residual), reduce_blocks(p, true, e));
-  check_workspace(kBackwardLocalCall, ws, plan.scratch.bytes, "backward_workspace_size");
+  check_workspace(kBackwardLocalCall, p, ws, plan.scratch.bytes, "backward_workspace_size",
+                  {{x, "x"}, {dy, "dy"}}, regions(p, args));
   check_record(kBackwardLocalCall, p, local, plan.record_bytes, ws,
                {{x, "x"}, {dy, "dy"}, {e.residual, "args.epilogue.residual"}});
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
@@ -450,7 +518,8 @@ void backward_apply_impl(const TensorDesc& desc, const void* x, const void* dy, 
   const detail::SplitPlan plan = detail::plan_split(
       p, detail::current_device_info(), true, detail::aligned16(x, dy, e.residual),
       detail::aligned16(x, dy, dx, e.residual, e.dz), reduce_blocks(p, true, e));
-  check_workspace(kBackwardApplyCall, ws, plan.scratch.bytes, "backward_workspace_size");
+  check_workspace(kBackwardApplyCall, p, ws, plan.scratch.bytes, "backward_workspace_size",
+                  {{x, "x"}, {dy, "dy"}, {dx, "dx"}}, regions(p, args));
   check_gathered(kBackwardApplyCall, gathered, plan.record_bytes, ws,
                  {{dx, p.bytes(), "dx"}, {e.dz, p.bytes(), "args.epilogue.dz"}});
   if (!launch) return;

@@ -47,16 +47,18 @@ kernels::ChannelsLastGeometry columns(const Problem& p, int vec) {
   g.c = p.c;
   g.numel = p.numel;
   g.lr = vec / std::gcd(g.cols, static_cast<std::int64_t>(vec));
-  g.period = g.cols * g.lr;
-  g.period_packs = g.period / vec;
-  g.periods = ceil_div(p.numel, g.period);
-  g.full_periods = p.numel / g.period;
-  if (g.period > 2147483647)
+  // Checked before the product: cols may be near 2^63 (a huge C with one row), where cols * lr
+  // would overflow.
+  if (g.cols > 2147483647 / g.lr)
     throw Error(Status::kInvalidArgument,
                 "cubn: " + std::to_string(g.cols) +
                     " columns per row (channels x spatial for "
                     "planes under 32 bytes) exceed what cubn supports (lcm with the vector width "
                     "below 2^31)");
+  g.period = g.cols * g.lr;
+  g.period_packs = g.period / vec;
+  g.periods = ceil_div(p.numel, g.period);
+  g.full_periods = p.numel / g.period;
   g.tail_col = p.numel / vec * vec % g.cols;
   g.bx = std::min(pow2_at_most(g.period_packs),
                   pow2_at_most(std::max<std::int64_t>(1, kernels::kMaxColumnSlots / vec)));
@@ -175,10 +177,10 @@ MapPlan plan_map(const Problem& p, const DeviceInfo& dev, bool aligned) {
 
 void check_reduce_blocks(const ReducePlan& rp, int kernel_blocks_per_sm) {
   if (rp.blocks_per_sm != kernel_blocks_per_sm)
-    throw Error(Status::kInvalidLaunch,
-                "cubn internal error: a reduction planned for " + std::to_string(rp.blocks_per_sm) +
-                    " blocks per SM launches a kernel compiled for " +
-                    std::to_string(kernel_blocks_per_sm));
+    throw Error(Status::kInvalidLaunch, "cubn internal error: a reduction planned for " +
+                                            std::to_string(rp.blocks_per_sm) +
+                                            " blocks per SM launches a kernel compiled for " +
+                                            std::to_string(kernel_blocks_per_sm));
 }
 
 ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bool fusable,
@@ -368,8 +370,8 @@ std::int64_t reduce_loaded_elements(const Problem& p, int vec) {
   return loaded;
 }
 
-TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_aligned,
-                           bool xy_aligned, int reduce_blocks) {
+TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_aligned, bool xy_aligned,
+                           int reduce_blocks) {
   TrainingPlan tp;
   tp.stats = plan_reduce(p, dev, x_aligned, x_aligned == xy_aligned, reduce_blocks);
   tp.normalize = plan_map(p, dev, xy_aligned);

@@ -51,6 +51,13 @@ Problem canonicalize(const char* call, const char* arg, const TensorDesc& d, boo
                std::to_string(d.dims[i]) + "; every dim must be at least 1" +
                (i == 1 ? " (a tensor needs channels)" : ""));
   }
+  // Sizes computed per channel (parameters, records, coefficients, SiLU's reserve) stay in 64
+  // bits below kMaxChannels. Nothing a device could hold is refused: 2^57 channels' parameters
+  // alone would take 2^59 bytes.
+  if (d.dims[1] > kMaxChannels)
+    fail(Status::kSizeOverflow, call,
+         a + ".dims[1] (C) is " + std::to_string(d.dims[1]) +
+             "; its per-channel arrays would need more bytes than 64-bit offsets can address");
   const std::int64_t limit =
       std::numeric_limits<std::int64_t>::max() / static_cast<std::int64_t>(element_size(d.dtype));
   std::int64_t numel = 1;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include "cubn/error.hpp"
@@ -34,10 +35,18 @@ std::string number(double v);
 /// Throws Error(status) with "<call>: <what>".
 [[noreturn]] void fail(Status status, const char* call, const std::string& what);
 
+/// A bound on the bytes per channel of every per-channel size cubn computes (parameters and
+/// statistics up to 8 bytes, the three coefficient arrays 24, a split-phase record's two moments
+/// 16, SiLU's reserve 24): with C at most kMaxChannels (canonicalize() refuses more), each such
+/// size, kMaxChannelBytes * C plus a header, stays inside 64 bits.
+inline constexpr std::int64_t kMaxChannelBytes = 64;
+inline constexpr std::int64_t kMaxChannels =
+    std::numeric_limits<std::int64_t>::max() / kMaxChannelBytes;
+
 /// Checks `desc` (named `arg` in errors of `call`) and canonicalizes it. Throws Error for an
-/// invalid dtype or order, a rank outside 2..5, a dim below 1, or sizes whose product (in
-/// elements or bytes) overflows 64 bits. With `empty_batch`, N may be 0 (a rank without samples
-/// in the split-phase calls): the problem then has n = 0 and numel = 0, its order as given.
+/// invalid dtype or order, a rank outside 2..5, a dim below 1, C above kMaxChannels, or sizes whose
+/// product (in elements or bytes) overflows 64 bits. With `empty_batch`, N may be 0 (a rank without
+/// samples in the split-phase calls): the problem then has n = 0 and numel = 0, its order as given.
 Problem canonicalize(const char* call, const char* arg, const TensorDesc& desc,
                      bool empty_batch = false);
 

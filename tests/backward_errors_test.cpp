@@ -116,4 +116,56 @@ TEST_F(BackwardErrors, FrozenArguments) {
       Status::kInvalidDataType, "fp64");
 }
 
+// The workspace is written while every other argument is read or written: any overlap is refused
+// by name and nothing is written (training and frozen backward; the frozen one uses a workspace
+// only for dscale and doffset).
+TEST_F(BackwardErrors, WorkspaceApartFromEveryArgument) {
+  const std::size_t need = backward_workspace_size(desc_);
+  DeviceBytes pool(need);
+  auto* inside = reinterpret_cast<float*>(static_cast<unsigned char*>(pool.data()) + need - 16);
+  const Workspace w{pool.data(), need};
+  auto refused = [&](const std::function<void()>& call, const std::string& name) {
+    pool.fill(kSentinel);
+    expect_error_and_no_writes(call, Status::kInvalidArgument, "workspace overlaps " + name,
+                               {&pool, &b_->dx.bytes(), &b_->dscale.bytes(), &b_->doffset.bytes()});
+  };
+  float* x = b_->x.data();
+  float* dy = b_->dy.data();
+  float* dx = b_->dx.data();
+  refused([&] { train(inside, dy, dx, args(), w); }, "x");
+  refused([&] { train(x, inside, dx, args(), w); }, "dy");
+  refused([&] { train(x, dy, inside, args(), w); }, "dx");
+  auto with = [&](auto edit) {
+    auto a = args();
+    edit(a);
+    return [=, this] { train(x, dy, dx, a, w); };
+  };
+  refused(with([&](auto& a) { a.scale = inside; }), "args.scale");
+  refused(with([&](auto& a) { a.saved.mean = inside; }), "args.saved.mean");
+  refused(with([&](auto& a) { a.saved.invstd = inside; }), "args.saved.invstd");
+  refused(with([&](auto& a) { a.grads.dscale = inside; }), "args.grads.dscale");
+  refused(with([&](auto& a) { a.grads.doffset = inside; }), "args.grads.doffset");
+  refused(with([&](auto& a) { a.epilogue.residual = inside; }), "args.epilogue.residual");
+  refused(with([&](auto& a) {
+            a.epilogue.residual = b_->x.data();
+            a.epilogue.dz = inside;
+          }),
+          "args.epilogue.dz");
+  refused(with([&](auto& a) {
+            a.epilogue.activation = Activation::kRelu;
+            a.epilogue.reserve = {inside, activation_reserve_size(desc_, Activation::kRelu)};
+          }),
+          "args.epilogue.reserve");
+  auto frozen_with = [&](auto edit) {
+    auto a = frozen();
+    edit(a);
+    return [=, this] { backward_frozen(desc_, x, dy, dx, a, w, nullptr); };
+  };
+  refused(frozen_with([&](auto& a) { a.offset = inside; }), "args.offset");
+  refused(frozen_with([&](auto& a) { a.running.mean = inside; }), "args.running.mean");
+  refused(frozen_with([&](auto& a) { a.running.var = inside; }), "args.running.var");
+  refused(frozen_with([&](auto& a) { a.grads.doffset = inside; }), "args.grads.doffset");
+  refused([&] { backward_frozen(desc_, x, dy, inside, frozen(), w, nullptr); }, "dx");
+}
+
 }  // namespace

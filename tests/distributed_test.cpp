@@ -322,6 +322,27 @@ TEST_F(DistributedSizes, RecordsHoldACountAndTwoValuesPerChannel) {
   EXPECT_GT(forward_training_workspace_size(TensorDesc::nchw(DataType::kFloat32, 0, 3, 7, 7)), 0u);
 }
 
+// C past kMaxChannels (2^57 - 1) is refused by name, not sized modulo 2^64; below it, N = 0 with a
+// C near 2^57 reaches the column plan, whose period (columns times the vector's lanes, up to 8)
+// must be checked before it is multiplied (3 * (2^57 - 1) * 8 passes 2^63: UBSan caught it there).
+TEST_F(DistributedSizes, HugeChannelCountsAreRefusedNotWrapped) {
+  const std::int64_t max_c = (std::int64_t{1} << 57) - 1;
+  for (const auto& query : {local_stats_bytes, local_grad_sums_bytes}) {
+    expect_error_and_no_writes(
+        [&] { query(TensorDesc::nchw(DataType::kFloat64, 0, max_c + 1, 1, 1)); },
+        Status::kSizeOverflow, "x.dims[1] (C) is 144115188075855872", {});
+    EXPECT_EQ(query(TensorDesc::nchw(DataType::kFloat64, 0, max_c, 1, 1)),
+              16u + static_cast<std::size_t>(max_c) * 16);
+  }
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast}) {
+    const TensorDesc d(DataType::kFloat16, order, {0, max_c, 3});
+    expect_error_and_no_writes([&] { forward_training_workspace_size(d); },
+                               Status::kInvalidArgument, "columns per row", {});
+    expect_error_and_no_writes([&] { backward_workspace_size(d); }, Status::kInvalidArgument,
+                               "columns per row", {});
+  }
+}
+
 class DistributedErrors : public DeviceTest {};
 
 TEST_F(DistributedErrors, BadArgumentsAreNamedAndNothingIsWritten) {
@@ -385,6 +406,28 @@ TEST_F(DistributedErrors, BadArgumentsAreNamedAndNothingIsWritten) {
   b.epilogue.dz = y.data();
   fails(Status::kInvalidArgument, "args.epilogue.dz", [&] {
     backward_training_local(desc, x.data(), x.data(), b, {rec.data(), record}, w, nullptr);
+  });
+  // the workspace apart from every argument, in each phase
+  float* in_ws = static_cast<float*>(ws.data());
+  fails(Status::kInvalidArgument, "workspace overlaps x", [&] {
+    forward_training_local(desc, in_ws, {rec.data(), record}, w, nullptr);
+  });
+  TrainingForwardArgs<float> f;
+  f.saved.invstd = in_ws;
+  fails(Status::kInvalidArgument, "workspace overlaps args.saved.invstd", [&] {
+    forward_training_apply(desc, x.data(), y.data(), f, {gathered.data(), gathered.bytes(), 2}, w,
+                           nullptr);
+  });
+  TrainingBackwardArgs<float> g;
+  g.saved = {stats.data(), stats.data()};
+  g.grads.doffset = in_ws;
+  fails(Status::kInvalidArgument, "workspace overlaps args.grads.doffset", [&] {
+    backward_training_local(desc, x.data(), x.data(), g, {rec.data(), record}, w, nullptr);
+  });
+  g.grads.doffset = nullptr;
+  fails(Status::kInvalidArgument, "workspace overlaps dx", [&] {
+    backward_training_apply(desc, x.data(), x.data(), in_ws, g,
+                            {gathered.data(), gathered.bytes(), 2}, w, nullptr);
   });
 }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -83,6 +84,60 @@ TEST_F(ForwardErrors, PartialOverlapOfInputAndOutput) {
   DeviceBuffer<float> big(kN * kC * kS + 1);
   expect_error([&] { train(desc_, big.data(), big.data() + 1, training_args(), workspace()); },
                Status::kInvalidArgument, "y overlaps x");
+}
+
+// The workspace's first forward_training_workspace_size() bytes are written while every other
+// argument is read or written: a workspace overlapping any of them is refused by name, nothing
+// written; one that ends where y begins is taken. (The fuzzer found the overlap unchecked: the
+// statistics written into the Welford partials gave a count overflow.)
+TEST_F(ForwardErrors, WorkspaceApartFromEveryArgument) {
+  const std::size_t need = forward_training_workspace_size(desc_);
+  const std::size_t y_bytes = kN * kC * kS * sizeof(float);
+  DeviceBytes pool(need + y_bytes);
+  pool.fill(kSentinel);
+  auto* base = static_cast<unsigned char*>(pool.data());
+  auto* inside = reinterpret_cast<float*>(base + need - 16);  // the workspace's last 16 bytes
+  auto refused =
+      [&](const std::function<void(TrainingForwardArgs<float>&, const void*&, void*&)>& place,
+          const std::string& name) {
+        auto a = training_args();
+        const void* xp = x();
+        void* yp = y();
+        place(a, xp, yp);
+        std::vector<const DeviceBytes*> out{&pool};
+        for (auto* b : outputs()) out.push_back(&b->bytes());
+        expect_error_and_no_writes(
+            [&] {
+              train(desc_, xp, yp, a, {base, need});
+            },
+            Status::kInvalidArgument, "workspace overlaps " + name, out);
+      };
+  refused([&](auto&, const void*& xp, void*&) { xp = inside; }, "x");
+  refused([&](auto&, const void*&, void*& yp) { yp = inside; }, "y");
+  refused([&](auto& a, const void*&, void*&) { a.affine.scale = inside; }, "args.affine.scale");
+  refused([&](auto& a, const void*&, void*&) { a.affine.offset = inside; }, "args.affine.offset");
+  refused([&](auto& a, const void*&, void*&) { a.running.mean = inside; }, "args.running.mean");
+  refused([&](auto& a, const void*&, void*&) { a.running.var = inside; }, "args.running.var");
+  refused([&](auto& a, const void*&, void*&) { a.saved.mean = inside; }, "args.saved.mean");
+  refused([&](auto& a, const void*&, void*&) { a.saved.invstd = inside; }, "args.saved.invstd");
+  refused([&](auto& a, const void*&, void*&) { a.epilogue.residual = inside; },
+          "args.epilogue.residual");
+  refused(
+      [&](auto& a, const void*&, void*&) {
+        a.epilogue.activation = Activation::kSilu;
+        a.epilogue.reserve = {inside, activation_reserve_size(desc_, Activation::kSilu)};
+      },
+      "args.epilogue.reserve");
+  // adjacent is apart: y right after the workspace's last byte, same y as elsewhere
+  DeviceBuffer<float> elsewhere(kN * kC * kS);
+  pool.fill(0);
+  train(desc_, x(), elsewhere.data(), training_args(), {base, need});
+  pool.fill(0);
+  train(desc_, x(), base + need, training_args(), {base, need});
+  device_sync();
+  std::vector<float> adjacent(kN * kC * kS);
+  pool.download(adjacent.data(), y_bytes, need);
+  EXPECT_EQ(adjacent, elsewhere.download());
 }
 
 TEST_F(ForwardErrors, BadDescriptors) {

@@ -89,7 +89,10 @@ struct Momentum {
 };
 
 /// Caller-owned device memory for a call's intermediate results; size it with the call's
-/// *_workspace_size() query for the same descriptor on the same device.
+/// *_workspace_size() query for the same descriptor on the same device. The bytes a call uses
+/// (the first *_workspace_size() of them) must not overlap any other memory the call reads or
+/// writes (tensors, parameters, statistics, gradients, reserve): a call refuses that overlap
+/// ("workspace overlaps <argument>").
 ///
 /// Zero-fill a workspace once, before its first use (cudaMemsetAsync after allocating it). Its
 /// first bytes hold the tickets with which the last block of a reduction finds out that it is

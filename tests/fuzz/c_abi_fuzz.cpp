@@ -53,10 +53,19 @@ double number(Input& in, const std::vector<double>& table) {
 std::int64_t dim(Input& in) {
   const std::uint8_t m = in.byte();
   if (m < 240) return m % 9;  // 0..8: small shapes that run
-  static const std::int64_t edges[] = {-1, std::int64_t(1) << 31, std::int64_t(1) << 40,
+  // around cubn's limits: 2^31 (grid and plane sizes), 2^57 (channels), 2^62 (bytes); odd ones
+  // where a product with a vector width must not overflow
+  static const std::int64_t edges[] = {-1,
+                                       std::int64_t(1) << 31,
+                                       std::int64_t(1) << 40,
                                        std::numeric_limits<std::int64_t>::max(),
-                                       std::numeric_limits<std::int64_t>::min()};
-  if (m < 250) return edges[m % 5];
+                                       std::numeric_limits<std::int64_t>::min(),
+                                       (std::int64_t(1) << 31) - 1,
+                                       (std::int64_t(1) << 57) - 1,
+                                       std::int64_t(1) << 57,
+                                       (std::int64_t(1) << 61) + 1,
+                                       (std::int64_t(1) << 62) - 1};
+  if (m < 250) return edges[m % 10];
   return in.read<std::int64_t>();
 }
 
@@ -213,6 +222,25 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   fb.grads = g;
   fb.epilogue = {activation, residual, reserve, reserve_bytes, dz};
 
+  // CUBN_FUZZ_TRACE: the decoded call, to read a crash's input
+  if (std::getenv("CUBN_FUZZ_TRACE") != nullptr) {
+    auto at = [&](const void* p) {
+      return p == nullptr ? -1L
+                          : static_cast<long>(static_cast<const unsigned char*>(p) - pool.base);
+    };
+    std::fprintf(stderr, "call %d dtype %d order %d rank %d dims %lld %lld %lld %lld %lld\n", call,
+                 d.dtype, d.order, d.rank, static_cast<long long>(d.dims[0]),
+                 static_cast<long long>(d.dims[1]), static_cast<long long>(d.dims[2]),
+                 static_cast<long long>(d.dims[3]), static_cast<long long>(d.dims[4]));
+    std::fprintf(stderr, "x %ld y %ld dy %ld dx %ld residual %ld dz %ld (tensor %zu bytes)\n",
+                 at(x), at(y), at(dy), at(dx), at(residual), at(dz), tensor);
+    for (int i = 0; i < 8; ++i) std::fprintf(stderr, "param[%d] %ld ", i, at(params[i]));
+    std::fprintf(stderr,
+                 "(%zu bytes)\nws %ld (%zu bytes) reserve %ld (%zu) record %ld (%zu) ranks %d "
+                 "activation %d\n",
+                 param, at(ws), ws_bytes, at(reserve), reserve_bytes, at(record), record_bytes,
+                 ranks, activation);
+  }
   // the workspace's contract: zero-filled before its first use, left so by every call (the pool's
   // other calls may have written there: this input's workspace is fresh)
   if (ws != nullptr) std::memset(ws, 0, ws_bytes);
