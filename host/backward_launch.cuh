@@ -155,7 +155,9 @@ void launch_backward_frozen(const Problem& p, const BackwardPlan& plan, const T*
           fin.dscale = args.grads.dscale;
           fin.doffset = args.grads.doffset;
           fin.accumulate = args.grads.accumulate;
-          sums<T>(p, plan, x, dy, op, fin, workspace, stream);
+          // x may be null where only doffset is asked for (dscale needs x): the sums kernel
+          // reads two tensors, so it reads dy twice and its dscale sum goes unwritten
+          sums<T>(p, plan, x != nullptr ? x : dy, dy, op, fin, workspace, stream);
         }
         if (dx != nullptr || dz != nullptr) {
           const T* x_read = F::kInputs == 2 ? x : nullptr;

@@ -41,8 +41,19 @@ struct Records {
   std::size_t bytes;
   int ranks;
 
-  CUBN_DEVICE std::int64_t count(int r) const {
-    return reinterpret_cast<const RankHeader*>(base + r * bytes)->count;
+  /// Rank r's count, to be added to the ranks' `total` so far. A record of the local phase holds
+  /// one in [0, 2^63 - 1 - total] (a rank's count is its N x spatial, under 2^62); the executor
+  /// reports any other as a kernel fault (records that are not the local phase's, whose counts
+  /// would overflow the total); on a GPU such records give undefined statistics.
+  CUBN_DEVICE std::int64_t count(int r, std::int64_t total) const {
+    const std::int64_t n = reinterpret_cast<const RankHeader*>(base + r * bytes)->count;
+#if defined(CUBN_SIM)
+    if (n < 0 || n > INT64_MAX - total)
+      sim::detail::fault(
+          "a gathered record's count is negative or overflows the ranks' total: the records are "
+          "not what the local phase wrote");
+#endif
+    return n;
   }
   template <class Pair>
   CUBN_DEVICE Pair pair(int r, std::int64_t ch) const {
@@ -166,7 +177,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads)
   for (int r = 0; r < in.ranks; ++r) {
     const auto m = in.pair<RankMoments<Acc>>(r, ch);
     WelfordState<Acc> s;
-    s.count = in.count(r);
+    s.count = in.count(r, total.count);
     s.mean = m.mean;
     s.m2 = m.m2;
     total = welford_merge(total, s);
@@ -191,7 +202,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads)
     const auto s = in.pair<GradSums<Acc>>(r, ch);
     total.dy += s.dy;
     total.dy_xmu += s.dy_xmu;
-    count += in.count(r);
+    count += in.count(r, count);
   }
   fin.m = static_cast<Acc>(count);
   fin.finish(ch, total, typename GradSumOp<Acc>::Channel{mean[ch]});

@@ -381,4 +381,41 @@ TEST_F(BackwardProperties, FrozenDxNeedsNeitherXNorWorkspace) {
       }
 }
 
+// doffset alone needs no x (the fuzzer found the sums kernel reading a null x): sum(dy) per
+// channel, the same bits as with x given, and within fp32's accumulation error of the double sum
+// (M terms: M * 2^-24 * sum |dy|, taken with a factor 4).
+TEST_F(BackwardProperties, FrozenDoffsetNeedsNoX) {
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast}) {
+    const Dims dims{5, 6, 7, 3};
+    const auto d = make_data<float>(dims, order, 5600);
+    const auto dy = make_dy<float>(d.x.size(), 5601);
+    const TensorDesc desc = make_desc(DataType::kFloat32, order, dims);
+    DeviceBuffer<float> x(d.x), dyb(dy), dof(6), ds(6);
+    DeviceBuffer<float> m(to_params<float>(d.running_mean)), v(to_params<float>(d.running_var));
+    DeviceBytes ws(backward_workspace_size(desc));
+    ws.fill(0);
+    FrozenBackwardArgs<float> args;
+    args.running = {m.data(), v.data()};
+    args.grads = {nullptr, dof.data()};
+    backward_frozen(desc, nullptr, dyb.data(), nullptr, args, {ws.data(), ws.bytes()}, nullptr);
+    device_sync();
+    const auto without_x = dof.download();
+    args.grads = {ds.data(), dof.data()};
+    backward_frozen(desc, x.data(), dyb.data(), nullptr, args, {ws.data(), ws.bytes()}, nullptr);
+    device_sync();
+    EXPECT_EQ(without_x, dof.download()) << to_string(order);
+    std::vector<double> sum(6, 0.0), abs_sum(6, 0.0);
+    for (std::int64_t n = 0; n < 5; ++n)
+      for (std::int64_t c = 0; c < 6; ++c)
+        for (std::int64_t s = 0; s < 21; ++s) {
+          const double g = dy[static_cast<std::size_t>(d.shape.index(n, c, s))];
+          sum[c] += g;
+          abs_sum[c] += std::fabs(g);
+        }
+    for (std::size_t c = 0; c < 6; ++c)
+      EXPECT_NEAR(without_x[c], sum[c], 4 * 105 * std::ldexp(abs_sum[c], -24))
+          << to_string(order) << " c=" << c;
+  }
+}
+
 }  // namespace

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -344,6 +345,44 @@ TEST_F(DistributedSizes, HugeChannelCountsAreRefusedNotWrapped) {
 }
 
 class DistributedErrors : public DeviceTest {};
+#if defined(CUBN_SIM)
+// Records the local phase did not write: a count that is negative, or whose sum over the ranks
+// passes 2^63 - 1, is a kernel fault on the executor (the fuzzer found the merge's int64 sum
+// overflowing on such records), in both apply phases.
+TEST_F(DistributedErrors, RecordCountsOutsideTheLocalPhasesAreKernelFaults) {
+  const TensorDesc desc = TensorDesc::nchw(DataType::kFloat32, 2, 3, 4, 4);
+  const std::size_t numel = 2 * 3 * 4 * 4, record = local_stats_bytes(desc);
+  DeviceBuffer<float> x(std::vector<float>(numel, 1.5f)), y(numel), sm(3), si(3);
+  DeviceBytes ws(std::max(forward_training_workspace_size(desc), backward_workspace_size(desc)));
+  DeviceBytes gathered(2 * record);
+  const std::int64_t big = std::numeric_limits<std::int64_t>::max() - 3;
+  for (const auto& counts : {std::vector<std::int64_t>{-1, 32}, {big, 32}}) {
+    for (const bool backward : {false, true}) {
+      ws.fill(0);
+      gathered.fill(0);
+      for (std::size_t r = 0; r < 2; ++r) gathered.upload(&counts[r], 8, r * record);
+      try {
+        if (backward) {
+          TrainingBackwardArgs<float> b;
+          b.saved = {sm.data(), si.data()};
+          backward_training_apply(desc, x.data(), x.data(), y.data(), b,
+                                  {gathered.data(), gathered.bytes(), 2}, {ws.data(), ws.bytes()},
+                                  nullptr);
+        } else {
+          forward_training_apply(desc, x.data(), y.data(), TrainingForwardArgs<float>{},
+                                 {gathered.data(), gathered.bytes(), 2}, {ws.data(), ws.bytes()},
+                                 nullptr);
+        }
+        ADD_FAILURE() << "count " << counts[0] << " went unnoticed";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.status(), Status::kKernelFault) << e.what();
+        EXPECT_NE(std::string(e.what()).find("not what the local phase wrote"), std::string::npos)
+            << e.what();
+      }
+    }
+  }
+}
+#endif
 
 TEST_F(DistributedErrors, BadArgumentsAreNamedAndNothingIsWritten) {
   const TensorDesc desc = TensorDesc::nchw(DataType::kFloat32, 4, 3, 5, 5);

@@ -5,9 +5,11 @@
 // a heap block under AddressSanitizer) and must not crash or trip a sanitizer.
 //
 // Memory cubn cannot size-check (tensors and parameters have no byte counts in the API) is the
-// harness's to provide: a tensor pointer is passed only where the descriptor's bytes fit between it
-// and the pool's end (otherwise it is passed as null, which cubn must reject or, where optional,
-// skip). Byte counts (workspace, reserve, records) are fuzzed but never above what the pool holds.
+// harness's to provide, and so are contents cubn cannot check without synchronizing (a zero-filled
+// workspace, the gathered records' counts): a tensor pointer is passed only where the
+// descriptor's bytes fit between it and the pool's end (otherwise it is passed as null, which cubn
+// must reject or, where optional, skip). Byte counts (workspace, reserve, records) are fuzzed but
+// never above what the pool holds.
 //
 // Input: a byte stream read front to back (missing bytes read as zero): the call, the descriptor,
 // one mode per pointer, byte counts, epsilon, momenta, activation, accumulate, ranks.
@@ -240,6 +242,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                  "activation %d\n",
                  param, at(ws), ws_bytes, at(reserve), reserve_bytes, at(record), record_bytes,
                  ranks, activation);
+  }
+  // the gathered records' contract: what the local phase wrote. Their counts (the one integer in
+  // a record, which the merge adds) are kept in [0, 2^40); their values stay fuzzed.
+  if ((call == 7 || call == 10) && record != nullptr && one_record >= 16) {
+    for (std::size_t r = 0; (r + 1) * one_record <= record_bytes; ++r) {
+      unsigned char* header = static_cast<unsigned char*>(record) + r * one_record;
+      std::int64_t count = 0;
+      std::memcpy(&count, header, sizeof count);
+      count &= (std::int64_t{1} << 40) - 1;
+      const std::int64_t zero = 0;
+      std::memcpy(header, &count, sizeof count);
+      std::memcpy(header + 8, &zero, sizeof zero);
+    }
   }
   // the workspace's contract: zero-filled before its first use, left so by every call (the pool's
   // other calls may have written there: this input's workspace is fresh)
