@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <numeric>
@@ -273,6 +274,7 @@ struct Engine {
   std::vector<Fiber> fibers;
   // a cooperative block's fibers take their stacks from one mapping; others map their own each
   std::unique_ptr<StackRegion> region;
+  unsigned region_stacks = 0;  // how many it holds
   std::vector<unsigned char> smem;                // dynamic shared memory of the running block
   std::vector<detail::SharedShadow> smem_shadow;  // its race record, per element of smem_elem
   std::size_t smem_elem = 0;
@@ -717,6 +719,130 @@ int cooperative_blocks_per_sm(dim3 block, std::size_t dynamic_smem) noexcept {
   return static_cast<int>(n);
 }
 
+// Host threads for the blocks of cooperative launches, started once and kept: a new thread costs
+// the C library a clear of the whole static TLS, and every kernel's shared arrays are thread_local
+// (CUBN_SHARED: 6 MB in the test binary), so a launch of 100 blocks on new threads spent most of
+// its time faulting in and clearing those pages (perf: 98% of the test suite's page faults, two
+// thirds of the persistent tests' CPU time in the kernel). A kept thread runs block after block
+// like the launching thread of an ordinary launch. Each runs on a stack mapped here, not one from
+// the C library's cache of stacks: AddressSanitizer then starts it with clean shadow (a cached
+// stack can carry poison that fiber switches left behind; the static TLS lies in the same mapping).
+// Threads are detached and never end; there are as many as the largest cooperative grid so far
+// needed at once (each runs one block, since blocks wait for each other at grid syncs).
+class BlockThreads {
+ public:
+  using Task = std::function<void(std::uint64_t)>;
+
+  // Runs task(b) for b in [0, blocks), each on a thread of its own, all at once, and returns when
+  // every one has returned; or runs none and returns false when the system has no more threads or
+  // memory for them (some blocks alone would wait at a grid sync for the others for ever).
+  static bool run(std::uint64_t blocks, const Task& task) {
+    Latch done;
+    std::vector<Thread*> taken;
+    taken.reserve(blocks);
+    for (std::uint64_t b = 0; b < blocks; ++b) {
+      Thread* t = take();
+      if (t == nullptr) break;
+      taken.push_back(t);
+    }
+    if (taken.size() < blocks) {
+      std::lock_guard<std::mutex> lock(idle_mutex());
+      for (Thread* t : taken) idle().push_back(t);
+      return false;
+    }
+    done.left = taken.size();
+    for (std::size_t b = 0; b < taken.size(); ++b) {
+      Thread& t = *taken[b];
+      std::lock_guard<std::mutex> lock(t.m);
+      t.task = &task;
+      t.b = b;
+      t.done = &done;
+      t.cv.notify_one();
+    }
+    {
+      std::unique_lock<std::mutex> lock(done.m);
+      done.cv.wait(lock, [&] { return done.left == 0; });
+    }
+    std::lock_guard<std::mutex> lock(idle_mutex());
+    for (Thread* t : taken) idle().push_back(t);
+    return true;
+  }
+
+ private:
+  struct Latch {
+    std::mutex m;
+    std::condition_variable cv;
+    std::size_t left = 0;
+  };
+  struct Thread {
+    std::mutex m;
+    std::condition_variable cv;
+    const Task* task = nullptr;  // set by run(); null while idle
+    std::uint64_t b = 0;
+    Latch* done = nullptr;
+  };
+  static constexpr std::size_t kStack = std::size_t{8} << 20;
+
+  // Never destroyed: threads blocked on them outlive static destruction at exit.
+  static std::mutex& idle_mutex() {
+    static auto* m = new std::mutex;
+    return *m;
+  }
+  static std::vector<Thread*>& idle() {
+    static auto* v = new std::vector<Thread*>;
+    return *v;
+  }
+
+  static Thread* take() {
+    {
+      std::lock_guard<std::mutex> lock(idle_mutex());
+      if (!idle().empty()) {
+        Thread* t = idle().back();
+        idle().pop_back();
+        return t;
+      }
+    }
+    auto t = std::make_unique<Thread>();
+    void* stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) return nullptr;
+#if defined(CUBN_SIM_ASAN)
+    __asan_unpoison_memory_region(stack, kStack);
+#endif
+    pthread_attr_t attr;
+    if (pthread_attr_init(&attr) != 0) {
+      munmap(stack, kStack);
+      return nullptr;
+    }
+    pthread_t tid{};
+    const bool ok = pthread_attr_setstack(&attr, stack, kStack) == 0 &&
+                    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+                    pthread_create(&tid, &attr, &loop, t.get()) == 0;
+    pthread_attr_destroy(&attr);
+    if (!ok) {
+      munmap(stack, kStack);
+      return nullptr;
+    }
+    return t.release();  // the thread's for good
+  }
+
+  static void* loop(void* self) {
+    auto& t = *static_cast<Thread*>(self);
+    for (;;) {
+      std::unique_lock<std::mutex> lock(t.m);
+      t.cv.wait(lock, [&] { return t.task != nullptr; });
+      const Task& task = *t.task;
+      Latch& done = *t.done;
+      const std::uint64_t b = t.b;
+      t.task = nullptr;
+      lock.unlock();
+      task(b);
+      std::lock_guard<std::mutex> done_lock(done.m);
+      if (--done.left == 0) done.cv.notify_all();  // under the lock: run() may free it after
+    }
+  }
+};
+
 void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*),
                           void* ctx, const char* name) {
   cubn::detail::LaunchLimits limits = device_limits();
@@ -745,18 +871,25 @@ void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void 
   std::vector<Result> results(blocks);
   const Schedule schedule = parent.schedule;
   const auto work = [&](std::uint64_t b) {
-    Engine& e = g_engine;  // the worker thread's own
+    Engine& e = g_engine;  // the block thread's own, kept from its earlier blocks
     e.schedule = schedule;
     e.coop = &coop;
+    e.counters = Counters{};
     setup(e, grid, block, dynamic_smem, body, ctx);
+    e.launch_profile = profile != nullptr ? &results[b].profile : nullptr;
     if (profile != nullptr) {
-      e.launch_profile = &results[b].profile;
-      e.lane_accesses.resize(e.nthreads);
+      if (e.lane_accesses.size() < e.nthreads) e.lane_accesses.resize(e.nthreads);
+      for (auto& v : e.lane_accesses) v.clear();  // a faulted launch leaves some behind
     }
     blockIdx = block_coords(b, grid);
     e.running = true;
     try {
-      e.region = std::make_unique<StackRegion>(e.nthreads);
+      if (e.region_stacks < e.nthreads) {  // the stacks so far are too few: map them all anew
+        for (Fiber& f : e.fibers) f.bottom = nullptr;
+        e.region.reset();
+        e.region = std::make_unique<StackRegion>(e.nthreads);
+        e.region_stacks = e.nthreads;
+      }
       run_block(e);
     } catch (const std::exception& ex) {  // out of memory for stacks, say
       if (e.fault.empty()) e.fault = ex.what();
@@ -769,51 +902,11 @@ void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void 
     }
     results[b].counters = e.counters;
   };
-  // Each block's host thread runs on a stack mapped here, not one from the C library's cache of
-  // stacks: AddressSanitizer then starts it with clean shadow (a cached stack can carry poison
-  // that fiber switches left behind; the thread's static TLS lies in the same mapping).
-  struct Worker {
-    const decltype(work)* fn;
-    std::uint64_t b;
-    void* stack = nullptr;
-    pthread_t tid{};
-    static void* entry(void* self) {
-      auto* w = static_cast<Worker*>(self);
-      (*w->fn)(w->b);
-      return nullptr;
-    }
-  };
-  constexpr std::size_t kWorkerStack = std::size_t{8} << 20;
-  std::vector<Worker> workers(blocks);
-  std::size_t started = 0;
+  if (!BlockThreads::run(blocks, work))
+    throw Error(Status::kInvalidLaunch, std::string("launch of ") + name +
+                                            ": cannot start a host thread per block (out of host "
+                                            "threads or memory)");
   for (std::uint64_t b = 0; b < blocks; ++b) {
-    Worker& w = workers[b];
-    w.fn = &work;
-    w.b = b;
-    w.stack = mmap(nullptr, kWorkerStack, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
-    pthread_attr_t attr;
-    bool ok = w.stack != MAP_FAILED && pthread_attr_init(&attr) == 0;
-    if (ok) {
-#if defined(CUBN_SIM_ASAN)
-      __asan_unpoison_memory_region(w.stack, kWorkerStack);
-#endif
-      ok = pthread_attr_setstack(&attr, w.stack, kWorkerStack) == 0 &&
-           pthread_create(&w.tid, &attr, &Worker::entry, &w) == 0;
-      pthread_attr_destroy(&attr);
-    }
-    if (!ok) {
-      if (w.stack != MAP_FAILED) munmap(w.stack, kWorkerStack);
-      coop_failed(coop, "cannot start a host thread per block");
-      break;
-    }
-    ++started;
-  }
-  for (std::size_t b = 0; b < started; ++b) {
-    pthread_join(workers[b].tid, nullptr);
-    munmap(workers[b].stack, kWorkerStack);
-  }
-  for (std::uint64_t b = 0; b < started; ++b) {
     const Counters& c = results[b].counters;
     parent.counters.blocks += c.blocks;
     parent.counters.threads += c.threads;
@@ -822,10 +915,6 @@ void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void 
     parent.counters.global_write_bytes += c.global_write_bytes;
     if (profile != nullptr) add_profile(*profile, results[b].profile);
   }
-  if (started < blocks)
-    throw Error(Status::kInvalidLaunch, std::string("launch of ") + name +
-                                            ": cannot start a host thread per block (out of host "
-                                            "threads or memory)");
   if (!coop.fault.empty()) throw Error(Status::kKernelFault, coop.fault);
 }
 
