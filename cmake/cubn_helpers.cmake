@@ -19,7 +19,10 @@ function(cubn_sim_sources out)
     file(RELATIVE_PATH rel ${PROJECT_SOURCE_DIR} ${abs})
     string(REPLACE "/" "_" flat ${rel})
     set(wrapper ${CMAKE_CURRENT_BINARY_DIR}/sim_sources/${flat}.cpp)
-    file(CONFIGURE OUTPUT ${wrapper} CONTENT "// generated: ${rel} for the CPU executor build\n#include \"${abs}\"\n")
+    # included by a path relative to the wrapper: the same text in every clone, so that ccache
+    # (cmake/cubn_ccache.cmake) finds one clone's objects from another
+    file(RELATIVE_PATH include_path ${CMAKE_CURRENT_BINARY_DIR}/sim_sources ${abs})
+    file(CONFIGURE OUTPUT ${wrapper} CONTENT "// generated: ${rel} for the CPU executor build\n#include \"${include_path}\"\n")
     list(APPEND result ${wrapper})
   endforeach()
   set(${out} ${result} PARENT_SCOPE)
