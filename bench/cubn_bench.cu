@@ -383,7 +383,7 @@ int main(int argc, char** argv) {
   if (err != cudaSuccess || devices == 0) {
     std::printf(
         "cubn_bench: no usable CUDA device (%s); nothing to time. Without a GPU the CPU-side\n"
-        "proxies are the measure: build/<preset>/bench/cubn_proxy_report and the ptxas_resources "
+        "proxies are the measure: build/<preset>/bench/cubn_proxy_report and the kernel_resources "
         "test.\n",
         err != cudaSuccess ? cudaGetErrorString(err) : "none present");
     return 0;

@@ -1,12 +1,24 @@
 #!/usr/bin/env python3
-"""Resources of every kernel instantiation from ptxas -v logs: registers per thread, spills,
-static shared memory, and the theoretical occupancy at the block size host/ launches with.
+"""Resources of every kernel instantiation in a built library's cubins: registers per thread,
+stack frame (where spills go), static shared memory, and the theoretical occupancy at the block
+size host/ launches with.
 
-  ptxas_report.py [--check] [--block 256] [--min-occupancy 0.5] LOG...
+  resource_report.py [--check] [--block 256] [--min-occupancy 0.5] [--arch sm_90]...
+                     --ptxas-logs DIR LIBRARY
 
-Each LOG is the output of `nvcc -cubin -arch=sm_XX -Xptxas=-v` (CMake target cubn_ptxas_logs).
-Prints a Markdown table. With --check, exits 1 when a kernel spills or its occupancy falls below
---min-occupancy: batch norm is memory-bound and needs enough warps in flight to hide latency.
+LIBRARY is the CUDA library as built (build/ci/host/libcubn.a): `cuobjdump -res-usage` reads what
+ptxas allocated for each architecture the library holds (--arch: those only), so the report
+describes the code the tests link and nothing is compiled again. Prints a Markdown table. With
+--check, exits 1 when a kernel spills or its occupancy falls below --min-occupancy: batch norm is
+memory-bound and needs enough warps in flight to hide latency.
+
+Spills: the cubins record each function's stack frame, not what of it is spills (a frame also
+holds arguments of non-inlined calls and local arrays), so the spill counts come from ptxas -v's
+report of the same compile, which the build keeps beside each object (--ptxas-logs: the folder
+holding them, cmake/ptxas_log.sh writes <object>.ptxas.log). A kernel's spills are its own plus
+those of the non-inlined functions ptxas lists after it (its callees, e.g.
+BackwardFinish::finish). Every kernel the cubins hold must appear in those reports with the same
+registers, or the check fails: the reports are then not of this library.
 The persistent kernels run at kPersistentBlocksPerSm blocks per SM (half an SM's shared memory
 each holds their slice): they are held to keeping that many resident (--persistent-blocks).
 The fused epilogue's map kernels (normalize with FusedAffine, dx with FusedDxOp) are compiled for
@@ -15,18 +27,19 @@ for kSiluMapBlocksPerSm, and held to that (--fused-map-blocks, --silu-map-blocks
 reduction kernels geometry.hpp's reduce_blocks_per_sm compiles for fewer than kMinBlocksPerSm
 (SiLU's; fp64's; the statistics kernels whose fused normalization has an epilogue).
 
-A kernel's spills are its own plus those of the non-inlined functions ptxas lists after it (its
-callees, e.g. BackwardFinish::finish): an earlier parser let a callee's "0 bytes spill" line
-overwrite the kernel's own count, and missed spills of up to 240 bytes in 47 kernels.
+cuobjdump: --cuobjdump, $CUBN_CUOBJDUMP, PATH, or PyPI's nvidia-cuda-cuobjdump
+(bench/cubin_tools.py); without one the tool exits 77 (CTest reports the test as skipped).
 """
 import argparse
+import glob
+import os
 import re
 import subprocess
 import sys
 
-# Per-SM limits (CUDA C++ Programming Guide, compute capabilities table; occupancy calculator):
-# registers, max resident threads, max resident blocks, shared memory per SM (bytes), shared
-# memory the system reserves per block, register allocation unit (per warp).
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from cubin_tools import demangle, find_tool, short  # noqa: E402
+
 LIMITS = {
     "sm_80": dict(regs=65536, threads=2048, blocks=32, smem=164 * 1024, reserved=1024, reg_unit=256),
     "sm_86": dict(regs=65536, threads=1536, blocks=16, smem=100 * 1024, reserved=1024, reg_unit=256),
@@ -47,52 +60,53 @@ def occupancy(arch, regs, smem, block):
     return blocks * warps / (lim["threads"] // 32), blocks
 
 
-def parse(path):
-    kernels = []
-    current, own = None, False
-    for line in open(path, encoding="utf-8", errors="replace"):
-        m = re.search(r"Compiling entry function '(\S+)' for '(sm_\d+)'", line)
+def parse(text, archs):
+    """Functions of `cuobjdump -res-usage` output: the cubin (object member, arch), mangled name,
+    REG, STACK, SHARED, LOCAL. A cubin's functions follow its "arch = sm_XX" line."""
+    funcs, member, arch, name = [], None, None, None
+    for line in text.splitlines():
+        m = re.match(r"\s*member (\S+):", line)
         if m:
-            current = dict(mangled=m.group(1), arch=m.group(2), regs=0, smem=0, spill=0, stack=0)
-            kernels.append(current)
+            member = m.group(1)
+            continue
+        m = re.match(r"\s*arch = (sm_\d+a?)", line)
+        if m:
+            arch = m.group(1)
+            continue
+        m = re.match(r"\s*Function (\S+):", line)
+        if m:
+            name = m.group(1)
+            continue
+        m = re.match(r"\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", line)
+        if m and name is not None:
+            if not archs or arch in archs:
+                funcs.append(dict(mangled=name, cubin=(member, arch), arch=arch,
+                                  regs=int(m.group(1)), stack=int(m.group(2)),
+                                  smem=int(m.group(3)), local=int(m.group(4))))
+            name = None
+    return funcs
+
+
+def parse_ptxas(path):
+    """Per (mangled kernel, arch): spill bytes and registers, from a ptxas -v log. ptxas lists a
+    kernel's own properties, then those of the non-inlined functions it calls (e.g.
+    BackwardFinish::finish): their spills count as the kernel's, and never replace them."""
+    out, current = {}, None
+    for line in open(path, encoding="utf-8", errors="replace"):
+        m = re.search(r"Compiling entry function '(\S+)' for '(sm_\d+a?)'", line)
+        if m:
+            current = out.setdefault((m.group(1), m.group(2)), dict(spill=0, regs=None))
             continue
         if current is None:
             continue
-        # ptxas lists the kernel's own properties, then those of the non-inlined functions it
-        # calls (e.g. BackwardFinish::finish): a callee's spills are the kernel's too, and must
-        # not overwrite them
-        m = re.search(r"Function properties for (\S+)", line)
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+                      line)
         if m:
-            own = m.group(1) == current["mangled"]
-            continue
-        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
-        if m:
-            if own:
-                current["stack"] = int(m.group(1))
             current["spill"] += int(m.group(2)) + int(m.group(3))
         m = re.search(r"Used (\d+) registers", line)
         if m:
             current["regs"] = int(m.group(1))
-            s = re.search(r"(\d+) bytes smem", line)
-            current["smem"] = int(s.group(1)) if s else 0
-    return kernels
-
-
-def demangle(names):
-    try:
-        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True)
-        return out.stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return names
-
-
-def short(name):
-    # the fused epilogue's activation, a template argument: its name, not a cast
-    name = re.sub(r"\((?:cubn|cubn_sim)::kernels::Act\)(\d)",
-                  lambda m: ("none", "relu", "silu")[int(m.group(1))], name)
-    name = re.sub(r"^void ", "", name)
-    name = name.replace("cubn::kernels::", "").replace("cubn_sim::kernels::", "")
-    return re.sub(r"\(.*\)$", "", name)
+    return out
 
 
 def reduce_blocks(name, args):
@@ -113,7 +127,12 @@ def reduce_blocks(name, args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("logs", nargs="+")
+    ap.add_argument("library")
+    ap.add_argument("--arch", action="append", default=[],
+                    help="an architecture to report (sm_80, ...); default: every one it holds")
+    ap.add_argument("--cuobjdump")
+    ap.add_argument("--ptxas-logs", required=True,
+                    help="the folder whose *.ptxas.log (at any depth) hold ptxas -v of the build")
     ap.add_argument("--block", type=int, default=256)
     ap.add_argument("--min-occupancy", type=float, default=0.5)
     ap.add_argument("--persistent-blocks", type=int, default=2,
@@ -126,33 +145,67 @@ def main():
                     help="the same for SiLU's map kernels: kSiluMapBlocksPerSm")
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    kernels = [k for log in args.logs for k in parse(log)]
-    if not kernels:
-        print("no kernels found in", " ".join(args.logs))
+    cuobjdump = find_tool("cuobjdump", args.cuobjdump)
+    if cuobjdump is None:
+        print("cuobjdump not found: install the PyPI package nvidia-cuda-cuobjdump (.ci/run does) "
+              "or set CUBN_CUOBJDUMP")
+        return 77
+    out = subprocess.run([cuobjdump, "-res-usage", args.library], capture_output=True, text=True,
+                         check=True).stdout
+    funcs = parse(out, args.arch)
+    for f, name in zip(funcs, demangle([f["mangled"] for f in funcs])):
+        f["name"] = short(name)
+    # the kernels are the bn_* function templates; the other functions are their callees
+    kernels = [f for f in funcs if re.match(r"bn_\w+<", f["name"])]
+    found = {k["arch"] for k in kernels}
+    missing = [a for a in args.arch if a not in found]
+    if not kernels or missing:
+        print(f"no kernels for {' '.join(missing) or 'any architecture'} in {args.library}")
         return 1
-    for k, name in zip(kernels, demangle([k["mangled"] for k in kernels])):
-        k["name"] = short(name)
+    reports = {}
+    logs = sorted(glob.glob(os.path.join(args.ptxas_logs, "**", "*.ptxas.log"), recursive=True))
+    for log in logs:
+        reports.update(parse_ptxas(log))
+    unreported = []
+    for k in kernels:
+        r = reports.get((k["mangled"], k["arch"]))
+        if r is None or r["regs"] != k["regs"]:
+            unreported.append(f"{k['name']} ({k['arch']}): cubin {k['regs']} registers, ptxas -v "
+                              f"{r['regs'] if r else 'no report'}")
+            k["spill"] = None
+        else:
+            k["spill"] = r["spill"]
+    if unreported:
+        print(f"{len(unreported)} kernels of {args.library} without a matching ptxas -v report in "
+              f"{len(logs)} logs under {args.ptxas_logs} (rebuild the library):")
+        for u in unreported[:20]:
+            print("  " + u)
+        return 1
     failures = 0
-    print(f"| kernel | arch | registers | spill bytes | stack | static smem | occupancy at {args.block} threads |")
+    print(f"| kernel | arch | registers | spill bytes (own + callees') | stack | static smem | "
+          f"occupancy at {args.block} threads |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for k in sorted(kernels, key=lambda k: (k["name"], k["arch"])):
+        spill = k["spill"] > 0
         occ, blocks = occupancy(k["arch"], k["regs"], k["smem"], args.block)
         if "persistent" in k["name"]:  # designed for fewer, larger blocks: half an SM's smem each
-            bad = k["spill"] > 0 or blocks < args.persistent_blocks
+            bad = spill or blocks < args.persistent_blocks
         elif re.match(r"bn_(normalize|backward_dx)_", k["name"]) and re.search(
                 r"Fused(Affine|DxOp)<", k["name"]):
             want = args.silu_map_blocks if ", silu," in k["name"] else args.fused_map_blocks
-            bad = k["spill"] > 0 or blocks < want
+            bad = spill or blocks < want
         elif reduce_blocks(k["name"], args) is not None:
-            bad = k["spill"] > 0 or blocks < reduce_blocks(k["name"], args)
+            bad = spill or blocks < reduce_blocks(k["name"], args)
         else:
-            bad = k["spill"] > 0 or occ < args.min_occupancy
+            bad = spill or occ < args.min_occupancy
         failures += bad
         print(f"| `{k['name']}` | {k['arch']} | {k['regs']} | {k['spill']} | {k['stack']} | {k['smem']} | "
               f"{occ:.0%} ({blocks} blocks){' **FAIL**' if bad else ''} |")
-    print(f"\n{len(kernels)} kernel instantiations; {failures} spill or fall below "
-          f"{args.min_occupancy:.0%} occupancy (persistent kernels: below {args.persistent_blocks} "
-          f"resident blocks per SM; fused map kernels: below {args.fused_map_blocks})")
+    archs = " ".join(sorted(found))
+    print(f"\n{len(kernels)} kernel instantiations ({archs}); {failures} spill or fall "
+          f"below {args.min_occupancy:.0%} occupancy (persistent kernels: below "
+          f"{args.persistent_blocks} resident blocks per SM; fused map kernels: below "
+          f"{args.fused_map_blocks})")
     return 1 if args.check and failures else 0
 
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """The instruction budget of cubn's streaming kernels, read from their SASS.
 
-  sass_report.py [--check] [--budget 64] [--min-in-flight 4] [--nvdisasm PATH] CUBIN...
+  sass_report.py [--check] [--budget 64] [--min-in-flight 4] [--arch sm_90]... INPUT...
 
-Each CUBIN is one `nvcc -cubin -arch=sm_XX` build of a host/batch_norm_<dtype>.cu (CMake target
-cubn_ptxas_logs writes them beside the ptxas logs). nvdisasm turns each kernel into SASS; for every
-kernel the tool finds its streaming loops and reports, per iteration of each:
+Each INPUT is a cubin, or a built library or object (build/ci/host/libcubn.a) whose cubins for the
+--arch architectures cuobjdump takes out (into --workdir): the code the tests link, each
+architecture compiled once by the build. nvdisasm turns each kernel into SASS; for every kernel the
+tool finds its streaming loops and reports, per iteration of each:
 
   - instructions, and instructions per 16 bytes of global traffic (the bytes of every LDG/STG in
     the loop body, so per-channel coefficient loads count too);
@@ -34,41 +35,24 @@ the budget,
 with fewer 16-byte loads in flight than --min-in-flight, or dividing 64-bit integers. The scalar
 path for misaligned pointers and fp64 are reported but not held to it.
 
-nvdisasm: --nvdisasm, else $CUBN_NVDISASM, else PATH, else the PyPI package nvidia-cuda-nvdisasm
-in this interpreter. Without one the tool exits 77 (CTest reports the test as skipped).
+nvdisasm and cuobjdump: --nvdisasm/--cuobjdump, else $CUBN_NVDISASM/$CUBN_CUOBJDUMP, else PATH,
+else the PyPI packages nvidia-cuda-nvdisasm and nvidia-cuda-cuobjdump in this interpreter
+(bench/cubin_tools.py). Without them the tool exits 77 (CTest reports the test as skipped).
 """
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
+import tempfile
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from cubin_tools import arch_of, demangle, extract_cubins, find_tool  # noqa: E402
 
 INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
 LABEL = re.compile(r"^(\.L_x_\d+):")
 FUNC = re.compile(r"^\s*\.section\s+\.text\.(\S+?),")
 REG = re.compile(r"\bR(\d+)(?:\.64)?\b")
-
-
-def find_nvdisasm(explicit):
-    if explicit:
-        return explicit
-    if os.environ.get("CUBN_NVDISASM"):
-        return os.environ["CUBN_NVDISASM"]
-    for cand in (shutil.which("nvdisasm"),
-                 os.path.join(os.path.dirname(sys.executable), "nvdisasm")):
-        if cand and os.path.exists(cand):
-            return cand
-    try:  # the PyPI wheel nvidia-cuda-nvdisasm, installed into this interpreter
-        import nvidia  # noqa: F401
-        for base in nvidia.__path__:
-            for sub in ("cu13", "cuda_nvdisasm", "cu12"):
-                cand = os.path.join(base, sub, "bin", "nvdisasm")
-                if os.path.exists(cand):
-                    return cand
-    except ImportError:
-        pass
-    return None
 
 
 def disassemble(nvdisasm, cubin):
@@ -173,15 +157,6 @@ def streaming_loops(f):
     return out
 
 
-def demangle(names):
-    try:
-        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True,
-                             check=True)
-        return out.stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return names
-
-
 def short(name):
     # the fused epilogue's activation, a template argument: its name, not a cast
     name = re.sub(r"\((?:cubn|cubn_sim)::kernels::Act\)(\d)",
@@ -190,11 +165,6 @@ def short(name):
     name = re.sub(r"(cubn|cubn_sim)::kernels::", "", name)
     name = name.replace("__nv_bfloat16", "bf16").replace("__half", "fp16")
     return re.sub(r"\(.*\)$", "", name)
-
-
-def arch_of(cubin):
-    m = re.search(r"(sm_\d+)", os.path.basename(cubin))
-    return m.group(1) if m else "?"
 
 
 def element_type(name):
@@ -212,19 +182,42 @@ def held(name):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("cubins", nargs="+")
+    ap.add_argument("inputs", nargs="+")
+    ap.add_argument("--arch", action="append", default=[],
+                    help="the architectures to take from a library (sm_90, ...)")
+    ap.add_argument("--workdir", help="where a library's cubins go (default: a temporary folder)")
+    ap.add_argument("--cuobjdump")
     ap.add_argument("--budget", type=float, default=64)
     ap.add_argument("--min-in-flight", type=int, default=4)
     ap.add_argument("--nvdisasm")
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    nvdisasm = find_nvdisasm(args.nvdisasm)
+    nvdisasm = find_tool("nvdisasm", args.nvdisasm)
     if nvdisasm is None:
         print("nvdisasm not found: install the PyPI package nvidia-cuda-nvdisasm (.ci/run does) or "
               "set CUBN_NVDISASM")
         return 77
+    cubins = [i for i in args.inputs if i.endswith(".cubin")]
+    libraries = [i for i in args.inputs if not i.endswith(".cubin")]
+    if libraries:
+        cuobjdump = find_tool("cuobjdump", args.cuobjdump)
+        if cuobjdump is None:
+            print("cuobjdump not found: install the PyPI package nvidia-cuda-cuobjdump (.ci/run "
+                  "does) or set CUBN_CUOBJDUMP")
+            return 77
+        if not args.arch:
+            print("--arch: which architectures to take from", " ".join(libraries))
+            return 2
+        workdir = args.workdir or tempfile.mkdtemp(prefix="cubn-sass-")
+        for i, lib in enumerate(libraries):
+            got = extract_cubins(cuobjdump, lib, os.path.join(workdir, str(i)), args.arch)
+            missing = [a for a in args.arch if a not in {arch_of(c) for c in got}]
+            if missing:
+                print(f"{lib} holds no cubin for {' '.join(missing)}")
+                return 1
+            cubins += got
     rows = []
-    for cubin in args.cubins:
+    for cubin in cubins:
         funcs = disassemble(nvdisasm, cubin)
         names = demangle(list(funcs))
         for (mangled, f), name in zip(funcs.items(), names):

@@ -228,7 +228,7 @@ namespace {
 
 // Static shared memory of the persistent kernels, at most (kernels/persistent.cuh: a state per
 // thread, the reduction's temporary storage, a column block's channel constants or coefficients);
-// bench/ptxas_report.py prints the real figure per kernel (7.5 KB at most on sm_90).
+// bench/resource_report.py prints the real figure per kernel (7.5 KB at most on sm_90).
 constexpr std::size_t kPersistentStaticShared = 12 * 1024;
 
 // Virtual blocks per channel group of the persistent path: as many as fit in the grid without a

@@ -639,7 +639,7 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
     }
     // Two-input maps hold half the packs, and read their coefficients before the loads; one-input
     // maps after: in both, ptxas then issues every load before it uses one and nothing spills
-    // (bench/sass_report.py, bench/ptxas_report.py).
+    // (bench/sass_report.py, bench/resource_report.py).
     typename F::Coeffs q[U];
     const auto fetch = [&] {
       CUBN_UNROLL

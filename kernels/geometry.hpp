@@ -29,14 +29,14 @@ constexpr int kBlockThreads = 256;
 /// Resident blocks per SM the kernels are compiled for (__launch_bounds__'s second argument):
 /// 4 x 256 threads = 50% occupancy on sm_80/sm_90, the least a memory-bound kernel should have.
 /// It caps registers at 64 per thread; without it ptxas capped some kernels at 40 and spilled
-/// (sm_80, bench/ptxas_report.py).
+/// (sm_80, bench/resource_report.py).
 constexpr int kMinBlocksPerSm = 4;
 
 /// Resident blocks per SM the fused epilogue's map kernels (normalize with an activation or a
 /// residual; dx with dz and an activation's derivative) are compiled for: 3 x 256 threads, up to
 /// 85 registers each. Their loops hold a second output (dz) or a third input (z) and an
 /// activation's constants beside the packs in flight, and at kMinBlocksPerSm's 64 registers ptxas
-/// spilled up to 380 bytes (sm_90, bench/ptxas_report.py). 37.5% occupancy still keeps 48 KB in
+/// spilled up to 380 bytes (sm_90, bench/resource_report.py). 37.5% occupancy still keeps 48 KB in
 /// flight per SM (768 threads x 64 bytes), over the ~18 KB an H100 needs by Little's law (see
 /// kUnroll): chosen from the spill counts, not measured on a GPU.
 constexpr int kFusedMapBlocksPerSm = 3;
@@ -52,7 +52,7 @@ constexpr int kSiluMapBlocksPerSm = 2;
 /// registers) for fp64 tensors, for the statistics kernels whose normalization applies the fused
 /// epilogue (an activation or a residual: `act` is cubn::Activation's value) and for SiLU's
 /// gradient sums: at 64 registers those spilled up to 240 bytes (sm_80 to sm_100,
-/// bench/ptxas_report.py), and on sm_100 SiLU's loops used their first loads before issuing the
+/// bench/resource_report.py), and on sm_100 SiLU's loops used their first loads before issuing the
 /// others (2 of 4 in flight, bench/sass_report.py). Chosen from those counts, not measured on a
 /// GPU; a wave of 3 x 256 threads still keeps 48 KB in flight per SM (see kFusedMapBlocksPerSm).
 constexpr int reduce_blocks_per_sm(std::size_t elem_bytes, bool backward, int act, bool residual) {
