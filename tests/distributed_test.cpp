@@ -234,9 +234,9 @@ void check_split(const Dims& dims, MemoryOrder order, const std::vector<std::int
 }
 
 const std::vector<Dims>& split_shapes() {
-  static const std::vector<Dims> shapes = {
+  static const std::vector<Dims> shapes = sanitizer_sized({
       {8, 3},         {12, 5, 7},      {9, 4, 5, 5}, {16, 16, 8, 8}, {6, 1, 33},
-      {10, 40, 7, 7}, {7, 3, 2, 3, 4}, {8, 2, 1025}, {5, 70000},     {11, 24, 4, 4}};
+      {10, 40, 7, 7}, {7, 3, 2, 3, 4}, {8, 2, 1025}, {5, 70000},     {11, 24, 4, 4}});
   return shapes;
 }
 

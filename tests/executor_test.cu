@@ -454,6 +454,12 @@ __global__ void write_one_past_the_end(int* out, int n) {
 
 #if defined(__SANITIZE_ADDRESS__)
 constexpr bool kAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)  // clang's way (the asan preset builds with clang)
+constexpr bool kAddressSanitizer = true;
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
 #else
 constexpr bool kAddressSanitizer = false;
 #endif

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -89,15 +90,39 @@ struct ForcePath {
   detail::Path before_;
 };
 
+/// Whether CUBN_TEST_SHAPES is "small" (the sanitizer presets' test runs); then sanitizer_sized
+/// gives `shapes` without those over 2^18 elements: the sanitizer
+/// presets' test runs (CMakePresets.json, tests/sanitizer_labels.cmake). There every large buffer
+/// is a fresh mapping (AddressSanitizer's allocator maps and unmaps each), so those shapes cost
+/// most of the run and add only repeats of kernels and paths the smaller ones take: 64x24x16x16
+/// the multi-block splits of 32x16x8x8 and 3x40x7x7, 5x70000 the C past 2^16 of 2x70000. The plain
+/// run keeps them.
+inline bool sanitizer_shapes() {
+  const char* env = std::getenv("CUBN_TEST_SHAPES");
+  return env != nullptr && std::strcmp(env, "small") == 0;
+}
+
+inline std::vector<Dims> sanitizer_sized(std::vector<Dims> shapes) {
+  if (!sanitizer_shapes()) return shapes;
+  std::vector<Dims> kept;
+  for (const Dims& d : shapes) {
+    std::int64_t n = 1;
+    for (std::int64_t e : d) n *= e;
+    if (n <= (std::int64_t{1} << 18)) kept.push_back(d);
+  }
+  return kept;
+}
+
 /// The edge shapes every batch-norm call is tested on: two values per channel at least (the
 /// training minimum), C = 1, S = 1, N = 1, odd and prime sizes, every rank, C past 2^16, S not a
-/// multiple of any vector width, and sizes that split channels over several blocks.
+/// multiple of any vector width, and sizes that split channels over several blocks (but under the
+/// sanitizers, sanitizer_sized).
 inline const std::vector<Dims>& edge_shapes() {
-  static const std::vector<Dims> shapes = {
+  static const std::vector<Dims> shapes = sanitizer_sized({
       {2, 3},         {7, 1},         {1, 5, 3},       {3, 5, 7},
       {4, 1, 5, 5},   {2, 3, 4, 5},   {2, 3, 2, 3, 4}, {1, 2, 1025},
       {5, 17, 13, 1}, {1, 64, 3, 3},  {32, 16, 8, 8},  {3, 40, 7, 7},
-      {2, 70000},     {16, 8, 1, 96}, {2, 3, 1, 1, 1}, {64, 24, 16, 16}};
+      {2, 70000},     {16, 8, 1, 96}, {2, 3, 1, 1, 1}, {64, 24, 16, 16}});
   return shapes;
 }
 
