@@ -34,6 +34,15 @@ def find_tool(name, explicit=None):
     return None
 
 
+def require_tool(name, explicit=None):
+    """find_tool, or None after saying how to get it (the caller then exits 77: skipped)."""
+    path = find_tool(name, explicit)
+    if path is None:
+        print(f"{name} not found: install the PyPI package nvidia-cuda-{name} (.ci/run does) or "
+              f"set CUBN_{name.upper()}")
+    return path
+
+
 def extract_cubins(cuobjdump, library, outdir, archs):
     """The library's cubins (one per object file and architecture) for `archs` (e.g. ["sm_90"]),
     written into outdir; returns their paths, sorted. A fresh outdir each call: cuobjdump names

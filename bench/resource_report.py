@@ -38,7 +38,7 @@ import subprocess
 import sys
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
-from cubin_tools import demangle, find_tool, short  # noqa: E402
+from cubin_tools import demangle, require_tool, short  # noqa: E402
 
 LIMITS = {
     "sm_80": dict(regs=65536, threads=2048, blocks=32, smem=164 * 1024, reserved=1024, reg_unit=256),
@@ -145,10 +145,8 @@ def main():
                     help="the same for SiLU's map kernels: kSiluMapBlocksPerSm")
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    cuobjdump = find_tool("cuobjdump", args.cuobjdump)
+    cuobjdump = require_tool("cuobjdump", args.cuobjdump)
     if cuobjdump is None:
-        print("cuobjdump not found: install the PyPI package nvidia-cuda-cuobjdump (.ci/run does) "
-              "or set CUBN_CUOBJDUMP")
         return 77
     out = subprocess.run([cuobjdump, "-res-usage", args.library], capture_output=True, text=True,
                          check=True).stdout

@@ -47,7 +47,7 @@ import sys
 import tempfile
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
-from cubin_tools import arch_of, demangle, extract_cubins, find_tool  # noqa: E402
+from cubin_tools import arch_of, demangle, extract_cubins, require_tool  # noqa: E402
 
 INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
 LABEL = re.compile(r"^(\.L_x_\d+):")
@@ -192,18 +192,14 @@ def main():
     ap.add_argument("--nvdisasm")
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    nvdisasm = find_tool("nvdisasm", args.nvdisasm)
+    nvdisasm = require_tool("nvdisasm", args.nvdisasm)
     if nvdisasm is None:
-        print("nvdisasm not found: install the PyPI package nvidia-cuda-nvdisasm (.ci/run does) or "
-              "set CUBN_NVDISASM")
         return 77
     cubins = [i for i in args.inputs if i.endswith(".cubin")]
     libraries = [i for i in args.inputs if not i.endswith(".cubin")]
     if libraries:
-        cuobjdump = find_tool("cuobjdump", args.cuobjdump)
+        cuobjdump = require_tool("cuobjdump", args.cuobjdump)
         if cuobjdump is None:
-            print("cuobjdump not found: install the PyPI package nvidia-cuda-cuobjdump (.ci/run "
-                  "does) or set CUBN_CUOBJDUMP")
             return 77
         if not args.arch:
             print("--arch: which architectures to take from", " ".join(libraries))

@@ -19,15 +19,16 @@
 set(cubn_sanitize_skip
     "\\.DeterministicBitForBit$|\\.OneWorkspaceServesCallsOfEveryShapeAndIsLeftReady$|^Proxies\\.(FusedCallsMatchTheirByteModel|BytesMovedMatchTheModelAndWarpAccessesAreCoalesced)$")
 
-# tsan (ThreadSanitizer): where blocks or calls run on several host threads at once, the only place
-# it can see anything: the cooperative launches (the executor's own tests of grid syncs and shared
-# memory races, and persistent-path calls of each kind: in place, NaN/Inf, misaligned, optional
-# outputs, zero upstream gradient, no scale and offset), and calls from several host threads at
-# once. An ordinary launch runs its blocks one after another on one host thread, so its tickets
-# (last-block merges) show nothing to ThreadSanitizer; they are right by construction
-# (cuda::atomic_ref with acq_rel ordering, kernels/) and run in the sanitize tests.
+# tsan (ThreadSanitizer): where blocks run on several host threads at once, the only place it can
+# see anything: the cooperative launches (the executor's own tests of grid syncs and shared memory
+# races, and persistent-path calls of each kind: in place, NaN/Inf, misaligned, optional outputs,
+# zero upstream gradient, no scale and offset). An ordinary launch runs its blocks one after
+# another on one host thread, so its tickets (last-block merges) show nothing to ThreadSanitizer;
+# they are right by construction (cuda::atomic_ref with acq_rel ordering, kernels/) and run in the
+# sanitize tests. ForwardProperties.SeveralHostThreadsAtOnce is left out: its host threads' full
+# 132-SM cooperative grids at once pass ThreadSanitizer's limit of 8,128 threads.
 set(cubn_tsan_tests
-    "^(Cooperative|SharedRaces|CooperativeCatches|CooperativeUnderTsan)\\.|^persistent\\.(ForwardProperties\\.(InPlace|NanAndInf|Misaligned)|BackwardProperties\\.(OptionalOutputs|ZeroUpstream)|Forward\\.TrainingWithoutScaleAndOffset)|^ForwardProperties\\.SeveralHostThreadsAtOnce$")
+    "^(Cooperative|SharedRaces|CooperativeCatches|CooperativeUnderTsan)\\.|^persistent\\.(ForwardProperties\\.(InPlace|NanAndInf|Misaligned)|BackwardProperties\\.(OptionalOutputs|ZeroUpstream)|Forward\\.TrainingWithoutScaleAndOffset)")
 
 foreach(list_and_labels "cubn_cpu_tests_TESTS;cpu" "cubn_cpu_persistent_TESTS;cpu,persistent")
   list(GET list_and_labels 0 list)
