@@ -40,6 +40,7 @@ else the PyPI packages nvidia-cuda-nvdisasm and nvidia-cuda-cuobjdump in this in
 (bench/cubin_tools.py). Without them the tool exits 77 (CTest reports the test as skipped).
 """
 import argparse
+import concurrent.futures
 import os
 import re
 import subprocess
@@ -213,8 +214,10 @@ def main():
                 return 1
             cubins += got
     rows = []
-    for cubin in cubins:
-        funcs = disassemble(nvdisasm, cubin)
+    # nvdisasm of the cubins in parallel (one process each, as many at once as there are CPUs)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        disassembled = list(pool.map(lambda c: disassemble(nvdisasm, c), cubins))
+    for cubin, funcs in zip(cubins, disassembled):
         names = demangle(list(funcs))
         for (mangled, f), name in zip(funcs.items(), names):
             rows.append((short(name), arch_of(cubin), streaming_loops(f)))
