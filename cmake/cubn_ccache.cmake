@@ -7,8 +7,9 @@
 #     presets' build/<preset>);
 #   - hash_dir off: the build folder's absolute path (in -g's DWARF comp_dir) stays out of the key,
 #     so a hit from another clone keeps that clone's comp_dir in its debug information;
-#   - max_size 8 GB: every preset's objects (ci, cpu, asan, tsan, fuzz, default) take about 3 GB
-#     together, compressed (measured with `ccache -s` after building them all).
+#   - max_size 2 GB: the ci, asan, tsan and fuzz objects of one commit take 70 MB compressed (du
+#     of the cache after a cold .ci/run), builds with full -g (cpu, default) a few times that: room
+#     for many commits of every preset.
 # The settings travel in the launcher (env ... ccache), so ninja run by hand uses them too; a launcher
 # set by the user (CMAKE_<LANG>_COMPILER_LAUNCHER) wins; -DCUBN_CCACHE=OFF compiles without.
 option(CUBN_CCACHE "Compile through ccache when it is found" ON)
@@ -28,7 +29,7 @@ endif()
 set(CUBN_CCACHE_DIR "${_cubn_cache_root}/ccache" CACHE PATH "ccache's cache folder for cubn's builds")
 get_filename_component(_cubn_repo_root "${CMAKE_CURRENT_LIST_DIR}/.." ABSOLUTE)
 set(_cubn_launcher env "CCACHE_DIR=${CUBN_CCACHE_DIR}" "CCACHE_BASEDIR=${_cubn_repo_root}"
-    CCACHE_NOHASHDIR=1 CCACHE_MAXSIZE=8G ${CUBN_CCACHE_PROGRAM})
+    CCACHE_NOHASHDIR=1 CCACHE_MAXSIZE=2G ${CUBN_CCACHE_PROGRAM})
 foreach(_cubn_lang C CXX CUDA)
   if(NOT CMAKE_${_cubn_lang}_COMPILER_LAUNCHER)
     set(CMAKE_${_cubn_lang}_COMPILER_LAUNCHER ${_cubn_launcher})
