@@ -142,7 +142,7 @@ void unpoison_stacks(void* p, std::size_t n) {
 // kernel's limit on mappings (vm.max_map_count, 65530).
 class StackRegion {
  public:
-  explicit StackRegion(std::size_t stacks) {
+  explicit StackRegion(std::size_t stacks) : stacks_(stacks) {
     const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
     total_ = stacks * kStackBytes + page;
     base_ = mmap(nullptr, total_, PROT_READ | PROT_WRITE,
@@ -160,8 +160,10 @@ class StackRegion {
   StackRegion& operator=(const StackRegion&) = delete;
   ~StackRegion() { munmap(base_, total_); }
   void* bottom(std::size_t i) const { return first_ + i * kStackBytes; }
+  std::size_t stacks() const { return stacks_; }
 
  private:
+  std::size_t stacks_;
   void* base_;
   char* first_;
   std::size_t total_;
@@ -300,7 +302,6 @@ struct Engine {
   std::vector<Fiber> fibers;
   // a cooperative block's fibers take their stacks from one mapping; others map their own each
   std::unique_ptr<StackRegion> region;
-  unsigned region_stacks = 0;  // how many it holds
   std::vector<unsigned char> smem;                // dynamic shared memory of the running block
   std::vector<detail::SharedShadow> smem_shadow;  // its race record, per element of smem_elem
   std::size_t smem_elem = 0;
@@ -651,6 +652,15 @@ LaunchProfile* new_launch_profile(Engine& e, const char* name) {
   return &launches.back();
 }
 
+// Points the engine's running blocks at `profile` (null: none), with an empty access record per
+// thread when there is one (a faulted launch leaves some behind).
+void use_launch_profile(Engine& e, LaunchProfile* profile) {
+  e.launch_profile = profile;
+  if (profile == nullptr) return;
+  if (e.lane_accesses.size() < e.nthreads) e.lane_accesses.resize(e.nthreads);
+  for (auto& v : e.lane_accesses) v.clear();
+}
+
 uint3 block_coords(std::uint64_t b, dim3 grid) {
   return uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
                static_cast<unsigned>(b / (std::uint64_t{grid.x} * grid.y))};
@@ -833,7 +843,7 @@ class BlockThreads {
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
     if (stack == MAP_FAILED) return nullptr;
 #if defined(CUBN_SIM_ASAN)
-    __asan_unpoison_memory_region(stack, kStack);
+    unpoison_stacks(stack, kStack);
 #endif
     pthread_attr_t attr;
     if (pthread_attr_init(&attr) != 0) {
@@ -902,19 +912,14 @@ void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void 
     e.coop = &coop;
     e.counters = Counters{};
     setup(e, grid, block, dynamic_smem, body, ctx);
-    e.launch_profile = profile != nullptr ? &results[b].profile : nullptr;
-    if (profile != nullptr) {
-      if (e.lane_accesses.size() < e.nthreads) e.lane_accesses.resize(e.nthreads);
-      for (auto& v : e.lane_accesses) v.clear();  // a faulted launch leaves some behind
-    }
+    use_launch_profile(e, profile != nullptr ? &results[b].profile : nullptr);
     blockIdx = block_coords(b, grid);
     e.running = true;
     try {
-      if (e.region_stacks < e.nthreads) {  // the stacks so far are too few: map them all anew
+      if (!e.region || e.region->stacks() < e.nthreads) {  // too few so far: map them all anew
         for (Fiber& f : e.fibers) f.bottom = nullptr;
         e.region.reset();
         e.region = std::make_unique<StackRegion>(e.nthreads);
-        e.region_stacks = e.nthreads;
       }
       run_block(e);
     } catch (const std::exception& ex) {  // out of memory for stacks, say
@@ -952,11 +957,7 @@ void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void
     throw_fault("a kernel launched another kernel; dynamic parallelism is not supported");
   setup(e, grid, block, dynamic_smem, body, ctx);
   ++e.counters.launches;
-  e.launch_profile = new_launch_profile(e, name);
-  if (e.launch_profile != nullptr) {
-    if (e.lane_accesses.size() < e.nthreads) e.lane_accesses.resize(e.nthreads);
-    for (auto& v : e.lane_accesses) v.clear();  // a faulted launch leaves some behind
-  }
+  use_launch_profile(e, new_launch_profile(e, name));
   const std::uint64_t blocks = std::uint64_t{grid.x} * grid.y * grid.z;
   const bool shuffled = e.block_order == BlockOrder::kShuffled;
   if (shuffled) {
