@@ -656,7 +656,7 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
       for (int u = 0; u < U; ++u) {
         if (!whole[u]) continue;
         const std::int64_t one[1] = {at[u]};
-        side_t<F, T, V> s1[1];
+        side_t<F, T, V> s1[1] = {};  // a side the op does not read stays unwritten
         load_sides<T, V>(f, one, s1);
         sd[u] = s1[0];
       }

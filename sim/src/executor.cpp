@@ -129,7 +129,8 @@ void unpoison_stacks(void* p, std::size_t n) {
     __asan_unpoison_memory_region(p, n);
     return;
   }
-  const std::uintptr_t mid_beg = (shadow_beg - offset) << scale, mid_end = (shadow_end - offset) << scale;
+  const std::uintptr_t mid_beg = (shadow_beg - offset) << scale, mid_end = (shadow_end - offset)
+                                                                           << scale;
   __asan_unpoison_memory_region(p, mid_beg - beg);
   madvise(reinterpret_cast<void*>(shadow_beg), shadow_end - shadow_beg, MADV_DONTNEED);
   __asan_unpoison_memory_region(reinterpret_cast<void*>(mid_end), end - mid_end);
@@ -1008,7 +1009,8 @@ void block_barrier(const char* file, int line, bool grid) {
   // the last to arrive: every thread is here; all must be at the same barrier
   for (unsigned i = 0; i < e.nthreads; ++i) {
     const Fiber& o = e.fibers[i];
-    if (o.line != line || std::strcmp(o.file, file) != 0 || o.grid != grid) {
+    // one call site's file is one string literal: compare the pointers before the characters
+    if (o.line != line || (o.file != file && std::strcmp(o.file, file) != 0) || o.grid != grid) {
       raise(e, "threads of block " + coords(blockIdx) +
                    " wait at different barriers: " + thread_name(o) + " at " +
                    (o.grid ? "grid_sync() " : "__syncthreads() ") + where(o.file, o.line) + ", " +
