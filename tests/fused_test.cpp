@@ -75,16 +75,25 @@ const std::vector<Variant>& variants() {
 // shapes but the largest (64 x 24 x 16 x 16, which only adds splits the others already take), or,
 // without a residual, a subset that still has C = 1, S = 1, huge C, odd planes and both paths.
 std::vector<Dims> shapes_for(const Variant& v) {
-  // under the sanitizers (sanitizer_sized) every variant takes the subset: the sanitizers look for
-  // memory errors, which each kernel and path shows at these shapes as at the others
-  const bool sanitizers = sanitizer_shapes();
-  if (v.residual && v.act == Activation::kRelu && !sanitizers) return edge_shapes();
-  if (v.residual && v.act == Activation::kSilu && !sanitizers) {
-    std::vector<Dims> s = edge_shapes();
-    s.erase(std::remove(s.begin(), s.end(), Dims{64, 24, 16, 16}), s.end());
-    return s;
+  const bool relu_z = v.residual && v.act == Activation::kRelu;
+  if (!sanitizer_shapes()) {
+    if (relu_z) return edge_shapes();
+    if (v.residual && v.act == Activation::kSilu) {
+      std::vector<Dims> s = edge_shapes();
+      s.erase(std::remove(s.begin(), s.end(), Dims{64, 24, 16, 16}), s.end());
+      return s;
+    }
   }
-  return {{2, 3}, {7, 1}, {1, 2, 1025}, {5, 17, 13, 1}, {3, 40, 7, 7}, {2, 70000}, {16, 8, 1, 96}};
+  std::vector<Dims> s = {{2, 3}, {7, 1}, {1, 2, 1025}, {5, 17, 13, 1}, {3, 40, 7, 7}, {2, 70000},
+                         {16, 8, 1, 96}};
+  // Under the sanitizers (sanitizer_shapes) every variant takes this subset, and only ReLU with a
+  // residual, the variant that touches the most buffers (z read, mask written, dz), takes C past
+  // 2^16 as well: that shape differs from the others in how the grid covers the channels (index
+  // arithmetic every variant shares), not in what a variant reads or writes per element, and it
+  // cost 95% of each fused test under ASan (4 to 6 s a call: 70,000 channels of executor blocks).
+  if (sanitizer_shapes() && !relu_z)
+    s.erase(std::remove(s.begin(), s.end(), Dims{2, 70000}), s.end());
+  return s;
 }
 
 std::string case_name(const char* dtype, const Variant& v, const Dims& dims, MemoryOrder o) {
