@@ -19,7 +19,10 @@ int main() {
     std::printf("no usable CUDA device (%s): running a smaller layer on the CPU executor instead\n",
                 err == cudaSuccess ? "none present" : cudaGetErrorString(err));
 #else
-    std::printf("cubn was built without CUDA: running a smaller layer on the CPU executor\n");
+    std::printf(
+        "cubn was built without its CUDA library (configured where no GPU was visible, or without "
+        "nvcc; -DCUBN_CUDA_ARCHITECTURES=90-real or =all builds it): running a smaller layer on "
+        "the CPU executor\n");
 #endif
     return train_step_executor({4, 64, 14, 14});
   } catch (const std::exception& e) {

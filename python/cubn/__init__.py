@@ -36,3 +36,16 @@ def has_cuda() -> bool:
     except ImportError:
         return False
     return True
+
+
+def cuda_architectures() -> tuple:
+    """The GPU architectures this build's CUDA library was compiled for, in CMake's syntax
+    (("90-real",): sm_90 code; ("120",): sm_120 code and PTX the driver compiles for newer GPUs);
+    () where it has none (has_cuda() is False). `pip install ./python` builds for the GPUs visible
+    when it runs, or without CUDA where none is; -C cmake.define.CUBN_CUDA_ARCHITECTURES=all for
+    every architecture."""
+    try:
+        from . import _cubn_cuda
+    except ImportError:
+        return ()
+    return tuple(a for a in _cubn_cuda.cuda_architectures.split(";") if a)

@@ -89,6 +89,7 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
 #else
   m.attr("executor") = false;
 #endif
+  m.attr("cuda_architectures") = CUBN_MODULE_CUDA_ARCHITECTURES;  // CMake's syntax; "" for the executor
   m.def("array_info", &array_info);
   m.def("last_error_message", [] { return std::string(cubn_last_error_message()); });
   m.def("status_string", [](int s) { return std::string(cubn_status_string(cubn_status(s))); });

@@ -67,3 +67,11 @@ def test_training_step_under_cuda_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.isfinite(loss).item()
+
+
+def test_the_cuda_library_was_compiled_for_this_gpu():
+    major, minor = torch.cuda.get_device_capability()
+    numbers = {int(a.split("-")[0].rstrip("af")) for a in cubn.cuda_architectures()}
+    ptx = [int(a.rstrip("af")) for a in cubn.cuda_architectures() if "-" not in a]
+    gpu = major * 10 + minor
+    assert gpu in numbers or any(p <= gpu for p in ptx), (gpu, cubn.cuda_architectures())

@@ -140,3 +140,13 @@ def test_bad_strides_dtypes_and_arguments_are_refused():
     assert np.array_equal(y, before, equal_nan=True)
     with pytest.raises(TypeError, match="not an array"):
         cubn.forward_training([1.0, 2.0], y, workspace=ws)
+
+
+def test_the_build_says_what_its_cuda_library_was_compiled_for():
+    archs = cubn.cuda_architectures()
+    assert isinstance(archs, tuple)
+    assert bool(archs) == cubn.has_cuda()
+    for a in archs:  # CMake's syntax: 90-real, 120, 100a-real
+        assert a.split("-")[0].rstrip("af").isdigit() and a.split("-")[1:] in ([], ["real"]), a
+    from cubn import _cubn_sim
+    assert _cubn_sim.cuda_architectures == ""  # the executor module has no GPU code
