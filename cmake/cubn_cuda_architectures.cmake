@@ -3,10 +3,11 @@
 # CUBN_CUDA_ARCHITECTURES (cache, default auto):
 #   auto  the architectures of the GPUs this machine's CUDA runtime sees at configure time (CMake's
 #         own detection, the one behind CMAKE_CUDA_ARCHITECTURES=native; CUDA_VISIBLE_DEVICES
-#         applies), as SASS; where it sees none, no CUDA library: the CPU executor build alone,
-#         which is all that runs on such a machine. nvcc takes 40 to 45 s of CPU per dtype's
-#         library source and architecture, so seven architectures made the README's first command
-#         12 minutes on a 2-core machine without a GPU.
+#         applies; once per build folder, as CMake keeps the compiler's facts: a GPU added later
+#         needs a fresh folder), as SASS; where it sees none, no CUDA library: the CPU executor
+#         build alone, which is all that runs on such a machine. nvcc takes 40 to 45 s of CPU per
+#         dtype's library source and architecture, so seven architectures made the README's first
+#         command 12 minutes on a 2-core machine without a GPU.
 #   all   the release set: every major architecture from Turing to Blackwell as SASS and PTX of
 #         the newest for GPUs that come later (the release preset; what a package for other
 #         machines needs).
