@@ -53,13 +53,13 @@ bool launch_persistent(const char* name, const PersistentPlan& plan, KP kplanes,
 /// The workspace regions of `s` as typed pointers.
 template <class State, class Acc>
 struct ScratchPtrs {
-  unsigned* tickets;
+  kernels::Tickets tickets;  ///< with a fresh tag: a call's tickets need no zero-filling
   State* partials;
   State* totals;
   Acc* coeffs;
   ScratchPtrs(void* workspace, const Scratch& s) {
     auto* base = static_cast<unsigned char*>(workspace);
-    tickets = reinterpret_cast<unsigned*>(base);
+    tickets = {reinterpret_cast<unsigned long long*>(base), next_ticket_tag()};
     partials = reinterpret_cast<State*>(base + s.partials_offset);
     totals = reinterpret_cast<State*>(base + s.totals_offset);
     coeffs = reinterpret_cast<Acc*>(base + s.coeffs_offset);

@@ -1,8 +1,11 @@
 #include "plan.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <numeric>
+#include <random>
 #include <string>
 
 namespace cubn::detail {
@@ -124,6 +127,22 @@ thread_local Path g_forced = Path::kAuto;
 }  // namespace
 
 void force_path(Path path) noexcept { g_forced = path; }
+
+unsigned long long next_ticket_tag() noexcept {
+  static std::atomic<unsigned long long> next{[] {
+    try {
+      std::random_device rd;
+      return (static_cast<unsigned long long>(rd()) << 32) ^ rd();
+    } catch (...) {  // no source of randomness: the clock
+      return static_cast<unsigned long long>(
+          std::chrono::steady_clock::now().time_since_epoch().count());
+    }
+  }()};
+  // tags 1 to 2^48 - 2: a word of zeros or of ones (a fresh or a 0xFF-filled workspace) is never
+  // one of the call's
+  constexpr unsigned long long kTags = (1ull << (64 - kernels::kTicketCountBits)) - 2;
+  return (next.fetch_add(1, std::memory_order_relaxed) % kTags + 1) << kernels::kTicketCountBits;
+}
 
 Path forced_path() noexcept { return g_forced; }
 

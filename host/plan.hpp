@@ -46,12 +46,17 @@ struct WorkspaceLayout {
 };
 
 /// Where a call's regions lie in its workspace. The tickets (kernels::kTicketBytes) always come
-/// first, at offset 0, for every shape and call, so that a zero-filled workspace stays ready for
-/// calls of any shape; the rest is sized for both vector widths, so a workspace sized without
+/// first, at offset 0, for every shape and call (a call's tickets need no prior content:
+/// kernels::Tickets); the rest is sized for both vector widths, so a workspace sized without
 /// pointers fits every call.
 struct Scratch {
   std::size_t partials_offset = 0, totals_offset = 0, coeffs_offset = 0, bytes = 0;
 };
+
+/// A fresh tag for a call's tickets (kernels::Tickets): the next of a process-wide sequence that
+/// starts at a random number, so no two calls of a process among 2^48 - 2 share one, and never all
+/// zeros or all ones; shifted past the count bits. Thread-safe, no synchronization beyond one relaxed atomic increment.
+unsigned long long next_ticket_tag() noexcept;
 
 /// How the persistent (single-read) path runs: one cooperative launch of at most
 /// kPersistentBlocksPerSm blocks per SM (the launcher clamps the grid to what the occupancy API

@@ -17,7 +17,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cuda/atomic>
 
 #include "geometry.hpp"
 #include "memory.cuh"
@@ -133,7 +132,7 @@ CUBN_DEVICE void write_mask(unsigned* mask, std::int64_t at, unsigned bits) {
 #if defined(CUBN_SIM)
     sim::detail::record_global(word, 4, true);  // the proxies count each pair as one word written
 #endif
-    cuda::atomic_ref<unsigned, cuda::thread_scope_device> w(*word);
+    DeviceAtomicRef<unsigned> w(*word);
     w.fetch_and(~m | (bits << sh), cuda::memory_order_relaxed);
     w.fetch_or(bits << sh, cuda::memory_order_relaxed);
   }

@@ -328,7 +328,7 @@ template <class T, int V, class R>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, R, true>))
     bn_backward_sums_channels_first(ChannelsFirstReduce g, const T* __restrict__ dy,
                                     const T* __restrict__ x, R op,
-                                    GradSums<acc_t<T>>* partials, unsigned* tickets,
+                                    GradSums<acc_t<T>>* partials, Tickets tickets,
                                     BackwardFinish<acc_t<T>> fin) {
   reduce_planes<T, V>(dy, x, g, op, partials, tickets, fin);
 }
@@ -340,7 +340,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, R, true>)
     bn_backward_sums_channels_last(ChannelsLastGeometry g, const T* __restrict__ dy,
                                    const T* __restrict__ x, R op,
                                    GradSums<acc_t<T>>* partials, GradSums<acc_t<T>>* totals,
-                                   unsigned* tickets, BackwardFinish<acc_t<T>> fin) {
+                                   Tickets tickets, BackwardFinish<acc_t<T>> fin) {
   reduce_columns<T, V>(dy, x, g, op, partials, totals, tickets, fin);
 }
 

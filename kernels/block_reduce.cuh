@@ -40,9 +40,8 @@ template <class T, int BlockSize>
 class BlockReduce {
  public:
 #if defined(CUBN_SIM)
-  struct TempStorage {
-    T items[BlockSize];
-  };
+  /// Checked shared memory (poisoned per block, races reported), however it is declared.
+  struct TempStorage : sim::SharedStorage<T, BlockSize> {};
 #else
   using TempStorage = typename cub::BlockReduce<T, BlockSize>::TempStorage;
 #endif
@@ -57,15 +56,14 @@ class BlockReduce {
     const unsigned tid = linear_thread_index();
     if (blockDim.x != static_cast<unsigned>(BlockSize) || blockDim.y != 1 || blockDim.z != 1)
       fault("BlockReduce<T, BlockSize> launched with a block that is not BlockSize x 1 x 1");
-    std::uint64_t& tag = collective_tag(&storage_);
-    if (tag == barrier_epoch())
-      fault("BlockReduce temp storage reused without a __syncthreads() since its last use");
-    storage_.items[tid] = input;
+    collective_enter(&storage_);
+    storage_[tid] = input;
     __syncthreads();
-    tag = barrier_epoch();
-    T acc = storage_.items[0];
+    collective_leave(&storage_);
+    T acc = input;
     if (tid == 0) {
-      for (int i = 1; i < BlockSize; ++i) acc = op(acc, storage_.items[i]);  // fixed order
+      acc = storage_[0];
+      for (int i = 1; i < BlockSize; ++i) acc = op(acc, static_cast<T>(storage_[i]));  // in order
     }
     return BlockResult<T>(acc);
 #else

@@ -21,14 +21,15 @@
 /// V floats. A map op F provides: kInputs; Coeffs from coeffs(c); apply(const Coeffs&, Acc in0, Acc
 /// in1). A finisher provides finish(c, State total, Channel).
 ///
-/// Cross-block order: a block's partials are written, then every writer fences (release, device
-/// scope), the block synchronizes, and thread 0 takes a ticket with an acq_rel fetch_add
-/// (cuda::atomic_ref); the last block fences (acquire) before it reads the partials. The last
-/// block puts the ticket back to 0, so the workspace is ready for the next call of any shape.
+/// Cross-block order: a block's partials are written, the block synchronizes, and thread 0 fences
+/// (release, device scope), counts its arrival on a ticket word with a relaxed compare-and-swap
+/// (DeviceAtomicRef: cuda::atomic_ref) and, in the last block, fences (acquire) before the block
+/// synchronizes again and reads the partials. A ticket word carries the call's tag beside its
+/// count (kernels/geometry.hpp Tickets), so the workspace may hold anything before a call; the last
+/// block puts the word back to 0.
 #pragma once
 
 #include <cstdint>
-#include <cuda/atomic>
 #include <type_traits>
 
 #include "block_reduce.cuh"
@@ -193,41 +194,65 @@ constexpr int streams_of = Op::kInputs + SideOf<Op>::kStreams;
 
 // ---- tickets ------------------------------------------------------------------------------------
 
-/// Takes one of `expected` tickets at `ticket`; true for the last, which puts the counter back to
-/// 0. With one expected arrival nothing is touched.
-CUBN_DEVICE bool take_ticket(unsigned* ticket, unsigned expected) {
+/// Takes one of `expected` arrivals at ticket word `index` of `t`; true for the last, which puts
+/// the word back to 0. With one expected arrival nothing is touched. The count starts from zero
+/// whatever the word held when its tag is not the call's (Tickets). Called by one thread of each
+/// block, after a __syncthreads() that follows the block's writes: the release fence then covers
+/// every thread's writes (the barrier orders them before it), and the acquire fence of the last
+/// block, with the __syncthreads() after, makes every block's writes visible to all its threads.
+/// Each of the three orderings is carried once (the ticket itself is relaxed): take any away and
+/// ThreadSanitizer reports the race on the executor (tests/concurrency_test.cu mutates each).
+CUBN_DEVICE bool take_ticket(const Tickets& t, unsigned index, unsigned expected) {
   if (expected == 1) return true;
-  cuda::atomic_ref<unsigned, cuda::thread_scope_device> t(*ticket);
-  const unsigned prev = t.fetch_add(1u, cuda::memory_order_acq_rel);
+  constexpr unsigned long long kCount = (1ull << kTicketCountBits) - 1;
+  DeviceAtomicRef<unsigned long long> w(t.words[index]);
 #if defined(CUBN_SIM)
-  if (prev >= expected)
-    sim::detail::fault(
-        "a ticket in the workspace is not zero: zero-fill the workspace once before its first use");
+  const sim::TicketVariant variant = sim::ticket_variant();
+  const bool release = variant == sim::TicketVariant::kFences ||
+                       variant == sim::TicketVariant::kNoAcquireFence ||
+                       variant == sim::TicketVariant::kReadBeforeTicket;
+  const bool acquire = variant == sim::TicketVariant::kFences ||
+                       variant == sim::TicketVariant::kNoReleaseFence ||
+                       variant == sim::TicketVariant::kReadBeforeTicket;
+  const cuda::memory_order order = variant == sim::TicketVariant::kAcqRel
+                                       ? cuda::memory_order_acq_rel
+                                       : cuda::memory_order_relaxed;
+#else
+  constexpr bool release = true, acquire = true;
+  constexpr cuda::memory_order order = cuda::memory_order_relaxed;
 #endif
-  if (prev + 1 != expected) return false;
-  t.store(0u, cuda::memory_order_relaxed);
+  if (release) device_fence(cuda::memory_order_release);
+  unsigned long long old = w.load(cuda::memory_order_relaxed), count;
+  do {
+    count = ((old & ~kCount) == t.tag ? old & kCount : 0) + 1;
+  } while (!w.compare_exchange_weak(old, t.tag | count, order, cuda::memory_order_relaxed));
+#if defined(CUBN_SIM)
+  if (count > expected)
+    sim::detail::fault("a ticket counted more arrivals than blocks (a workspace shared by calls "
+                       "that run at once?)");
+#endif
+  if (count != expected) return false;
+  if (acquire) device_fence(cuda::memory_order_acquire);
+  w.store(0ull, cuda::memory_order_relaxed);
   return true;
 }
 
 /// Every thread of the block calls this after writing its share of the block's results; true in
-/// every thread of the block that arrives last of `expected`, which may then read what the others
-/// wrote.
-CUBN_DEVICE bool block_arrive(unsigned* ticket, unsigned expected) {
+/// every thread of the block that arrives last of `expected` at ticket `index`, which may then
+/// read what the others wrote.
+CUBN_DEVICE bool block_arrive(const Tickets& t, unsigned index, unsigned expected) {
   CUBN_SHARED(bool, last, 1);
-  cuda::atomic_thread_fence(cuda::memory_order_release, cuda::thread_scope_device);
   __syncthreads();
-  if (threadIdx.x == 0) last[0] = take_ticket(ticket, expected);
+  if (threadIdx.x == 0) last[0] = take_ticket(t, index, expected);
   __syncthreads();
-  const bool mine = last[0];
-  if (mine) cuda::atomic_thread_fence(cuda::memory_order_acquire, cuda::thread_scope_device);
-  return mine;
+  return last[0];
 }
 
 /// The ticket of a group of blocks (a channel, or a column block) with `splits` blocks: the
 /// group's own ticket (host/plan.cpp splits only grids of at most kTickets groups); with one split
 /// every block is its group's last and takes no ticket.
-CUBN_DEVICE bool group_arrive(unsigned* tickets, unsigned group, unsigned splits) {
-  return splits == 1 || block_arrive(tickets + group, splits);
+CUBN_DEVICE bool group_arrive(const Tickets& t, unsigned group, unsigned splits) {
+  return splits == 1 || block_arrive(t, group, splits);
 }
 
 /// The channels of the leftover elements, in order, without division: channels-first planes
@@ -526,12 +551,19 @@ CUBN_DEVICE void plane_partial(const T* in0, const T* in1, const ChannelsFirstRe
 /// channel (with one split: every block).
 template <class T, int V, class R, class Fin>
 CUBN_DEVICE bool reduce_planes(const T* in0, const T* in1, const ChannelsFirstReduce& g,
-                               const R& op, typename R::State* partials, unsigned* tickets,
+                               const R& op, typename R::State* partials, const Tickets& tickets,
                                const Fin& fin) {
   using State = typename R::State;
   const std::int64_t ch = blockIdx.x, splits = gridDim.y;
   FromGlobal<R::kInputs> src;
   plane_partial<T, V>(in0, in1, g, op, partials, ch, blockIdx.y, src);
+#if defined(CUBN_SIM)
+  if (sim::ticket_variant() == sim::TicketVariant::kReadBeforeTicket && threadIdx.x == 0) {
+    State early{};  // a mutation for the executor's tests: the partials read before the ticket
+    for (std::int64_t k = 0; k < splits; ++k) early = op.merge(early, partials[k * g.c + ch]);
+    (void)early;
+  }
+#endif
   if (!group_arrive(tickets, static_cast<unsigned>(ch), static_cast<unsigned>(splits)))
     return false;
   CUBN_SHARED(State, scratch, kBlockThreads);
@@ -805,7 +837,7 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
 template <class T, int V, class R, class Fin>
 CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGeometry& g,
                                 const R& op, typename R::State* partials, typename R::State* totals,
-                                unsigned* tickets, const Fin& fin) {
+                                const Tickets& tickets, const Fin& fin) {
   using State = typename R::State;
   const std::int64_t splits = gridDim.y;
   CUBN_SHARED(State, rows, kBlockThreads);
@@ -829,7 +861,7 @@ CUBN_DEVICE bool reduce_columns(const T* in0, const T* in1, const ChannelsLastGe
                });
   if (!whole) {
     // the slots of a channel lie in several column blocks: the last set finishes every channel
-    if (!block_arrive(tickets + kTickets, gridDim.x)) return false;
+    if (!block_arrive(tickets, kTickets, gridDim.x)) return false;
     for (std::int64_t ch = threadIdx.x; ch < g.c; ch += kBlockThreads) {
       State total{};
       for (std::int64_t r = 0; r < g.lr; ++r)

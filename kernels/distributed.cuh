@@ -118,7 +118,7 @@ template <class T, int V>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads,
                                    (reduce_blocks_per_sm(sizeof(T), false, 0, false)))
     bn_stats_local_channels_first(ChannelsFirstReduce g, const T* x,
-                                  WelfordState<acc_t<T>>* partials, unsigned* tickets,
+                                  WelfordState<acc_t<T>>* partials, Tickets tickets,
                                   LocalStatsFinish<acc_t<T>> fin) {
   reduce_planes<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<acc_t<T>>{}, partials,
                       tickets, fin);
@@ -130,7 +130,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads,
                                    (reduce_blocks_per_sm(sizeof(T), false, 0, false)))
     bn_stats_local_channels_last(ChannelsLastGeometry g, const T* x,
                                  WelfordState<acc_t<T>>* partials, WelfordState<acc_t<T>>* totals,
-                                 unsigned* tickets, LocalStatsFinish<acc_t<T>> fin) {
+                                 Tickets tickets, LocalStatsFinish<acc_t<T>> fin) {
   reduce_columns<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<acc_t<T>>{}, partials,
                        totals, tickets, fin);
 }
@@ -141,7 +141,7 @@ template <class T, int V, class R>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, R, true>))
     bn_backward_sums_local_channels_first(ChannelsFirstReduce g, const T* __restrict__ dy,
                                           const T* __restrict__ x, R op,
-                                          GradSums<acc_t<T>>* partials, unsigned* tickets,
+                                          GradSums<acc_t<T>>* partials, Tickets tickets,
                                           LocalGradFinish<acc_t<T>> fin) {
   reduce_planes<T, V>(dy, x, g, op, partials, tickets, fin);
 }
@@ -152,7 +152,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, R, true>)
     bn_backward_sums_local_channels_last(ChannelsLastGeometry g, const T* __restrict__ dy,
                                          const T* __restrict__ x, R op,
                                          GradSums<acc_t<T>>* partials, GradSums<acc_t<T>>* totals,
-                                         unsigned* tickets, LocalGradFinish<acc_t<T>> fin) {
+                                         Tickets tickets, LocalGradFinish<acc_t<T>> fin) {
   reduce_columns<T, V>(dy, x, g, op, partials, totals, tickets, fin);
 }
 

@@ -275,7 +275,7 @@ struct ForwardFinish {
 template <class T, int V, class F>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, F, false>))
     bn_stats_channels_first(ChannelsFirstReduce g, const T* x, WelfordState<acc_t<T>>* partials,
-                            unsigned* tickets, ForwardFinish<acc_t<T>> fin, F f, T* y) {
+                            Tickets tickets, ForwardFinish<acc_t<T>> fin, F f, T* y) {
   using Acc = acc_t<T>;
   if (!reduce_planes<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<Acc>{}, partials,
                            tickets, fin) ||
@@ -290,7 +290,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, F, false>
 template <class T, int V, class F>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, F, false>))
     bn_stats_channels_last(ChannelsLastGeometry g, const T* x, WelfordState<acc_t<T>>* partials,
-                           WelfordState<acc_t<T>>* totals, unsigned* tickets,
+                           WelfordState<acc_t<T>>* totals, Tickets tickets,
                            ForwardFinish<acc_t<T>> fin, F f, T* y) {
   using Acc = acc_t<T>;
   if (!reduce_columns<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<Acc>{}, partials,

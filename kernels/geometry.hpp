@@ -86,8 +86,21 @@ constexpr int kMaxColumnSlots = 128;
 /// different shapes can share one workspace. Grids of more groups than this are not split (one
 /// block per group needs no ticket): at 4 blocks per SM that takes over 500 SMs to matter.
 constexpr int kTickets = 1024;
-/// Bytes of the ticket region (kTickets + 1 counters, rounded up to 256).
-constexpr std::size_t kTicketBytes = 4352;
+/// Bytes of the ticket region (kTickets + 1 64-bit words, rounded up to 256).
+constexpr std::size_t kTicketBytes = 8448;
+/// Bits of a ticket word that count arrivals (the rest hold the call's tag): more than the most
+/// blocks that share a ticket (65535 splits, host/plan.cpp kMaxGridY; kTickets column blocks).
+constexpr int kTicketCountBits = 16;
+
+/// A call's tickets: its words in the workspace and its tag, a nonzero 48-bit number in bits 16 to
+/// 63 (host/launch_ops.cuh draws a fresh one per call). A word holds a tag and a count; a word
+/// whose tag is not the call's counts as zero, whatever it holds, so a workspace needs no
+/// zero-filling: only a word whose top 48 bits equal the call's tag by chance (odds 2^-48 for
+/// bytes that are not a cubn ticket of this process) is taken for an arrival count.
+struct Tickets {
+  unsigned long long* words = nullptr;
+  unsigned long long tag = 0;
+};
 
 /// Channels-first reduction: block (channel, split) of a grid (C, splits). Planes hold fewer than
 /// 2^31 elements and channels number fewer than 2^31 (host/plan.cpp), so positions within a

@@ -10,6 +10,7 @@
 #include "cubn/sim/device_runtime.hpp"
 #else
 #include <cooperative_groups.h>
+#include <cuda/atomic>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -69,7 +70,7 @@
 ///    slots' channel constants with 6 LDS.128 instead of 24 LDS, which put SiLU's gradient sums on
 ///    sm_100 at 65 instructions per 16 bytes where the compiler had not aligned the array itself);
 ///  - CUBN_SHARED_OBJECT(T, name): one object handed by reference to a collective (cub's
-///    TempStorage), poisoned per block but not checked element by element;
+///    TempStorage; in the executor a sim::SharedStorage, checked and poisoned like CUBN_SHARED);
 ///  - CUBN_DYNAMIC_SHARED(T, name): the block's dynamic shared memory (16-byte aligned) as T.
 #if defined(CUBN_SIM)
 #define CUBN_SHARED(T, name, N) static thread_local ::cubn::sim::SharedArray<T, N> name(#name)
@@ -96,12 +97,28 @@ CUBN_DEVICE int opaque(int x) {
   return x;
 }
 
+/// Atomic access to a word other blocks also access, at device scope: cuda::atomic_ref on the GPU;
+/// in the executor the same operations and orders, seen by it (sim::AtomicRef: ThreadSanitizer
+/// then models fences, and a spin on load() lets other threads run). Kernels take every atomic and
+/// fence through these two (tests/lint checks that kernels/ names no other).
+#if defined(CUBN_SIM)
+template <class T>
+using DeviceAtomicRef = sim::AtomicRef<T>;
+inline void device_fence(cuda::std::memory_order o) { sim::device_fence(o); }
+#else
+template <class T>
+using DeviceAtomicRef = cuda::atomic_ref<T, cuda::thread_scope_device>;
+CUBN_DEVICE void device_fence(cuda::std::memory_order o) {
+  cuda::atomic_thread_fence(o, cuda::thread_scope_device);
+}
+#endif
+
 /// Waits until every thread of a cooperative grid (launched with cudaLaunchCooperativeKernel, or
 /// the executor's launch_cooperative_named) arrives; what any thread wrote before it is visible to
 /// every thread after it (cooperative groups' grid sync fences at device scope).
 #if defined(CUBN_SIM)
 inline void grid_sync(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
-  sim::detail::grid_sync(file, line);
+  sim::detail::grid_sync({file, line, 0});
 }
 #else
 CUBN_DEVICE void grid_sync() { cooperative_groups::this_grid().sync(); }

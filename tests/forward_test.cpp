@@ -327,9 +327,10 @@ TEST(ForwardPlans, DeterminismShapesSplitChannelsOverBlocks) {
 }
 #endif
 
-// The workspace's tickets are back at zero after every call, so one zero-filled workspace serves
-// calls of any shape one after another; a workspace that was not zero-filled is reported (by the
-// executor; on a GPU the results would be undefined).
+// One workspace serves calls of any shape one after another, and what it holds before a call
+// does not matter: a fresh workspace, one reused, and ones filled with random bytes, with ones, or
+// with ticket words one arrival short of finishing under another call's tag, give the same bits.
+// Each call leaves the tickets it used at zero.
 TEST_F(ForwardProperties, OneWorkspaceServesCallsOfEveryShapeAndIsLeftReady) {
   std::size_t bytes = 0;
   const std::vector<std::pair<MemoryOrder, Dims>> cases = {
@@ -365,23 +366,49 @@ TEST_F(ForwardProperties, OneWorkspaceServesCallsOfEveryShapeAndIsLeftReady) {
           << "tickets not left at zero after " << shape_string(dims, order);
     }
   }
-#if defined(CUBN_SIM)
-  const ForcePath streaming(detail::Path::kStreaming);  // the tickets are the streaming path's
-  const Dims dims{64, 3, 33, 33};
-  const TensorDesc desc = make_desc(DataType::kFloat32, MemoryOrder::kChannelsFirst, dims);
-  const auto d = make_data<float>(dims, MemoryOrder::kChannelsFirst, 5);
-  DeviceBuffer<float> x(d.x), y(d.x.size());
-  DeviceBytes dirty(forward_training_workspace_size(desc));
-  dirty.fill(0xAB);
-  try {
-    forward_training(desc, x.data(), y.data(), TrainingForwardArgs<float>{},
-                     {dirty.data(), dirty.bytes()}, nullptr);
-    ADD_FAILURE() << "a workspace that was never zero-filled went unnoticed";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.status(), Status::kKernelFault);
-    EXPECT_NE(std::string(e.what()).find("zero-fill the workspace"), std::string::npos) << e.what();
+  // the streaming path's tickets (the persistent path takes none) on dirty workspaces
+  const ForcePath streaming(detail::Path::kStreaming);
+  for (const auto& [order, dims] : cases) {
+    const TensorDesc desc = make_desc(DataType::kFloat32, order, dims);
+    const auto d = make_data<float>(dims, order, 77);
+    const auto C = static_cast<std::size_t>(dims[1]);
+    DeviceBuffer<float> x(d.x);
+    std::vector<std::vector<float>> first;
+    for (int fill = 0; fill < 4; ++fill) {
+      const std::size_t bytes = forward_training_workspace_size(desc);
+      std::vector<unsigned char> host(bytes, 0);
+      if (fill == 1) {
+        std::mt19937 rng(9);
+        for (auto& b : host) b = static_cast<unsigned char>(rng());
+      } else if (fill == 2) {
+        std::fill(host.begin(), host.end(), 0xFF);
+      } else if (fill == 3) {  // every ticket word one short of the most blocks a group has
+        const auto plan = detail::plan_training(detail::canonicalize("t", "x", desc),
+                                                detail::current_device_info(), true, true);
+        const unsigned long long word =
+            (0x123456789ABCull << kernels::kTicketCountBits) |
+            static_cast<unsigned long long>(std::max<std::int64_t>(
+                std::max<std::int64_t>(plan.stats.splits, plan.stats.grid.x) - 1, 1));
+        for (std::size_t i = 0; i + 8 <= kernels::kTicketBytes; i += 8)
+          std::memcpy(&host[i], &word, 8);
+      }
+      DeviceBytes ws(bytes);
+      ws.upload(host.data(), host.size());
+      DeviceBuffer<float> y(d.x.size()), sm(C), si(C);
+      TrainingForwardArgs<float> args;
+      args.saved = {sm.data(), si.data()};
+      forward_training(desc, x.data(), y.data(), args, {ws.data(), ws.bytes()}, nullptr);
+      device_sync();
+      std::vector<std::vector<float>> got = {y.download(), sm.download(), si.download()};
+      if (fill == 0) {
+        first = got;
+      } else {
+        for (std::size_t k = 0; k < got.size(); ++k)
+          EXPECT_TRUE(bitwise_equal(got[k], first[k]))
+              << shape_string(dims, order) << ", workspace fill " << fill << ", output " << k;
+      }
+    }
   }
-#endif
 }
 
 // Item 7 of the streaming rewrite: fp32 outputs stay within 32 ulp of max(|y|, 1) of the float64
@@ -565,9 +592,18 @@ TEST_F(ForwardProperties, SeveralHostThreadsAtOnce) {
     serial.push_back(run_training<float>(desc, data[t].x, std::vector<float>(16, 0.0f),
                                          std::vector<float>(16, 1.0f)));
   }
+  // the threads take the path (and on the executor the device size) this thread's calls take
+  const detail::Path path = detail::forced_path();
+#if defined(CUBN_SIM)
+  const int sms = cubn::sim::sm_count();
+#endif
   std::vector<std::thread> pool;
   for (int t = 0; t < 4; ++t)
     pool.emplace_back([&, t] {
+      detail::force_path(path);
+#if defined(CUBN_SIM)
+      cubn::sim::set_sm_count(sms);
+#endif
       parallel[t] = run_training<float>(desc, data[t].x, std::vector<float>(16, 0.0f),
                                         std::vector<float>(16, 1.0f));
     });

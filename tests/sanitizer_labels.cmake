@@ -1,4 +1,4 @@
-# Labels for the sanitizer stages, given by name to the tests gtest_discover_tests finds (CTest reads
+# Labels for the sanitizer stages (and the environment of the tests run twice), given by name to the tests gtest_discover_tests finds (CTest reads
 # this file after the discovery: tests/CMakeLists.txt adds it to TEST_INCLUDE_FILES). The asan preset
 # runs the tests labelled `sanitize`, the tsan preset those labelled `tsan`.
 #
@@ -20,19 +20,39 @@ set(cubn_sanitize_skip
     "\\.DeterministicBitForBit$|\\.OneWorkspaceServesCallsOfEveryShapeAndIsLeftReady$|^Proxies\\.(FusedCallsMatchTheirByteModel|BytesMovedMatchTheModelAndWarpAccessesAreCoalesced)$")
 
 # tsan (ThreadSanitizer): where blocks run on several host threads at once, the only place it can
-# see anything: the cooperative launches (the executor's own tests of grid syncs and shared memory
-# races, and persistent-path calls of each kind: in place, NaN/Inf, misaligned, optional outputs,
-# zero upstream gradient, no scale and offset). An ordinary launch runs its blocks one after
-# another on one host thread, so its tickets (last-block merges) show nothing to ThreadSanitizer;
-# they are right by construction (cuda::atomic_ref with acq_rel ordering, kernels/) and run in the
-# sanitize tests. ForwardProperties.SeveralHostThreadsAtOnce is left out: its host threads' full
-# 132-SM cooperative grids at once pass ThreadSanitizer's limit of 8,128 threads.
+# see what crosses blocks:
+#  - the executor's own tests of grid syncs, shared memory races, concurrent blocks, the memory
+#    model it gives ThreadSanitizer (fences, atomics, barriers; each broken pattern reported, each
+#    correct one clean), the watchdog, warp sites and collective storage;
+#  - cubn's tickets: TicketPaths runs every reduction that ends in a ticket (plane splits, column
+#    blocks, the second-level ticket, the fused epilogue's statistics and gradient sums, the
+#    split-phase local reductions; forward and backward, every dtype, both memory orders) with the
+#    blocks of ordinary launches on several host threads (BlockOrder::kConcurrent), and
+#    TicketMutations mutates the ticket (each ordering removed in turn: reported);
+#  - the persistent (cooperative) path of each kernel family: forward and backward (in place,
+#    NaN/Inf, misaligned, optional outputs, zero upstream gradient, no scale and offset), and the
+#    fused epilogue's (ReLU and SiLU, residual, in place; both memory orders, every dtype);
+#  - the tests tests/CMakeLists.txt registers with the prefix concurrent. (CUBN_CONCURRENT_TESTS:
+#    reference tests of each family again with concurrent blocks; label tsan there).
+# ForwardProperties.SeveralHostThreadsAtOnce is left out: its host threads' full 132-SM cooperative
+# grids at once pass ThreadSanitizer's limit of 8,128 threads.
 set(cubn_tsan_tests
-    "^(Cooperative|SharedRaces|CooperativeCatches|CooperativeUnderTsan)\\.|^persistent\\.(ForwardProperties\\.(InPlace|NanAndInf|Misaligned)|BackwardProperties\\.(OptionalOutputs|ZeroUpstream)|Forward\\.TrainingWithoutScaleAndOffset)")
+    "^(Cooperative|SharedRaces|CooperativeCatches|CooperativeUnderTsan|ConcurrentBlocks|MemoryModel|Watchdog|WarpSites|CollectiveStorage|TicketPaths|TicketMutations)\\.|^persistent\\.(ForwardProperties\\.(InPlace|NanAndInf|Misaligned)|BackwardProperties\\.(OptionalOutputs|ZeroUpstream)|Forward\\.TrainingWithoutScaleAndOffset|ForwardFused\\.(InPlace|NanAndInfInTheResidual)|BackwardFused\\.OptionalOutputs)|^concurrent\\.")
 
-foreach(list_and_labels "cubn_cpu_tests_TESTS;cpu" "cubn_cpu_persistent_TESTS;cpu,persistent")
+# The environment of the tests run twice (tests/CMakeLists.txt): set here, where a list stays one
+# value (gtest_discover_tests' PROPERTIES splits it into separate arguments, and the variables
+# past the first were lost).
+set(cubn_persistent_environment "CUBN_TEST_PATH=persistent;CUBN_TEST_SMS=4")
+set(cubn_concurrent_environment
+    "CUBN_SIM_BLOCKS=concurrent;CUBN_TEST_PATH=streaming;CUBN_TEST_SMS=8")
+
+# each: the test list, its labels, the variable that holds its environment (none: -)
+foreach(list_and_labels "cubn_cpu_tests_TESTS;cpu;-"
+                        "cubn_cpu_persistent_TESTS;cpu,persistent;cubn_persistent_environment"
+                        "cubn_cpu_concurrent_TESTS;cpu,concurrent;cubn_concurrent_environment")
   list(GET list_and_labels 0 list)
   list(GET list_and_labels 1 labels)
+  list(GET list_and_labels 2 environment)
   string(REPLACE "," ";" labels "${labels}")
   foreach(test IN LISTS ${list})
     set(these ${labels})
@@ -43,5 +63,12 @@ foreach(list_and_labels "cubn_cpu_tests_TESTS;cpu" "cubn_cpu_persistent_TESTS;cp
       list(APPEND these tsan)
     endif()
     set_tests_properties("${test}" PROPERTIES LABELS "${these}")
+    if(DEFINED ${environment})
+      set_tests_properties("${test}" PROPERTIES ENVIRONMENT "${${environment}}")
+    endif()
   endforeach()
+endforeach()
+foreach(test IN LISTS cubn_gpu_persistent_TESTS)
+  set_tests_properties("${test}" PROPERTIES LABELS "gpu;persistent"
+                                            ENVIRONMENT "CUBN_TEST_PATH=persistent")
 endforeach()

@@ -94,13 +94,16 @@ struct Momentum {
 /// writes (tensors, parameters, statistics, gradients, reserve): a call refuses that overlap
 /// ("workspace overlaps <argument>").
 ///
-/// Zero-fill a workspace once, before its first use (cudaMemsetAsync after allocating it). Its
-/// first bytes hold the tickets with which the last block of a reduction finds out that it is
-/// last, and every call puts them back to zero before it finishes, so the same workspace then
-/// serves any number of later calls, of any shape, in order on one stream, and CUDA-graph
-/// replays, with no memset and no host work. Calls that may run at the same time (several streams,
-/// several host threads) need a workspace each. The CPU executor reports a workspace that was not
-/// zero-filled as a kernel fault; on a GPU its results are undefined.
+/// Any content will do: no zero-filling, before the first use or after (memory fresh from
+/// cudaMalloc, from a caching allocator, or left by other kernels). Its first bytes hold the
+/// tickets with which the last block of a reduction finds out that it is last: each word carries
+/// a tag the call draws (a process-wide sequence from a random start, 48 bits) beside its count,
+/// and a word whose tag is not the call's counts as zero, whatever it holds; a word is mistaken for
+/// one of the call's only when its top 48 bits equal the call's tag by chance (2^-48 per word of
+/// bytes that are not another cubn call's tickets, which are left at zero). It costs no launch, no
+/// memset and no host work, so one workspace serves any number of later calls, of any shape, in
+/// order on one stream, and CUDA-graph replays. Calls that may run at the same time (several
+/// streams, several host threads) need a workspace each.
 struct Workspace {
   void* ptr = nullptr;
   std::size_t bytes = 0;
@@ -239,7 +242,7 @@ std::size_t forward_training_workspace_size(const TensorDesc& x);
 /// @param[out] y         output, same descriptor as x.
 /// @param[in,out] args   parameters and statistics, see TrainingForwardArgs.
 /// @param[in]  workspace at least forward_training_workspace_size(x_desc) bytes, 16-byte aligned,
-///                       zero-filled before its first use (see Workspace).
+///                       any content (see Workspace).
 /// @param[in]  stream    the CUDA stream every kernel runs on.
 /// @throws Error naming the argument for bad input (nothing is written), or a CUDA error.
 void forward_training(const TensorDesc& x_desc, const void* x, void* y,
@@ -286,7 +289,7 @@ std::size_t backward_workspace_size(const TensorDesc& x);
 /// @param[out] dx        gradient with respect to x; null skips it (a first layer).
 /// @param[in,out] args   see TrainingBackwardArgs.
 /// @param[in]  workspace at least backward_workspace_size(x_desc) bytes, 16-byte aligned,
-///                       zero-filled before its first use (see Workspace).
+///                       any content (see Workspace).
 /// @param[in]  stream    the CUDA stream every kernel runs on.
 /// @throws Error naming the argument for bad input (nothing is written), or a CUDA error.
 void backward_training(const TensorDesc& x_desc, const void* x, const void* dy, void* dx,

@@ -173,8 +173,8 @@ cubn_status cubn_activation_reserve_size(const cubn_tensor_desc* x_desc, int32_t
 cubn_status cubn_local_stats_bytes(const cubn_tensor_desc* x_desc, size_t* bytes);
 cubn_status cubn_local_grad_sums_bytes(const cubn_tensor_desc* x_desc, size_t* bytes);
 
-/* Batch norm on one device (cubn/batch_norm.hpp). The workspace is the caller's: zero-filled
- * once, every call leaves it ready for the next; it must not overlap the call's other memory. */
+/* Batch norm on one device (cubn/batch_norm.hpp). The workspace is the caller's, of any content
+ * (it needs no zero-filling); it must not overlap the call's other memory. */
 cubn_status cubn_forward_training(const cubn_tensor_desc* x_desc, const void* x, void* y,
                                   const cubn_training_forward_args* args, void* workspace,
                                   size_t workspace_bytes, cubn_stream stream);

@@ -88,8 +88,8 @@ std::size_t local_stats_bytes(const TensorDesc& x);
 std::size_t local_grad_sums_bytes(const TensorDesc& x);
 
 /// Forward, phase 1: this rank's statistics of x into `local`. Reads x; writes `local` and the
-/// workspace (forward_training_workspace_size(x_desc), zero-filled before its first use, as for
-/// forward_training; N may be 0 in both, and then x is not read and may be null).
+/// workspace (forward_training_workspace_size(x_desc), as for forward_training; N may be 0 in
+/// both, and then x is not read and may be null).
 void forward_training_local(const TensorDesc& x_desc, const void* x, RankRecord local,
                             Workspace workspace, cudaStream_t stream);
 

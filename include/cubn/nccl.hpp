@@ -34,7 +34,7 @@
 namespace cubn::nccl {
 
 /// Workspace bytes of forward_training() for `x` on `comm`'s ranks: the split calls' workspace and
-/// room for every rank's record. Zero-fill it once before its first use, as any cubn workspace.
+/// room for every rank's record. Any content, as any cubn workspace.
 std::size_t forward_training_workspace_size(const TensorDesc& x, ncclComm_t comm);
 
 /// forward_training() over the global batch: y from this rank's x with the statistics of every

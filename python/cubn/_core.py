@@ -1,7 +1,7 @@
 """cubn's calls over any array that supports DLPack (PyTorch, CuPy, JAX, NumPy).
 
 Every call takes its outputs and its workspace from the caller (no hidden allocation): size the
-workspace with the size queries, zero-fill it once, and every call leaves it ready for the next.
+workspace with the size queries; it needs no zero-filling, and one serves every later call.
 CUDA arrays run through cubn's CUDA library on the array's stream (PyTorch's or CuPy's current
 stream, or `stream=`); host arrays run through cubn's CPU executor build, which exists to test and
 debug cubn's kernels on machines without a GPU: it is not a fast CPU batch norm.

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -52,11 +54,18 @@
 #endif
 #endif
 
-// ThreadSanitizer follows fiber switches through its fiber API; each switch synchronizes (flags 0),
-// so the threads of one block, which never run at once, are not reported against each other: the
-// checked shared memory does that job (detail::shared_access).
+// ThreadSanitizer follows fiber switches through its fiber API, and sees the threads of a block
+// as CUDA orders them, not as the fibers happen to run: a switch into a thread's fiber does not
+// synchronize, so only what CUDA orders within a block orders them (a __syncthreads() or
+// __syncwarp(): each arriving thread releases, each leaving one acquires; atomics and fences, see
+// detail::atomic_write), and a race between threads of one block on global memory (a non-atomic
+// read-modify-write by several) is reported like one between blocks. The executor's own
+// bookkeeping, which every fiber of a block touches, runs outside ThreadSanitizer's view
+// (TsanIgnore); a switch back to the scheduler synchronizes, so the launching thread sees all.
 #if defined(CUBN_SIM_TSAN)
 #include <sanitizer/tsan_interface.h>
+extern "C" void __tsan_ignore_thread_begin();
+extern "C" void __tsan_ignore_thread_end();
 #endif
 
 thread_local uint3 threadIdx;
@@ -87,8 +96,39 @@ std::string hex(unsigned v) {
   return buf;
 }
 
-std::string where(const char* file, int line) {
-  return std::string(file ? file : "?") + ":" + std::to_string(line);
+std::string where(detail::Site s) {
+  return std::string(s.file ? s.file : "?") + ":" + std::to_string(s.line);
+}
+
+bool same_site(detail::Site a, detail::Site b) {
+  // one call site's file is one string literal: compare the pointers before the characters
+  return a.line == b.line && a.id == b.id &&
+         (a.file == b.file || (a.file != nullptr && b.file != nullptr && std::strcmp(a.file, b.file) == 0));
+}
+
+// While alive, ThreadSanitizer does not see the calling fiber's memory accesses (its
+// synchronization it still sees): the executor's bookkeeping.
+struct TsanIgnore {
+#if defined(CUBN_SIM_TSAN)
+  TsanIgnore() { __tsan_ignore_thread_begin(); }
+  ~TsanIgnore() { __tsan_ignore_thread_end(); }
+#else
+  TsanIgnore() {}  // user-provided: no unused-variable warning where it does nothing
+#endif
+  TsanIgnore(const TsanIgnore&) = delete;
+  TsanIgnore& operator=(const TsanIgnore&) = delete;
+};
+
+// A release (acquire) on the synchronization object at p, for ThreadSanitizer.
+void tsan_release([[maybe_unused]] const void* p) {
+#if defined(CUBN_SIM_TSAN)
+  __tsan_release(const_cast<void*>(p));
+#endif
+}
+void tsan_acquire([[maybe_unused]] const void* p) {
+#if defined(CUBN_SIM_TSAN)
+  __tsan_acquire(const_cast<void*>(p));
+#endif
 }
 
 std::string coords(uint3 v) {
@@ -225,7 +265,11 @@ __attribute__((no_sanitize_address)) void make_context(Context& c, void* bottom,
   c.sp = slot;
 }
 
-void switch_context(Context& from, Context& to) { cubn_sim_switch_stack(&from.sp, to.sp); }
+// Not seen by ThreadSanitizer: it reads the target's saved stack pointer after the switch of
+// ThreadSanitizer's fiber, as the target (which did not write it: the scheduler's bookkeeping).
+__attribute__((no_sanitize("thread"))) void switch_context(Context& from, Context& to) {
+  cubn_sim_switch_stack(&from.sp, to.sp);
+}
 
 #else
 
@@ -241,7 +285,9 @@ void make_context(Context& c, void* bottom, std::size_t size, void (*entry)()) {
   makecontext(&c.uc, entry, 0);
 }
 
-void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+__attribute__((no_sanitize("thread"))) void switch_context(Context& from, Context& to) {
+  swapcontext(&from.uc, &to.uc);
+}
 
 #endif
 
@@ -259,8 +305,7 @@ struct Fiber {
   bool unwound = false;  // left through Abandon: AddressSanitizer may keep stale stack poison
   uint3 tid{};
   unsigned linear = 0;
-  const char* file = nullptr;  // where it waits
-  int line = 0;
+  detail::Site site{};  // where it waits
   bool grid = false;  // the barrier it waits at is a grid_sync()
   // the warp collective it waits in
   WarpOp op = WarpOp::kSync;
@@ -269,6 +314,9 @@ struct Fiber {
   int arg = 0;
   int width = 32;
   std::uint64_t result = 0;
+  // the memory model (detail::atomic_write, detail::fence)
+  bool released = false;                  // a release fence ran: later atomic writes release
+  std::vector<const void*> read_atomics;  // read by relaxed atomic reads, for an acquire fence
 #if defined(CUBN_SIM_ASAN)
   void* fake_stack = nullptr;
 #endif
@@ -287,11 +335,28 @@ struct Coop {
   unsigned arrived = 0;   // blocks waiting at the current grid sync
   unsigned finished = 0;  // blocks that returned
   std::uint64_t generation = 0;
-  const char* file = nullptr;  // where the blocks wait
-  int line = 0;
+  detail::Site site{};  // where the blocks wait
   std::string first_waiter, first_finished;
   std::string fault;  // the first block's fault: every block then abandons
+  std::atomic<std::uint64_t> progress{0};  // the grid's (watchdog)
 };
+
+using Clock = std::chrono::steady_clock;
+
+// What the environment variable CUBN_SIM_BLOCKS asks for (in-order, shuffled, concurrent).
+BlockOrder default_block_order() {
+  static const BlockOrder order = [] {
+    const char* v = std::getenv("CUBN_SIM_BLOCKS");
+    const std::string s = v != nullptr ? v : "";
+    if (s == "shuffled") return BlockOrder::kShuffled;
+    if (s == "concurrent") return BlockOrder::kConcurrent;
+    if (!s.empty() && s != "in-order")
+      std::fprintf(stderr, "cubn executor: CUBN_SIM_BLOCKS=%s is not in-order, shuffled or "
+                   "concurrent; running blocks in order\n", v);
+    return BlockOrder::kInOrder;
+  }();
+  return order;
+}
 
 // Everything of one host thread's executor.
 struct Engine {
@@ -310,7 +375,7 @@ struct Engine {
   Coop* coop = nullptr;      // the cooperative launch the running block belongs to
   Counters counters;
   Schedule schedule = Schedule::kForward;
-  BlockOrder block_order = BlockOrder::kInOrder;
+  BlockOrder block_order = default_block_order();
   std::uint64_t block_seed = 0;
   std::vector<std::uint64_t> block_perm;
 
@@ -327,6 +392,18 @@ struct Engine {
   std::uint64_t epoch = 0;
   std::string fault;
   std::unordered_map<const void*, std::uint64_t> tags;
+  const char* kernel = "kernel";  // the launch's name
+  // the watchdog: the grid's progress count (its own for a launch on this thread alone), the value
+  // a waiting thread last saw and since when
+  std::atomic<std::uint64_t> own_progress{0};
+  std::atomic<std::uint64_t>* progress = &own_progress;
+  std::uint64_t seen_progress = 0;
+  Clock::time_point seen_since{};
+  std::uint64_t spins = 0;
+  // ThreadSanitizer's synchronization objects (their addresses): the block's start, its barrier,
+  // its warps' __syncwarp()
+  char block_start = 0, barrier_sync = 0;
+  char warp_sync[32] = {};
 #if defined(CUBN_SIM_ASAN)
   void* sched_fake_stack = nullptr;
   const void* sched_bottom = nullptr;
@@ -342,6 +419,8 @@ struct Engine {
 };
 
 thread_local Engine g_engine;
+std::atomic<double> g_watchdog_seconds{0.0};  // 0: the default
+std::atomic<int> g_ticket_variant{0};
 thread_local int g_sm_count = kSmCount;
 
 // ---- switching ------------------------------------------------------------------------------
@@ -361,7 +440,7 @@ void resume(Engine& e, Fiber& f) {
   __sanitizer_start_switch_fiber(&e.sched_fake_stack, f.bottom, kStackBytes);
 #endif
 #if defined(CUBN_SIM_TSAN)
-  __tsan_switch_to_fiber(f.tsan_fiber, 0);
+  __tsan_switch_to_fiber(f.tsan_fiber, __tsan_switch_to_fiber_no_sync);
 #endif
   switch_context(e.sched_ctx, f.ctx);
 #if defined(CUBN_SIM_ASAN)
@@ -370,23 +449,34 @@ void resume(Engine& e, Fiber& f) {
   e.current = nullptr;
 }
 
-// Fiber -> scheduler. `final` when the fiber will never be resumed.
+// Fiber -> scheduler. `final` when the fiber will never be resumed. Its bookkeeping is outside
+// ThreadSanitizer's view, but not the switch itself: a final switch inside an ignored scope would
+// leave the fiber ignored when it next runs a block.
 void yield(Engine& e, bool final = false) {
-  Fiber& f = *e.current;
-  ++e.counters.switches;
+  Fiber* f = nullptr;
+  {
+    const TsanIgnore ignore;
+    f = e.current;
+    ++e.counters.switches;
 #if defined(CUBN_SIM_ASAN)
-  __sanitizer_start_switch_fiber(final ? nullptr : &f.fake_stack, e.sched_bottom, e.sched_size);
+    __sanitizer_start_switch_fiber(final ? nullptr : &f->fake_stack, e.sched_bottom, e.sched_size);
 #else
-  (void) final;
+    (void) final;
 #endif
+  }
 #if defined(CUBN_SIM_TSAN)
   __tsan_switch_to_fiber(e.tsan_sched, 0);
 #endif
-  switch_context(f.ctx, e.sched_ctx);
+  switch_context(f->ctx, e.sched_ctx);
+  bool aborting = false;
+  {
+    const TsanIgnore ignore;
 #if defined(CUBN_SIM_ASAN)
-  __sanitizer_finish_switch_fiber(f.fake_stack, &e.sched_bottom, &e.sched_size);
+    __sanitizer_finish_switch_fiber(f->fake_stack, &e.sched_bottom, &e.sched_size);
 #endif
-  if (e.aborting) throw Abandon{};
+    aborting = e.aborting;
+  }
+  if (aborting) throw Abandon{};
 }
 
 // Records a fault; the scheduler then abandons the block.
@@ -409,7 +499,7 @@ void on_exit(Engine& e) {
       const Fiber& o = e.fibers[i];
       if (o.state == State::kBarrier) {
         raise(e, std::string(o.grid ? "grid_sync()" : "__syncthreads()") + " at " +
-                     where(o.file, o.line) + " is not reached by every thread: " + thread_name(f) +
+                     where(o.site) + " is not reached by every thread: " + thread_name(f) +
                      " returned while " + std::to_string(e.at_barrier) + " thread(s) wait there");
       }
     }
@@ -419,7 +509,7 @@ void on_exit(Engine& e) {
   for (unsigned i = warp0; i < std::min(warp0 + kWarp, e.nthreads); ++i) {
     const Fiber& o = e.fibers[i];
     if (o.state == State::kWarp && (o.mask >> lane & 1u)) {
-      raise(e, std::string(op_name(o.op)) + " at " + where(o.file, o.line) + " with mask " +
+      raise(e, std::string(op_name(o.op)) + " at " + where(o.site) + " with mask " +
                    hex(o.mask) + " names lane " + std::to_string(lane) + ", but " + thread_name(f) +
                    " returned without calling it");
     }
@@ -431,16 +521,27 @@ void fiber_entry() {
 #if defined(CUBN_SIM_ASAN)
   __sanitizer_finish_switch_fiber(nullptr, &e.sched_bottom, &e.sched_size);
 #endif
-  e.current->started = true;
+  tsan_acquire(&e.block_start);  // what the launch wrote before the block (its arguments, inputs)
+  {
+    const TsanIgnore ignore;
+    e.current->started = true;
+  }
   try {
     e.body(e.body_ctx);
+    const TsanIgnore ignore;
     on_exit(e);
+    e.progress->fetch_add(1, std::memory_order_relaxed);
   } catch (const Abandon&) {
+    const TsanIgnore ignore;
     e.current->unwound = true;
   } catch (const std::exception& ex) {
+    const TsanIgnore ignore;
     if (e.fault.empty()) e.fault = thread_name(*e.current) + " threw: " + ex.what();
   }
-  e.current->started = false;
+  {
+    const TsanIgnore ignore;
+    e.current->started = false;
+  }
   yield(e, true);
   std::abort();  // never resumed
 }
@@ -457,7 +558,7 @@ std::string describe_deadlock(Engine& e) {
         break;
       }
     msg += " " + std::to_string(e.at_barrier) + " of " + std::to_string(e.nthreads) +
-           " thread(s) wait at __syncthreads() at " + where(at->file, at->line) + ";";
+           " thread(s) wait at __syncthreads() at " + where(at->site) + ";";
   }
   for (unsigned w = 0; w * kWarp < e.nthreads; ++w) {
     for (unsigned i = w * kWarp; i < std::min((w + 1) * kWarp, e.nthreads); ++i) {
@@ -472,9 +573,9 @@ std::string describe_deadlock(Engine& e) {
         missing |= 1u << l;
         if (o.state == State::kBarrier && elsewhere.empty())
           elsewhere = " (lane " + std::to_string(l) + " waits at __syncthreads() at " +
-                      where(o.file, o.line) + ")";
+                      where(o.site) + ")";
       }
-      msg += " warp " + std::to_string(w) + ": " + op_name(f.op) + " at " + where(f.file, f.line) +
+      msg += " warp " + std::to_string(w) + ": " + op_name(f.op) + " at " + where(f.site) +
              " with mask " + hex(f.mask) + " waits for lanes " + hex(missing) +
              " that never call it" + elsewhere + ";";
       break;  // one line per warp
@@ -528,6 +629,7 @@ void analyze_accesses(Engine& e) {
 }
 
 void run_block(Engine& e) {
+  const TsanIgnore ignore;  // the scheduler's bookkeeping (the fibers' own accesses are seen)
   e.at_barrier = 0;
   e.exited = 0;
   e.epoch = 0;
@@ -559,7 +661,11 @@ void run_block(Engine& e) {
     if (f.unwound) unpoison_stacks(f.bottom, kStackBytes);
 #endif
     f.unwound = false;
+    f.released = false;
+    f.read_atomics.clear();
   }
+  tsan_release(&e.block_start);
+  e.progress->fetch_add(1, std::memory_order_relaxed);
   ++e.counters.blocks;
   e.counters.threads += e.nthreads;
   const bool reverse = e.schedule == Schedule::kReverse;
@@ -612,6 +718,29 @@ void set_block_order(BlockOrder order, std::uint64_t seed) noexcept {
   g_engine.block_seed = seed;
 }
 
+double watchdog_seconds() noexcept {
+  const double set = g_watchdog_seconds.load(std::memory_order_relaxed);
+  if (set > 0) return set;
+  static const double from_env = [] {
+    const char* v = std::getenv("CUBN_SIM_WATCHDOG_S");
+    const double d = v != nullptr ? std::atof(v) : 0.0;
+    return d > 0 ? d : 10.0;
+  }();
+  return from_env;
+}
+
+void set_watchdog_seconds(double seconds) noexcept {
+  g_watchdog_seconds.store(seconds > 0 ? seconds : 0.0, std::memory_order_relaxed);
+}
+
+TicketVariant ticket_variant() noexcept {
+  return static_cast<TicketVariant>(g_ticket_variant.load(std::memory_order_relaxed));
+}
+
+void set_ticket_variant(TicketVariant v) noexcept {
+  g_ticket_variant.store(static_cast<int>(v), std::memory_order_relaxed);
+}
+
 struct ProfileAccess {
   static std::vector<LaunchProfile>& launches(ProfileScope& p) { return p.launches_; }
 };
@@ -629,7 +758,11 @@ namespace {
 
 // Readies the calling host thread's engine to run blocks of a launch.
 void setup(Engine& e, dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*),
-           void* ctx) {
+           void* ctx, const char* name, std::atomic<std::uint64_t>* progress) {
+  e.kernel = name;
+  e.progress = progress != nullptr ? progress : &e.own_progress;
+  e.seen_progress = e.progress->load(std::memory_order_relaxed);
+  e.seen_since = Clock::now();
   e.nthreads = block.x * block.y * block.z;
   if (e.fibers.size() < e.nthreads) e.fibers.resize(e.nthreads);
   for (unsigned i = 0; i < e.nthreads; ++i) {
@@ -682,7 +815,7 @@ void coop_finished(Coop& c) {
   ++c.finished;
   if (c.first_finished.empty()) c.first_finished = coords(blockIdx);
   if (c.arrived > 0 && c.fault.empty())
-    c.fault = "cubn executor: grid_sync() at " + where(c.file, c.line) +
+    c.fault = "cubn executor: grid_sync() at " + where(c.site) +
               " is not reached by every block: block " + coords(blockIdx) + " returned while " +
               std::to_string(c.arrived) + " block(s) wait there";
   c.cv.notify_all();
@@ -695,9 +828,9 @@ void coop_failed(Coop& c, const std::string& fault) {
 }
 
 // Waits, in the last thread of a block to reach grid_sync(), until every block is there.
-void coop_wait(Engine& e, const char* file, int line) {
+void coop_wait(Engine& e, detail::Site site) {
   if (e.coop == nullptr)
-    raise(e, "grid_sync() at " + where(file, line) +
+    raise(e, "grid_sync() at " + where(site) +
                  " in a kernel that was not launched cooperatively");
   Coop& c = *e.coop;
   std::unique_lock<std::mutex> lock(c.m);
@@ -707,26 +840,25 @@ void coop_wait(Engine& e, const char* file, int line) {
   };
   if (!c.fault.empty()) abandon();
   if (c.finished > 0) {
-    c.fault = "cubn executor: grid_sync() at " + where(file, line) +
+    c.fault = "cubn executor: grid_sync() at " + where(site) +
               " is not reached by every block: block " + c.first_finished +
               " returned before it (block " + coords(blockIdx) + " waits there)";
     c.cv.notify_all();
     abandon();
   }
   if (c.arrived == 0) {
-    c.file = file;
-    c.line = line;
+    c.site = site;
     c.first_waiter = coords(blockIdx);
-  } else if (c.line != line || std::strcmp(c.file, file) != 0) {
+  } else if (!same_site(c.site, site)) {
     c.fault = "cubn executor: blocks wait at different grid syncs: block " + c.first_waiter +
-              " at " + where(c.file, c.line) + ", block " + coords(blockIdx) + " at " +
-              where(file, line);
+              " at " + where(c.site) + ", block " + coords(blockIdx) + " at " + where(site);
     c.cv.notify_all();
     abandon();
   }
   if (++c.arrived == c.blocks) {
     c.arrived = 0;
     ++c.generation;
+    c.progress.fetch_add(1, std::memory_order_relaxed);
     c.cv.notify_all();
     return;
   }
@@ -880,6 +1012,60 @@ class BlockThreads {
   }
 };
 
+namespace {
+
+// What a host thread that ran blocks of another thread's launch hands back.
+struct WorkerResult {
+  Counters counters;
+  LaunchProfile profile;
+  std::string fault;
+};
+
+// Readies the calling host thread's engine to run blocks of a launch made on another thread: the
+// launching thread's schedule, fresh counters, stacks for every thread of a block in one mapping.
+void start_worker(Engine& e, Schedule schedule, dim3 grid, dim3 block, std::size_t dynamic_smem,
+                  void (*body)(void*), void* ctx, const char* name,
+                  std::atomic<std::uint64_t>* progress, LaunchProfile* profile) {
+  e.schedule = schedule;
+  e.counters = Counters{};
+  setup(e, grid, block, dynamic_smem, body, ctx, name, progress);
+  use_launch_profile(e, profile);
+  e.running = true;
+  try {
+    if (!e.region || e.region->stacks() < e.nthreads) {  // too few so far: map them all anew
+      for (Fiber& f : e.fibers) f.bottom = nullptr;
+      e.region.reset();
+      e.region = std::make_unique<StackRegion>(e.nthreads);
+    }
+  } catch (const std::exception& ex) {  // out of memory for stacks
+    e.fault = ex.what();
+  }
+}
+
+// run_block, with an error of the host (out of memory) recorded as the block's fault.
+void run_block_safely(Engine& e) {
+  try {
+    run_block(e);
+  } catch (const std::exception& ex) {
+    if (e.fault.empty()) e.fault = ex.what();
+  }
+}
+
+// Adds the workers' counters and profiles to the launching thread's.
+void gather(Engine& parent, LaunchProfile* profile, const std::vector<WorkerResult>& results) {
+  for (const WorkerResult& r : results) {
+    const Counters& c = r.counters;
+    parent.counters.blocks += c.blocks;
+    parent.counters.threads += c.threads;
+    parent.counters.switches += c.switches;
+    parent.counters.global_read_bytes += c.global_read_bytes;
+    parent.counters.global_write_bytes += c.global_write_bytes;
+    if (profile != nullptr) add_profile(*profile, r.profile);
+  }
+}
+
+}  // namespace
+
 void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*),
                           void* ctx, const char* name) {
   cubn::detail::LaunchLimits limits = device_limits();
@@ -901,30 +1087,16 @@ void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void 
   LaunchProfile* profile = new_launch_profile(parent, name);
   Coop coop;
   coop.blocks = static_cast<unsigned>(blocks);
-  struct Result {
-    Counters counters;
-    LaunchProfile profile;
-  };
-  std::vector<Result> results(blocks);
+  std::vector<WorkerResult> results(blocks);
   const Schedule schedule = parent.schedule;
   const auto work = [&](std::uint64_t b) {
     Engine& e = g_engine;  // the block thread's own, kept from its earlier blocks
-    e.schedule = schedule;
     e.coop = &coop;
-    e.counters = Counters{};
-    setup(e, grid, block, dynamic_smem, body, ctx);
-    use_launch_profile(e, profile != nullptr ? &results[b].profile : nullptr);
-    blockIdx = block_coords(b, grid);
-    e.running = true;
-    try {
-      if (!e.region || e.region->stacks() < e.nthreads) {  // too few so far: map them all anew
-        for (Fiber& f : e.fibers) f.bottom = nullptr;
-        e.region.reset();
-        e.region = std::make_unique<StackRegion>(e.nthreads);
-      }
-      run_block(e);
-    } catch (const std::exception& ex) {  // out of memory for stacks, say
-      if (e.fault.empty()) e.fault = ex.what();
+    start_worker(e, schedule, grid, block, dynamic_smem, body, ctx, name, &coop.progress,
+                 profile != nullptr ? &results[b].profile : nullptr);
+    if (e.fault.empty()) {
+      blockIdx = block_coords(b, grid);
+      run_block_safely(e);
     }
     e.running = false;
     if (e.fault.empty()) {
@@ -938,17 +1110,52 @@ void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void 
     throw Error(Status::kInvalidLaunch, std::string("launch of ") + name +
                                             ": cannot start a host thread per block (out of host "
                                             "threads or memory)");
-  for (std::uint64_t b = 0; b < blocks; ++b) {
-    const Counters& c = results[b].counters;
-    parent.counters.blocks += c.blocks;
-    parent.counters.threads += c.threads;
-    parent.counters.switches += c.switches;
-    parent.counters.global_read_bytes += c.global_read_bytes;
-    parent.counters.global_write_bytes += c.global_write_bytes;
-    if (profile != nullptr) add_profile(*profile, results[b].profile);
-  }
+  gather(parent, profile, results);
   if (!coop.fault.empty()) throw Error(Status::kKernelFault, coop.fault);
 }
+
+namespace {
+
+// Runs the grid's blocks in the order `perm` on kConcurrentWorkers host threads at once, the i-th
+// block of perm on worker i % workers. Nothing synchronizes the workers while they run (a fault
+// stops the others through a relaxed flag): only the kernel's own atomics and fences order one
+// block's memory accesses before another's, as on a GPU.
+void run_grid_concurrently(Engine& parent, dim3 grid, dim3 block, std::size_t dynamic_smem,
+                           void (*body)(void*), void* ctx, const char* name,
+                           const std::vector<std::uint64_t>& perm) {
+  const std::uint64_t blocks = perm.size();
+  const unsigned workers =
+      static_cast<unsigned>(std::min<std::uint64_t>(kConcurrentWorkers, blocks));
+  LaunchProfile* profile = new_launch_profile(parent, name);
+  std::vector<WorkerResult> results(workers);
+  std::atomic<bool> failed{false};
+  std::atomic<std::uint64_t> progress{0};
+  const Schedule schedule = parent.schedule;
+  const auto work = [&](std::uint64_t w) {
+    Engine& e = g_engine;
+    e.coop = nullptr;
+    start_worker(e, schedule, grid, block, dynamic_smem, body, ctx, name, &progress,
+                 profile != nullptr ? &results[w].profile : nullptr);
+    for (std::uint64_t i = w; i < blocks && e.fault.empty(); i += workers) {
+      if (failed.load(std::memory_order_relaxed)) break;
+      blockIdx = block_coords(perm[i], grid);
+      run_block_safely(e);
+    }
+    e.running = false;
+    if (!e.fault.empty()) failed.store(true, std::memory_order_relaxed);
+    results[w].counters = e.counters;
+    results[w].fault = e.fault;
+  };
+  if (!BlockThreads::run(workers, work))
+    throw Error(Status::kInvalidLaunch, std::string("launch of ") + name +
+                                            ": cannot start its host threads (out of host "
+                                            "threads or memory)");
+  gather(parent, profile, results);
+  for (const WorkerResult& r : results)
+    if (!r.fault.empty()) throw_fault(r.fault);
+}
+
+}  // namespace
 
 void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void*), void* ctx,
               const char* name) {
@@ -956,17 +1163,21 @@ void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void
   Engine& e = g_engine;
   if (e.running)
     throw_fault("a kernel launched another kernel; dynamic parallelism is not supported");
-  setup(e, grid, block, dynamic_smem, body, ctx);
   ++e.counters.launches;
-  use_launch_profile(e, new_launch_profile(e, name));
   const std::uint64_t blocks = std::uint64_t{grid.x} * grid.y * grid.z;
-  const bool shuffled = e.block_order == BlockOrder::kShuffled;
+  const bool shuffled = e.block_order != BlockOrder::kInOrder;
   if (shuffled) {
     e.block_perm.resize(blocks);
     std::iota(e.block_perm.begin(), e.block_perm.end(), std::uint64_t{0});
     std::mt19937_64 rng(e.block_seed * 0x9E3779B97F4A7C15ull + e.counters.launches);
     std::shuffle(e.block_perm.begin(), e.block_perm.end(), rng);
   }
+  if (e.block_order == BlockOrder::kConcurrent && blocks > 1) {
+    run_grid_concurrently(e, grid, block, dynamic_smem, body, ctx, name, e.block_perm);
+    return;
+  }
+  setup(e, grid, block, dynamic_smem, body, ctx, name, nullptr);
+  use_launch_profile(e, new_launch_profile(e, name));
   e.running = true;
   for (std::uint64_t i = 0; i < blocks; ++i) {
     const std::uint64_t b = shuffled ? e.block_perm[i] : i;
@@ -985,54 +1196,131 @@ namespace detail {
 namespace {
 
 // A barrier of every thread of the block; with `grid`, the block then waits for the others.
-void block_barrier(const char* file, int line, bool grid) {
+void block_barrier(Site site, bool grid) {
   const char* what = grid ? "grid_sync()" : "__syncthreads()";
   Engine& e = engine_in_kernel(what);
+  const TsanIgnore ignore;
   Fiber& f = *e.current;
-  f.file = file;
-  f.line = line;
+  f.site = site;
   f.grid = grid;
   if (e.exited > 0) {
     for (unsigned i = 0; i < e.nthreads; ++i) {
       if (e.fibers[i].state == State::kDone) {
-        raise(e, std::string(what) + " at " + where(file, line) +
+        raise(e, std::string(what) + " at " + where(site) +
                      " is not reached by every thread: " + std::to_string(e.exited) +
                      " thread(s) returned before it, e.g. " + thread_name(e.fibers[i]));
       }
     }
   }
   f.state = State::kBarrier;
+  tsan_release(&e.barrier_sync);  // what this thread wrote before the barrier
   if (++e.at_barrier < e.nthreads) {
     yield(e);
+    tsan_acquire(&e.barrier_sync);  // what every thread wrote before it
     return;
   }
   // the last to arrive: every thread is here; all must be at the same barrier
   for (unsigned i = 0; i < e.nthreads; ++i) {
     const Fiber& o = e.fibers[i];
-    // one call site's file is one string literal: compare the pointers before the characters
-    if (o.line != line || (o.file != file && std::strcmp(o.file, file) != 0) || o.grid != grid) {
+    if (!same_site(o.site, site) || o.grid != grid) {
       raise(e, "threads of block " + coords(blockIdx) +
                    " wait at different barriers: " + thread_name(o) + " at " +
-                   (o.grid ? "grid_sync() " : "__syncthreads() ") + where(o.file, o.line) + ", " +
-                   thread_name(f) + " at " + what + " " + where(file, line));
+                   (o.grid ? "grid_sync() " : "__syncthreads() ") + where(o.site) + ", " +
+                   thread_name(f) + " at " + what + " " + where(site));
     }
   }
-  if (grid) coop_wait(e, file, line);
+  tsan_acquire(&e.barrier_sync);
+  if (grid) {
+    coop_wait(e, site);             // what every block wrote before it (the lock)
+    tsan_release(&e.barrier_sync);  // passed on to this block's threads
+  }
   for (unsigned i = 0; i < e.nthreads; ++i) e.fibers[i].state = State::kRunnable;
   e.at_barrier = 0;
   ++e.epoch;
+  e.progress->fetch_add(1, std::memory_order_relaxed);
+}
+
+// Gives the other threads of the block a turn after an atomic read that changed nothing (a wait
+// on memory), and faults the kernel when the whole grid has made no progress for
+// watchdog_seconds() while a thread waits so.
+void spin(Engine& e, Site site) {
+  if (++e.spins % 64 == 0) {
+    const std::uint64_t now_progress = e.progress->load(std::memory_order_relaxed);
+    const Clock::time_point now = Clock::now();
+    if (now_progress != e.seen_progress) {
+      e.seen_progress = now_progress;
+      e.seen_since = now;
+    } else if (std::chrono::duration<double>(now - e.seen_since).count() > watchdog_seconds()) {
+      char secs[32];
+      std::snprintf(secs, sizeof secs, "%g", watchdog_seconds());
+      raise(e, "kernel " + std::string(e.kernel) + " made no progress for " + secs +
+                   " s (watchdog): " + thread_name(*e.current) + " waits in an atomic read at " +
+                   where(site) +
+                   " for a write that no thread of the grid will make (on a GPU too it may never "
+                   "come: a flag set by a block that runs later, by no thread, or by a thread "
+                   "that waits itself)");
+    }
+  }
+  yield(e);
 }
 
 }  // namespace
 
-void syncthreads(const char* file, int line) { block_barrier(file, line, false); }
+void syncthreads(Site site) { block_barrier(site, false); }
 
-void grid_sync(const char* file, int line) { block_barrier(file, line, true); }
+void grid_sync(Site site) { block_barrier(site, true); }
 
-std::uint64_t block_serial() { return engine_in_kernel("shared memory").serial; }
+void atomic_write(const void* p, bool release) {
+  Engine& e = engine_in_kernel("an atomic operation");
+  const TsanIgnore ignore;
+  if (release || e.current->released) tsan_release(p);
+}
+
+void atomic_read(const void* p, bool acquire, bool changed, Site site) {
+  Engine& e = engine_in_kernel("an atomic operation");
+  const TsanIgnore ignore;
+  Fiber& f = *e.current;
+  if (acquire) {
+    tsan_acquire(p);
+  } else if (std::find(f.read_atomics.begin(), f.read_atomics.end(), p) == f.read_atomics.end()) {
+    f.read_atomics.push_back(p);
+  }
+  if (changed) {
+    e.progress->fetch_add(1, std::memory_order_relaxed);
+  } else {
+    spin(e, site);
+  }
+}
+
+void fence(bool release, bool acquire) {
+  Engine& e = engine_in_kernel("a memory fence");
+  {
+    const TsanIgnore ignore;
+    Fiber& f = *e.current;
+    if (release) f.released = true;
+    if (acquire)
+      for (const void* p : f.read_atomics) tsan_acquire(p);
+  }
+#if defined(CUBN_SIM_TSAN)
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // ThreadSanitizer models it as above
+#else
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+}
+
+void refresh_shared(std::uint64_t& serial, void* bytes, std::size_t n, SharedShadow* shadow,
+                    std::size_t count) {
+  Engine& e = engine_in_kernel("shared memory");
+  const TsanIgnore ignore;
+  if (serial == e.serial) return;
+  serial = e.serial;
+  std::memset(bytes, 0xCD, n);
+  std::fill(shadow, shadow + count, SharedShadow{});
+}
 
 void shared_access(SharedShadow& sh, const char* name, std::size_t index, bool write) {
   Engine& e = engine_in_kernel("shared memory access");
+  const TsanIgnore ignore;
   const int me = static_cast<int>(e.current->linear);
   const std::uint64_t epoch = e.epoch;
   const auto race = [&](const char* what, int other) {
@@ -1058,6 +1346,7 @@ void shared_access(SharedShadow& sh, const char* name, std::size_t index, bool w
 
 SharedShadow* dynamic_shadow(std::size_t elem_bytes, std::size_t& count) {
   Engine& e = engine_in_kernel("dynamic shared memory");
+  const TsanIgnore ignore;
   if (e.smem_elem != elem_bytes) {
     if (e.smem_elem != 0)
       raise(e,
@@ -1071,15 +1360,16 @@ SharedShadow* dynamic_shadow(std::size_t elem_bytes, std::size_t& count) {
 }
 
 std::uint64_t warp_collective(WarpOp op, unsigned mask, std::uint64_t value, int arg, int width,
-                              const char* file, int line) {
+                              Site site) {
   Engine& e = engine_in_kernel(op_name(op));
+  const TsanIgnore ignore;
   Fiber& f = *e.current;
   const unsigned lane = f.linear % kWarp;
   const unsigned base = f.linear - lane;
   const unsigned lanes = std::min(kWarp, e.nthreads - base);
   const unsigned exists = lanes == kWarp ? kFullMask : (1u << lanes) - 1u;
   const std::string at =
-      std::string(op_name(op)) + " at " + where(file, line) + " with mask " + hex(mask);
+      std::string(op_name(op)) + " at " + where(site) + " with mask " + hex(mask);
   if (!(mask >> lane & 1u))
     raise(e,
           at + " is called by lane " + std::to_string(lane) + ", which the mask does not include");
@@ -1094,10 +1384,10 @@ std::uint64_t warp_collective(WarpOp op, unsigned mask, std::uint64_t value, int
     if (o.state == State::kDone) done |= 1u << l;
     if (o.state != State::kWarp || !(o.mask & mask)) continue;
     if (o.mask != mask || o.op != op ||
-        (op != WarpOp::kSync && (o.line != line || std::strcmp(o.file, file) != 0)))
+        (op != WarpOp::kSync && !same_site(o.site, site)))
       raise(e, "lanes of warp " + std::to_string(base / kWarp) + " disagree: lane " +
                    std::to_string(l) + " waits in " + op_name(o.op) + " at " +
-                   where(o.file, o.line) + " with mask " + hex(o.mask) + ", lane " +
+                   where(o.site) + " with mask " + hex(o.mask) + ", lane " +
                    std::to_string(lane) + " calls " + at);
     arrived |= 1u << l;
   }
@@ -1108,14 +1398,20 @@ std::uint64_t warp_collective(WarpOp op, unsigned mask, std::uint64_t value, int
   f.value = value;
   f.arg = arg;
   f.width = width;
-  f.file = file;
-  f.line = line;
+  f.site = site;
   f.state = State::kWarp;
   arrived |= 1u << lane;
+  // __syncwarp() orders memory among its lanes (each releases, each acquires); shuffles and votes
+  // move values, not memory
+  void* const warp_sync = &e.warp_sync[base / kWarp];
+  if (op == WarpOp::kSync) tsan_release(warp_sync);
   if (arrived != mask) {
     yield(e);
+    if (op == WarpOp::kSync) tsan_acquire(warp_sync);
     return f.result;
   }
+  if (op == WarpOp::kSync) tsan_acquire(warp_sync);
+  e.progress->fetch_add(1, std::memory_order_relaxed);
   // the last lane of the mask to arrive computes every lane's result
   std::uint64_t ballot = 0;
   bool all = true, any = false;
@@ -1161,23 +1457,32 @@ std::uint64_t warp_collective(WarpOp op, unsigned mask, std::uint64_t value, int
 unsigned active_mask() {
   // Threads run one at a time here, so the only lane known to be executing is the caller; on a
   // GPU too, __activemask() promises no more than that (it does not guarantee convergence).
-  return 1u << (engine_in_kernel("__activemask").current->linear % kWarp);
+  Engine& e = engine_in_kernel("__activemask");
+  const TsanIgnore ignore;
+  return 1u << (e.current->linear % kWarp);
 }
 
 void* dynamic_shared_memory() {
   Engine& e = engine_in_kernel("dynamic shared memory");
+  const TsanIgnore ignore;
   return e.smem.empty() ? nullptr : e.smem.data();
 }
 
-unsigned linear_thread_index() { return engine_in_kernel("linear_thread_index").current->linear; }
+unsigned linear_thread_index() {
+  Engine& e = engine_in_kernel("linear_thread_index");
+  const TsanIgnore ignore;
+  return e.current->linear;
+}
 
 void fault(const char* what) {
   Engine& e = engine_in_kernel("fault");
+  const TsanIgnore ignore;
   raise(e, thread_name(*e.current) + ": " + what);
 }
 
 void record_global(const void* p, std::size_t bytes, bool write) {
   Engine& e = engine_in_kernel("global memory access");
+  const TsanIgnore ignore;
   (write ? e.counters.global_write_bytes : e.counters.global_read_bytes) += bytes;
   if (e.launch_profile == nullptr) return;
   (write ? e.launch_profile->write_bytes : e.launch_profile->read_bytes) += bytes;
@@ -1185,11 +1490,19 @@ void record_global(const void* p, std::size_t bytes, bool write) {
   e.lane_accesses[e.current->linear].push_back({reinterpret_cast<std::uintptr_t>(p), bytes});
 }
 
-std::uint64_t barrier_epoch() { return engine_in_kernel("barrier_epoch").epoch; }
+void collective_enter(const void* storage) {
+  Engine& e = engine_in_kernel("a block collective");
+  const TsanIgnore ignore;
+  const auto it = e.tags.find(storage);
+  if (it != e.tags.end() && it->second == e.epoch)
+    raise(e, thread_name(*e.current) +
+                 ": BlockReduce temp storage reused without a __syncthreads() since its last use");
+}
 
-std::uint64_t& collective_tag(const void* storage) {
-  Engine& e = engine_in_kernel("collective_tag");
-  return e.tags.try_emplace(storage, UINT64_MAX).first->second;
+void collective_leave(const void* storage) {
+  Engine& e = engine_in_kernel("a block collective");
+  const TsanIgnore ignore;
+  e.tags[storage] = e.epoch;
 }
 
 }  // namespace detail

@@ -34,8 +34,7 @@ class DeviceTest : public ::testing::Test {
   }
 };
 
-/// Raw device memory of `bytes` bytes, zero-filled (as cubn asks of a workspace before its first
-/// use); host memory in the executor build, sized exactly so that AddressSanitizer sees any
+/// Raw device memory of `bytes` bytes, zero-filled; host memory in the executor build, sized exactly so that AddressSanitizer sees any
 /// access past its end.
 class DeviceBytes {
  public:

@@ -14,6 +14,7 @@
 #error "device_runtime.hpp is for the host compiler only (the CPU executor build)"
 #endif
 
+#include <cuda/std/atomic>  // cuda::memory_order (the kernels' atomics take libcu++'s orders)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <vector_types.h>
@@ -47,9 +48,15 @@ namespace cubn::sim::detail {
 
 enum class WarpOp : int { kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kAll, kAny, kSync };
 
-void syncthreads(const char* file, int line);
+/// A place in the kernel's source: each call site of a barrier or warp collective is one site,
+/// two calls on one line included (`id` tells them apart; 0 where it is not needed).
+struct Site {
+  const char* file;
+  int line, id;
+};
+void syncthreads(Site site);
 std::uint64_t warp_collective(WarpOp op, unsigned mask, std::uint64_t value, int arg, int width,
-                              const char* file, int line);
+                              Site site);
 unsigned active_mask();
 void* dynamic_shared_memory();
 /// The linear index of the calling thread within its block.
@@ -58,15 +65,37 @@ unsigned linear_thread_index();
 [[noreturn]] void fault(const char* what);
 /// Records a global-memory access of `bytes` at `p` by the calling thread (kernels/memory.cuh).
 void record_global(const void* p, std::size_t bytes, bool write);
-/// Barrier epoch of the calling thread's block: how many __syncthreads() have completed.
-std::uint64_t barrier_epoch();
-/// The epoch recorded for a collective's temporary storage, or UINT64_MAX if none.
-std::uint64_t& collective_tag(const void* storage);
-/// A number that differs for every block a host thread runs: shared memory declared through
-/// SharedArray resets itself when it sees a new one.
-std::uint64_t block_serial();
+/// A block collective's use of its temporary storage (CUB's rule: reuse only after a
+/// __syncthreads() that follows the previous use): collective_enter before it, which faults when
+/// the storage was used since the last barrier; collective_leave after the barrier inside it.
+void collective_enter(const void* storage);
+void collective_leave(const void* storage);
 /// A grid-wide barrier of a cooperative launch (every thread of every block calls it).
-void grid_sync(const char* file, int line);
+void grid_sync(Site site);
+
+/// The executor's side of every atomic operation and fence in device code (the CUDA atomic
+/// intrinsics, __threadfence(), and cubn::kernels::DeviceAtomicRef / device_fence of
+/// kernels/platform.cuh), called around the operation itself:
+///  - atomic_write(p, release) before an atomic write of p: under ThreadSanitizer, a release on p
+///    when the write has release order or the thread executed a release fence before (what makes a
+///    relaxed write after __threadfence() a release: the fence-to-atomic synchronization of the
+///    CUDA and C++ memory models, which ThreadSanitizer does not model by itself);
+///  - atomic_read(p, acquire, changed, site) after an atomic read of p (an RMW too, `changed` when
+///    it wrote a new value): an acquire on p under ThreadSanitizer for acquire order, else p is
+///    remembered for the thread's next acquire fence; a read that changed nothing (a load, a
+///    failed compare-and-swap) gives the other threads of the block a turn, so that a spin-wait
+///    whose writer is another warp completes, and counts towards the watchdog, which faults the
+///    kernel when no thread of the grid makes progress for watchdog_seconds();
+///  - fence(release, acquire): a __threadfence() is both.
+void atomic_write(const void* p, bool release);
+void atomic_read(const void* p, bool acquire, bool changed, Site site);
+void fence(bool release, bool acquire);
+/// Checked shared memory's start of a block: when `serial` is not the running block's
+/// serial number of the block, sets it, fills [bytes, bytes + n) with 0xCD and clears the `count` race records
+/// (outside ThreadSanitizer's view: the executor's bookkeeping, not a kernel's access).
+struct SharedShadow;
+void refresh_shared(std::uint64_t& serial, void* bytes, std::size_t n, SharedShadow* shadow,
+                    std::size_t count);
 
 /// What the race check keeps per element of checked shared memory: the barrier epoch and thread
 /// of its last write, and of its last reads (reader -2: several threads).
@@ -129,10 +158,14 @@ class SharedRef {
 
 /// Static shared memory of N elements of T, checked: poisoned (0xCD bytes) and its race record
 /// cleared at the first access of each block.
+///
+/// Constant-initialized (a constexpr constructor), so that a block's threads never meet at the
+/// initialization of a function-local static (whose guard the first thread to pass would set,
+/// with no barrier before the others read it: a race under ThreadSanitizer).
 template <class T, std::size_t N>
 class SharedArray {
  public:
-  explicit SharedArray(const char* name) : name_(name) {}
+  constexpr explicit SharedArray(const char* name) : name_(name) {}
   SharedRef<T> operator[](std::size_t i) {
     refresh();
     if (i >= N) detail::fault("index past the end of a shared array");
@@ -140,36 +173,36 @@ class SharedArray {
   }
 
  private:
-  void refresh() {
-    const std::uint64_t serial = detail::block_serial();
-    if (serial == serial_) return;
-    serial_ = serial;
-    std::memset(bytes_, 0xCD, sizeof bytes_);
-    for (auto& s : shadow_) s = detail::SharedShadow{};
-  }
-  alignas(T) alignas(16) unsigned char bytes_[sizeof(T) * N];
-  detail::SharedShadow shadow_[N];
+  void refresh() { detail::refresh_shared(serial_, bytes_, sizeof bytes_, shadow_, N); }
+  alignas(T) alignas(16) unsigned char bytes_[sizeof(T) * N] = {};
+  detail::SharedShadow shadow_[N] = {};
   std::uint64_t serial_ = UINT64_MAX;
   const char* name_;
 };
 
-/// A static shared object that kernels hand to a collective by reference (cub's TempStorage):
-/// poisoned per block, not checked element by element (the collective checks its own contract).
+/// A collective's temporary storage (the executor's cubn::kernels::BlockReduce): N checked
+/// elements of T, like a CUBN_SHARED array. Declared with CUBN_SHARED_OBJECT (or a plain
+/// __shared__ in tests), it is checked and poisoned like CUBN_SHARED memory.
+struct SharedStorageBase {};
+template <class T, std::size_t N>
+class SharedStorage : public SharedArray<T, N>, public SharedStorageBase {
+ public:
+  constexpr SharedStorage() : SharedArray<T, N>("collective temp storage") {}
+};
+
+/// A static shared object that kernels hand to a collective by reference (its TempStorage). In the
+/// executor that storage is a SharedStorage, checked element by element and poisoned per block.
 template <class T>
 class SharedObject {
+  static_assert(std::is_base_of_v<SharedStorageBase, T>,
+                "CUBN_SHARED_OBJECT takes a collective's temp storage (a sim::SharedStorage in the "
+                "executor); declare other shared memory with CUBN_SHARED, which is checked");
+
  public:
-  T& get() {
-    const std::uint64_t serial = detail::block_serial();
-    if (serial != serial_) {
-      serial_ = serial;
-      std::memset(bytes_, 0xCD, sizeof bytes_);
-    }
-    return *reinterpret_cast<T*>(bytes_);
-  }
+  T& get() { return object_; }
 
  private:
-  alignas(T) alignas(16) unsigned char bytes_[sizeof(T)];
-  std::uint64_t serial_ = UINT64_MAX;
+  T object_{};
 };
 
 /// The block's dynamic shared memory as checked elements of T.
@@ -195,85 +228,204 @@ class SharedSpan {
 }  // namespace cubn::sim
 
 // ---- barriers and warp intrinsics -----------------------------------------------------------
-inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
-  cubn::sim::detail::syncthreads(file, line);
-}
-inline void __syncwarp(unsigned mask = 0xffffffffu, const char* file = __builtin_FILE(),
-                       int line = __builtin_LINE()) {
-  cubn::sim::detail::warp_collective(cubn::sim::detail::WarpOp::kSync, mask, 0, 0, 32, file, line);
-}
+// Each call site is a site of its own (where the executor checks that the threads meet, and what
+// its messages name), two calls on one line included: the intrinsics are macros that pass their
+// file, line and a number unique to the expansion (__COUNTER__) to the executor.
+namespace cubn::sim::detail {
+
+struct At {
+  Site site;
+  void syncthreads() const { detail::syncthreads(site); }
+  void syncwarp(unsigned mask = 0xffffffffu) const {
+    warp_collective(WarpOp::kSync, mask, 0, 0, 32, site);
+  }
+  template <class T>
+  T shfl(WarpOp op, unsigned mask, T var, int arg, int width) const {
+    return from_bits<T>(warp_collective(op, mask, to_bits(var), arg, width, site));
+  }
+  template <class T>
+  T shfl_idx(unsigned mask, T var, int src, int width = 32) const {
+    return shfl(WarpOp::kShflIdx, mask, var, src, width);
+  }
+  template <class T>
+  T shfl_up(unsigned mask, T var, unsigned delta, int width = 32) const {
+    return shfl(WarpOp::kShflUp, mask, var, static_cast<int>(delta), width);
+  }
+  template <class T>
+  T shfl_down(unsigned mask, T var, unsigned delta, int width = 32) const {
+    return shfl(WarpOp::kShflDown, mask, var, static_cast<int>(delta), width);
+  }
+  template <class T>
+  T shfl_xor(unsigned mask, T var, int lane_mask, int width = 32) const {
+    return shfl(WarpOp::kShflXor, mask, var, lane_mask, width);
+  }
+  unsigned ballot(unsigned mask, int pred) const {
+    return static_cast<unsigned>(warp_collective(WarpOp::kBallot, mask, pred != 0, 0, 32, site));
+  }
+  int all(unsigned mask, int pred) const {
+    return static_cast<int>(warp_collective(WarpOp::kAll, mask, pred != 0, 0, 32, site));
+  }
+  int any(unsigned mask, int pred) const {
+    return static_cast<int>(warp_collective(WarpOp::kAny, mask, pred != 0, 0, 32, site));
+  }
+};
+
+}  // namespace cubn::sim::detail
+
+#define CUBN_SIM_AT \
+  ::cubn::sim::detail::At { ::cubn::sim::detail::Site{__FILE__, __LINE__, __COUNTER__} }
+#define __syncthreads() CUBN_SIM_AT.syncthreads()
+#define __syncwarp(...) CUBN_SIM_AT.syncwarp(__VA_ARGS__)
+#define __shfl_sync(...) CUBN_SIM_AT.shfl_idx(__VA_ARGS__)
+#define __shfl_up_sync(...) CUBN_SIM_AT.shfl_up(__VA_ARGS__)
+#define __shfl_down_sync(...) CUBN_SIM_AT.shfl_down(__VA_ARGS__)
+#define __shfl_xor_sync(...) CUBN_SIM_AT.shfl_xor(__VA_ARGS__)
+#define __ballot_sync(...) CUBN_SIM_AT.ballot(__VA_ARGS__)
+#define __all_sync(...) CUBN_SIM_AT.all(__VA_ARGS__)
+#define __any_sync(...) CUBN_SIM_AT.any(__VA_ARGS__)
 inline unsigned __activemask() { return cubn::sim::detail::active_mask(); }
 
-#define CUBN_SIM_SHUFFLE(NAME, OP, ARG_T)                                                      \
-  template <class T>                                                                           \
-  T NAME(unsigned mask, T var, ARG_T arg, int width = warpSize,                                \
-         const char* file = __builtin_FILE(), int line = __builtin_LINE()) {                   \
-    using namespace cubn::sim::detail;                                                         \
-    return from_bits<T>(warp_collective(WarpOp::OP, mask, to_bits(var), static_cast<int>(arg), \
-                                        width, file, line));                                   \
-  }
-CUBN_SIM_SHUFFLE(__shfl_sync, kShflIdx, int)
-CUBN_SIM_SHUFFLE(__shfl_up_sync, kShflUp, unsigned)
-CUBN_SIM_SHUFFLE(__shfl_down_sync, kShflDown, unsigned)
-CUBN_SIM_SHUFFLE(__shfl_xor_sync, kShflXor, int)
-#undef CUBN_SIM_SHUFFLE
-
-inline unsigned __ballot_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
-                              int line = __builtin_LINE()) {
-  using namespace cubn::sim::detail;
-  return static_cast<unsigned>(
-      warp_collective(WarpOp::kBallot, mask, pred != 0, 0, 32, file, line));
-}
-inline int __all_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
-                      int line = __builtin_LINE()) {
-  using namespace cubn::sim::detail;
-  return static_cast<int>(warp_collective(WarpOp::kAll, mask, pred != 0, 0, 32, file, line));
-}
-inline int __any_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
-                      int line = __builtin_LINE()) {
-  using namespace cubn::sim::detail;
-  return static_cast<int>(warp_collective(WarpOp::kAny, mask, pred != 0, 0, 32, file, line));
-}
+// The atomics' call sites (named by the watchdog): file and line.
+#define CUBN_SIM_SITE_PARAMS const char *file = __builtin_FILE(), int line = __builtin_LINE()
+#define CUBN_SIM_SITE \
+  cubn::sim::detail::Site { file, line, 0 }
 
 // ---- atomics and fences ---------------------------------------------------------------------
-template <class T>
-T atomicAdd(T* address, T val) {
-  if constexpr (std::is_integral_v<T>) {
-    return __atomic_fetch_add(address, val, __ATOMIC_RELAXED);
-  } else {
-    T old;
-    __atomic_load(address, &old, __ATOMIC_RELAXED);
-    for (;;) {
-      T desired = old + val;
-      if (__atomic_compare_exchange(address, &old, &desired, false, __ATOMIC_RELAXED,
-                                    __ATOMIC_RELAXED)) {
-        return old;
-      }
-    }
+namespace cubn::sim::detail {
+
+constexpr int gcc_order(cuda::std::memory_order o) {
+  switch (o) {
+    case cuda::std::memory_order_relaxed: return __ATOMIC_RELAXED;
+    case cuda::std::memory_order_consume: return __ATOMIC_CONSUME;
+    case cuda::std::memory_order_acquire: return __ATOMIC_ACQUIRE;
+    case cuda::std::memory_order_release: return __ATOMIC_RELEASE;
+    case cuda::std::memory_order_acq_rel: return __ATOMIC_ACQ_REL;
+    default: return __ATOMIC_SEQ_CST;
   }
 }
-template <class T>
-T atomicCAS(T* address, T compare, T val) {
-  static_assert(std::is_integral_v<T>, "atomicCAS takes integer types");
-  __atomic_compare_exchange_n(address, &compare, val, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
-  return compare;  // holds the old value either way
+constexpr bool releases(cuda::std::memory_order o) {
+  return o == cuda::std::memory_order_release || o == cuda::std::memory_order_acq_rel ||
+         o == cuda::std::memory_order_seq_cst;
 }
-template <class T>
-T atomicExch(T* address, T val) {
+constexpr bool acquires(cuda::std::memory_order o) {
+  return o == cuda::std::memory_order_acquire || o == cuda::std::memory_order_consume ||
+         o == cuda::std::memory_order_acq_rel || o == cuda::std::memory_order_seq_cst;
+}
+
+/// An atomic read-modify-write of *p to f(old) with order `o` (a compare-and-swap loop), seen by
+/// the executor (atomic_write before, atomic_read after). Returns the old value.
+template <class T, class F>
+T atomic_rmw(T* p, F f, cuda::std::memory_order o, Site site) {
+  atomic_write(p, releases(o));
   T old;
-  __atomic_exchange(address, &val, &old, __ATOMIC_RELAXED);
+  __atomic_load(p, &old, __ATOMIC_RELAXED);
+  T desired = f(old);
+  while (!__atomic_compare_exchange(p, &old, &desired, false, gcc_order(o), __ATOMIC_RELAXED))
+    desired = f(old);
+  atomic_read(p, acquires(o), std::memcmp(&old, &desired, sizeof(T)) != 0, site);
   return old;
 }
+
+}  // namespace cubn::sim::detail
+
+namespace cubn::sim {
+
+/// cuda::atomic_ref<T, cuda::thread_scope_device> as the executor runs it (kernels name it
+/// cubn::kernels::DeviceAtomicRef): the same operations and orders, each seen by the executor
+/// (detail::atomic_write, detail::atomic_read), so that ThreadSanitizer gets the orders right with
+/// fences and a spin on load() lets other threads run.
 template <class T>
-T atomicMax(T* address, T val) {
-  return __atomic_fetch_max(address, val, __ATOMIC_RELAXED);
+class AtomicRef {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 8, "an atomic word of 1 to 8 bytes");
+
+ public:
+  explicit AtomicRef(T& ref) : p_(&ref) {}
+  T load(cuda::std::memory_order o = cuda::std::memory_order_seq_cst,
+         CUBN_SIM_SITE_PARAMS) const {
+    T v;
+    __atomic_load(p_, &v, detail::gcc_order(o));
+    detail::atomic_read(p_, detail::acquires(o), false, CUBN_SIM_SITE);
+    return v;
+  }
+  void store(T v, cuda::std::memory_order o = cuda::std::memory_order_seq_cst) const {
+    detail::atomic_write(p_, detail::releases(o));
+    __atomic_store(p_, &v, detail::gcc_order(o));
+  }
+  T fetch_add(T v, cuda::std::memory_order o = cuda::std::memory_order_seq_cst,
+              CUBN_SIM_SITE_PARAMS) const {
+    return detail::atomic_rmw(p_, [v](T old) { return static_cast<T>(old + v); }, o,
+                              CUBN_SIM_SITE);
+  }
+  T fetch_and(T v, cuda::std::memory_order o = cuda::std::memory_order_seq_cst,
+              CUBN_SIM_SITE_PARAMS) const {
+    return detail::atomic_rmw(p_, [v](T old) { return static_cast<T>(old & v); }, o,
+                              CUBN_SIM_SITE);
+  }
+  T fetch_or(T v, cuda::std::memory_order o = cuda::std::memory_order_seq_cst,
+             CUBN_SIM_SITE_PARAMS) const {
+    return detail::atomic_rmw(p_, [v](T old) { return static_cast<T>(old | v); }, o,
+                              CUBN_SIM_SITE);
+  }
+  T exchange(T v, cuda::std::memory_order o = cuda::std::memory_order_seq_cst,
+             CUBN_SIM_SITE_PARAMS) const {
+    return detail::atomic_rmw(p_, [v](T) { return v; }, o, CUBN_SIM_SITE);
+  }
+  /// A failed exchange (expected then holds the value found) is a read: a spin-wait.
+  bool compare_exchange_weak(T& expected, T desired, cuda::std::memory_order success,
+                             cuda::std::memory_order failure, CUBN_SIM_SITE_PARAMS) const {
+    detail::atomic_write(p_, detail::releases(success));
+    const T before = expected;
+    const bool ok = __atomic_compare_exchange(p_, &expected, &desired, true,
+                                              detail::gcc_order(success), detail::gcc_order(failure));
+    detail::atomic_read(p_, detail::acquires(ok ? success : failure),
+                        ok && std::memcmp(&before, &desired, sizeof(T)) != 0, CUBN_SIM_SITE);
+    return ok;
+  }
+
+ private:
+  T* p_;
+};
+
+/// cuda::atomic_thread_fence(o, cuda::thread_scope_device) as the executor runs it.
+inline void device_fence(cuda::std::memory_order o) {
+  detail::fence(detail::releases(o), detail::acquires(o));
+}
+
+}  // namespace cubn::sim
+
+// The CUDA atomic intrinsics: relaxed, device scope.
+template <class T>
+T atomicAdd(T* address, T val, CUBN_SIM_SITE_PARAMS) {
+  return cubn::sim::detail::atomic_rmw(address, [val](T old) { return static_cast<T>(old + val); },
+                                       cuda::std::memory_order_relaxed, CUBN_SIM_SITE);
 }
 template <class T>
-T atomicMin(T* address, T val) {
-  return __atomic_fetch_min(address, val, __ATOMIC_RELAXED);
+T atomicCAS(T* address, T compare, T val, CUBN_SIM_SITE_PARAMS) {
+  static_assert(std::is_integral_v<T>, "atomicCAS takes integer types");
+  return cubn::sim::detail::atomic_rmw(
+      address, [compare, val](T old) { return old == compare ? val : old; },
+      cuda::std::memory_order_relaxed, CUBN_SIM_SITE);
 }
-inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+template <class T>
+T atomicExch(T* address, T val, CUBN_SIM_SITE_PARAMS) {
+  return cubn::sim::detail::atomic_rmw(address, [val](T) { return val; },
+                                       cuda::std::memory_order_relaxed, CUBN_SIM_SITE);
+}
+template <class T>
+T atomicMax(T* address, T val, CUBN_SIM_SITE_PARAMS) {
+  return cubn::sim::detail::atomic_rmw(address, [val](T old) { return old < val ? val : old; },
+                                       cuda::std::memory_order_relaxed, CUBN_SIM_SITE);
+}
+template <class T>
+T atomicMin(T* address, T val, CUBN_SIM_SITE_PARAMS) {
+  return cubn::sim::detail::atomic_rmw(address, [val](T old) { return val < old ? val : old; },
+                                       cuda::std::memory_order_relaxed, CUBN_SIM_SITE);
+}
+/// A sequentially consistent fence at device scope: both a release and an acquire fence.
+inline void __threadfence() { cubn::sim::detail::fence(true, true); }
+/// A fence at block scope. The executor treats it as __threadfence() (an over-approximation: a
+/// block-scope fence used to order memory between blocks is not reported).
+inline void __threadfence_block() { cubn::sim::detail::fence(true, true); }
 
 // ---- loads and math intrinsics --------------------------------------------------------------
 template <class T>

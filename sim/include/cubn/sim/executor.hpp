@@ -2,16 +2,20 @@
 /// @brief The SIMT executor: runs CUDA kernel sources on the CPU, for tests and debugging.
 ///
 /// This is a test and debugging backend, not a fast CPU path. Each CUDA thread of a block runs as
-/// a fiber (ucontext) on the calling host thread; a block's fibers run one after another until each
-/// reaches a barrier, a warp collective or its end, and blocks of a grid run one after another.
-/// Several host threads may launch at once: each runs its own launches with its own fibers.
+/// a fiber (a stack switch) on a host thread; a block's fibers run one after another until each
+/// reaches a barrier, a warp collective, an atomic read that changed nothing (a spin-wait) or its
+/// end. The blocks of an ordinary launch run one after another on the calling host thread (in
+/// order or shuffled), or with BlockOrder::kConcurrent on kConcurrentWorkers host threads at once;
+/// a cooperative launch runs every block at once, each on a host thread of its own. Several host
+/// threads may launch at once: each runs its own launches with its own fibers.
 ///
 /// What it checks, reporting a cubn::Error with Status::kKernelFault instead of hanging:
 ///  - a __syncthreads() that not every thread of the block reaches (threads that returned count as
-///    not reaching it), or that threads reach at different places in the source;
+///    not reaching it), or that threads reach at different call sites (two calls on one line are
+///    two sites);
 ///  - a warp intrinsic (__shfl*_sync, __ballot_sync, __all_sync, __any_sync, __syncwarp) whose mask
 ///    does not include the calling lane, names lanes that do not exist or have returned, or names
-///    lanes that never arrive at the same intrinsic with the same mask; a shuffle reading a lane
+///    lanes that never arrive at the same call site with the same mask; a shuffle reading a lane
 ///    outside the mask; a width that is not a power of two up to 32;
 ///  - a block collective used against its contract (cubn::kernels::BlockReduce: the result read
 ///    outside thread 0, temporary storage reused without a barrier in between);
@@ -20,21 +24,44 @@
 ///    cudaErrorCooperativeLaunchTooLarge);
 ///  - in a cooperative launch, a block that returns, or waits at a different grid sync, while
 ///    others wait at a grid sync;
-///  - races on shared memory declared through CUBN_SHARED / CUBN_DYNAMIC_SHARED
-///    (kernels/platform.cuh), compute-sanitizer racecheck's job: a write and a read, or two writes,
-///    of one element by different threads with no __syncthreads() between them. That shared memory
-///    starts each block poisoned (0xCD bytes), as dynamic shared memory does.
+///  - races on shared memory declared through CUBN_SHARED, CUBN_SHARED_OBJECT (a collective's
+///    storage) or CUBN_DYNAMIC_SHARED (kernels/platform.cuh), compute-sanitizer racecheck's job: a
+///    write and a read, or two writes, of one element by different threads with no
+///    __syncthreads() between them. That shared memory starts each block poisoned (0xCD bytes), as
+///    dynamic shared memory does;
+///  - a wait that cannot end: a thread that waits through atomic reads (a spin on
+///    DeviceAtomicRef::load, a failing compare-and-swap) while no thread of the grid makes progress
+///    for watchdog_seconds() (the flag of a block that runs later, or of no thread). A wait that
+///    can end on a GPU completes: the waiting thread gives the others a turn at each read (across
+///    the warps of a block; between the co-resident blocks of a cooperative launch).
 /// Out-of-bounds global memory access is caught by building with AddressSanitizer (preset `asan`).
 ///
-/// What it cannot show: timing of any kind; the GPU memory model (weak ordering, visibility between
-/// blocks, the need for __threadfence) since blocks run one after another, so cross-block
-/// communication (the kernels' tickets) must be right by construction (cuda::atomic_ref with
-/// acquire/release); running blocks in a shuffled order (set_block_order) shows a result that
-/// depends on which block finishes last, not a race between blocks running at once; warp scheduling
-/// and lockstep execution (threads run one at a time, so code that relies on lockstep without
-/// __syncwarp gets wrong results here, which tests then catch, but the converse is not shown);
-/// warp-synchronous shared memory (lanes ordered by __syncwarp alone are reported as racing: the
-/// kernels do not rely on it); shared memory declared with a plain __shared__ is not checked.
+/// Under ThreadSanitizer (preset `tsan`) memory is ordered as the CUDA memory model orders it, not
+/// as the fibers happen to run: the threads of a block are ordered only by __syncthreads(),
+/// __syncwarp() (among its lanes), atomics and fences; blocks only by atomics and fences (and grid
+/// syncs, and a launch's start and end). An atomic with release or acquire order is one for
+/// ThreadSanitizer; a __threadfence() (or device_fence) is both a release fence, which makes the
+/// thread's later atomic writes releases, and an acquire fence, which acquires what the thread's
+/// earlier atomic reads read (the fence-to-atomic synchronization of the C++ and PTX models, which
+/// ThreadSanitizer does not model by itself). So a race between blocks (kConcurrent, cooperative
+/// launches) or between threads of a block (a non-atomic read-modify-write of global memory by
+/// several threads) is reported, and a correctly ordered protocol is not.
+///
+/// What it cannot show: timing of any kind; orderings a GPU allows and host threads never produce
+/// (x86 keeps stores in order: a reader that sees a flag but stale data on a GPU, or a third block
+/// that sees two writes in different orders, never happens here, so such a bug shows only as the
+/// missing synchronization ThreadSanitizer reports); blocks of one worker of a kConcurrent launch
+/// are ordered one after another (a race between two such blocks is missed; across workers it is
+/// not); a release fence releases the thread's accesses up to its next atomic write, not up to the
+/// fence (an access in between is not reported), and an acquire fence acquires from the latest
+/// release of a location, not the one its read saw; scopes (a block-scope fence or atomic counts
+/// as device scope); warp scheduling and lockstep execution (threads run one at a time, so code
+/// that relies on lockstep without __syncwarp gets wrong results here, which tests then catch, but
+/// the converse is not shown); warp-synchronous shared memory (lanes ordered by __syncwarp alone
+/// are reported as racing by the shared-memory check: the kernels do not rely on it); a wait on
+/// plain or volatile loads (the executor cannot preempt it: it hangs); shared memory declared with
+/// a plain __shared__ is neither poisoned nor checked by the executor (ThreadSanitizer still sees
+/// its races; tests/cmake/kernel_sources_test.cmake keeps kernels/ and host/ free of it).
 #pragma once
 
 #include <vector_types.h>
@@ -101,11 +128,48 @@ void set_schedule(Schedule s) noexcept;
 
 /// The order in which a grid's blocks run. On a GPU blocks run in any order and concurrently, so a
 /// kernel whose result depends on which block finishes first (a ticket taken, partials merged in
-/// arrival order) is wrong; running the blocks in a shuffled order shows it.
-enum class BlockOrder { kInOrder, kShuffled };
-/// Sets the calling host thread's block order (default kInOrder). kShuffled draws a permutation of
-/// each launch's blocks from `seed` and the thread's launch count, so a run is reproducible.
+/// arrival order) is wrong; running the blocks in a shuffled order shows it. kConcurrent runs them
+/// shuffled on kConcurrentWorkers host threads at once, blocks dealt round the workers in the
+/// shuffled order, with nothing synchronizing the workers but what the kernel itself does (its
+/// atomics and fences), so that ThreadSanitizer checks what crosses between blocks (tickets,
+/// flags) as it does between the blocks of a cooperative launch.
+enum class BlockOrder { kInOrder, kShuffled, kConcurrent };
+/// Sets the calling host thread's block order (default kInOrder, or what the environment variable
+/// CUBN_SIM_BLOCKS says: in-order, shuffled, concurrent). kShuffled and kConcurrent draw a
+/// permutation of each launch's blocks from `seed` and the thread's launch count, so the order is
+/// reproducible (kConcurrent's interleaving is not).
 void set_block_order(BlockOrder order, std::uint64_t seed = 0) noexcept;
+/// Host threads of a kConcurrent launch.
+constexpr unsigned kConcurrentWorkers = 4;
+
+/// Seconds without progress after which the executor faults a kernel (default 10, or the
+/// environment variable CUBN_SIM_WATCHDOG_S): progress is a barrier or warp collective completed,
+/// an atomic write that changed memory, a block started or finished, anywhere in the grid. Seen by
+/// threads that wait through atomic loads (DeviceAtomicRef::load, a compare-and-swap that fails):
+/// the executor gives other threads a turn at each, and faults the kernel when the wait has lasted
+/// this long with no progress (a flag that a block the schedule runs later, or no thread, would
+/// set). A wait through plain or volatile loads is not seen (the executor cannot preempt a thread
+/// that never calls it): CUDA too requires atomics there.
+double watchdog_seconds() noexcept;
+/// Sets the watchdog for every host thread (seconds > 0; 0 restores the default).
+void set_watchdog_seconds(double seconds) noexcept;
+
+/// Variants of the kernels' ticket (kernels/channel_ops.cuh take_ticket), for the executor's own
+/// tests that ThreadSanitizer sees each ordering the ticket needs: kFences is cubn's (release
+/// fence, relaxed fetch_add, acquire fence in the last block); kAcqRel an equally correct one (an
+/// acq_rel fetch_add, no fences); the others are mutations: a fence removed, the fetch_add relaxed
+/// with no fence, the partials read before the ticket (the plane reductions). Process-wide; set it
+/// only in a test process of its own (a death test).
+enum class TicketVariant {
+  kFences,
+  kAcqRel,
+  kNoReleaseFence,
+  kNoAcquireFence,
+  kRelaxedTicket,
+  kReadBeforeTicket
+};
+TicketVariant ticket_variant() noexcept;
+void set_ticket_variant(TicketVariant v) noexcept;
 
 /// Global-memory traffic of one launch, from the kernels' load and store helpers
 /// (kernels/memory.cuh); plain pointer accesses (the per-channel vectors of the finalization
