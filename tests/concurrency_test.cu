@@ -23,14 +23,7 @@
 #include "plan.hpp"
 #include "platform.cuh"
 #include "problem.hpp"
-
-#if defined(__SANITIZE_THREAD__)
-#define CUBN_TEST_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define CUBN_TEST_TSAN 1
-#endif
-#endif
+#include "support/executor_checks.hpp"
 
 namespace {
 
@@ -39,26 +32,13 @@ using cubn::Status;
 using cubn::kernels::DeviceAtomicRef;
 namespace sim = cubn::sim;
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.status(), Status::kKernelFault) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a kernel fault, got none";
-  return "";
-}
+using cubn::test::fault_of;
+using cubn::test::SmallDevice;
 
-// The calling thread's block order, SM count and the watchdog while alive.
+// The calling thread's block order and the watchdog while alive.
 struct Blocks {
   explicit Blocks(sim::BlockOrder o, std::uint64_t seed = 0) { sim::set_block_order(o, seed); }
   ~Blocks() { sim::set_block_order(sim::BlockOrder::kInOrder); }
-};
-struct SmallDevice {
-  explicit SmallDevice(int sms) { sim::set_sm_count(sms); }
-  ~SmallDevice() { sim::set_sm_count(0); }
 };
 struct Watchdog {
   explicit Watchdog(double s) { sim::set_watchdog_seconds(s); }
@@ -95,7 +75,7 @@ __global__ void fault_in_block(int bad) {
 
 TEST(ConcurrentBlocks, AFaultInOneBlockIsTheLaunchsFault) {
   const Blocks order(sim::BlockOrder::kConcurrent, 5);
-  const std::string msg = error_of([] { sim::launch(fault_in_block, dim3(16), dim3(32), 0, 11); });
+  const std::string msg = fault_of([] { sim::launch(fault_in_block, dim3(16), dim3(32), 0, 11); });
   EXPECT_NE(msg.find("block (11,0,0)"), std::string::npos) << msg;
 }
 
@@ -118,7 +98,7 @@ TEST(Watchdog, AWaitForALaterBlockIsAKernelFaultNamingTheKernel) {
   const Watchdog dog(0.3);
   unsigned flag = 0;
   int out = 0;
-  const std::string msg = error_of([&] {
+  const std::string msg = fault_of([&] {
     sim::launch_named("wait_for_a_later_block", wait_for_a_later_block, dim3(2), dim3(32), 0,
                       &flag, &out);
   });
@@ -175,6 +155,26 @@ TEST(Watchdog, AFlagBetweenBlocksOfACooperativeLaunchCompletes) {
   EXPECT_EQ(out, 7);
 }
 
+// A thread that waits on a plain (volatile) load: the executor cannot give the others a turn, so
+// the monitor of stalled launches ends the process, naming the kernel: never a silent hang.
+__global__ void spin_on_a_plain_load(volatile unsigned* flag) {
+  if (threadIdx.x == 0) {
+    while (*flag == 0) {
+    }
+  }
+}
+
+void spin_forever() {
+  sim::set_watchdog_seconds(0.2);  // the monitor's limit: 6 x 0.2 s
+  static unsigned flag = 0;
+  sim::launch_named("spin_on_a_plain_load", spin_on_a_plain_load, dim3(1), dim3(32), 0, &flag);
+}
+
+TEST(Watchdog, ASpinOnPlainLoadsEndsTheProcessNamingTheKernel) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(spin_forever(), "kernel spin_on_a_plain_load made no progress for 1.2 s");
+}
+
 // ---- warp-collective sites and collective storage -----------------------------------------------
 
 // Even lanes and odd lanes call two different shuffles that share a line.
@@ -188,7 +188,7 @@ __global__ void two_shuffles_on_one_line(int* out) {
 TEST(WarpSites, TwoShufflesOnOneLineAreTwoSites) {
   std::vector<int> out(32);
   const std::string msg =
-      error_of([&] { sim::launch(two_shuffles_on_one_line, dim3(1), dim3(32), 0, out.data()); });
+      fault_of([&] { sim::launch(two_shuffles_on_one_line, dim3(1), dim3(32), 0, out.data()); });
   EXPECT_NE(msg.find("disagree"), std::string::npos) << msg;
 }
 
@@ -215,7 +215,7 @@ TEST(CollectiveStorage, IsRaceCheckedLikeSharedArrays) {
   std::vector<int> out(64);
   sim::launch(neighbour_through_collective_storage<true>, dim3(1), dim3(64), 0, out.data());
   EXPECT_EQ(out[0], 1);
-  const std::string msg = error_of([&] {
+  const std::string msg = fault_of([&] {
     sim::launch(neighbour_through_collective_storage<false>, dim3(1), dim3(64), 0, out.data());
   });
   EXPECT_NE(msg.find("shared memory race on collective temp storage"), std::string::npos) << msg;
@@ -239,7 +239,7 @@ void run_and_exit(sim::BlockOrder order, Kernel kernel, dim3 grid, dim3 block, A
   std::exit(0);
 }
 
-constexpr int kReport = 66;  // ThreadSanitizer's exit code after a report
+constexpr int kReport = cubn::test::kTsanReportExit;
 
 // A last-block sum as CUDA programs write it: thread 0 of each block stores its block's value,
 // takes a ticket, and the last block reads every block's value. Release and Acquire choose the

@@ -12,14 +12,7 @@
 
 #include "cubn/sim/executor.hpp"
 #include "platform.cuh"
-
-#if defined(__SANITIZE_THREAD__)
-#define CUBN_TEST_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define CUBN_TEST_TSAN 1
-#endif
-#endif
+#include "support/executor_checks.hpp"
 
 namespace {
 
@@ -28,24 +21,11 @@ using cubn::Status;
 using cubn::kernels::grid_sync;
 namespace sim = cubn::sim;
 
-// Runs f, expects an error with `status`, returns its message.
+using cubn::test::SmallDevice;
 template <class F>
 std::string error_of(F&& f, Status status = Status::kKernelFault) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.status(), status) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an error, got none";
-  return "";
+  return cubn::test::fault_of(std::forward<F>(f), status);
 }
-
-// A smaller executor device for the calling thread while alive.
-struct SmallDevice {
-  explicit SmallDevice(int sms) { sim::set_sm_count(sms); }
-  ~SmallDevice() { sim::set_sm_count(0); }
-};
 
 // ---- cooperative launches -------------------------------------------------------------------
 

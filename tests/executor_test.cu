@@ -12,6 +12,7 @@
 #include "block_reduce.cuh"
 #include "cubn/sim/executor.hpp"
 #include "platform.cuh"
+#include "support/executor_checks.hpp"
 
 namespace {
 
@@ -20,18 +21,7 @@ using cubn::Status;
 using cubn::kernels::linear_thread_index;
 namespace sim = cubn::sim;
 
-// Runs f, expects a kernel fault, returns its message.
-template <class F>
-std::string fault_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.status(), Status::kKernelFault) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a kernel fault, got none";
-  return "";
-}
+using cubn::test::fault_of;
 
 // ---- what runs right ------------------------------------------------------------------------
 

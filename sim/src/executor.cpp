@@ -26,6 +26,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -888,6 +889,81 @@ int cooperative_blocks_per_sm(dim3 block, std::size_t dynamic_smem) noexcept {
   return static_cast<int>(n);
 }
 
+// The last resort against a hang: a launch whose grid makes no progress (detail::spin's count) for
+// kStallFactor x watchdog_seconds() is reported on stderr, naming its kernel, and the process
+// aborts. The in-kernel watchdog (detail::spin) faults a thread that waits through atomic reads
+// long before; this catches what the executor cannot see or stop: a thread spinning on plain or
+// volatile loads, or computing without end. A monitor thread, started at the first launch and
+// never stopped, looks once a second at the launches running then.
+constexpr double kStallFactor = 6;
+
+class Monitor {
+ public:
+  // A launch, watched while alive.
+  class Watch {
+   public:
+    Watch(const char* name, const std::atomic<std::uint64_t>* progress)
+        : name_(name), progress_(progress) {
+      Monitor& m = get();
+      const std::lock_guard<std::mutex> lock(m.mutex_);
+      seen_ = progress_->load(std::memory_order_relaxed);
+      since_ = Clock::now();
+      m.watches_.push_back(this);
+    }
+    ~Watch() {
+      Monitor& m = get();
+      const std::lock_guard<std::mutex> lock(m.mutex_);
+      m.watches_.erase(std::find(m.watches_.begin(), m.watches_.end(), this));
+    }
+    Watch(const Watch&) = delete;
+    Watch& operator=(const Watch&) = delete;
+
+   private:
+    friend class Monitor;
+    const char* name_;
+    const std::atomic<std::uint64_t>* progress_;
+    std::uint64_t seen_ = 0;
+    Clock::time_point since_{};
+  };
+
+ private:
+  static Monitor& get() {
+    static Monitor* const m = [] {
+      auto* mon = new Monitor;  // never destroyed: its thread outlives static destruction
+      std::thread([mon] { mon->loop(); }).detach();
+      return mon;
+    }();
+    return *m;
+  }
+
+  [[noreturn]] void loop() {
+    for (;;) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      const std::lock_guard<std::mutex> lock(mutex_);
+      const Clock::time_point now = Clock::now();
+      const double limit = kStallFactor * watchdog_seconds();
+      for (Watch* w : watches_) {
+        const std::uint64_t v = w->progress_->load(std::memory_order_relaxed);
+        if (v != w->seen_) {
+          w->seen_ = v;
+          w->since_ = now;
+        } else if (std::chrono::duration<double>(now - w->since_).count() > limit) {
+          std::fprintf(stderr,
+                       "cubn executor: kernel %s made no progress for %g s (no barrier, warp "
+                       "collective, atomic write or block finished in the grid): a thread spins "
+                       "on plain or volatile loads, which the executor cannot preempt (wait "
+                       "through atomics, as CUDA requires), or never ends; aborting\n",
+                       w->name_, limit);
+          std::abort();
+        }
+      }
+    }
+  }
+
+  std::mutex mutex_;
+  std::vector<Watch*> watches_;
+};
+
 // Host threads for the blocks of cooperative launches, started once and kept: a new thread costs
 // the C library a clear of the whole static TLS, and every kernel's shared arrays are thread_local
 // (CUBN_SHARED: 6 MB in the test binary), so a launch of 100 blocks on new threads spent most of
@@ -1087,6 +1163,7 @@ void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void 
   LaunchProfile* profile = new_launch_profile(parent, name);
   Coop coop;
   coop.blocks = static_cast<unsigned>(blocks);
+  const Monitor::Watch watch(name, &coop.progress);
   std::vector<WorkerResult> results(blocks);
   const Schedule schedule = parent.schedule;
   const auto work = [&](std::uint64_t b) {
@@ -1130,6 +1207,7 @@ void run_grid_concurrently(Engine& parent, dim3 grid, dim3 block, std::size_t dy
   std::vector<WorkerResult> results(workers);
   std::atomic<bool> failed{false};
   std::atomic<std::uint64_t> progress{0};
+  const Monitor::Watch watch(name, &progress);
   const Schedule schedule = parent.schedule;
   const auto work = [&](std::uint64_t w) {
     Engine& e = g_engine;
@@ -1178,6 +1256,7 @@ void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void
   }
   setup(e, grid, block, dynamic_smem, body, ctx, name, nullptr);
   use_launch_profile(e, new_launch_profile(e, name));
+  const Monitor::Watch watch(name, e.progress);
   e.running = true;
   for (std::uint64_t i = 0; i < blocks; ++i) {
     const std::uint64_t b = shuffled ? e.block_perm[i] : i;
