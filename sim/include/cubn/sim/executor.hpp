@@ -33,7 +33,10 @@
 ///    DeviceAtomicRef::load, a failing compare-and-swap) while no thread of the grid makes progress
 ///    for watchdog_seconds() (the flag of a block that runs later, or of no thread). A wait that
 ///    can end on a GPU completes: the waiting thread gives the others a turn at each read (across
-///    the warps of a block; between the co-resident blocks of a cooperative launch).
+///    the warps of a block; between the co-resident blocks of a cooperative launch); and, as the
+///    last resort, a launch whose grid makes no progress at all for 6 x watchdog_seconds() (a
+///    spin on plain or volatile loads, which the executor cannot preempt): a message on stderr
+///    naming the kernel, and the process aborts.
 /// Out-of-bounds global memory access is caught by building with AddressSanitizer (preset `asan`).
 ///
 /// Under ThreadSanitizer (preset `tsan`) memory is ordered as the CUDA memory model orders it, not
@@ -59,7 +62,7 @@
 /// that relies on lockstep without __syncwarp gets wrong results here, which tests then catch, but
 /// the converse is not shown); warp-synchronous shared memory (lanes ordered by __syncwarp alone
 /// are reported as racing by the shared-memory check: the kernels do not rely on it); a wait on
-/// plain or volatile loads (the executor cannot preempt it: it hangs); shared memory declared with
+/// plain or volatile loads ends the process (above), never a kernel fault; shared memory declared with
 /// a plain __shared__ is neither poisoned nor checked by the executor (ThreadSanitizer still sees
 /// its races; tests/cmake/kernel_sources_test.cmake keeps kernels/ and host/ free of it).
 #pragma once
@@ -149,7 +152,8 @@ constexpr unsigned kConcurrentWorkers = 4;
 /// the executor gives other threads a turn at each, and faults the kernel when the wait has lasted
 /// this long with no progress (a flag that a block the schedule runs later, or no thread, would
 /// set). A wait through plain or volatile loads is not seen (the executor cannot preempt a thread
-/// that never calls it): CUDA too requires atomics there.
+/// that never calls it; CUDA too requires atomics there): a launch that makes no progress for 6 x
+/// this ends the process with a message naming the kernel.
 double watchdog_seconds() noexcept;
 /// Sets the watchdog for every host thread (seconds > 0; 0 restores the default).
 void set_watchdog_seconds(double seconds) noexcept;
