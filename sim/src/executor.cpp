@@ -104,7 +104,8 @@ std::string where(detail::Site s) {
 bool same_site(detail::Site a, detail::Site b) {
   // one call site's file is one string literal: compare the pointers before the characters
   return a.line == b.line && a.id == b.id &&
-         (a.file == b.file || (a.file != nullptr && b.file != nullptr && std::strcmp(a.file, b.file) == 0));
+         (a.file == b.file ||
+          (a.file != nullptr && b.file != nullptr && std::strcmp(a.file, b.file) == 0));
 }
 
 // While alive, ThreadSanitizer does not see the calling fiber's memory accesses (its
@@ -315,9 +316,11 @@ struct Fiber {
   int arg = 0;
   int width = 32;
   std::uint64_t result = 0;
-  // the memory model (detail::atomic_write, detail::fence)
+#if defined(CUBN_SIM_TSAN)
+  // the memory model ThreadSanitizer is given (detail::atomic_write, detail::fence)
   bool released = false;                  // a release fence ran: later atomic writes release
   std::vector<const void*> read_atomics;  // read by relaxed atomic reads, for an acquire fence
+#endif
 #if defined(CUBN_SIM_ASAN)
   void* fake_stack = nullptr;
 #endif
@@ -343,6 +346,30 @@ struct Coop {
 };
 
 using Clock = std::chrono::steady_clock;
+
+// How long a grid's progress count has stood still: what the in-kernel watchdog (detail::spin)
+// and the monitor of stalled launches (Monitor) both ask.
+class Stall {
+ public:
+  void start(const std::atomic<std::uint64_t>& progress) {
+    seen_ = progress.load(std::memory_order_relaxed);
+    since_ = Clock::now();
+  }
+  // Seconds since the count last moved (0 when it moved since the last look).
+  double seconds(const std::atomic<std::uint64_t>& progress) {
+    const std::uint64_t v = progress.load(std::memory_order_relaxed);
+    const Clock::time_point now = Clock::now();
+    if (v != seen_) {
+      seen_ = v;
+      since_ = now;
+    }
+    return std::chrono::duration<double>(now - since_).count();
+  }
+
+ private:
+  std::uint64_t seen_ = 0;
+  Clock::time_point since_{};
+};
 
 // What the environment variable CUBN_SIM_BLOCKS asks for (in-order, shuffled, concurrent).
 BlockOrder default_block_order() {
@@ -398,8 +425,7 @@ struct Engine {
   // a waiting thread last saw and since when
   std::atomic<std::uint64_t> own_progress{0};
   std::atomic<std::uint64_t>* progress = &own_progress;
-  std::uint64_t seen_progress = 0;
-  Clock::time_point seen_since{};
+  Stall stall;
   std::uint64_t spins = 0;
   // ThreadSanitizer's synchronization objects (their addresses): the block's start, its barrier,
   // its warps' __syncwarp()
@@ -662,8 +688,10 @@ void run_block(Engine& e) {
     if (f.unwound) unpoison_stacks(f.bottom, kStackBytes);
 #endif
     f.unwound = false;
+#if defined(CUBN_SIM_TSAN)
     f.released = false;
     f.read_atomics.clear();
+#endif
   }
   tsan_release(&e.block_start);
   e.progress->fetch_add(1, std::memory_order_relaxed);
@@ -762,8 +790,7 @@ void setup(Engine& e, dim3 grid, dim3 block, std::size_t dynamic_smem, void (*bo
            void* ctx, const char* name, std::atomic<std::uint64_t>* progress) {
   e.kernel = name;
   e.progress = progress != nullptr ? progress : &e.own_progress;
-  e.seen_progress = e.progress->load(std::memory_order_relaxed);
-  e.seen_since = Clock::now();
+  e.stall.start(*e.progress);
   e.nthreads = block.x * block.y * block.z;
   if (e.fibers.size() < e.nthreads) e.fibers.resize(e.nthreads);
   for (unsigned i = 0; i < e.nthreads; ++i) {
@@ -906,8 +933,7 @@ class Monitor {
         : name_(name), progress_(progress) {
       Monitor& m = get();
       const std::lock_guard<std::mutex> lock(m.mutex_);
-      seen_ = progress_->load(std::memory_order_relaxed);
-      since_ = Clock::now();
+      stall_.start(*progress_);
       m.watches_.push_back(this);
     }
     ~Watch() {
@@ -922,8 +948,7 @@ class Monitor {
     friend class Monitor;
     const char* name_;
     const std::atomic<std::uint64_t>* progress_;
-    std::uint64_t seen_ = 0;
-    Clock::time_point since_{};
+    Stall stall_;
   };
 
  private:
@@ -940,14 +965,9 @@ class Monitor {
     for (;;) {
       std::this_thread::sleep_for(std::chrono::seconds(1));
       const std::lock_guard<std::mutex> lock(mutex_);
-      const Clock::time_point now = Clock::now();
       const double limit = kStallFactor * watchdog_seconds();
       for (Watch* w : watches_) {
-        const std::uint64_t v = w->progress_->load(std::memory_order_relaxed);
-        if (v != w->seen_) {
-          w->seen_ = v;
-          w->since_ = now;
-        } else if (std::chrono::duration<double>(now - w->since_).count() > limit) {
+        if (w->stall_.seconds(*w->progress_) > limit) {
           std::fprintf(stderr,
                        "cubn executor: kernel %s made no progress for %g s (no barrier, warp "
                        "collective, atomic write or block finished in the grid): a thread spins "
@@ -1324,14 +1344,10 @@ void block_barrier(Site site, bool grid) {
 // watchdog_seconds() while a thread waits so.
 void spin(Engine& e, Site site) {
   if (++e.spins % 64 == 0) {
-    const std::uint64_t now_progress = e.progress->load(std::memory_order_relaxed);
-    const Clock::time_point now = Clock::now();
-    if (now_progress != e.seen_progress) {
-      e.seen_progress = now_progress;
-      e.seen_since = now;
-    } else if (std::chrono::duration<double>(now - e.seen_since).count() > watchdog_seconds()) {
+    const double limit = watchdog_seconds();
+    if (e.stall.seconds(*e.progress) > limit) {
       char secs[32];
-      std::snprintf(secs, sizeof secs, "%g", watchdog_seconds());
+      std::snprintf(secs, sizeof secs, "%g", limit);
       raise(e, "kernel " + std::string(e.kernel) + " made no progress for " + secs +
                    " s (watchdog): " + thread_name(*e.current) + " waits in an atomic read at " +
                    where(site) +
@@ -1349,21 +1365,28 @@ void syncthreads(Site site) { block_barrier(site, false); }
 
 void grid_sync(Site site) { block_barrier(site, true); }
 
-void atomic_write(const void* p, bool release) {
-  Engine& e = engine_in_kernel("an atomic operation");
+// The fence bookkeeping exists only for ThreadSanitizer: elsewhere the host's own atomics and
+// fences (the operations themselves) are all the executor needs.
+void atomic_write([[maybe_unused]] const void* p, [[maybe_unused]] bool release) {
+  [[maybe_unused]] Engine& e = engine_in_kernel("an atomic operation");
+#if defined(CUBN_SIM_TSAN)
   const TsanIgnore ignore;
   if (release || e.current->released) tsan_release(p);
+#endif
 }
 
-void atomic_read(const void* p, bool acquire, bool changed, Site site) {
+void atomic_read([[maybe_unused]] const void* p, [[maybe_unused]] bool acquire, bool changed,
+                 Site site) {
   Engine& e = engine_in_kernel("an atomic operation");
   const TsanIgnore ignore;
+#if defined(CUBN_SIM_TSAN)
   Fiber& f = *e.current;
   if (acquire) {
     tsan_acquire(p);
   } else if (std::find(f.read_atomics.begin(), f.read_atomics.end(), p) == f.read_atomics.end()) {
     f.read_atomics.push_back(p);
   }
+#endif
   if (changed) {
     e.progress->fetch_add(1, std::memory_order_relaxed);
   } else {
@@ -1371,8 +1394,9 @@ void atomic_read(const void* p, bool acquire, bool changed, Site site) {
   }
 }
 
-void fence(bool release, bool acquire) {
-  Engine& e = engine_in_kernel("a memory fence");
+void fence([[maybe_unused]] bool release, [[maybe_unused]] bool acquire) {
+  [[maybe_unused]] Engine& e = engine_in_kernel("a memory fence");
+#if defined(CUBN_SIM_TSAN)
   {
     const TsanIgnore ignore;
     Fiber& f = *e.current;
@@ -1380,7 +1404,6 @@ void fence(bool release, bool acquire) {
     if (acquire)
       for (const void* p : f.read_atomics) tsan_acquire(p);
   }
-#if defined(CUBN_SIM_TSAN)
   std::atomic_signal_fence(std::memory_order_seq_cst);  // ThreadSanitizer models it as above
 #else
   std::atomic_thread_fence(std::memory_order_seq_cst);
