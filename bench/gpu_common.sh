@@ -58,11 +58,17 @@ left() { echo $((BUDGET - (SECONDS - T0))); }
 note() { echo "$*" | tee -a "$WORK/steps.log"; }
 
 # parse_steps "name:min:cap ...": the steps in the order they run, into STEP_NAME, STEP_MIN,
-# STEP_CAP and STEP_LATER (the sum of the minimums of the steps after each).
+# STEP_CAP and STEP_LATER (the sum of the minimums of the steps after each). With
+# CUBN_GPU_CHECK_STEPS set (names, space-separated: a rerun of what failed, say "gtest configure
+# build tests persistent"), only those steps: run_step reports the others "not selected", and they
+# take no share of the budget.
 parse_steps() {
   local entry i later=0
   STEP_NAME=() STEP_MIN=() STEP_CAP=() STEP_LATER=()
   for entry in $1; do
+    if [ -n "${CUBN_GPU_CHECK_STEPS:-}" ] && [[ " $CUBN_GPU_CHECK_STEPS " != *" ${entry%%:*} "* ]]; then
+      continue
+    fi
     STEP_NAME+=("${entry%%:*}")
     entry=${entry#*:}
     STEP_MIN+=("${entry%%:*}")
@@ -149,6 +155,10 @@ run_step() {
   local name=$1 log=$2
   shift 2
   local t
+  if [ -n "${CUBN_GPU_CHECK_STEPS:-}" ] && [[ " $CUBN_GPU_CHECK_STEPS " != *" $name "* ]]; then
+    STEP_RESULT="not selected (CUBN_GPU_CHECK_STEPS)"
+    return
+  fi
   step_share "$name"
   t=$SHARE
   if [ "$t" = 0 ]; then

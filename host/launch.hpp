@@ -6,11 +6,11 @@
 #pragma once
 
 #include <algorithm>
-#include <array>
 #include <cstddef>
 #include <mutex>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "cubn/detail/launch_shape.hpp"
 #include "device_info.hpp"
@@ -47,11 +47,46 @@ void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, std::
 #endif
 }
 
+#if !defined(CUBN_SIM)
+/// Blocks of `kernel` resident per SM of `device` with `block` threads and `smem` bytes of dynamic
+/// shared memory, after opting the kernel in to `smem` (0: it cannot run so). Asked of the runtime
+/// once per kernel, device, block and shared memory, then remembered: kernels of one signature
+/// (another vector width of one template) have their own registers and their own opt-in, so the
+/// key is the kernel itself. (A cache keyed by signature gave the scalar kernel the vector one's
+/// figure and no opt-in: cudaErrorCooperativeLaunchTooLarge on the GPU check's first run.)
+inline int cooperative_occupancy(const void* kernel, int device, dim3 block, std::size_t smem) {
+  struct Entry {
+    const void* kernel;
+    int device;
+    unsigned threads;
+    std::size_t smem;
+    int blocks;
+  };
+  static std::mutex mutex;
+  static std::vector<Entry> known;  // a few dozen kernels at most: a linear search
+  const unsigned threads = block.x * block.y * block.z;
+  const std::lock_guard<std::mutex> lock(mutex);
+  for (const Entry& e : known)
+    if (e.kernel == kernel && e.device == device && e.threads == threads && e.smem == smem)
+      return e.blocks;
+  int n = 0;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem)) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, static_cast<int>(threads), smem) !=
+          cudaSuccess) {
+    (void)cudaGetLastError();
+    n = 0;
+  }
+  known.push_back({kernel, device, threads, smem, n});
+  return n;
+}
+#endif
+
 /// Launches kernel(args...) cooperatively (cudaLaunchCooperativeKernel; the executor's cooperative
 /// launch) on at most `grid` blocks: fewer when the occupancy API says fewer are resident together
 /// at this shape (the kernels stride over their work, so any grid size is correct). Opts the kernel
-/// in to `smem` bytes of dynamic shared memory once per device. Returns false, launching nothing,
-/// when not even one block per SM fits; throws like launch().
+/// in to `smem` bytes of dynamic shared memory (cooperative_occupancy). Returns false, launching
+/// nothing, when not even one block per SM fits; throws like launch().
 template <class... P, class... A>
 bool launch_cooperative(const char* name, void (*kernel)(P...), unsigned grid, dim3 block,
                         std::size_t smem, cudaStream_t stream, A&&... args) {
@@ -61,26 +96,8 @@ bool launch_cooperative(const char* name, void (*kernel)(P...), unsigned grid, d
   (void)stream;
   const int per_sm = sim::cooperative_blocks_per_sm(block, smem);
 #else
-  // once per kernel and device: the opt-in attribute and the occupancy at this shared memory
-  // (the plan's figure for a device does not change)
-  static std::array<std::once_flag, 64> once;
-  static std::array<int, 64> occupancy;
-  if (dev.device >= 64) return false;
-  std::call_once(once[dev.device], [&] {
-    occupancy[dev.device] = 0;
-    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(smem)) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return;
-    }
-    int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, static_cast<int>(block.x),
-                                                      smem) == cudaSuccess)
-      occupancy[dev.device] = n;
-    else
-      (void)cudaGetLastError();
-  });
-  const int per_sm = occupancy[dev.device];
+  const int per_sm = cooperative_occupancy(reinterpret_cast<const void*>(kernel), dev.device,
+                                           block, smem);
 #endif
   if (per_sm < 1) return false;
   const unsigned blocks =

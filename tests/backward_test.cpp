@@ -12,6 +12,13 @@
 //     tol(dx) = |a invstd (x - mean) / M| tol(dscale) + |a / M| tol(doffset)
 //             + 4 u_acc (|a dy| + 8 |k_x (x - mean)| + 8 |a|) + u_out |dx| + out_abs,
 //   the 8s covering the roundings inside k_x and k_1, and out_abs fp16's subnormal spacing.
+// Frozen statistics: dx = (scale * rsqrt(var + eps)) * dy in the accumulation type. The sum
+// rounds (u_acc, halved through rsqrt), rsqrt errs by up to r ulp (CUDA's documented maximum: 2
+// for rsqrtf, 1 for double; one ulp is at most 2 u_acc relative), and the two products round:
+//     tol(dx) = (2.5 + 2 r) u_acc |a dy| + (u_out + 4.5 u_double) |dx| + out_abs,
+// the u_double term for the double reference's own roundings of the same formula (add, sqrt,
+// divide, two products), which for fp64 are as large as the kernel's. (The first GPU run found
+// the former 4 u_acc |a dy| + u_out |dx| too tight for fp64: 5.3 u off, rsqrt being 1 ulp.)
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -34,11 +34,19 @@ struct BackwardTolerance {
 
   std::vector<double> dy_err;  ///< per element; empty: none
 
+  /// Relative error of the frozen dx = (scale * rsqrt(var + eps)) * dy in the accumulation type
+  /// (backward_test.cpp's file comment): the sum's rounding halved by rsqrt, rsqrt's own error
+  /// (CUDA's documented maximum, rsqrt_ulps: 2 ulp for rsqrtf, 1 for double; an ulp is at most
+  /// 2 u), and the two products. The double reference's own roundings of the same formula (1 /
+  /// sqrt instead of rsqrt: 4.5 u of double) join u_out in dx().
+  double frozen_rel() const { return (2.5 + 2 * u.rsqrt_ulps) * u.acc; }
+
   double dx(std::size_t i, std::int64_t c, double x, double dy, double dx_ref, bool batch) const {
     const double xmu = x - mean[c];
     const double e = dy_err.empty() ? 0.0 : std::fabs(a[c]) * dy_err[i];
     if (!batch)
-      return e + 4 * u.acc * std::fabs(a[c] * dy) + u.out * std::fabs(dx_ref) + u.out_abs + 1e-300;
+      return e + frozen_rel() * std::fabs(a[c] * dy) +
+             (u.out + 4.5 * std::ldexp(1.0, -53)) * std::fabs(dx_ref) + u.out_abs + 1e-300;
     const double kx = a[c] * invstd[c] / m[c];
     return e + std::fabs(kx * xmu) * dscale[c] + std::fabs(a[c] / m[c]) * doffset[c] +
            4 * u.acc * (std::fabs(a[c] * dy) + std::fabs(kx * xmu) * 8 + std::fabs(a[c]) * 8) +

@@ -53,12 +53,12 @@ using param_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
 template <class T>
 Rounding rounding_of() {
   if constexpr (std::is_same_v<T, __half>)
-    return {std::ldexp(1.0, -24), std::ldexp(1.0, -11), std::ldexp(1.0, -25)};
+    return {std::ldexp(1.0, -24), std::ldexp(1.0, -11), std::ldexp(1.0, -25), 2};
   if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    return {std::ldexp(1.0, -24), std::ldexp(1.0, -8), std::ldexp(1.0, -134)};
+    return {std::ldexp(1.0, -24), std::ldexp(1.0, -8), std::ldexp(1.0, -134), 2};
   if constexpr (std::is_same_v<T, float>)
-    return {std::ldexp(1.0, -24), std::ldexp(1.0, -24), std::ldexp(1.0, -150)};
-  return {std::ldexp(1.0, -53), std::ldexp(1.0, -53), 0.0};
+    return {std::ldexp(1.0, -24), std::ldexp(1.0, -24), std::ldexp(1.0, -150), 2};
+  return {std::ldexp(1.0, -53), std::ldexp(1.0, -53), 0.0, 1};
 }
 
 inline ref::Order ref_order(MemoryOrder o) {

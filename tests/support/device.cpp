@@ -48,22 +48,31 @@ std::string no_device_reason() {
 
 void device_sync() { check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
 
+// Each write below is complete on return (a device synchronization after it): cudaMemset and a
+// cudaMemcpy from pageable memory may return before the device has done them, ordered only on the
+// legacy default stream, and a test's stream created with cudaStreamNonBlocking is not ordered
+// after that stream. (CapturesIntoACudaGraph's first replay read x before its upload had landed.)
 DeviceBytes::DeviceBytes(std::size_t bytes) : bytes_(bytes) {
   check(cudaMalloc(&ptr_, bytes == 0 ? 1 : bytes), "cudaMalloc");
   check(cudaMemset(ptr_, 0, bytes == 0 ? 1 : bytes), "cudaMemset");
+  device_sync();
 }
 DeviceBytes::~DeviceBytes() { cudaFree(ptr_); }
 void DeviceBytes::upload(const void* src, std::size_t bytes, std::size_t offset) {
   if (bytes == 0) return;
   check(cudaMemcpy(static_cast<char*>(ptr_) + offset, src, bytes, cudaMemcpyHostToDevice),
         "cudaMemcpy to device");
+  device_sync();
 }
 void DeviceBytes::download(void* dst, std::size_t bytes, std::size_t offset) const {
   if (bytes == 0) return;
   check(cudaMemcpy(dst, static_cast<const char*>(ptr_) + offset, bytes, cudaMemcpyDeviceToHost),
         "cudaMemcpy to host");
 }
-void DeviceBytes::fill(unsigned char byte) { check(cudaMemset(ptr_, byte, bytes_), "cudaMemset"); }
+void DeviceBytes::fill(unsigned char byte) {
+  check(cudaMemset(ptr_, byte, bytes_), "cudaMemset");
+  device_sync();
+}
 
 #endif
 

@@ -31,6 +31,9 @@ struct Rounding {
   double out;      ///< u of the element type (relative, for normal numbers)
   double out_abs;  ///< half the smallest subnormal of the element type: the absolute rounding
                    ///< error below its normal range (fp16 2^-25; negligible for the others)
+  double rsqrt_ulps = 0;  ///< the accumulation type's rsqrt error in ulp, CUDA's documented
+                          ///< maximum (Programming Guide, Mathematical Functions): rsqrtf 2,
+                          ///< rsqrt (double) 1
 };
 
 /// Statistic tolerances of one channel.
