@@ -11,12 +11,15 @@
 #  2. pytest: python/tests against the device's PyTorch: test_cuda.py (cubn.torch against
 #     torch.nn.BatchNorm2d on CUDA tensors, fp16/bf16/fp32, contiguous and channels_last, CUDA
 #     graph capture) and the CPU suites;
-#  3. resnet_bf16, resnet_fp32: a ResNet-50 training step with torch's batch norm and with cubn's
-#     (bench/torch_resnet50.py; channels_last) into resnet50.csv.
+#  3. overhead: bench/torch_overhead.py on CUDA tensors (host and wall time per call of cubn.torch
+#     against torch.nn) into torch_overhead.csv;
+#  4. resnet_bf16, resnet_fp32: a ResNet-50 training step (N = 32) with torch's batch norm and with
+#     cubn's (bench/torch_resnet50.py; channels_last), eager and replayed from a CUDA graph, into
+#     resnet50.csv.
 # Each step under its share of the budget (bench/gpu_common.sh). OUTDIR then holds summary.txt,
-# resnet50.csv and logs.tar.gz. Exit status: 0 when nothing failed (a step cut short is reported,
-# not failed), 1 when the build, a test or a timing run failed, 2 when the results would not come
-# back whole.
+# resnet50.csv, torch_overhead.csv and logs.tar.gz. Exit status: 0 when nothing failed (a step cut
+# short is reported, not failed), 1 when the build, a test or a timing run failed, 2 when the
+# results would not come back whole.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 repo=$(pwd)
@@ -31,8 +34,8 @@ rm -rf "$build/work"
 rm -f "$out/summary.txt" "$out/resnet50.csv" "$out/logs.tar.gz"
 budget_start "${2:-540}" "$build/work" "$out"
 # name:minimum:cap (seconds; the caps are estimates for an H200 with 16 cores, not yet measured)
-parse_steps "build:60:300 pytest:30:150 resnet_bf16:30:120 resnet_fp32:30:120"
-trap 'finish_results "cubn Python package on a GPU" "" resnet50.csv' EXIT
+parse_steps "build:60:300 pytest:30:150 overhead:30:90 resnet_bf16:30:120 resnet_fp32:30:120"
+trap 'finish_results "cubn Python package on a GPU" "" resnet50.csv torch_overhead.csv' EXIT
 trap 'report interrupted; exit' INT TERM
 
 device_info
@@ -52,13 +55,19 @@ run_step pytest pytest.log bash -c "cd '$WORK' && python3 -m pytest -q -p no:cac
   '$repo/python/tests'"
 step_report pytest "$(tail -n 1 "$WORK/pytest.log" 2>/dev/null)"
 
+# host and wall time per call of cubn.torch against torch.nn on CUDA tensors (a tiny tensor)
+run_step overhead torch_overhead.log python3 bench/torch_overhead.py --device cuda \
+  --csv "$WORK/torch_overhead.csv"
+step_report overhead "$([ -f "$WORK/torch_overhead.log" ] &&
+  grep -E '^(train|eval)' "$WORK/torch_overhead.log" | awk '{printf "%s %s %s; ", $1, $2, $5}')"
+
 for dtype in bf16 fp32; do
   if ! python3 -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2> /dev/null; then
     report "resnet_$dtype: not run (no CUDA device for PyTorch)"
     continue
   fi
   run_step "resnet_$dtype" "resnet50_$dtype.log" python3 bench/torch_resnet50.py --dtype "$dtype" \
-    --csv "$WORK/resnet50.csv"
-  step_report "resnet_$dtype" "$(tail -n 1 "$WORK/resnet50_$dtype.log" 2>/dev/null)"
+    --batch 32 --modes eager,graph --csv "$WORK/resnet50.csv"
+  step_report "resnet_$dtype" "$(tail -n 2 "$WORK/resnet50_$dtype.log" 2>/dev/null | tr '\n' ' ')"
 done
 exit

@@ -364,14 +364,18 @@ def forward_training_local(x, local, *, workspace, stream=None):
 
 
 def forward_inference(x, y, *, running_mean, running_var, scale=None, offset=None, epsilon=1e-5,
-                      activation="none", residual=None, stream=None):
-    """Inference forward: normalizes with the running statistics given."""
+                      activation="none", residual=None, reserve=None, stream=None):
+    """Inference forward: normalizes with the running statistics given. With activation="relu",
+    `reserve` (optional, activation_reserve_size bytes) receives the mask backward_frozen reads
+    to differentiate through the ReLU."""
     call = "cubn.forward_inference"
     c = _Call(call, x, stream)
+    reserve_ptr, reserve_bytes = c.buffer("reserve", reserve, optional=True)
     c.run(c.backend.forward_inference, *c.desc, c.x.ptr, c.like_x("y", y, optional=False),
           c.param("scale", scale), c.param("offset", offset),
           c.param("running_mean", running_mean), c.param("running_var", running_var),
-          float(epsilon), _activation(call, activation), c.like_x("residual", residual), c.stream)
+          float(epsilon), _activation(call, activation), c.like_x("residual", residual),
+          reserve_ptr, reserve_bytes, c.stream)
 
 
 def _backward_training(call, phase, x, dy, dx, workspace, saved_mean, saved_invstd, scale,

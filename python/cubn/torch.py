@@ -8,12 +8,22 @@ inference forward and, where gradients are needed, its frozen backward. The call
 custom ops (cubn::batch_norm_train, cubn::batch_norm_eval and their backwards), opaque to
 torch.compile and CUDA graphs. Tensors must be contiguous or channels-last (channels_last,
 channels_last_3d); other strides are refused with an error. Workspaces come from PyTorch's
-allocator (a zeroed block per call), never from a hidden cudaMalloc.
+allocator (an uninitialized block per call: cubn's kernels take any content), never from a hidden
+cudaMalloc.
+
+Where the package was built against torch (`pip install --no-build-isolation ./python` in the
+environment that has torch), the ops are native: cubn/_cubn_torch_ops.so, C++ kernels that call
+cubn's C++ API with the tensors' pointers and PyTorch's current stream, with autograd in C++, at
+less host cost per call than torch.nn's own batch norm (bench/torch_overhead.py).
+Elsewhere they run in Python over DLPack (cubn._core), several times slower on the host; importing
+cubn.torch then warns, and native_ops() says which is in use.
 
 convert_batchnorm(module) swaps torch's batch norms in a module for these, in place, keeping the
 parameter and buffer tensors themselves (as torch.nn.SyncBatchNorm.convert_sync_batchnorm does).
 """
 
+import os
+import warnings
 from typing import Optional
 
 import torch
@@ -21,7 +31,36 @@ from torch import Tensor
 
 from . import _core
 
+
+def _load_native():
+    """(True, "") when cubn/_cubn_torch_ops.so loaded, else (False, why)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cubn_torch_ops.so")
+    if os.environ.get("CUBN_TORCH_NATIVE", "1") == "0":
+        return False, "CUBN_TORCH_NATIVE=0 asked for the Python ops"
+    if not os.path.exists(path):
+        return False, ("the package was built without them (torch was not importable by the "
+                       "Python that built it)")
+    try:
+        torch.ops.load_library(path)
+    except (OSError, RuntimeError) as e:  # another torch than the one it was built against
+        return False, f"{path} did not load ({e})"
+    return True, ""
+
+
+_NATIVE, _NATIVE_WHY = _load_native()
+if not _NATIVE and os.environ.get("CUBN_TORCH_NATIVE", "1") != "0":
+    warnings.warn(
+        f"cubn.torch: no native ops: {_NATIVE_WHY}. The ops run in Python over DLPack, at several "
+        "times torch's host cost per call; for the native ones reinstall with torch installed: "
+        "pip install --no-build-isolation ./python", RuntimeWarning, stacklevel=2)
+
+
+def native_ops() -> bool:
+    """Whether cubn.torch's ops are the native ones (cubn/_cubn_torch_ops.so), not Python's."""
+    return _NATIVE
+
 __all__ = [
+    "native_ops",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
@@ -56,10 +95,10 @@ def _outputs(x: Tensor):
 
 
 def _workspace(x: Tensor, backward: bool) -> Tensor:
-    """The workspace of a forward (or backward) call on x, zero-filled; at least 16 bytes: cubn
-    takes a workspace pointer even where it needs none."""
+    """The workspace of a forward (or backward) call on x, uninitialized (cubn's kernels take any
+    content); at least 16 bytes: cubn takes a workspace pointer even where it needs none."""
     query = _core.backward_workspace_size if backward else _core.forward_training_workspace_size
-    return torch.zeros(max(query(x), 16), dtype=torch.uint8, device=x.device)
+    return torch.empty(max(query(x), 16), dtype=torch.uint8, device=x.device)
 
 
 class _Stats:
@@ -76,8 +115,7 @@ class _Stats:
                 t.copy_(w)
 
 
-@torch.library.custom_op("cubn::batch_norm_train", mutates_args=("running_mean", "running_var"))
-def batch_norm_train(
+def _train_python(
     x: Tensor,
     weight: Optional[Tensor],
     bias: Optional[Tensor],
@@ -98,13 +136,11 @@ def batch_norm_train(
     return y, saved_mean, saved_invstd
 
 
-@batch_norm_train.register_fake
-def _(x, weight, bias, running_mean, running_var, momentum, eps):
+def _train_fake(x, weight, bias, running_mean, running_var, momentum, eps):
     return _outputs(x)
 
 
-@torch.library.custom_op("cubn::batch_norm_train_backward", mutates_args=())
-def batch_norm_train_backward(
+def _train_backward_python(
     dy: Tensor, x: Tensor, weight: Optional[Tensor], saved_mean: Tensor, saved_invstd: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Backward of batch_norm_train: (dx, dweight, dbias) in the parameter type."""
@@ -117,8 +153,7 @@ def batch_norm_train_backward(
     return dx, dscale, doffset
 
 
-@batch_norm_train_backward.register_fake
-def _(dy, x, weight, saved_mean, saved_invstd):
+def _train_backward_fake(dy, x, weight, saved_mean, saved_invstd):
     return _outputs(x)
 
 
@@ -140,8 +175,8 @@ class _TrainFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
-        y, saved_mean, saved_invstd = torch.ops.cubn.batch_norm_train(
-            x, weight, bias, running_mean, running_var, momentum, eps)
+        y, saved_mean, saved_invstd = _train_op(x, weight, bias, running_mean, running_var,
+                                                momentum, eps)
         ctx.save_for_backward(x, weight, saved_mean, saved_invstd)
         ctx.param_dtypes = _param_dtypes(weight, bias)
         return y
@@ -149,14 +184,12 @@ class _TrainFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight, saved_mean, saved_invstd = ctx.saved_tensors
-        dx, dscale, doffset = torch.ops.cubn.batch_norm_train_backward(
-            dy, x, weight, saved_mean, saved_invstd)
+        dx, dscale, doffset = _train_backward_op(dy, x, weight, saved_mean, saved_invstd)
         return (dx if ctx.needs_input_grad[0] else None, *_param_grads(ctx, dscale, doffset),
                 None, None, None, None)
 
 
-@torch.library.custom_op("cubn::batch_norm_eval", mutates_args=())
-def batch_norm_eval(
+def _eval_python(
     x: Tensor,
     weight: Optional[Tensor],
     bias: Optional[Tensor],
@@ -173,13 +206,11 @@ def batch_norm_eval(
     return y
 
 
-@batch_norm_eval.register_fake
-def _(x, weight, bias, running_mean, running_var, eps):
+def _eval_fake(x, weight, bias, running_mean, running_var, eps):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("cubn::batch_norm_eval_backward", mutates_args=())
-def batch_norm_eval_backward(
+def _eval_backward_python(
     dy: Tensor,
     x: Tensor,
     weight: Optional[Tensor],
@@ -197,9 +228,29 @@ def batch_norm_eval_backward(
     return dx, dscale, doffset
 
 
-@batch_norm_eval_backward.register_fake
-def _(dy, x, weight, running_mean, running_var, eps):
+def _eval_backward_fake(dy, x, weight, running_mean, running_var, eps):
     return _outputs(x)
+
+
+# The ops: the native library's (schemas and kernels in C++) with fake implementations added here,
+# or the same schemas as Python custom ops over DLPack.
+_OPS = (
+    ("batch_norm_train", _train_python, _train_fake, ("running_mean", "running_var")),
+    ("batch_norm_train_backward", _train_backward_python, _train_backward_fake, ()),
+    ("batch_norm_eval", _eval_python, _eval_fake, ()),
+    ("batch_norm_eval_backward", _eval_backward_python, _eval_backward_fake, ()),
+)
+for _name, _python, _fake, _mutates in _OPS:
+    if _NATIVE:
+        torch.library.register_fake(f"cubn::{_name}", _fake)
+    else:
+        torch.library.custom_op(f"cubn::{_name}", _python, mutates_args=_mutates).register_fake(
+            _fake)
+_train_op = torch.ops.cubn.batch_norm_train.default
+_train_backward_op = torch.ops.cubn.batch_norm_train_backward.default
+_eval_op = torch.ops.cubn.batch_norm_eval.default
+_eval_backward_op = torch.ops.cubn.batch_norm_eval_backward.default
+_train_eager, _eval_eager = _train_op._op, _eval_op._op  # the dispatcher's own entry points
 
 
 def _eval_setup(ctx, inputs, output):
@@ -211,13 +262,14 @@ def _eval_setup(ctx, inputs, output):
 
 def _eval_backward(ctx, dy):
     x, weight, running_mean, running_var = ctx.saved_tensors
-    dx, dscale, doffset = batch_norm_eval_backward(dy, x, weight, running_mean, running_var,
-                                                   ctx.eps)
+    dx, dscale, doffset = _eval_backward_op(dy, x, weight, running_mean, running_var, ctx.eps)
     return (dx if ctx.needs_input_grad[0] else None, *_param_grads(ctx, dscale, doffset), None,
             None, None)
 
 
-batch_norm_eval.register_autograd(_eval_backward, setup_context=_eval_setup)
+if not _NATIVE:  # the native library registers both ops' autograd in C++
+    torch.library.register_autograd("cubn::batch_norm_eval", _eval_backward,
+                                    setup_context=_eval_setup)
 
 
 def batch_norm(
@@ -232,18 +284,43 @@ def batch_norm(
 ) -> Tensor:
     """torch.nn.functional.batch_norm's contract on cubn's calls: training uses the batch's
     statistics and updates the running ones given; otherwise both running statistics are used."""
-    if training:
-        return _TrainFunction.apply(input, weight, bias, running_mean, running_var,
-                                    float(momentum), float(eps))
-    if running_mean is None or running_var is None:
-        raise ValueError("cubn.torch.batch_norm: running_mean and running_var are needed when "
-                         "not training")
-    return torch.ops.cubn.batch_norm_eval(input, weight, bias, running_mean, running_var,
-                                          float(eps))
+    try:
+        # eager calls of the native ops skip OpOverload.__call__ (a Python frame that cost 3.7 us
+        # of a 10 us call, bench/torch_overhead.py); torch.compile traces the OpOverloads
+        if _NATIVE and not torch.compiler.is_compiling():
+            if training:  # autograd in C++ (python/src/torch_ops.cpp)
+                return _train_eager(input, weight, bias, running_mean, running_var,
+                                    float(momentum), float(eps))[0]
+            if running_mean is not None and running_var is not None:
+                return _eval_eager(input, weight, bias, running_mean, running_var, float(eps))
+        if training:
+            if _NATIVE:
+                return _train_op(input, weight, bias, running_mean, running_var, float(momentum),
+                                 float(eps))[0]
+            return _TrainFunction.apply(input, weight, bias, running_mean, running_var,
+                                        float(momentum), float(eps))
+        if running_mean is None or running_var is None:
+            raise ValueError("cubn.torch.batch_norm: running_mean and running_var are needed "
+                             "when not training")
+        return _eval_op(input, weight, bias, running_mean, running_var, float(eps))
+    except ValueError as e:
+        raise _native_error(e) from None
+
+
+def _native_error(e: ValueError) -> ValueError:
+    """cubn's own refusal from the native ops ("[cubn status N] message") as cubn.Error, as the
+    Python ops raise it; any other error as it is."""
+    text = str(e)
+    if isinstance(e, _core.Error) or not text.startswith("[cubn status "):
+        return e
+    status, _, message = text[len("[cubn status "):].partition("] ")
+    return _core.Error(int(status), message)
 
 
 class _CubnBatchNorm:
     """torch.nn's _BatchNorm.forward, with cubn's calls in place of F.batch_norm."""
+
+    _direct = True  # _normalize is batch_norm's (SyncBatchNorm's is not)
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
@@ -258,6 +335,12 @@ class _CubnBatchNorm:
         keep = not self.training or self.track_running_stats
         running_mean = self.running_mean if keep else None
         running_var = self.running_var if keep else None
+        if self._direct and _NATIVE and bn_training and not torch.compiler.is_compiling():
+            try:  # the training call as batch_norm makes it, without its frames
+                return _train_eager(input, self.weight, self.bias, running_mean, running_var,
+                                    float(factor), float(self.eps))[0]
+            except ValueError as e:
+                raise _native_error(e) from None
         return self._normalize(input, running_mean, running_var, bn_training, factor)
 
     def _normalize(self, input, running_mean, running_var, bn_training, factor):
@@ -333,6 +416,8 @@ class SyncBatchNorm(_CubnBatchNorm, torch.nn.SyncBatchNorm):
     """torch.nn.SyncBatchNorm on cubn: in training with a torch.distributed process group of
     several ranks, the statistics (and the backward's sums) are those of every rank's batch,
     gathered through torch.distributed (any backend: NCCL, gloo). Elsewhere it is BatchNorm."""
+
+    _direct = False
 
     def _normalize(self, input, running_mean, running_var, bn_training, factor):
         import torch.distributed as dist

@@ -151,7 +151,8 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
   m.def(
       "forward_inference",
       [](int t, int o, const Dims& d, Ptr x, Ptr y, Ptr scale, Ptr offset, Ptr running_mean,
-         Ptr running_var, double epsilon, std::int32_t activation, Ptr residual, Ptr stream) {
+         Ptr running_var, double epsilon, std::int32_t activation, Ptr residual, Ptr reserve,
+         std::size_t reserve_bytes, Ptr stream) {
         const cubn_tensor_desc xd = desc(t, o, d);
         cubn_inference_forward_args a;
         cubn_inference_forward_args_init(&a);
@@ -160,7 +161,7 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
         a.running_mean = ptr<const void>(running_mean);
         a.running_var = ptr<const void>(running_var);
         a.epsilon = epsilon;
-        a.epilogue = epilogue(activation, residual, 0, 0);
+        a.epilogue = epilogue(activation, residual, reserve, reserve_bytes);
         return int(cubn_forward_inference(&xd, ptr<const void>(x), ptr(y), &a, stream_of(stream)));
       },
       Release());

@@ -1,7 +1,8 @@
 """cubn.torch on CUDA tensors against torch.nn.BatchNorm2d on the same GPU: contiguous and
 channels_last, fp16, bf16 and fp32, training (outputs, input and parameter gradients, running
-statistics) and eval; a CUDA graph capture of a training step. Skipped without a GPU or without
-cubn's CUDA library in this build.
+statistics) and eval; a CUDA graph capture of a training step, graph replays equal to the eager
+calls bit for bit, two streams at once equal to serial calls, the native ops on CUDA tensors.
+Skipped without a GPU or without cubn's CUDA library in this build.
 
 Tolerances: fp32 as in test_torch.py (1e-4); fp16 and bf16 outputs are rounded once to the
 tensor's type on both sides from statistics that agree to float precision, so they differ by at
@@ -67,6 +68,60 @@ def test_training_step_under_cuda_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.isfinite(loss).item()
+
+
+def test_graph_replays_give_the_eager_results():
+    """The native ops' workspaces come from the caching allocator (the graph's private pool under
+    capture) and need no zero-filling: every replay of a captured training forward + backward
+    gives the eager results bit for bit."""
+    torch.manual_seed(1)
+    bn = ct.BatchNorm2d(16).cuda()
+    x = torch.randn(8, 16, 12, 12, device="cuda").contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    dy = torch.randn_like(x)
+    eager_y = bn(x)
+    eager_y.backward(dy)
+    eager_dx = x.grad.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            x.grad = None
+            bn(x).backward(dy)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    x.grad = None
+    with torch.cuda.graph(graph):
+        y = bn(x)
+        y.backward(dy)
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, eager_y) and torch.equal(x.grad, eager_dx)
+
+
+def test_two_streams_at_once_give_the_serial_results():
+    """Calls on two streams at once (each op's workspace is its own block of the caching
+    allocator, ordered on its stream) give what the same calls give one after another."""
+    torch.manual_seed(2)
+    xs = [torch.randn(32, 64, 28, 28, device="cuda") for _ in range(2)]
+    mods = [ct.BatchNorm2d(64).cuda() for _ in range(2)]
+    serial = [m(x) for m, x in zip(mods, xs)]
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())
+    outs = []
+    for m, x, s in zip(mods, xs, streams):
+        with torch.cuda.stream(s):
+            outs.append([m(x) for _ in range(20)][-1])
+    torch.cuda.synchronize()
+    for got, want in zip(outs, serial):
+        assert torch.equal(got, want)
+
+
+def test_the_native_ops_run_cuda_tensors():
+    assert ct.native_ops()
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("cubn::batch_norm_train", "CUDA")
 
 
 def test_the_cuda_library_was_compiled_for_this_gpu():

@@ -203,3 +203,139 @@ def test_torch_compile_treats_the_ops_as_opaque():
     model.eval()
     reference.eval()
     assert_close(compiled(x), reference(x), "compiled eval")
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_frozen_backward_through_a_fused_relu_matches_torch_autograd(dtype, tol, residual,
+                                                                     channels_last):
+    """forward_inference(activation="relu", reserve=...) writes the mask that backward_frozen
+    reads: y, dx, dz, dscale and doffset against torch's autograd of relu(batch_norm(x) + z) in
+    float64. Tolerances: float32 sums of 60 O(1) terms, a few roundings each (2e-5); float64
+    1e-12."""
+    torch.manual_seed(11)
+    n, c, h, w = 4, 6, 5, 3
+    x = torch.randn(n, c, h, w, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    p = torch.float64 if dtype == torch.float64 else torch.float32
+    z = torch.randn_like(x) if residual else None
+    scale, offset = torch.rand(c, dtype=p) + 0.5, torch.randn(c, dtype=p)
+    rm, rv, eps = torch.randn(c, dtype=p) * 0.1, torch.rand(c, dtype=p) + 0.5, 1e-3
+    y = torch.empty_like(x)
+    reserve = torch.empty(cubn.activation_reserve_size(x, "relu"), dtype=torch.uint8)
+    cubn.forward_inference(x, y, running_mean=rm, running_var=rv, scale=scale, offset=offset,
+                           epsilon=eps, activation="relu", residual=z, reserve=reserve)
+    dy = torch.randn_like(x)
+    dx, dz = torch.empty_like(x), torch.empty_like(x) if residual else None
+    dscale, doffset = torch.empty(c, dtype=p), torch.empty(c, dtype=p)
+    ws = torch.empty(cubn.backward_workspace_size(x), dtype=torch.uint8)
+    cubn.backward_frozen(x, dy, dx, running_mean=rm, running_var=rv, workspace=ws, scale=scale,
+                         offset=offset, epsilon=eps, dscale=dscale, doffset=doffset,
+                         activation="relu", residual=z, reserve=reserve, dz=dz)
+
+    xr = x.double().requires_grad_()
+    sr, orr = scale.double().requires_grad_(), offset.double().requires_grad_()
+    zr = z.double().requires_grad_() if residual else None
+    pre = torch.nn.functional.batch_norm(xr, rm.double(), rv.double(), sr, orr, False, 0.0, eps)
+    yr = torch.relu(pre + zr if residual else pre)
+    yr.backward(dy.double())
+    close = dict(rtol=tol, atol=tol)
+    torch.testing.assert_close(y.double(), yr.detach(), **close)
+    torch.testing.assert_close(dx.double(), xr.grad, **close)
+    torch.testing.assert_close(dscale.double(), sr.grad, **close)
+    torch.testing.assert_close(doffset.double(), orr.grad, **close)
+    if residual:
+        torch.testing.assert_close(dz.double(), zr.grad, **close)
+    assert (xr.grad == 0).any(), "the ReLU passed everything: the mask is not tested"
+
+
+def test_native_ops_are_used_where_the_package_has_them():
+    import os
+
+    built = os.path.exists(os.path.join(os.path.dirname(ct.__file__), "_cubn_torch_ops.so"))
+    assert ct.native_ops() == built
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_gradients_match_torch_in_both_modes_and_keep_parameter_dtypes(training):
+    """Training and eval (frozen statistics) backward against torch.nn, float32 and a .half()
+    module (fp16 parameters and buffers: cubn computes in float32, gradients come back fp16)."""
+    torch.manual_seed(4)
+    for half in (False, True):
+        theirs, ours = torch.nn.BatchNorm2d(5), ct.BatchNorm2d(5)
+        with torch.no_grad():
+            theirs.weight.uniform_(0.5, 1.5)
+            theirs.bias.uniform_(-1, 1)
+            theirs.running_var.uniform_(0.5, 1.5)
+        ours.load_state_dict(theirs.state_dict())
+        theirs.train(training)
+        ours.train(training)
+        if half:
+            ours.half()
+        x = torch.randn(4, 5, 3, 3)
+        xt, xo = x.clone().requires_grad_(), (x.half() if half else x.clone()).requires_grad_()
+        dy = torch.randn_like(x)
+        theirs(xt).backward(dy)
+        yo = ours(xo)
+        yo.backward(dy.half() if half else dy)
+        tol = dict(rtol=2e-2, atol=2e-2) if half else dict(rtol=RTOL, atol=ATOL)
+        assert ours.weight.grad.dtype == (torch.float16 if half else torch.float32)
+        torch.testing.assert_close(xo.grad.float(), xt.grad, **tol)
+        torch.testing.assert_close(ours.weight.grad.float(), theirs.weight.grad, **tol)
+        torch.testing.assert_close(ours.bias.grad.float(), theirs.bias.grad, **tol)
+        torch.testing.assert_close(ours.running_var.float(), theirs.running_var, **tol)
+
+
+def test_python_ops_still_match_torch_when_asked_for():
+    """CUBN_TORCH_NATIVE=0: the Python ops over DLPack (the build without torch) in a fresh
+    process: a training step and an eval step against torch.nn."""
+    import subprocess
+    import sys
+    import os
+
+    code = """
+import torch, cubn.torch as ct
+assert not ct.native_ops()
+torch.manual_seed(0)
+theirs, ours = torch.nn.BatchNorm2d(3), ct.BatchNorm2d(3)
+x = torch.randn(4, 3, 2, 2)
+xt, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+theirs(xt).sum().backward(); ours(xo).sum().backward()
+torch.testing.assert_close(xo.grad, xt.grad, rtol=1e-4, atol=1e-5)
+torch.testing.assert_close(ours.running_var, theirs.running_var)
+theirs.eval(); ours.eval()
+torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-5)
+print("ok")
+"""
+    env = dict(os.environ, CUBN_TORCH_NATIVE="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_skip_kernels_switch_runs_no_kernel():
+    """CUBN_SIM_SKIP_KERNELS=1 (benchmarks only): calls are checked and return without running
+    their kernels, so y keeps what it held; without it y is computed."""
+    import subprocess
+    import sys
+    import os
+
+    code = """
+import torch, cubn
+x = torch.randn(2, 3, 4, 4)
+y = torch.full_like(x, 7.0)
+ones, zeros = torch.ones(3), torch.zeros(3)
+cubn.forward_inference(x, y, running_mean=zeros, running_var=ones)
+print(bool((y == 7.0).all()))
+try:
+    cubn.forward_inference(x, y, running_mean=zeros, running_var=ones, epsilon=-1.0)
+    print("accepted")
+except cubn.Error:
+    print("refused")
+"""
+    for skip, want in (("1", "True\nrefused"), ("0", "False\nrefused")):
+        env = dict(os.environ, CUBN_SIM_SKIP_KERNELS=skip)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True)
+        assert out.returncode == 0 and out.stdout.strip() == want, (skip, out.stdout, out.stderr)

@@ -386,6 +386,19 @@ BlockOrder default_block_order() {
   return order;
 }
 
+// CUBN_SIM_SKIP_KERNELS=1: a measurement switch for host-cost benchmarks only
+// (bench/host_cost.cpp, bench/torch_overhead.py). Every launch is checked and counted as usual,
+// then returns without running a thread of its kernel: what a call costs its caller on the host
+// (argument checks, planning, launch preparation) is then all that is timed. Outputs are left as
+// they were, so nothing else may run with it set.
+bool kernels_skipped() {
+  static const bool skip = [] {
+    const char* v = std::getenv("CUBN_SIM_SKIP_KERNELS");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return skip;
+}
+
 // Everything of one host thread's executor.
 struct Engine {
   // profiling (ProfileScope)
@@ -1180,6 +1193,7 @@ void run_cooperative_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void 
                     " that can be resident together (" + std::to_string(sm_count()) +
                     " SMs; cudaErrorCooperativeLaunchTooLarge on a GPU)");
   ++parent.counters.launches;
+  if (kernels_skipped()) return;
   LaunchProfile* profile = new_launch_profile(parent, name);
   Coop coop;
   coop.blocks = static_cast<unsigned>(blocks);
@@ -1262,6 +1276,7 @@ void run_grid(dim3 grid, dim3 block, std::size_t dynamic_smem, void (*body)(void
   if (e.running)
     throw_fault("a kernel launched another kernel; dynamic parallelism is not supported");
   ++e.counters.launches;
+  if (kernels_skipped()) return;
   const std::uint64_t blocks = std::uint64_t{grid.x} * grid.y * grid.z;
   const bool shuffled = e.block_order != BlockOrder::kInOrder;
   if (shuffled) {
