@@ -339,3 +339,33 @@ except cubn.Error:
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True)
         assert out.returncode == 0 and out.stdout.strip() == want, (skip, out.stdout, out.stderr)
+
+
+def test_a_package_without_the_native_ops_warns_at_import_and_still_works(tmp_path):
+    """The package as built where torch was not importable (no _cubn_torch_ops.so): importing
+    cubn.torch warns, saying why and how to get the native ops, and the Python ops run."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    src = os.path.dirname(cubn.__file__)
+    shutil.copytree(src, tmp_path / "cubn",
+                    ignore=shutil.ignore_patterns("_cubn_torch_ops.so", "__pycache__"))
+    code = """
+import warnings
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    import cubn.torch as ct
+assert not ct.native_ops()
+assert any("no native ops" in str(m.message) and "no-build-isolation" in str(m.message)
+           for m in w), [str(m.message) for m in w]
+import torch
+bn = ct.BatchNorm2d(3)
+torch.testing.assert_close(bn(torch.ones(2, 3, 1, 1)), torch.zeros(2, 3, 1, 1))
+print("ok")
+"""
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
