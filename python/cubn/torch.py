@@ -35,8 +35,6 @@ from . import _core
 def _load_native():
     """(True, "") when cubn/_cubn_torch_ops.so loaded, else (False, why)."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cubn_torch_ops.so")
-    if os.environ.get("CUBN_TORCH_NATIVE", "1") == "0":
-        return False, "CUBN_TORCH_NATIVE=0 asked for the Python ops"
     if not os.path.exists(path):
         return False, ("the package was built without them (torch was not importable by the "
                        "Python that built it)")
@@ -47,8 +45,11 @@ def _load_native():
     return True, ""
 
 
-_NATIVE, _NATIVE_WHY = _load_native()
-if not _NATIVE and os.environ.get("CUBN_TORCH_NATIVE", "1") != "0":
+if os.environ.get("CUBN_TORCH_NATIVE", "1") == "0":  # the Python ops asked for (tests)
+    _NATIVE, _NATIVE_WHY = False, ""
+else:
+    _NATIVE, _NATIVE_WHY = _load_native()
+if _NATIVE_WHY:
     warnings.warn(
         f"cubn.torch: no native ops: {_NATIVE_WHY}. The ops run in Python over DLPack, at several "
         "times torch's host cost per call; for the native ones reinstall with torch installed: "
@@ -284,25 +285,22 @@ def batch_norm(
 ) -> Tensor:
     """torch.nn.functional.batch_norm's contract on cubn's calls: training uses the batch's
     statistics and updates the running ones given; otherwise both running statistics are used."""
+    # eager calls of the native ops skip OpOverload.__call__ (a Python frame that cost 3.7 us of a
+    # 10 us call, bench/torch_overhead.py); torch.compile traces the OpOverloads
+    eager = _NATIVE and not torch.compiler.is_compiling()
     try:
-        # eager calls of the native ops skip OpOverload.__call__ (a Python frame that cost 3.7 us
-        # of a 10 us call, bench/torch_overhead.py); torch.compile traces the OpOverloads
-        if _NATIVE and not torch.compiler.is_compiling():
-            if training:  # autograd in C++ (python/src/torch_ops.cpp)
-                return _train_eager(input, weight, bias, running_mean, running_var,
-                                    float(momentum), float(eps))[0]
-            if running_mean is not None and running_var is not None:
-                return _eval_eager(input, weight, bias, running_mean, running_var, float(eps))
         if training:
-            if _NATIVE:
-                return _train_op(input, weight, bias, running_mean, running_var, float(momentum),
-                                 float(eps))[0]
-            return _TrainFunction.apply(input, weight, bias, running_mean, running_var,
-                                        float(momentum), float(eps))
+            if not _NATIVE:
+                return _TrainFunction.apply(input, weight, bias, running_mean, running_var,
+                                            float(momentum), float(eps))
+            op = _train_eager if eager else _train_op  # autograd in C++ (src/torch_ops.cpp)
+            return op(input, weight, bias, running_mean, running_var, float(momentum),
+                      float(eps))[0]
         if running_mean is None or running_var is None:
             raise ValueError("cubn.torch.batch_norm: running_mean and running_var are needed "
                              "when not training")
-        return _eval_op(input, weight, bias, running_mean, running_var, float(eps))
+        op = _eval_eager if eager else _eval_op
+        return op(input, weight, bias, running_mean, running_var, float(eps))
     except ValueError as e:
         raise _native_error(e) from None
 
@@ -320,8 +318,6 @@ def _native_error(e: ValueError) -> ValueError:
 class _CubnBatchNorm:
     """torch.nn's _BatchNorm.forward, with cubn's calls in place of F.batch_norm."""
 
-    _direct = True  # _normalize is batch_norm's (SyncBatchNorm's is not)
-
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         factor = 0.0 if self.momentum is None else self.momentum
@@ -335,12 +331,6 @@ class _CubnBatchNorm:
         keep = not self.training or self.track_running_stats
         running_mean = self.running_mean if keep else None
         running_var = self.running_var if keep else None
-        if self._direct and _NATIVE and bn_training and not torch.compiler.is_compiling():
-            try:  # the training call as batch_norm makes it, without its frames
-                return _train_eager(input, self.weight, self.bias, running_mean, running_var,
-                                    float(factor), float(self.eps))[0]
-            except ValueError as e:
-                raise _native_error(e) from None
         return self._normalize(input, running_mean, running_var, bn_training, factor)
 
     def _normalize(self, input, running_mean, running_var, bn_training, factor):
@@ -416,8 +406,6 @@ class SyncBatchNorm(_CubnBatchNorm, torch.nn.SyncBatchNorm):
     """torch.nn.SyncBatchNorm on cubn: in training with a torch.distributed process group of
     several ranks, the statistics (and the backward's sums) are those of every rank's batch,
     gathered through torch.distributed (any backend: NCCL, gloo). Elsewhere it is BatchNorm."""
-
-    _direct = False
 
     def _normalize(self, input, running_mean, running_var, bn_training, factor):
         import torch.distributed as dist
