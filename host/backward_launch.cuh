@@ -28,8 +28,8 @@ void sums(const Problem& p, const BackwardPlan& plan, const T* x, const T* dy, c
   const dim3 block(kernels::kBlockThreads);
   with_vec<T>(rp.vec, [&](auto v) {
     if (rp.planes) {
-      launch("cubn::bn_backward_sums", kernels::bn_backward_sums_channels_first<T, v(), R>,
-             rp.grid, block, 0, stream, rp.cfr, dy, x, op, ws.partials, ws.tickets, fin);
+      launch("cubn::bn_backward_sums", kernels::bn_backward_sums_channels_first<T, v(), R>, rp.grid,
+             block, 0, stream, rp.cfr, dy, x, op, ws.partials, ws.tickets, fin);
     } else {
       launch("cubn::bn_backward_sums", kernels::bn_backward_sums_channels_last<T, v(), R>, rp.grid,
              block, 0, stream, rp.cl, dy, x, op, ws.partials, ws.totals, ws.tickets, fin);
@@ -39,10 +39,17 @@ void sums(const Problem& p, const BackwardPlan& plan, const T* x, const T* dy, c
 
 // Calls fn(reduction op, dx op) for the epilogue `e` of a backward whose plain ops are `sum_op` and
 // `dx_op`, with Fwd the forward's affine (SiLU recomputes its pre-activation with it).
+// A variable-length batch (`seq`, which takes no epilogue: the call refused one) gets both ops
+// masked (lengths.cuh).
 template <class T, class Sum, class Dx, class Fwd, class Fn>
-void with_grad_epilogue(const EpilogueGrad& e, const Sum& sum_op, const Dx& dx_op, const Fwd& fwd,
-                        Fn&& fn) {
+void with_grad_epilogue(const EpilogueGrad& e, const kernels::SeqGeometry& seq, const Sum& sum_op,
+                        const Dx& dx_op, const Fwd& fwd, Fn&& fn) {
   using kernels::Act;
+  if (seq.lengths != nullptr) {
+    const kernels::SeqMask mask{seq};
+    fn(kernels::Masked<Sum>(sum_op, mask), kernels::Masked<Dx>(dx_op, mask));
+    return;
+  }
   const auto fused = [&](auto a, auto res) {
     constexpr Act A = decltype(a)::value;
     constexpr bool Res = decltype(res)::value;
@@ -107,23 +114,25 @@ void launch_backward_training(const Problem& p, const BackwardPlan& plan, const 
   // SiLU: the coefficients forward_training left in the reserve
   const kernels::TrainedAffine<T> fwd{static_cast<const Acc*>(args.epilogue.reserve.ptr), p.c};
   with_grad_epilogue<T>(
-      args.epilogue, kernels::GradSumOp<Acc>{args.saved.mean}, kernels::TrainingDxOp<T>{k, p.c},
-      fwd, [&](const auto& op, const auto& f) {
+      args.epilogue, plan.seq, kernels::GradSumOp<Acc>{args.saved.mean},
+      kernels::TrainingDxOp<T>{k, p.c}, fwd, [&](const auto& op, const auto& f) {
         using R = std::decay_t<decltype(op)>;
         using F = std::decay_t<decltype(f)>;
-        if (dx != nullptr && plan.use_persistent) {
-          kernels::BackwardFinish<Acc> pf = fin;
-          pf.c = p.c;
-          pf.m = static_cast<Acc>(p.m());
-          bool launched = false;
-          with_vec<T>(plan.persistent.vec, [&](auto v) {
-            launched = launch_persistent(
-                "cubn::bn_backward_persistent", plan.persistent,
-                kernels::bn_backward_persistent_channels_first<T, v(), R, F>,
-                kernels::bn_backward_persistent_channels_last<T, v(), R, F>, stream, dy, x, op,
-                ws.partials, pf, f, dx);
-          });
-          if (launched) return;  // else the device fits no block of it: stream
+        if constexpr (!kernels::is_masked<R>) {  // masked: never persistent (the call's plan)
+          if (dx != nullptr && plan.use_persistent) {
+            kernels::BackwardFinish<Acc> pf = fin;
+            pf.c = p.c;
+            pf.m = static_cast<Acc>(p.m());
+            bool launched = false;
+            with_vec<T>(plan.persistent.vec, [&](auto v) {
+              launched =
+                  launch_persistent("cubn::bn_backward_persistent", plan.persistent,
+                                    kernels::bn_backward_persistent_channels_first<T, v(), R, F>,
+                                    kernels::bn_backward_persistent_channels_last<T, v(), R, F>,
+                                    stream, dy, x, op, ws.partials, pf, f, dx);
+            });
+            if (launched) return;  // else the device fits no block of it: stream
+          }
         }
         if (dx != nullptr || grads) sums<T>(p, plan, x, dy, op, fin, workspace, stream);
         if (dx != nullptr || dz != nullptr) dx_map<T>(plan.dx, dy, x, dx, f, stream);
@@ -143,27 +152,27 @@ void launch_backward_frozen(const Problem& p, const BackwardPlan& plan, const T*
   fwd.offset = args.offset;
   fwd.epsilon = eps;
   T* dz = static_cast<T*>(args.epilogue.dz);
-  with_grad_epilogue<T>(
-      args.epilogue, kernels::GradSumOp<Acc>{args.running.mean},
-      kernels::FrozenDxOp<Acc>{args.scale, args.running.var, eps}, fwd,
-      [&](const auto& op, const auto& f) {
-        using F = std::decay_t<decltype(f)>;
-        if (args.grads.dscale != nullptr || args.grads.doffset != nullptr) {
-          kernels::BackwardFinish<Acc> fin;
-          fin.var = args.running.var;
-          fin.epsilon = eps;
-          fin.dscale = args.grads.dscale;
-          fin.doffset = args.grads.doffset;
-          fin.accumulate = args.grads.accumulate;
-          // x may be null where only doffset is asked for (dscale needs x): the sums kernel
-          // reads two tensors, so it reads dy twice and its dscale sum goes unwritten
-          sums<T>(p, plan, x != nullptr ? x : dy, dy, op, fin, workspace, stream);
-        }
-        if (dx != nullptr || dz != nullptr) {
-          const T* x_read = F::kInputs == 2 ? x : nullptr;
-          dx_map<T>(plan.dx, dy, x_read, dx, f, stream);
-        }
-      });
+  with_grad_epilogue<T>(args.epilogue, plan.seq, kernels::GradSumOp<Acc>{args.running.mean},
+                        kernels::FrozenDxOp<Acc>{args.scale, args.running.var, eps}, fwd,
+                        [&](const auto& op, const auto& f) {
+                          using F = std::decay_t<decltype(f)>;
+                          if (args.grads.dscale != nullptr || args.grads.doffset != nullptr) {
+                            kernels::BackwardFinish<Acc> fin;
+                            fin.var = args.running.var;
+                            fin.epsilon = eps;
+                            fin.dscale = args.grads.dscale;
+                            fin.doffset = args.grads.doffset;
+                            fin.accumulate = args.grads.accumulate;
+                            // x may be null where only doffset is asked for (dscale needs x): the
+                            // sums kernel reads two tensors, so it reads dy twice and its dscale
+                            // sum goes unwritten
+                            sums<T>(p, plan, x != nullptr ? x : dy, dy, op, fin, workspace, stream);
+                          }
+                          if (dx != nullptr || dz != nullptr) {
+                            const T* x_read = F::kInputs == 2 ? x : nullptr;
+                            dx_map<T>(plan.dx, dy, x_read, dx, f, stream);
+                          }
+                        });
 }
 
 }  // namespace cubn::detail

@@ -35,10 +35,15 @@ void forward_training_impl(const TensorDesc& desc, const void* x, void* y,
          "unbiased variance for the running statistics is undefined; training needs at least two "
          "values per channel (use forward_inference to normalize a single sample)");
   check_training_forward(kTrainingCall, p, x, y, args);
+  const kernels::SeqGeometry seq =
+      checked_lengths(kTrainingCall, desc, p, args.lengths, args.epilogue.activation,
+                      args.epilogue.residual, {{y, "y"}});
 
-  const detail::TrainingPlan plan = detail::plan_training(
+  detail::TrainingPlan plan = detail::plan_training(
       p, detail::current_device_info(), detail::aligned16(x),
       detail::aligned16(x, y, args.epilogue.residual), reduce_blocks(p, false, args.epilogue));
+  plan.seq = seq;
+  if (seq.lengths != nullptr) plan.use_persistent = false;
   check_workspace(kTrainingCall, p, ws, plan.scratch.bytes, "forward_training_workspace_size",
                   {{x, "x"}, {y, "y"}}, regions(p, args));
 
@@ -62,9 +67,13 @@ void forward_inference_impl(const TensorDesc& desc, const void* x, void* y,
   detail::check_pointer(kInferenceCall, "args.running.mean", args.running.mean, sizeof(P));
   detail::check_pointer(kInferenceCall, "args.running.var", args.running.var, sizeof(P));
   check_epilogue(kInferenceCall, p, x, y, args.epilogue, false);
+  const kernels::SeqGeometry seq =
+      checked_lengths(kInferenceCall, desc, p, args.lengths, args.epilogue.activation,
+                      args.epilogue.residual, {{y, "y"}});
 
-  const detail::MapPlan plan = detail::plan_map(p, detail::current_device_info(),
-                                                detail::aligned16(x, y, args.epilogue.residual));
+  detail::MapPlan plan = detail::plan_map(p, detail::current_device_info(),
+                                          detail::aligned16(x, y, args.epilogue.residual));
+  plan.seq = seq;
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     detail::launch_forward_inference<T>(p, plan, static_cast<const T*>(x), static_cast<T*>(y), args,
@@ -80,9 +89,13 @@ void backward_training_impl(const TensorDesc& desc, const void* x, const void* d
   const detail::Problem p = checked_problem<P>(kBackwardCall, desc);
   check_training_backward(kBackwardCall, p, x, dy, dx, args);
   const EpilogueGrad& e = args.epilogue;
-  const detail::BackwardPlan plan = detail::plan_backward(
+  const kernels::SeqGeometry seq =
+      checked_lengths(kBackwardCall, desc, p, args.lengths, e.activation, e.residual, {{dx, "dx"}});
+  detail::BackwardPlan plan = detail::plan_backward(
       p, detail::current_device_info(), detail::aligned16(x, dy, e.residual),
       detail::aligned16(x, dy, dx, e.residual, e.dz), reduce_blocks(p, true, e));
+  plan.seq = seq;
+  if (seq.lengths != nullptr) plan.use_persistent = false;
   check_workspace(kBackwardCall, p, ws, plan.scratch.bytes, "backward_workspace_size",
                   {{x, "x"}, {dy, "dy"}, {dx, "dx"}}, regions(p, args));
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
@@ -114,9 +127,12 @@ void backward_frozen_impl(const TensorDesc& desc, const void* x, const void* dy,
   check_grads(kFrozenCall, args.grads);
   detail::check_pointer(kFrozenCall, "args.offset", args.offset, sizeof(P), true);
   check_epilogue_grad(kFrozenCall, p, x, dy, dx, e, false);
-  const detail::BackwardPlan plan = detail::plan_backward(
+  const kernels::SeqGeometry seq =
+      checked_lengths(kFrozenCall, desc, p, args.lengths, e.activation, e.residual, {{dx, "dx"}});
+  detail::BackwardPlan plan = detail::plan_backward(
       p, detail::current_device_info(), detail::aligned16(x, dy, e.residual),
       detail::aligned16(dy, dx, e.dz, e.residual, silu ? x : nullptr), reduce_blocks(p, true, e));
+  plan.seq = seq;
   if (sums)
     check_workspace(kFrozenCall, p, ws, plan.scratch.bytes, "backward_workspace_size",
                     {{x, "x"}, {dy, "dy"}, {dx, "dx"}}, regions(p, args));

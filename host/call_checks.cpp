@@ -108,4 +108,54 @@ void check_epilogue_grad(const char* call, const detail::Problem& p, const void*
                   relu && p.numel == 0, {{dx, "dx"}, {e.dz, "args.epilogue.dz"}});
 }
 
+kernels::SeqGeometry checked_lengths(
+    const char* call, const TensorDesc& desc, const Problem& p, const Lengths& lengths,
+    Activation activation, const void* residual,
+    std::initializer_list<std::pair<const void*, const char*>> outputs) {
+  kernels::SeqGeometry seq;
+  if (lengths.ptr == nullptr) return seq;
+  if (lengths.type != LengthType::kInt32 && lengths.type != LengthType::kInt64)
+    fail(Status::kInvalidArgument, call,
+         "args.lengths.type is " + std::to_string(static_cast<int>(lengths.type)) +
+             ", not a LengthType (kInt32, kInt64)");
+  if (lengths.padding != Padding::kZero && lengths.padding != Padding::kUntouched)
+    fail(Status::kInvalidArgument, call,
+         "args.lengths.padding is " + std::to_string(static_cast<int>(lengths.padding)) +
+             ", not a Padding (kZero, kUntouched)");
+  const bool wide = lengths.type == LengthType::kInt64;
+  check_pointer(call, "args.lengths.ptr", lengths.ptr, wide ? 8 : 4);
+  if (desc.rank < 3)
+    fail(Status::kInvalidArgument, call,
+         "args.lengths is given but x_desc has rank 2 (N, C): lengths count positions along the "
+         "last spatial (time) axis, which needs rank 3 to 5");
+  if (activation != Activation::kNone || residual != nullptr)
+    fail(Status::kInvalidArgument, call,
+         "args.lengths with a fused activation or residual is not supported yet; run the "
+         "activation and the residual add separately");
+  const std::size_t bytes = static_cast<std::size_t>(desc.dims[0]) * (wide ? 8 : 4);
+  for (const auto& [t, name] : outputs)
+    check_disjoint(call, lengths.ptr, bytes, "args.lengths", t, p.bytes(), name);
+  if (p.numel == 0) return seq;  // nothing to read or write: no mask (and no 0 to divide by)
+  seq.lengths = lengths.ptr;
+  seq.wide = wide;
+  seq.zero = lengths.padding == Padding::kZero;
+  seq.n = desc.dims[0];
+  const std::int64_t c = desc.dims[1];
+  seq.l = desc.dims[desc.rank - 1];
+  seq.sample = p.numel / seq.n;  // C * S
+  seq.inner = desc.order == MemoryOrder::kChannelsFirst ? 1 : c;
+  seq.per_step = seq.sample / c / seq.l;
+  seq.by_inner = kernels::FastDivisor::of(static_cast<std::uint64_t>(seq.inner));
+  seq.by_l = kernels::FastDivisor::of(static_cast<std::uint64_t>(seq.l));
+  seq.by_rows = kernels::FastDivisor::of(static_cast<std::uint64_t>(seq.sample / seq.inner));
+  return seq;
+}
+
+void refuse_lengths(const char* call, const Lengths& lengths) {
+  if (lengths.ptr != nullptr)
+    fail(Status::kInvalidArgument, call,
+         "args.lengths is given: the split-phase calls do not take variable-length batches yet; "
+         "use the single calls (forward_training, backward_training)");
+}
+
 }  // namespace cubn::detail

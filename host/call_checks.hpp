@@ -195,4 +195,17 @@ void check_training_backward(const char* call, const detail::Problem& p, const v
   check_epilogue_grad(call, p, x, dy, dx, args.epilogue, true);
 }
 
+/// The variable-length batch of `lengths` on the tensors of `desc` (canonicalized as `p`) for the
+/// kernels; lengths null: none (a null SeqGeometry::lengths). Checks the type, the padding choice,
+/// the pointer's alignment, a time axis (rank 3 to 5), no fused epilogue (`activation`,
+/// `residual`: not taken with lengths yet), and the array apart from what the call writes
+/// (`outputs`, x's bytes each).
+kernels::SeqGeometry checked_lengths(
+    const char* call, const TensorDesc& desc, const Problem& p, const Lengths& lengths,
+    Activation activation, const void* residual,
+    std::initializer_list<std::pair<const void*, const char*>> outputs);
+
+/// Refuses lengths in a call that does not take them yet (the split-phase calls).
+void refuse_lengths(const char* call, const Lengths& lengths);
+
 }  // namespace cubn::detail

@@ -64,7 +64,7 @@ void launch_forward_apply(const Problem& p, const SplitPlan& plan, const T* x, T
   launch("cubn::bn_merge_stats", kernels::bn_merge_stats<Acc>, channel_grid(p.c),
          dim3(kernels::kBlockThreads), 0, stream, records_of(gathered, plan.record_bytes), fin);
   if (p.numel == 0) return;
-  with_epilogue<T>(args.epilogue, kernels::TrainedAffine<T>{fin.k, p.c},
+  with_epilogue<T>(args.epilogue, kernels::SeqGeometry{}, kernels::TrainedAffine<T>{fin.k, p.c},
                    [&](const auto& f) { normalize<T>(plan.map, x, y, f, stream); });
 }
 
@@ -97,7 +97,7 @@ void launch_backward_local(const Problem& p, const SplitPlan& plan, const T* x, 
   // SiLU: the coefficients forward_training_apply left in the reserve
   const kernels::TrainedAffine<T> fwd{static_cast<const Acc*>(args.epilogue.reserve.ptr), p.c};
   with_grad_epilogue<T>(
-      args.epilogue, kernels::GradSumOp<Acc>{args.saved.mean},
+      args.epilogue, kernels::SeqGeometry{}, kernels::GradSumOp<Acc>{args.saved.mean},
       kernels::TrainingDxOp<T>{nullptr, p.c}, fwd, [&](const auto& op, const auto&) {
         using R = std::decay_t<decltype(op)>;
         const ReducePlan& rp = plan.reduce;
@@ -134,7 +134,7 @@ void launch_backward_apply(const Problem& p, const SplitPlan& plan, const T* x, 
          args.saved.mean, fin);
   const kernels::TrainedAffine<T> fwd{static_cast<const Acc*>(args.epilogue.reserve.ptr), p.c};
   with_grad_epilogue<T>(
-      args.epilogue, kernels::GradSumOp<Acc>{args.saved.mean},
+      args.epilogue, kernels::SeqGeometry{}, kernels::GradSumOp<Acc>{args.saved.mean},
       kernels::TrainingDxOp<T>{ws.coeffs, p.c}, fwd,
       [&](const auto&, const auto& f) { dx_map<T>(plan.map, dy, x, dx, f, stream); });
 }

@@ -22,9 +22,16 @@ void normalize(const MapPlan& plan, const T* x, T* y, const Affine& affine, cuda
 
 // Calls fn(op) with the map op of `e` over `affine`: the plain affine without an epilogue, else
 // FusedAffine with the activation and the residual (ReLU writes its mask to e.reserve when given).
+// A variable-length batch (`seq`, which takes no epilogue: the call refused one) gets the affine
+// masked (lengths.cuh).
 template <class T, class Affine, class Fn>
-void with_epilogue(const Epilogue& e, const Affine& affine, Fn&& fn) {
+void with_epilogue(const Epilogue& e, const kernels::SeqGeometry& seq, const Affine& affine,
+                   Fn&& fn) {
   using kernels::Act;
+  if (seq.lengths != nullptr) {
+    fn(kernels::Masked<Affine>(affine, kernels::SeqMask{seq}));
+    return;
+  }
   using kernels::FusedAffine;
   const T* z = static_cast<const T*>(e.residual);
   auto* mask = static_cast<unsigned*>(e.reserve.ptr);
@@ -88,18 +95,20 @@ void launch_forward_training(const Problem& p, const TrainingPlan& plan, const T
 
   const kernels::ForwardFinish<Acc> fin = forward_finish(p, args, ws.coeffs);
   const Epilogue& e = args.epilogue;
-  with_epilogue<T>(e, kernels::TrainedAffine<T>{fin.k, p.c}, [&](const auto& f) {
+  with_epilogue<T>(e, plan.seq, kernels::TrainedAffine<T>{fin.k, p.c}, [&](const auto& f) {
     using F = std::decay_t<decltype(f)>;
     const dim3 block(kernels::kBlockThreads);
-    if (plan.use_persistent) {
-      bool launched = false;
-      with_vec<T>(plan.persistent.vec, [&](auto v) {
-        launched = launch_persistent("cubn::bn_forward_persistent", plan.persistent,
-                                     kernels::bn_forward_persistent_channels_first<T, v(), F>,
-                                     kernels::bn_forward_persistent_channels_last<T, v(), F>,
-                                     stream, x, ws.partials, fin, f, y);
-      });
-      if (launched) return;  // else the device fits no block of it: stream
+    if constexpr (!kernels::is_masked<F>) {  // masked: never persistent (the call's plan)
+      if (plan.use_persistent) {
+        bool launched = false;
+        with_vec<T>(plan.persistent.vec, [&](auto v) {
+          launched = launch_persistent("cubn::bn_forward_persistent", plan.persistent,
+                                       kernels::bn_forward_persistent_channels_first<T, v(), F>,
+                                       kernels::bn_forward_persistent_channels_last<T, v(), F>,
+                                       stream, x, ws.partials, fin, f, y);
+        });
+        if (launched) return;  // else the device fits no block of it: stream
+      }
     }
     const ReducePlan& rp = plan.stats;
     check_reduce_blocks(rp, kernels::reduce_blocks_of<T, F, false>);
@@ -126,7 +135,7 @@ void launch_forward_inference(const Problem&, const MapPlan& plan, const T* x, T
   affine.scale = args.affine.scale;
   affine.offset = args.affine.offset;
   affine.epsilon = static_cast<param_t<T>>(args.epsilon);
-  with_epilogue<T>(args.epilogue, affine,
+  with_epilogue<T>(args.epilogue, plan.seq, affine,
                    [&](const auto& f) { normalize<T>(plan, x, y, f, stream); });
 }
 

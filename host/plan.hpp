@@ -21,6 +21,8 @@ struct MapPlan {
   kernels::ChannelsFirstMap cfm;
   kernels::ChannelsLastGeometry cl;
   dim3 grid;
+  /// forward_inference's variable-length batch (lengths null: none); set by the call
+  kernels::SeqGeometry seq;
 };
 
 /// How a per-channel reduction (statistics, gradient sums) runs, finishing its channels in its
@@ -55,7 +57,8 @@ struct Scratch {
 
 /// A fresh tag for a call's tickets (kernels::Tickets): the next of a process-wide sequence that
 /// starts at a random number, so no two calls of a process among 2^48 - 2 share one, and never all
-/// zeros or all ones; shifted past the count bits. Thread-safe, no synchronization beyond one relaxed atomic increment.
+/// zeros or all ones; shifted past the count bits. Thread-safe, no synchronization beyond one
+/// relaxed atomic increment.
 unsigned long long next_ticket_tag() noexcept;
 
 /// How the persistent (single-read) path runs: one cooperative launch of at most
@@ -91,6 +94,7 @@ struct TrainingPlan {
   PersistentPlan persistent;
   bool use_persistent = false;
   Scratch scratch;
+  kernels::SeqGeometry seq;  ///< the variable-length batch (lengths null: none); set by the call
   /// Kernel launches of this plan: 1 or 2.
   int launches() const { return use_persistent || stats.fused() ? 1 : 2; }
 };
@@ -103,6 +107,7 @@ struct BackwardPlan {
   PersistentPlan persistent;
   bool use_persistent = false;  ///< for the training backward when it writes dx
   Scratch scratch;
+  kernels::SeqGeometry seq;  ///< the variable-length batch (lengths null: none); set by the call
 };
 
 /// How a split-phase call (cubn/distributed.hpp) runs: the local phase's reduction (never fused,
@@ -137,8 +142,8 @@ ReducePlan plan_reduce(const Problem& p, const DeviceInfo& dev, bool aligned, bo
 
 /// The training forward's plan (x_aligned: x is 16-byte aligned; xy_aligned: x and y are).
 /// `reduce_blocks`: the statistics kernel's blocks per SM (plan_reduce).
-TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_aligned,
-                           bool xy_aligned, int reduce_blocks = kernels::kMinBlocksPerSm);
+TrainingPlan plan_training(const Problem& p, const DeviceInfo& dev, bool x_aligned, bool xy_aligned,
+                           int reduce_blocks = kernels::kMinBlocksPerSm);
 
 /// The backward's plan (inputs_aligned: x and dy are 16-byte aligned; all_aligned: dx too).
 /// `reduce_blocks`: the gradient sums kernel's blocks per SM (plan_reduce).

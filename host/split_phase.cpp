@@ -89,6 +89,7 @@ void forward_apply_impl(const TensorDesc& desc, const void* x, const void* y,
                         cudaStream_t stream, bool launch = true) {
   const detail::Problem p = checked_problem<P>(kForwardApplyCall, desc, true);
   check_training_forward(kForwardApplyCall, p, x, y, args);
+  refuse_lengths(kForwardApplyCall, args.lengths);
   const Epilogue& e = args.epilogue;
   const detail::SplitPlan plan =
       detail::plan_split(p, detail::current_device_info(), false, detail::aligned16(x),
@@ -123,6 +124,7 @@ void backward_local_impl(const TensorDesc& desc, const void* x, const void* dy,
   nvtx3::scoped_range range{kBackwardLocalCall};
   const detail::Problem p = checked_problem<P>(kBackwardLocalCall, desc, true);
   check_training_backward(kBackwardLocalCall, p, x, dy, nullptr, args);
+  refuse_lengths(kBackwardLocalCall, args.lengths);
   const EpilogueGrad& e = args.epilogue;
   if (e.dz != nullptr)
     fail(Status::kInvalidArgument, kBackwardLocalCall,
@@ -148,6 +150,7 @@ void backward_apply_impl(const TensorDesc& desc, const void* x, const void* dy, 
                          Workspace ws, cudaStream_t stream, bool launch = true) {
   const detail::Problem p = checked_problem<P>(kBackwardApplyCall, desc, true);
   check_training_backward(kBackwardApplyCall, p, x, dy, dx, args);
+  refuse_lengths(kBackwardApplyCall, args.lengths);
   if (args.grads.dscale != nullptr || args.grads.doffset != nullptr)
     fail(Status::kInvalidArgument, kBackwardApplyCall,
          "args.grads is given: backward_training_local writes dscale and doffset (this rank's "

@@ -15,6 +15,7 @@
 #include "activation.cuh"
 #include "affine.cuh"
 #include "channel_ops.cuh"
+#include "lengths.cuh"
 #include "persistent.cuh"
 #include "platform.cuh"
 #include "types.cuh"
@@ -65,12 +66,27 @@ struct GradSumOp {
     CUBN_UNROLL
     for (int u = 0; u < U; ++u) {
       CUBN_UNROLL
-      for (int k = 0; k < V; ++k)
-        absorb_one(l.slot[k], ch(k), acc_at(dy[u], k), acc_at(x[u], k));
+      for (int k = 0; k < V; ++k) absorb_one(l.slot[k], ch(k), acc_at(dy[u], k), acc_at(x[u], k));
     }
   }
   template <int V>
   CUBN_DEVICE State column_state(const Columns<V>& l, int k) const {
+    return l.slot[k];
+  }
+  /// The masked loops' columns (lengths.cuh): already one accumulator per slot.
+  template <int V>
+  using SlotColumns = Columns<V>;
+  template <class T, int V, int U, class Cst>
+  CUBN_DEVICE void absorb_slot_columns(Columns<V>& l, const Cst& ch, const Pack<T, V> (&dy)[U],
+                                       const Pack<T, V> (&x)[U]) const {
+    absorb_columns(l, ch, dy, x);
+  }
+  template <int V>
+  CUBN_DEVICE void absorb_lane(Columns<V>& l, const Channel& ch, Acc dy, Acc x, int k) const {
+    absorb_one(l.slot[k], ch, dy, x);
+  }
+  template <int V>
+  CUBN_DEVICE State slot_state(const Columns<V>& l, int k) const {
     return l.slot[k];
   }
   CUBN_DEVICE State to_state(const Local& l) const { return l; }
@@ -231,8 +247,7 @@ struct FusedGradSumOp : GradSumOp<acc_t<T>> {
     CUBN_UNROLL
     for (int u = 0; u < U; ++u) {
       CUBN_UNROLL
-      for (int k = 0; k < V; ++k)
-        absorb_one(l, ch, acc_at(dy[u], k), acc_at(x[u], k), s[u], k);
+      for (int k = 0; k < V; ++k) absorb_one(l, ch, acc_at(dy[u], k), acc_at(x[u], k), s[u], k);
     }
   }
   template <int V, int U, class Cst>
@@ -322,15 +337,40 @@ struct BackwardFinish {
   }
 };
 
+/// BackwardFinish for a masked call (cubn::Lengths): M is the channel's valid elements, from the
+/// lengths (1 where there are none: the sums are then 0, and no dx is formed from them).
+template <class Acc>
+struct MaskedBackwardFinish {
+  BackwardFinish<Acc> fin;
+  SeqMask mask;
+  template <class Cst>
+  CUBN_DEVICE_NOINLINE void finish(std::int64_t ch, const GradSums<Acc>& s, const Cst& cst) const {
+    BackwardFinish<Acc> f = fin;
+    const std::int64_t m = mask.channel_elements();
+    f.m = static_cast<Acc>(m > 0 ? m : 1);
+    f.finish(ch, s, cst);
+  }
+};
+
+/// The finisher of a call over reduction op R: MaskedBackwardFinish where R is masked, else `fin`
+/// itself (a reference, not a copy: the unmasked kernels' code stays as it was).
+template <class R, class Acc>
+CUBN_DEVICE decltype(auto) backward_finish_for(const R& op, const BackwardFinish<Acc>& fin) {
+  if constexpr (is_masked<R>) {
+    return MaskedBackwardFinish<Acc>{fin, op.mask};
+  } else {
+    return (fin);
+  }
+}
+
 /// Gradient sums of channel blockIdx.x over split blockIdx.y (in0 = dy, in1 = x); the last block
 /// of each set of channels finishes them.
 template <class T, int V, class R>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, R, true>))
     bn_backward_sums_channels_first(ChannelsFirstReduce g, const T* __restrict__ dy,
-                                    const T* __restrict__ x, R op,
-                                    GradSums<acc_t<T>>* partials, Tickets tickets,
-                                    BackwardFinish<acc_t<T>> fin) {
-  reduce_planes<T, V>(dy, x, g, op, partials, tickets, fin);
+                                    const T* __restrict__ x, R op, GradSums<acc_t<T>>* partials,
+                                    Tickets tickets, BackwardFinish<acc_t<T>> fin) {
+  reduce_planes<T, V>(dy, x, g, op, partials, tickets, backward_finish_for(op, fin));
 }
 
 /// Gradient sums of the V slots each thread owns over split blockIdx.y; the last blocks finish
@@ -338,10 +378,10 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, R, true>)
 template <class T, int V, class R>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, R, true>))
     bn_backward_sums_channels_last(ChannelsLastGeometry g, const T* __restrict__ dy,
-                                   const T* __restrict__ x, R op,
-                                   GradSums<acc_t<T>>* partials, GradSums<acc_t<T>>* totals,
-                                   Tickets tickets, BackwardFinish<acc_t<T>> fin) {
-  reduce_columns<T, V>(dy, x, g, op, partials, totals, tickets, fin);
+                                   const T* __restrict__ x, R op, GradSums<acc_t<T>>* partials,
+                                   GradSums<acc_t<T>>* totals, Tickets tickets,
+                                   BackwardFinish<acc_t<T>> fin) {
+  reduce_columns<T, V>(dy, x, g, op, partials, totals, tickets, backward_finish_for(op, fin));
 }
 
 /// The whole training backward in one cooperative launch (persistent.cuh): gradient sums, dscale,

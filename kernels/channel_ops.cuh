@@ -34,6 +34,7 @@
 
 #include "block_reduce.cuh"
 #include "geometry.hpp"
+#include "lengths.cuh"
 #include "memory.cuh"
 #include "platform.cuh"
 #include "types.cuh"
@@ -139,8 +140,8 @@ struct EpilogueOf<Op, std::void_t<decltype(Op::kAct)>> {
 /// kernels' with op F, their fused normalization (Backward false), the gradient sums' with op R
 /// (true). geometry.hpp's reduce_blocks_per_sm, which host/plan.cpp sizes their grids by.
 template <class T, class Op, bool Backward>
-constexpr int reduce_blocks_of =
-    reduce_blocks_per_sm(sizeof(T), Backward, EpilogueOf<Op>::act, EpilogueOf<Op>::res);
+constexpr int reduce_blocks_of = reduce_blocks_per_sm(sizeof(T), Backward, EpilogueOf<Op>::act,
+                                                      EpilogueOf<Op>::res);
 
 /// Loads the sides of the packs at `at` (nothing for an op without one).
 template <class T, int V, int N, class Op>
@@ -192,6 +193,60 @@ constexpr int unroll_for(int streams) { return (kUnroll + streams - 1) / streams
 template <class Op>
 constexpr int streams_of = Op::kInputs + SideOf<Op>::kStreams;
 
+// ---- masked loops (lengths.cuh) -----------------------------------------------------------------
+
+/// Every lane of a V-element pack.
+template <int V>
+constexpr unsigned kAllLanes = V == 32 ? ~0u : (1u << V) - 1u;
+
+/// The valid lanes of the packs at `at` of a masked op.
+template <int V, class Op, int N>
+CUBN_DEVICE void pack_bits(const Op& op, const std::int64_t (&at)[N], unsigned (&bits)[N]) {
+  static_assert(!SideOf<Op>::kSided, "masked ops read no side (cubn::Lengths takes no epilogue)");
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) bits[u] = op.mask.template bits<V>(at[u]);
+}
+
+/// load_packs of the packs with a valid lane; the others are zero and not read.
+template <int Inputs, int N, int V, class T>
+CUBN_DEVICE void load_valid_packs(const T* in0, const T* in1, const std::int64_t (&at)[N],
+                                  const unsigned (&bits)[N], Pack<T, V> (&a)[N],
+                                  Pack<T, V> (&b)[N]) {
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) {
+    a[u] = Pack<T, V>{};
+    b[u] = Pack<T, V>{};
+    if (bits[u] != 0) load_inputs<Inputs>(in0, in1, at[u], a[u], b[u]);
+  }
+}
+
+/// A masked reduction's fold of N packs with valid lanes `bits`: whole packs as the unmasked loop
+/// folds them (absorb_packs), a visit with a padded lane lane by lane.
+template <class R, class L, class C, class T, int V, int N>
+CUBN_DEVICE void absorb_valid(const R& op, L& l, const C& cst, const Pack<T, V> (&a)[N],
+                              const Pack<T, V> (&b)[N], const unsigned (&bits)[N]) {
+  bool all = true;
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) all = all && bits[u] == kAllLanes<V>;
+  if (all) {
+    op.absorb_packs(l, cst, a, b);
+    return;
+  }
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u)
+    for (int k = 0; k < V; ++k)
+      if ((bits[u] >> k) & 1u) op.absorb_one(l, cst, acc_at(a[u], k), acc_at(b[u], k));
+}
+
+/// A pack of zeros.
+template <class T, int V>
+CUBN_DEVICE Pack<T, V> zero_pack() {
+  Pack<T, V> z;
+  CUBN_UNROLL
+  for (int k = 0; k < V; ++k) z.v[k] = from_acc<T>(acc_t<T>(0));
+  return z;
+}
+
 // ---- tickets ------------------------------------------------------------------------------------
 
 /// Takes one of `expected` arrivals at ticket word `index` of `t`; true for the last, which puts
@@ -228,8 +283,9 @@ CUBN_DEVICE bool take_ticket(const Tickets& t, unsigned index, unsigned expected
   } while (!w.compare_exchange_weak(old, t.tag | count, order, cuda::memory_order_relaxed));
 #if defined(CUBN_SIM)
   if (count > expected)
-    sim::detail::fault("a ticket counted more arrivals than blocks (a workspace shared by calls "
-                       "that run at once?)");
+    sim::detail::fault(
+        "a ticket counted more arrivals than blocks (a workspace shared by calls "
+        "that run at once?)");
 #endif
   if (count != expected) return false;
   if (acquire) device_fence(cuda::memory_order_acquire);
@@ -330,6 +386,9 @@ CUBN_DEVICE void fold_leftovers(const R& op, const T* in0, const T* in1, std::in
   CUBN_NO_UNROLL
   for (std::int64_t e = numel / V * V; e < numel; ++e, tail.next()) {
     if (tail.channel() != ch) continue;
+    if constexpr (is_masked<R>) {
+      if (!op.mask.valid(e)) continue;
+    }
     acc_t<T> a, b;
     load_one<R::kInputs>(in0, in1, e, a, b);
     const std::int64_t at[1] = {e};
@@ -358,8 +417,7 @@ CUBN_DEVICE Pack<T, V> apply_pack(const F& f, const Pack<T, V>& a, const Pack<T,
                                   const CoeffOf& coeff) {
   Pack<T, V> o;
   CUBN_UNROLL
-  for (int k = 0; k < V; ++k)
-    o.v[k] = from_acc<T>(f.apply(coeff(k), acc_at(a, k), acc_at(b, k)));
+  for (int k = 0; k < V; ++k) o.v[k] = from_acc<T>(f.apply(coeff(k), acc_at(a, k), acc_at(b, k)));
   return o;
 }
 
@@ -367,8 +425,8 @@ CUBN_DEVICE Pack<T, V> apply_pack(const F& f, const Pack<T, V>& a, const Pack<T,
 /// f(in0, in1), or what an op with a side writes itself (its emit<KV>; KV is the kernel's pack
 /// width, which tells it whose its mask bytes are).
 template <int KV, class F, class T, int V, class S, class CoeffOf>
-CUBN_DEVICE void emit(const F& f, T* out, std::int64_t at, const Pack<T, V>& a,
-                      const Pack<T, V>& b, const S& s, const CoeffOf& coeff) {
+CUBN_DEVICE void emit(const F& f, T* out, std::int64_t at, const Pack<T, V>& a, const Pack<T, V>& b,
+                      const S& s, const CoeffOf& coeff) {
   if constexpr (SideOf<F>::kSided) {
     f.template emit<KV>(out, at, a, b, s, coeff);
   } else {
@@ -388,6 +446,39 @@ CUBN_DEVICE void map_one(const T* in0, const T* in1, T* out, const F& f, std::in
   emit<KV>(f, out, at, a[0], b[0], s[0], coeff);
 }
 
+/// A masked map's output for a pack with valid lanes `bits`: the valid lanes f(in0, in1), the
+/// padded ones 0 or nothing (the mask's choice); a pack with a padded lane is stored lane by lane.
+template <class F, class T, int V, class CoeffOf>
+CUBN_DEVICE void emit_valid(const F& f, T* out, std::int64_t at, const Pack<T, V>& a,
+                            const Pack<T, V>& b, unsigned bits, const CoeffOf& coeff) {
+  if (bits == kAllLanes<V>) {
+    store_pack<V>(out + at, apply_pack(f, a, b, coeff));
+  } else if (bits == 0) {
+    if (f.mask.zero) store_pack<V>(out + at, zero_pack<T, V>());
+  } else {
+    const Pack<T, V> o = apply_pack(f, a, b, coeff);
+    for (int k = 0; k < V; ++k) {
+      const bool valid = ((bits >> k) & 1u) != 0;
+      if (!valid && !f.mask.zero) continue;
+      Pack<T, 1> one;
+      one.v[0] = valid ? o.v[k] : from_acc<T>(acc_t<T>(0));
+      store_pack<1>(out + at + k, one);
+    }
+  }
+}
+
+/// map_one for a masked op: only a pack with a valid lane is read.
+template <int V, class T, class F, class CoeffOf>
+CUBN_DEVICE void map_one_valid(const T* in0, const T* in1, T* out, const F& f, std::int64_t at,
+                               const CoeffOf& coeff) {
+  const std::int64_t one[1] = {at};
+  unsigned bits[1];
+  pack_bits<V>(f, one, bits);
+  Pack<T, V> a[1], b[1];
+  load_valid_packs<F::kInputs>(in0, in1, one, bits, a, b);
+  emit_valid(f, out, at, a[0], b[0], bits[0], coeff);
+}
+
 /// out = f(in0, in1) for the leftover elements, by one thread (of a kernel of pack width V).
 template <int V, class T, class F, class Tail>
 CUBN_DEVICE void map_leftovers(const T* in0, const T* in1, T* out, std::int64_t numel, const F& f,
@@ -395,7 +486,11 @@ CUBN_DEVICE void map_leftovers(const T* in0, const T* in1, T* out, std::int64_t 
   CUBN_NO_UNROLL
   for (std::int64_t e = numel / V * V; e < numel; ++e, tail.next()) {
     const typename F::Coeffs q = f.coeffs(tail.channel());
-    map_one<V, T, 1>(in0, in1, out, f, e, [&](int) { return q; });
+    if constexpr (is_masked<F>) {
+      map_one_valid<1, T>(in0, in1, out, f, e, [&](int) { return q; });
+    } else {
+      map_one<V, T, 1>(in0, in1, out, f, e, [&](int) { return q; });
+    }
   }
 }
 
@@ -507,20 +602,33 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
       [&](const auto& at) {
         constexpr int N = packs_in<decltype(at)>;
         Pack<T, V> a[N], b[N];
-        load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
-        side_t<R, T, V> s[N];
-        load_sides<T, V>(op, at, s);
-        absorb_packs(op, l, cst, a, b, s);
+        if constexpr (is_masked<R>) {
+          unsigned bits[N];
+          pack_bits<V>(op, at, bits);
+          load_valid_packs<R::kInputs>(in0, in1, at, bits, a, b);
+          absorb_valid(op, l, cst, a, b, bits);
+        } else {
+          load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
+          side_t<R, T, V> s[N];
+          load_sides<T, V>(op, at, s);
+          absorb_packs(op, l, cst, a, b, s);
+        }
         src.keep(a, b);
       },
       [&](std::int64_t at, std::int64_t b0, std::int64_t b1) {
         const std::int64_t one[1] = {at};
         Pack<T, V> a[1], b[1];
-        load_packs<R::kInputs, 1, V>(in0, in1, one, a, b);
+        unsigned bits[1] = {kAllLanes<V>};
+        if constexpr (is_masked<R>) {
+          pack_bits<V>(op, one, bits);
+          load_valid_packs<R::kInputs>(in0, in1, one, bits, a, b);
+        } else {
+          load_packs<R::kInputs, 1, V>(in0, in1, one, a, b);
+        }
         side_t<R, T, V> s[1];
         load_sides<T, V>(op, one, s);
         for (int k = 0; k < V; ++k)
-          if (at + k >= b0 && at + k < b1)
+          if (at + k >= b0 && at + k < b1 && ((bits[0] >> k) & 1u))
             absorb_one(op, l, cst, acc_at(a[0], k), acc_at(b[0], k), s[0], k);
         src.keep(a, b);
       });
@@ -537,9 +645,8 @@ CUBN_DEVICE void plane_partial(const T* in0, const T* in1, const ChannelsFirstRe
   using State = typename R::State;
   using Reduce = BlockReduce<State, kBlockThreads>;
   CUBN_SHARED_OBJECT(typename Reduce::TempStorage, storage);
-  const auto local =
-      accumulate_planes<T, V, Wide>(in0, in1, g, op, op.channel(in0, in1, ch, ch * g.s), ch,
-                                    split, src);
+  const auto local = accumulate_planes<T, V, Wide>(
+      in0, in1, g, op, op.channel(in0, in1, ch, ch * g.s), ch, split, src);
   const auto part = Reduce(storage).reduce(
       op.to_state(local), [&op](const State& a, const State& b) { return op.merge(a, b); });
   if (threadIdx.x == 0) partials[split * g.c + ch] = part.get();
@@ -595,6 +702,14 @@ CUBN_DEVICE void map_channel_planes(const T* in0, const T* in1, T* out,
       [&](const auto& at) {
         constexpr int N = packs_in<decltype(at)>;
         Pack<T, V> a[N], b[N];
+        if constexpr (is_masked<F>) {  // never persistent (host/plan.cpp): src is global memory
+          unsigned bits[N];
+          pack_bits<V>(f, at, bits);
+          load_valid_packs<F::kInputs>(in0, in1, at, bits, a, b);
+          CUBN_UNROLL
+          for (int u = 0; u < N; ++u) emit_valid(f, out, at[u], a[u], b[u], bits[u], coeff);
+          return;
+        }
         src.fetch(in0, in1, at, a, b);
         side_t<F, T, V> s[N];
         load_sides<T, V>(f, at, s);
@@ -607,15 +722,20 @@ CUBN_DEVICE void map_channel_planes(const T* in0, const T* in1, T* out,
           return;
         }
         const std::int64_t one[1] = {at};
-        Pack<T, V> a[1], b[1];
-        src.fetch(in0, in1, one, a, b);
-        side_t<F, T, V> s[1];
-        load_sides<T, V>(f, one, s);
         // elements [0, cut) belong to the previous plane (one store either way: the loop then
         // moves at most three vectors, as an edge loop should)
         const int cut = at < b0 ? static_cast<int>(b0 - at) : 0;
         const typename F::Coeffs before = cut > 0 ? f.coeffs(ch == 0 ? g.c - 1 : ch - 1) : q;
-        emit<V>(f, out, at, a[0], b[0], s[0], [&](int k) { return k < cut ? before : q; });
+        const auto both = [&](int k) { return k < cut ? before : q; };
+        if constexpr (is_masked<F>) {
+          map_one_valid<V, T>(in0, in1, out, f, at, both);
+          return;
+        }
+        Pack<T, V> a[1], b[1];
+        src.fetch(in0, in1, one, a, b);
+        side_t<F, T, V> s[1];
+        load_sides<T, V>(f, one, s);
+        emit<V>(f, out, at, a[0], b[0], s[0], both);
       });
 }
 
@@ -657,7 +777,13 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
     }
     if (ch >= c) ch -= c;
   };
-  const auto one = [&](std::int64_t at, auto coeff) { map_one<V, T, V>(in0, in1, out, f, at, coeff); };
+  const auto one = [&](std::int64_t at, auto coeff) {
+    if constexpr (is_masked<F>) {
+      map_one_valid<V, T>(in0, in1, out, f, at, coeff);
+    } else {
+      map_one<V, T, V>(in0, in1, out, f, at, coeff);
+    }
+  };
   for (; count >= static_cast<unsigned>(U); count -= U) {
     std::int64_t at[U];
     unsigned chs[U];
@@ -680,24 +806,36 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
     if constexpr (F::kInputs == 2) fetch();
     Pack<T, V> a[U] = {}, b[U] = {};
     side_t<F, T, V> sd[U] = {};
-    CUBN_UNROLL
-    for (int u = 0; u < U; ++u)
-      if (whole[u]) load_inputs<F::kInputs>(in0, in1, at[u], a[u], b[u]);
-    if constexpr (SideOf<F>::kSided) {
+    if constexpr (is_masked<F>) {
+      unsigned bits[U];
+      pack_bits<V>(f, at, bits);
+      CUBN_UNROLL
+      for (int u = 0; u < U; ++u)
+        if (whole[u] && bits[u] != 0) load_inputs<F::kInputs>(in0, in1, at[u], a[u], b[u]);
+      if constexpr (F::kInputs == 1) fetch();
+      CUBN_UNROLL
+      for (int u = 0; u < U; ++u)
+        if (whole[u]) emit_valid(f, out, at[u], a[u], b[u], bits[u], [&](int) { return q[u]; });
+    } else {
+      CUBN_UNROLL
+      for (int u = 0; u < U; ++u)
+        if (whole[u]) load_inputs<F::kInputs>(in0, in1, at[u], a[u], b[u]);
+      if constexpr (SideOf<F>::kSided) {
+        CUBN_UNROLL
+        for (int u = 0; u < U; ++u) {
+          if (!whole[u]) continue;
+          const std::int64_t one[1] = {at[u]};
+          side_t<F, T, V> s1[1] = {};  // a side the op does not read stays unwritten
+          load_sides<T, V>(f, one, s1);
+          sd[u] = s1[0];
+        }
+      }
+      if constexpr (F::kInputs == 1) fetch();
       CUBN_UNROLL
       for (int u = 0; u < U; ++u) {
         if (!whole[u]) continue;
-        const std::int64_t one[1] = {at[u]};
-        side_t<F, T, V> s1[1] = {};  // a side the op does not read stays unwritten
-        load_sides<T, V>(f, one, s1);
-        sd[u] = s1[0];
+        emit<V>(f, out, at[u], a[u], b[u], sd[u], [&](int) { return q[u]; });
       }
-    }
-    if constexpr (F::kInputs == 1) fetch();
-    CUBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      if (!whole[u]) continue;
-      emit<V>(f, out, at[u], a[u], b[u], sd[u], [&](int) { return q[u]; });
     }
   }
   CUBN_NO_UNROLL
@@ -774,6 +912,41 @@ CUBN_DEVICE ColumnTail column_tail(const ChannelsLastGeometry& g) {
           static_cast<unsigned>(g.d)};
 }
 
+/// A masked reduction's fold of the column packs at `at` into slot columns (SlotColumns: a count
+/// per slot): all at once when every lane is valid (as the unmasked loop folds them, bit for bit),
+/// else whole packs one by one and partly padded packs lane by lane (channels-last rows of C not a
+/// multiple of V, channels-first planes under 2V run as columns).
+template <int V, class R, class L, class Cst, class T, int N>
+CUBN_DEVICE void absorb_valid_columns(const R& op, L& l, const Cst& cst, const T* in0, const T* in1,
+                                      const std::int64_t (&at)[N], Pack<T, V> (&a)[N],
+                                      Pack<T, V> (&b)[N]) {
+  unsigned bits[N];
+  pack_bits<V>(op, at, bits);
+  load_valid_packs<R::kInputs>(in0, in1, at, bits, a, b);
+  bool all = true;
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) all = all && bits[u] == kAllLanes<V>;
+  if (all) {
+    op.absorb_slot_columns(l, cst, a, b);
+    return;
+  }
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) {
+    if (bits[u] == kAllLanes<V>) {
+      const Pack<T, V> a1[1] = {a[u]}, b1[1] = {b[u]};
+      op.absorb_slot_columns(l, cst, a1, b1);
+    } else {
+      for (int k = 0; k < V; ++k)
+        if ((bits[u] >> k) & 1u) op.absorb_lane(l, cst(k), acc_at(a[u], k), acc_at(b[u], k), k);
+    }
+  }
+}
+
+/// A reduction's per-thread column accumulators: R's Columns, or its SlotColumns when masked.
+template <class R, int V>
+using columns_t = std::conditional_t<is_masked<R>, typename R::template SlotColumns<V>,
+                                     typename R::template Columns<V>>;
+
 /// The partials of column block `cb` over split `split` of `splits`: each thread folds the V slots
 /// it owns (pack column cb * bx + tx of the periods split * by + ty, stepping splits * by; each
 /// pack then handed to src.keep), the block merges its thread rows in row order into partials[split
@@ -785,7 +958,7 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
                                  std::int64_t split, std::int64_t splits, Src& src, Rows& rows) {
   using State = typename R::State;
   constexpr int U = unroll_for(streams_of<R>);
-  typename R::template Columns<V> l{};
+  columns_t<R, V> l{};
   const ThreadTile t0(g.bx, static_cast<int>(threadIdx.x));
   const std::int64_t j0 = cb * t0.bx + t0.tx;
   // the block's slots' channel constants in shared memory, read at each use: V of them held in
@@ -805,10 +978,14 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
     walk_column<U, V, Wide>(g, j0, split * t0.by + t0.ty, splits * t0.by, [&](const auto& at) {
       constexpr int N = packs_in<decltype(at)>;
       Pack<T, V> a[N], b[N];
-      load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
-      side_t<R, T, V> s[N];
-      load_sides<T, V>(op, at, s);
-      absorb_columns(op, l, cst, a, b, s);
+      if constexpr (is_masked<R>) {
+        absorb_valid_columns<V>(op, l, cst, in0, in1, at, a, b);
+      } else {
+        load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
+        side_t<R, T, V> s[N];
+        load_sides<T, V>(op, at, s);
+        absorb_columns(op, l, cst, a, b, s);
+      }
       src.keep(a, b);
     });
   }
@@ -818,7 +995,11 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
   // merge the by thread rows of each slot in row order, one of the V slots at a time
   CUBN_UNROLL
   for (int k = 0; k < V; ++k) {
-    rows[threadIdx.x] = op.column_state(l, k);
+    if constexpr (is_masked<R>) {
+      rows[threadIdx.x] = op.slot_state(l, k);
+    } else {
+      rows[threadIdx.x] = op.column_state(l, k);
+    }
     __syncthreads();
     if (tt.ty == 0 && j < g.period_packs) {
       State m = rows[tt.tx];
@@ -900,6 +1081,14 @@ CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out, const Chan
     walk_column<U, V, Wide>(g, j, split * tt.by + tt.ty, splits * tt.by, [&](const auto& at) {
       constexpr int N = packs_in<decltype(at)>;
       Pack<T, V> a[N], b[N];
+      if constexpr (is_masked<F>) {  // never persistent (host/plan.cpp): src is global memory
+        unsigned bits[N];
+        pack_bits<V>(f, at, bits);
+        load_valid_packs<F::kInputs>(in0, in1, at, bits, a, b);
+        CUBN_UNROLL
+        for (int u = 0; u < N; ++u) emit_valid(f, out, at[u], a[u], b[u], bits[u], q);
+        return;
+      }
       src.fetch(in0, in1, at, a, b);
       side_t<F, T, V> s[N];
       load_sides<T, V>(f, at, s);

@@ -17,6 +17,7 @@
 #include "activation.cuh"
 #include "affine.cuh"
 #include "channel_ops.cuh"
+#include "lengths.cuh"
 #include "persistent.cuh"
 #include "platform.cuh"
 #include "types.cuh"
@@ -206,8 +207,8 @@ struct WelfordOp {
     CUBN_UNROLL
     for (int k = 0; k < V; ++k) {
       Acc mb, m2b;
-      group<U>([&](int u) { return kShifted<T> ? shifted(x[u].v[k], c(k)) : acc_at(x[u], k); },
-               mb, m2b);
+      group<U>([&](int u) { return kShifted<T> ? shifted(x[u].v[k], c(k)) : acc_at(x[u], k); }, mb,
+               m2b);
       fold(l.n, l.mean[k], l.m2[k], w, mb, m2b);
     }
     l.n = n;
@@ -217,6 +218,42 @@ struct WelfordOp {
     const Acc n = l.n + Acc(1);
     fold(l.n, l.mean, l.m2, rcp_approx(n), x - c.shift, Acc(0));
     l.n = n;
+  }
+
+  /// Columns with a count per slot, for masked loops (lengths.cuh), where a pack's lanes may be
+  /// partly padded: whole packs fold exactly as absorb_columns does (the same count in every slot
+  /// gives the same weights, bit for bit), single lanes with absorb_lane.
+  template <int V>
+  struct SlotColumns {
+    Acc n[V] = {};
+    Acc mean[V] = {};
+    Acc m2[V] = {};
+  };
+  template <class T, int V, int U, class Cst>
+  CUBN_DEVICE void absorb_slot_columns(SlotColumns<V>& l, const Cst& c, const Pack<T, V> (&x)[U],
+                                       const Pack<T, V> (&)[U]) const {
+    CUBN_UNROLL
+    for (int k = 0; k < V; ++k) {
+      const Acc n = l.n[k] + Acc(U);
+      const Acc w = Acc(U) * rcp_approx(n);
+      Acc mb, m2b;
+      group<U>([&](int u) { return kShifted<T> ? shifted(x[u].v[k], c(k)) : acc_at(x[u], k); },
+               mb, m2b);
+      fold(l.n[k], l.mean[k], l.m2[k], w, mb, m2b);
+      l.n[k] = n;
+    }
+  }
+  template <int V>
+  CUBN_DEVICE void absorb_lane(SlotColumns<V>& l, const Channel& c, Acc x, Acc, int k) const {
+    Local one{l.n[k], l.mean[k], l.m2[k]};
+    absorb_one(one, c, x, x);
+    l.n[k] = one.n;
+    l.mean[k] = one.mean;
+    l.m2[k] = one.m2;
+  }
+  template <int V>
+  CUBN_DEVICE State slot_state(const SlotColumns<V>& l, int k) const {
+    return to_state(Local{l.n[k], l.mean[k], l.m2[k]});
   }
 
   CUBN_DEVICE State to_state(const Local& l) const {
@@ -268,6 +305,45 @@ struct ForwardFinish {
   }
 };
 
+/// ForwardFinish for a masked call (cubn::Lengths), whose channels may hold fewer than two valid
+/// elements (the host cannot see the lengths): M = 0 gives mean 0 and invstd 1 / sqrt(epsilon) and
+/// leaves the running statistics; M = 1 gives its value as the mean, invstd 1 / sqrt(epsilon),
+/// updates the running mean and leaves the running variance (its unbiased estimate is undefined).
+template <class Acc>
+struct MaskedForwardFinish {
+  ForwardFinish<Acc> fin;
+  CUBN_DEVICE_NOINLINE void finish(std::int64_t ch, const WelfordState<Acc>& st,
+                                   const typename WelfordOp<Acc>::Channel& cst) const {
+    if (st.count >= 2) {
+      fin.finish(ch, st, cst);
+      return;
+    }
+    const Acc mean = st.count == 0 ? Acc(0) : cst.shift + st.mean;
+    const Acc invstd = Acc(1) / sqrt_acc(fin.epsilon);
+    if (fin.saved_mean != nullptr) fin.saved_mean[ch] = mean;
+    if (fin.saved_invstd != nullptr) fin.saved_invstd[ch] = invstd;
+    if (fin.running_mean != nullptr && st.count == 1)
+      fin.running_mean[ch] =
+          (Acc(1) - fin.momentum_mean) * fin.running_mean[ch] + fin.momentum_mean * mean;
+    const Acc a = (fin.scale != nullptr ? fin.scale[ch] : Acc(1)) * invstd;
+    const Acc shift = st.count == 0 ? Acc(0) : cst.shift;
+    fin.k[ch] = shift;
+    fin.k[fin.c + ch] = a;
+    fin.k[2 * fin.c + ch] = (fin.offset != nullptr ? fin.offset[ch] : Acc(0)) - (mean - shift) * a;
+  }
+};
+
+/// The finisher of a call over op F: MaskedForwardFinish where F is masked, else `fin` itself (a
+/// reference, not a copy: the unmasked kernels' code stays as it was).
+template <class F, class Acc>
+CUBN_DEVICE decltype(auto) forward_finish_for(const ForwardFinish<Acc>& fin) {
+  if constexpr (is_masked<F>) {
+    return MaskedForwardFinish<Acc>{fin};
+  } else {
+    return (fin);
+  }
+}
+
 /// Welford statistics of channel blockIdx.x over split blockIdx.y; the last block of each set of
 /// channels finishes them. With g.fuse (one split, whole packs per plane) the block then writes
 /// its channel's y with f (TrainedAffine, or FusedAffine over it): the whole training forward in
@@ -277,8 +353,8 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, F, false>
     bn_stats_channels_first(ChannelsFirstReduce g, const T* x, WelfordState<acc_t<T>>* partials,
                             Tickets tickets, ForwardFinish<acc_t<T>> fin, F f, T* y) {
   using Acc = acc_t<T>;
-  if (!reduce_planes<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<Acc>{}, partials,
-                           tickets, fin) ||
+  if (!reduce_planes<T, V>(x, static_cast<const T*>(nullptr), g, masked_like(f, WelfordOp<Acc>{}),
+                           partials, tickets, forward_finish_for<F>(fin)) ||
       !g.fuse)
     return;
   map_own_planes<T, V>(x, static_cast<const T*>(nullptr), y, g, f, blockIdx.x);
@@ -293,8 +369,8 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, F, false>
                            WelfordState<acc_t<T>>* totals, Tickets tickets,
                            ForwardFinish<acc_t<T>> fin, F f, T* y) {
   using Acc = acc_t<T>;
-  if (!reduce_columns<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<Acc>{}, partials,
-                            totals, tickets, fin) ||
+  if (!reduce_columns<T, V>(x, static_cast<const T*>(nullptr), g, masked_like(f, WelfordOp<Acc>{}),
+                            partials, totals, tickets, forward_finish_for<F>(fin)) ||
       !g.fuse)
     return;
   map_columns<T, V>(x, static_cast<const T*>(nullptr), y, g, f);

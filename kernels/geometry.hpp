@@ -174,6 +174,50 @@ struct PersistentGeometry {
   int slots = 0;               ///< kept vectors per thread (one per input tensor per pack)
 };
 
+/// Division of an index n in [0, 2^63) by a divisor d >= 1 fixed for a launch, without a division
+/// (a 64-bit division is a subroutine of about 70 instructions on the GPU): q = hi64(2n * m) >> l
+/// with l = ceil(log2 d) and m = ceil(2^(63+l) / d), which fits 64 bits (Granlund and Montgomery's
+/// round-up method: 0 <= m d - 2^(63+l) < d <= 2^l, so q = floor(n / d) exactly for every
+/// n < 2^63). lengths.cuh quotient() divides; tests/lengths_test.cpp checks it against `/`.
+struct FastDivisor {
+  __extension__ typedef unsigned __int128 Wide;  // GCC's, clang's and nvcc's 128-bit integer
+
+  std::uint64_t d = 1;
+  std::uint64_t m = std::uint64_t{1} << 63;
+  int l = 0;
+
+  static constexpr FastDivisor of(std::uint64_t divisor) {
+    FastDivisor f;
+    f.d = divisor;
+    f.l = 0;
+    while (f.l < 64 && (std::uint64_t{1} << f.l) < divisor) ++f.l;
+    const Wide two = static_cast<Wide>(1) << (63 + f.l);
+    f.m = static_cast<std::uint64_t>((two + divisor - 1) / divisor);
+    return f;
+  }
+  /// floor(n / d) for n in [0, 2^63): the executor's quotient (lengths.cuh; the GPU's takes the
+  /// high half with __umul64hi).
+  constexpr std::uint64_t divide(std::uint64_t n) const {
+    return static_cast<std::uint64_t>((static_cast<Wide>(n << 1) * m) >> 64) >> l;
+  }
+};
+
+/// A variable-length batch (cubn::Lengths) as the kernels see it (lengths.cuh SeqMask): element e
+/// is of row e / inner, sample row / rows and time step row % l, valid below the sample's length.
+struct SeqGeometry {
+  const void* lengths = nullptr;  ///< N lengths, int32 or int64; null: no mask
+  bool wide = false;              ///< int64 lengths
+  bool zero = true;               ///< padded outputs get 0 (else they are not written)
+  std::int64_t sample = 1;        ///< C * S: elements per sample
+  std::int64_t inner = 1;         ///< 1 channels-first, C channels-last
+  std::int64_t l = 1;             ///< the time axis' extent
+  std::int64_t n = 0;             ///< samples
+  std::int64_t per_step = 1;      ///< S / L: a channel's elements per time step of a sample
+  FastDivisor by_inner;           ///< inner
+  FastDivisor by_l;               ///< l
+  FastDivisor by_rows;            ///< rows of `inner` elements per sample: sample / inner
+};
+
 /// Bytes of one WelfordState<Acc> (int64 count, Acc mean, Acc M2): lets host-only code size
 /// workspaces; forward_launch.cuh checks it against the real type.
 constexpr std::size_t welford_state_bytes(std::size_t acc_bytes) { return 8 + 2 * acc_bytes; }

@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "cubn/sim/executor.hpp"
 #include "device_info.hpp"
@@ -25,6 +27,42 @@ void expect_within_limits(dim3 g) {
   EXPECT_GE(g.y, 1u);
   EXPECT_LE(g.y, 65535u);
   EXPECT_LE(g.z, 65535u);
+}
+
+// The variable-length batches' division by a launch's divisor (geometry.hpp FastDivisor): floor(n
+// / d) exactly for every index n < 2^63, at the divisors and dividends where a rounding error of
+// the multiplier would show first: every small divisor, powers of two and their neighbours (the
+// multiplier's extremes), large random divisors; dividends at and around multiples of d and at
+// 2^63 - 1.
+TEST(Plan, FastDivisorDividesEveryIndexExactly) {
+  using kernels::FastDivisor;
+  constexpr std::uint64_t kTop = (std::uint64_t{1} << 63) - 1;
+  std::mt19937_64 rng(24);
+  std::vector<std::uint64_t> divisors;
+  for (std::uint64_t d = 1; d <= 3000; ++d) divisors.push_back(d);
+  for (int k = 2; k < 63; ++k)
+    for (std::uint64_t d : {(std::uint64_t{1} << k) - 1, std::uint64_t{1} << k,
+                            (std::uint64_t{1} << k) + 1})
+      divisors.push_back(d);
+  for (int i = 0; i < 2000; ++i) divisors.push_back(1 + (rng() >> (1 + rng() % 62)));
+  int checked = 0;
+  for (std::uint64_t d : divisors) {
+    const FastDivisor f = FastDivisor::of(d);
+    std::vector<std::uint64_t> ns{0, 1, d - 1, d, d + 1, kTop, kTop - 1, kTop - d, kTop / d * d,
+                                  kTop / d * d - 1};
+    for (int i = 0; i < 20; ++i) {
+      const std::uint64_t q = rng() % (kTop / d + 1);
+      ns.push_back(q * d);
+      if (q > 0) ns.push_back(q * d - 1);
+      ns.push_back(rng() & kTop);
+    }
+    for (std::uint64_t n : ns) {
+      if (n > kTop) continue;
+      ASSERT_EQ(f.divide(n), n / d) << n << " / " << d;
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 200000);
 }
 
 TEST(Plan, CanonicalizationFoldsDegenerateOrders) {

@@ -342,4 +342,77 @@ TEST(Proxies, EveryLaunchIsNamedAfterItsKernel) {
             (std::vector<std::string>{"cubn::bn_stats", "cubn::bn_normalize"}));
 }
 
+// Variable-length batches (cubn::Lengths): the masked loops read only the packs that hold a valid
+// element, so a call reads the valid bytes plus at most one partly padded vector per sequence and
+// channel (channels-first planes of L; channels-last rows are whole: C here is a multiple of the
+// vector), and writes the whole tensor with Padding::kZero or only the valid bytes with
+// kUntouched. Model in valid-byte passes v (the valid elements' bytes, each sequence's rounded up
+// to whole vectors, over the tensor's): forward training reads 2v (x for the statistics, x to
+// normalize), inference v, backward training 4v (dy and x twice), frozen backward dx v (dy) and its
+// sums 2v; every call writes 1 pass (kZero) or the valid elements' bytes exactly (kUntouched: a
+// partly padded vector is written lane by lane).
+TEST(Proxies, CallsWithLengthsReadOnlyTheValidVectors) {
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+    for (Padding padding : {Padding::kZero, Padding::kUntouched}) {
+      const Dims dims{6, 16, 96};
+      const std::vector<std::int32_t> lengths{96, 48, 0, 1, 37, 60};
+      const TensorDesc desc = make_desc(DataType::kFloat16, order, dims);
+      const std::int64_t numel = 6 * 16 * 96, v = 8;
+      std::int64_t valid = 0, exact = 0;  // elements read per pass; valid elements
+      for (std::int32_t len : lengths) {
+        valid += 16 * (order == MemoryOrder::kChannelsFirst ? (len + v - 1) / v * v : len);
+        exact += 16 * len;
+      }
+      const double vp = static_cast<double>(valid) / static_cast<double>(numel);
+      const double wp =
+          padding == Padding::kZero ? 1.0 : static_cast<double>(exact) / static_cast<double>(numel);
+      const std::string what = std::string(to_string(order)) +
+                               (padding == Padding::kZero ? " zero" : " untouched");
+      const Data<__half> d = make_data<__half>(dims, order, 3);
+      DeviceBuffer<__half> x(d.x), y(d.x.size()), dy(d.x);
+      DeviceBuffer<float> mean(std::vector<float>(16, 0.f)), var(std::vector<float>(16, 1.f)),
+          invstd(std::vector<float>(16, 1.f)), dscale(16), doffset(16);
+      DeviceBuffer<std::int32_t> len(lengths);
+      cubn::Lengths arg;
+      arg.ptr = len.data();
+      arg.padding = padding;
+      DeviceBytes fws(forward_training_workspace_size(desc)), bws(backward_workspace_size(desc));
+      const double bytes = static_cast<double>(numel) * 2;
+      const auto check = [&](const char* call, const std::function<void()>& run, double reads) {
+        const Traffic t = profile(bytes, run);
+        EXPECT_NEAR(t.read_passes, reads, 1e-12) << what << " " << call;
+        EXPECT_NEAR(t.write_passes, wp, 1e-12) << what << " " << call;
+      };
+      ASSERT_LT(vp, 0.55) << what;  // about half the batch is padding
+      check("forward_training", [&] {
+        TrainingForwardArgs<float> a;
+        a.saved = {mean.data(), invstd.data()};
+        a.lengths = arg;
+        forward_training(desc, x.data(), y.data(), a, {fws.data(), fws.bytes()}, nullptr);
+      }, 2 * vp);
+      check("forward_inference", [&] {
+        InferenceForwardArgs<float> a;
+        a.running = {mean.data(), var.data()};
+        a.lengths = arg;
+        forward_inference(desc, x.data(), y.data(), a, nullptr);
+      }, vp);
+      check("backward_training", [&] {
+        TrainingBackwardArgs<float> a;
+        a.saved = {mean.data(), invstd.data()};
+        a.grads = {dscale.data(), doffset.data()};
+        a.lengths = arg;
+        backward_training(desc, x.data(), dy.data(), y.data(), a, {bws.data(), bws.bytes()},
+                          nullptr);
+      }, 4 * vp);
+      check("backward_frozen", [&] {
+        FrozenBackwardArgs<float> a;
+        a.running = {mean.data(), var.data()};
+        a.grads = {dscale.data(), doffset.data()};
+        a.lengths = arg;
+        backward_frozen(desc, x.data(), dy.data(), y.data(), a, {bws.data(), bws.bytes()},
+                        nullptr);
+      }, 3 * vp);
+    }
+}
+
 }  // namespace

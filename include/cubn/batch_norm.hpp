@@ -165,6 +165,34 @@ struct EpilogueGrad {
   void* dz = nullptr;
 };
 
+/// The integer type of a Lengths array.
+enum class LengthType { kInt32, kInt64 };
+
+/// What a call with Lengths writes at the padded positions of its output (y, dx).
+///  - kZero: 0, so the output is a padded batch as the input was (what a following convolution or
+///    masked sum expects) and no padded value, NaN included, reaches it. The default.
+///  - kUntouched: nothing: the output buffer keeps what it held there, and the call writes only the
+///    valid positions' bytes (for callers that mask or pack the output themselves).
+enum class Padding { kZero, kUntouched };
+
+/// Batch norm over variable-length sequences (padded batches): sample n's valid positions along the
+/// tensor's last spatial axis, the time axis (L of NCL and NLC; W of NCHW and NHWC; W of NCDHW and
+/// NDHWC: put time last), are the first lengths[n]; the rest is padding. Statistics (mean,
+/// variance, the running statistics' unbiased update) and gradient sums then run over the valid
+/// positions only: per channel M = (sum of lengths) * (S / L) elements; padded positions are never
+/// read except within a 16-byte vector that also holds valid ones, and nothing read there reaches
+/// an output. Lengths live on the device and are not checked on the host (that would synchronize):
+/// each is clamped to [0, L] where it is read, so a length outside it reads and writes nothing out
+/// of bounds. A channel with no valid position (M = 0) gets mean 0 and invstd 1 / sqrt(epsilon);
+/// with M < 2 the running variance is left as it was (its unbiased estimate is undefined).
+/// Not taken yet: a fused activation or residual, and the split-phase calls; the persistent path
+/// is not used for these calls.
+struct Lengths {
+  const void* ptr = nullptr;  ///< N lengths on the device, aligned to their size; null: all valid
+  LengthType type = LengthType::kInt32;
+  Padding padding = Padding::kZero;  ///< what the padded positions of y or dx receive
+};
+
 /// Arguments of forward_training(). P is float for fp16/bf16/fp32 tensors, double for fp64.
 template <class P>
 struct TrainingForwardArgs {
@@ -175,6 +203,7 @@ struct TrainingForwardArgs {
   Momentum momentum;    ///< used only to update `running`
   SavedStats<P> saved;  ///< written; optional, each pointer on its own
   Epilogue epilogue;    ///< activation and residual fused into the normalization; optional
+  Lengths lengths;      ///< valid positions of a padded batch; optional (all valid)
 };
 
 /// Arguments of forward_inference(). P is float for fp16/bf16/fp32 tensors, double for fp64.
@@ -184,6 +213,7 @@ struct InferenceForwardArgs {
   RunningStats<const P> running;  ///< read; both required
   double epsilon = 1e-5;          ///< added to the running variance; must be > 0
   Epilogue epilogue;              ///< activation and residual fused into the normalization
+  Lengths lengths;  ///< valid positions of a padded batch: y there as Lengths::padding says
 };
 
 /// Gradients of the affine parameters, C values each, optional each. By default a call
@@ -206,6 +236,7 @@ struct TrainingBackwardArgs {
   SavedStats<const P> saved;
   ParamGradients<P> grads;  ///< written (or added to); optional
   EpilogueGrad epilogue;    ///< the forward's activation and residual; dz
+  Lengths lengths;          ///< the forward call's: sums over valid positions, dx there only
 };
 
 /// Arguments of backward_frozen(): the gradient of forward_inference(), for layers whose
@@ -219,6 +250,7 @@ struct FrozenBackwardArgs {
   EpilogueGrad epilogue;          ///< the forward's activation and residual; dz
   /// read: the forward's offset (null means 0); used only to recompute SiLU's pre-activation
   const P* offset = nullptr;
+  Lengths lengths;  ///< the forward call's: sums over valid positions, dx there only
 };
 
 /// Workspace bytes forward_training() needs for `x` on the current device (0 never: at least

@@ -1,0 +1,606 @@
+// Variable-length batches (cubn::Lengths) against the double-precision reference of the same math
+// on the valid positions: each channel's valid elements, gathered into a compact (1, C, K)
+// channels-first tensor, go through the existing reference (ref::forward_training,
+// ref::backward_with_stats, ...) and its tolerances (support/tolerance.hpp, backward_check.hpp)
+// with M = K, the channel's valid elements; results are compared at the valid positions, and the
+// padded positions must hold exactly what Lengths::padding says (0, or the bytes the buffer held).
+// Padded inputs are NaN throughout, so a padded value that reached any output or statistic would
+// show. Every dtype, both memory orders, ranks 3 to 5 (time last), lengths 0, 1, L, random, and
+// lengths outside [0, L] (clamped). Runs on the executor and, in the GPU binary, on a device.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cubn/cubn.hpp"
+#include "reference.hpp"
+#include "support/backward_check.hpp"
+#include "support/bn_harness.hpp"
+#include "support/device.hpp"
+#include "support/errors.hpp"
+
+namespace {
+
+using namespace cubn;
+using namespace cubn::test;
+
+template <class T>
+class Lengths : public DeviceTest {};
+using DTypes = ::testing::Types<__half, __nv_bfloat16, float, double>;
+TYPED_TEST_SUITE(Lengths, DTypes);
+
+// A padded batch: which elements are valid (lengths clamped to [0, L] as the calls clamp them),
+// and each channel's valid elements in order: valid[c * K + k].
+struct Padded {
+  std::vector<char> is_valid;
+  std::vector<std::size_t> valid;
+  std::int64_t k = 0;  // valid elements per channel
+};
+
+Padded padded(const ref::Shape& sh, const std::vector<std::int64_t>& lengths) {
+  Padded p;
+  const std::int64_t l = sh.dims.back();
+  p.is_valid.assign(static_cast<std::size_t>(sh.numel()), 0);
+  for (std::int64_t c = 0; c < sh.c(); ++c)
+    for (std::int64_t n = 0; n < sh.n(); ++n) {
+      const std::int64_t len = std::min(std::max<std::int64_t>(lengths[n], 0), l);
+      for (std::int64_t s = 0; s < sh.s(); ++s) {
+        if (s % l >= len) continue;
+        const auto i = static_cast<std::size_t>(sh.index(n, c, s));
+        p.is_valid[i] = 1;
+        p.valid.push_back(i);
+      }
+    }
+  p.k = static_cast<std::int64_t>(p.valid.size()) / sh.c();
+  return p;
+}
+
+template <class V>
+std::vector<V> gather(const std::vector<V>& v, const Padded& p) {
+  std::vector<V> r(p.valid.size());
+  for (std::size_t j = 0; j < r.size(); ++j) r[j] = v[p.valid[j]];
+  return r;
+}
+
+// d's valid elements as a compact (1, C, K) channels-first case (same parameters).
+template <class T>
+Data<T> compact(const Data<T>& d, const Padded& p) {
+  Data<T> r = d;
+  r.shape = ref::Shape{{1, d.shape.c(), p.k}, ref::Order::kChannelsFirst};
+  r.x = gather(d.x, p);
+  r.xd = gather(d.xd, p);
+  return r;
+}
+
+// Padded positions of v set to NaN.
+template <class T>
+void poison(std::vector<T>& v, const Padded& p) {
+  for (std::size_t i = 0; i < v.size(); ++i)
+    if (!p.is_valid[i]) v[i] = from_double<T>(std::numeric_limits<double>::quiet_NaN());
+}
+
+// The lengths array on the device, int32 or int64, and the Lengths naming it.
+struct DeviceLengths {
+  DeviceBuffer<std::int32_t> narrow;
+  DeviceBuffer<std::int64_t> wide;
+  cubn::Lengths arg;
+  DeviceLengths(const std::vector<std::int64_t>& l, bool is_wide, Padding padding)
+      : narrow(std::vector<std::int32_t>(l.begin(), l.end())), wide(l) {
+    arg.ptr = is_wide ? static_cast<const void*>(wide.data()) : narrow.data();
+    arg.type = is_wide ? LengthType::kInt64 : LengthType::kInt32;
+    arg.padding = padding;
+  }
+};
+
+constexpr unsigned char kUntouchedByte = 0x3c;  // what an output buffer holds before a call
+
+// Padded positions of `out` (raw bytes of T) against Lengths::padding.
+template <class T>
+void expect_padding(const std::vector<T>& out, const Padded& p, Padding padding,
+                    const std::string& what) {
+  int bad = 0;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    if (p.is_valid[i]) continue;
+    unsigned char want[sizeof(T)];
+    if (padding == Padding::kZero) {
+      const T z = from_double<T>(0.0);
+      std::memcpy(want, &z, sizeof(T));
+    } else {
+      std::memset(want, kUntouchedByte, sizeof(T));
+    }
+    if (std::memcmp(&out[i], want, sizeof(T)) != 0 && bad++ < 5)
+      ADD_FAILURE() << what << ": padded element " << i << " is " << to_double(out[i])
+                    << (padding == Padding::kZero ? ", not 0" : ", not left untouched");
+  }
+  EXPECT_EQ(bad, 0) << what << ": padded elements written wrongly";
+}
+
+std::string lengths_string(const std::vector<std::int64_t>& l) {
+  std::string s = " lengths {";
+  for (std::size_t i = 0; i < l.size(); ++i) s += (i ? "," : "") + std::to_string(l[i]);
+  return s + "}";
+}
+
+// Lengths for `dims`: 0, 1 and L among the first ones where N allows, the rest random in [0, L].
+std::vector<std::int64_t> some_lengths(const Dims& dims, unsigned seed) {
+  const std::int64_t n = dims[0], l = dims.back();
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<std::int64_t> any(0, l);
+  std::vector<std::int64_t> r(static_cast<std::size_t>(n));
+  for (auto& v : r) v = any(rng);
+  const std::int64_t fixed[3] = {l, 0, 1};
+  for (std::int64_t i = 0; i < 3 && i < n - 1; ++i) r[static_cast<std::size_t>(i)] = fixed[i];
+  return r;
+}
+
+// The shapes every call is checked on (time last): rank 3 with C = 1, C not a multiple of any
+// vector width (channels-last then takes scalar accesses), L under a vector, a channel over
+// several blocks; ranks 4 and 5 with W as time.
+const std::vector<Dims>& shapes() {
+  static const std::vector<Dims> s = {{4, 3, 17},   {5, 16, 64},    {3, 40, 33},
+                                      {6, 3, 50},   {4, 1, 50},     {7, 6, 3},
+                                      {3, 5, 4, 7}, {2, 8, 6, 16},  {2, 3, 2, 3, 10},
+                                      {9, 2, 3000}};
+  return s;
+}
+
+// One training forward with lengths against the compact reference.
+template <class T>
+void check_training(const Dims& dims, MemoryOrder order, const std::vector<std::int64_t>& lengths,
+                    bool wide, Padding padding, unsigned seed) {
+  using P = param_of<T>;
+  const std::string what = std::string(to_string(dtype_of<T>())) + " " +
+                           shape_string(dims, order) + lengths_string(lengths);
+  Data<T> d = make_data<T>(dims, order, seed);
+  const Padded pad = padded(d.shape, lengths);
+  ASSERT_GE(pad.k, 2) << what;
+  poison(d.x, pad);
+  const TensorDesc desc = make_desc(dtype_of<T>(), order, dims);
+  const std::size_t C = d.scale.size();
+  DeviceBuffer<T> x(d.x), y(d.x.size());
+  y.fill_bytes(kUntouchedByte);
+  DeviceBuffer<P> scale(to_params<P>(d.scale)), offset(to_params<P>(d.offset));
+  DeviceBuffer<P> rmean(to_params<P>(d.running_mean)), rvar(to_params<P>(d.running_var));
+  DeviceBuffer<P> smean(C), sinvstd(C);
+  DeviceBytes ws(forward_training_workspace_size(desc));
+  DeviceLengths len(lengths, wide, padding);
+  TrainingForwardArgs<P> args;
+  args.affine = {scale.data(), offset.data()};
+  args.epsilon = 1e-3;
+  args.running = {rmean.data(), rvar.data()};
+  args.saved = {smean.data(), sinvstd.data()};
+  args.lengths = len.arg;
+  forward_training(desc, x.data(), y.data(), args, {ws.data(), ws.bytes()}, nullptr);
+  device_sync();
+
+  const Data<T> cd = compact(d, pad);
+  ref::Params p;
+  p.scale = to_doubles(to_params<P>(d.scale));
+  p.offset = to_doubles(to_params<P>(d.offset));
+  p.eps = 1e-3;
+  const double mom = static_cast<double>(static_cast<P>(0.1));
+  const auto r = ref::forward_training(cd.shape, cd.xd, p, mom, mom,
+                                       to_doubles(to_params<P>(d.running_mean)),
+                                       to_doubles(to_params<P>(d.running_var)));
+  const Rounding u = rounding_of<T>();
+  std::vector<StatTolerance> st(C);
+  const auto got_mean = to_doubles(smean.download()), got_invstd = to_doubles(sinvstd.download());
+  const auto got_rmean = to_doubles(rmean.download()), got_rvar = to_doubles(rvar.download());
+  for (std::size_t c = 0; c < C; ++c) {
+    st[c] = stat_tolerance(u, static_cast<double>(pad.k), r.stats.mean[c],
+                           std::sqrt(r.stats.var[c]));
+    EXPECT_NEAR(got_mean[c], r.stats.mean[c], st[c].mean) << what << " saved mean, c=" << c;
+    EXPECT_NEAR(got_invstd[c], r.stats.invstd[c],
+                r.stats.invstd[c] * (st[c].rel_var / 2 + 4 * u.acc))
+        << what << " saved invstd, c=" << c;
+    EXPECT_NEAR(got_rmean[c], r.running_mean[c],
+                0.1 * st[c].mean + 4 * u.acc * std::fabs(r.running_mean[c]))
+        << what << " running mean, c=" << c;
+    EXPECT_NEAR(got_rvar[c], r.running_var[c],
+                0.1 * r.stats.var_unbiased[c] * (st[c].rel_var + 4 * u.acc) +
+                    4 * u.acc * r.running_var[c])
+        << what << " running var, c=" << c;
+  }
+  const std::vector<T> out = y.download();
+  expect_y_near(cd, to_doubles(gather(out, pad)), r.y, r.stats.mean, r.stats.invstd, p.offset,
+                p.scale, st, what);
+  expect_padding(out, pad, padding, what);
+}
+
+TYPED_TEST(Lengths, TrainingForwardMatchesTheReferenceOnTheValidPositions) {
+  unsigned seed = 100;
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+    for (const Dims& dims : shapes()) {
+      ++seed;
+      check_training<TypeParam>(dims, order, some_lengths(dims, seed), seed % 2 == 0,
+                                seed % 3 == 0 ? Padding::kUntouched : Padding::kZero, seed);
+    }
+}
+
+// The training backward with lengths: the forward's statistics of the valid positions (the
+// reference's, rounded to P, as forward_training would save them), then dx, dscale and doffset
+// against ref::backward_with_stats on the compact case; padded dx 0 (or untouched). Padded x and
+// dy are NaN.
+template <class T>
+void check_backward(const Dims& dims, MemoryOrder order, const std::vector<std::int64_t>& lengths,
+                    bool frozen, Padding padding, unsigned seed) {
+  using P = param_of<T>;
+  const std::string what = std::string(to_string(dtype_of<T>())) +
+                           (frozen ? " frozen " : " training ") + shape_string(dims, order) +
+                           lengths_string(lengths);
+  Data<T> d = make_data<T>(dims, order, seed);
+  const Padded pad = padded(d.shape, lengths);
+  ASSERT_GE(pad.k, 2) << what;
+  const Data<T> cd = compact(d, pad);
+  poison(d.x, pad);
+  std::vector<T> dy = make_dy<T>(d.x.size(), seed + 7);
+  const std::vector<T> dyc = gather(dy, pad);
+  poison(dy, pad);
+  const TensorDesc desc = make_desc(dtype_of<T>(), order, dims);
+  const std::size_t C = d.scale.size();
+
+  ref::Params p;
+  p.scale = to_doubles(to_params<P>(d.scale));
+  p.offset = to_doubles(to_params<P>(d.offset));
+  p.eps = 1e-3;
+  std::vector<double> mean(C), invstd(C);
+  if (frozen) {
+    mean = to_doubles(to_params<P>(d.running_mean));
+    const auto rv = to_doubles(to_params<P>(d.running_var));
+    for (std::size_t c = 0; c < C; ++c) invstd[c] = 1 / std::sqrt(rv[c] + p.eps);
+  } else {
+    const ref::BatchStats bs = ref::batch_stats(cd.shape, cd.xd, p.eps);
+    mean = to_doubles(to_params<P>(bs.mean));
+    invstd = to_doubles(to_params<P>(bs.invstd));
+  }
+  DeviceBuffer<T> x(d.x), dyb(dy), dx(d.x.size());
+  dx.fill_bytes(kUntouchedByte);
+  DeviceBuffer<P> scale(to_params<P>(d.scale)), offset(to_params<P>(d.offset));
+  DeviceBuffer<P> smean(to_params<P>(mean)), sinvstd(to_params<P>(invstd));
+  DeviceBuffer<P> rmean(to_params<P>(d.running_mean)), rvar(to_params<P>(d.running_var));
+  DeviceBuffer<P> dscale(C), doffset(C);
+  DeviceBytes ws(backward_workspace_size(desc));
+  DeviceLengths len(lengths, seed % 2 == 1, padding);
+  if (frozen) {
+    FrozenBackwardArgs<P> args;
+    args.scale = scale.data();
+    args.running = {rmean.data(), rvar.data()};
+    args.epsilon = p.eps;
+    args.grads = {dscale.data(), doffset.data()};
+    args.lengths = len.arg;
+    backward_frozen(desc, x.data(), dyb.data(), dx.data(), args, {ws.data(), ws.bytes()}, nullptr);
+  } else {
+    TrainingBackwardArgs<P> args;
+    args.scale = scale.data();
+    args.saved = {smean.data(), sinvstd.data()};
+    args.grads = {dscale.data(), doffset.data()};
+    args.lengths = len.arg;
+    backward_training(desc, x.data(), dyb.data(), dx.data(), args, {ws.data(), ws.bytes()},
+                      nullptr);
+  }
+  device_sync();
+
+  const auto dycd = to_doubles(dyc);
+  const ref::Gradients r = ref::backward_with_stats(cd.shape, cd.xd, dycd, p, mean, invstd, !frozen);
+  const BackwardTolerance t =
+      backward_tolerance<T>(cd.shape, cd.xd, dycd, p.scale, mean, invstd, r);
+  const std::vector<T> out = dx.download();
+  expect_gradients_near<T>(cd.shape, cd.xd, dycd, r, to_doubles(gather(out, pad)),
+                           to_doubles(dscale.download()), to_doubles(doffset.download()), t,
+                           !frozen, what);
+  expect_padding(out, pad, padding, what);
+}
+
+TYPED_TEST(Lengths, TrainingBackwardMatchesTheReferenceOnTheValidPositions) {
+  unsigned seed = 200;
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+    for (const Dims& dims : shapes()) {
+      ++seed;
+      check_backward<TypeParam>(dims, order, some_lengths(dims, seed), false,
+                                seed % 3 == 0 ? Padding::kUntouched : Padding::kZero, seed);
+    }
+}
+
+TYPED_TEST(Lengths, FrozenBackwardMatchesTheReferenceOnTheValidPositions) {
+  unsigned seed = 300;
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+    for (const Dims& dims : shapes()) {
+      ++seed;
+      check_backward<TypeParam>(dims, order, some_lengths(dims, seed), true,
+                                seed % 3 == 0 ? Padding::kUntouched : Padding::kZero, seed);
+    }
+}
+
+TYPED_TEST(Lengths, InferenceMatchesTheReferenceOnTheValidPositions) {
+  using T = TypeParam;
+  using P = param_of<T>;
+  unsigned seed = 400;
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+    for (const Dims& dims : shapes()) {
+      ++seed;
+      const auto lengths = some_lengths(dims, seed);
+      const Padding padding = seed % 3 == 0 ? Padding::kUntouched : Padding::kZero;
+      const std::string what = std::string(to_string(dtype_of<T>())) + " inference " +
+                               shape_string(dims, order) + lengths_string(lengths);
+      Data<T> d = make_data<T>(dims, order, seed);
+      const Padded pad = padded(d.shape, lengths);
+      const Data<T> cd = compact(d, pad);
+      poison(d.x, pad);
+      const TensorDesc desc = make_desc(dtype_of<T>(), order, dims);
+      DeviceBuffer<T> x(d.x), y(d.x.size());
+      y.fill_bytes(kUntouchedByte);
+      DeviceBuffer<P> scale(to_params<P>(d.scale)), offset(to_params<P>(d.offset));
+      DeviceBuffer<P> rmean(to_params<P>(d.running_mean)), rvar(to_params<P>(d.running_var));
+      DeviceLengths len(lengths, seed % 2 == 0, padding);
+      InferenceForwardArgs<P> args;
+      args.affine = {scale.data(), offset.data()};
+      args.running = {rmean.data(), rvar.data()};
+      args.epsilon = 1e-3;
+      args.lengths = len.arg;
+      forward_inference(desc, x.data(), y.data(), args, nullptr);
+      device_sync();
+      const InferenceReference r = inference_reference(cd);
+      const std::vector<T> out = y.download();
+      expect_y_near(cd, to_doubles(gather(out, pad)), r.y, r.mean, r.invstd, r.p.offset,
+                    r.p.scale, r.st, what);
+      expect_padding(out, pad, padding, what);
+    }
+}
+
+// Every output of the four calls with lengths, for comparing runs bit for bit.
+template <class T>
+struct Outputs {
+  std::vector<T> y, dx, y_inf, dx_frozen;
+  std::vector<param_of<T>> smean, sinvstd, rmean, rvar, dscale, doffset, fdscale, fdoffset;
+  // The names of the outputs that differ from o's in any bit ("" when none).
+  std::string differences(const Outputs& o) const {
+    std::string r;
+    const auto same = [&](const auto& a, const auto& b, const char* name) {
+      if (a.size() != b.size() || std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) != 0)
+        r += std::string(" ") + name;
+    };
+    same(y, o.y, "y");
+    same(dx, o.dx, "dx");
+    same(y_inf, o.y_inf, "y_inf");
+    same(dx_frozen, o.dx_frozen, "dx_frozen");
+    same(smean, o.smean, "saved.mean");
+    same(sinvstd, o.sinvstd, "saved.invstd");
+    same(rmean, o.rmean, "running.mean");
+    same(rvar, o.rvar, "running.var");
+    same(dscale, o.dscale, "dscale");
+    same(doffset, o.doffset, "doffset");
+    same(fdscale, o.fdscale, "frozen dscale");
+    same(fdoffset, o.fdoffset, "frozen doffset");
+    return r;
+  }
+};
+
+// Runs the four calls on `d` (x; dy from `dy`) with `lengths` (none where null), in place when
+// asked (y over x, dx over dy).
+template <class T>
+Outputs<T> run_all(const Dims& dims, MemoryOrder order, const Data<T>& d, const std::vector<T>& dy,
+                   const std::vector<std::int64_t>* lengths, bool in_place = false) {
+  using P = param_of<T>;
+  const TensorDesc desc = make_desc(dtype_of<T>(), order, dims);
+  const std::size_t C = d.scale.size();
+  std::unique_ptr<DeviceLengths> len;
+  bool wide = false;  // int32 where every length fits
+  if (lengths != nullptr)
+    for (std::int64_t v : *lengths) wide = wide || v != static_cast<std::int32_t>(v);
+  if (lengths != nullptr) len = std::make_unique<DeviceLengths>(*lengths, wide, Padding::kZero);
+  const cubn::Lengths arg = len ? len->arg : cubn::Lengths{};
+  Outputs<T> o;
+  const ForcePath streaming(detail::Path::kStreaming);  // calls with lengths never persist
+  DeviceBuffer<P> scale(to_params<P>(d.scale)), offset(to_params<P>(d.offset));
+  DeviceBuffer<P> rmean(to_params<P>(d.running_mean)), rvar(to_params<P>(d.running_var));
+  DeviceBuffer<P> smean(C), sinvstd(C), dscale(C), doffset(C);
+  DeviceBytes fws(forward_training_workspace_size(desc)), bws(backward_workspace_size(desc));
+  {
+    DeviceBuffer<T> x(d.x), y(d.x.size());
+    TrainingForwardArgs<P> args;
+    args.affine = {scale.data(), offset.data()};
+    args.running = {rmean.data(), rvar.data()};
+    args.saved = {smean.data(), sinvstd.data()};
+    args.lengths = arg;
+    forward_training(desc, x.data(), in_place ? x.data() : y.data(), args,
+                     {fws.data(), fws.bytes()}, nullptr);
+    device_sync();
+    o.y = in_place ? x.download() : y.download();
+  }
+  o.smean = smean.download();
+  o.sinvstd = sinvstd.download();
+  o.rmean = rmean.download();
+  o.rvar = rvar.download();
+  {
+    DeviceBuffer<T> x(d.x), dyb(dy), dx(d.x.size());
+    TrainingBackwardArgs<P> args;
+    args.scale = scale.data();
+    args.saved = {smean.data(), sinvstd.data()};
+    args.grads = {dscale.data(), doffset.data()};
+    args.lengths = arg;
+    backward_training(desc, x.data(), dyb.data(), in_place ? dyb.data() : dx.data(), args,
+                      {bws.data(), bws.bytes()}, nullptr);
+    device_sync();
+    o.dx = in_place ? dyb.download() : dx.download();
+    o.dscale = dscale.download();
+    o.doffset = doffset.download();
+  }
+  {
+    DeviceBuffer<T> x(d.x), y(d.x.size());
+    InferenceForwardArgs<P> args;
+    args.affine = {scale.data(), offset.data()};
+    args.running = {rmean.data(), rvar.data()};
+    args.lengths = arg;
+    forward_inference(desc, x.data(), in_place ? x.data() : y.data(), args, nullptr);
+    device_sync();
+    o.y_inf = in_place ? x.download() : y.download();
+  }
+  {
+    DeviceBuffer<T> x(d.x), dyb(dy), dx(d.x.size());
+    FrozenBackwardArgs<P> args;
+    args.scale = scale.data();
+    args.running = {rmean.data(), rvar.data()};
+    args.grads = {dscale.data(), doffset.data()};
+    args.lengths = arg;
+    backward_frozen(desc, x.data(), dyb.data(), in_place ? dyb.data() : dx.data(), args,
+                    {bws.data(), bws.bytes()}, nullptr);
+    device_sync();
+    o.dx_frozen = in_place ? dyb.download() : dx.download();
+    o.fdscale = dscale.download();
+    o.fdoffset = doffset.download();
+  }
+  return o;
+}
+
+TYPED_TEST(Lengths, EveryLengthLIsTheUnmaskedCallBitForBit) {
+  using T = TypeParam;
+  unsigned seed = 500;
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+    for (const Dims& dims : shapes()) {
+      ++seed;
+      const Data<T> d = make_data<T>(dims, order, seed);
+      const std::vector<T> dy = make_dy<T>(d.x.size(), seed);
+      const std::vector<std::int64_t> full(static_cast<std::size_t>(dims[0]), dims.back());
+      EXPECT_EQ(run_all(dims, order, d, dy, &full).differences(run_all(dims, order, d, dy, nullptr)),
+                "")
+          << to_string(dtype_of<T>()) << " " << shape_string(dims, order);
+    }
+}
+
+TYPED_TEST(Lengths, LengthsOutsideZeroToLAreClampedAndInPlaceEqualsOutOfPlace) {
+  using T = TypeParam;
+  unsigned seed = 600;
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+    for (const Dims& dims : {Dims{4, 3, 17}, Dims{3, 5, 4, 7}}) {
+      ++seed;
+      const Data<T> d = make_data<T>(dims, order, seed);
+      const std::vector<T> dy = make_dy<T>(d.x.size(), seed);
+      const std::int64_t l = dims.back();
+      const std::vector<std::int64_t> clamped{l, 0, 3, l};
+      const std::vector<std::int64_t> given{l + 5, -7, 3, std::int64_t{1} << 40};
+      std::vector<std::int64_t> in(given.begin(), given.begin() + dims[0]);
+      std::vector<std::int64_t> want(clamped.begin(), clamped.begin() + dims[0]);
+      const std::string what = std::string(to_string(dtype_of<T>())) + " " +
+                               shape_string(dims, order);
+      EXPECT_EQ(run_all(dims, order, d, dy, &in).differences(run_all(dims, order, d, dy, &want)),
+                "")
+          << what;
+      EXPECT_EQ(
+          run_all(dims, order, d, dy, &want, true).differences(run_all(dims, order, d, dy, &want)),
+          "")
+          << what << " in place";
+    }
+}
+
+// A channel with fewer than two valid elements: M = 0 gives mean 0, invstd 1 / sqrt(epsilon),
+// running statistics unchanged, every output 0; M = 1 its value as the mean, the running mean
+// updated and the running variance unchanged, y = offset there.
+TEST(LengthsEdges, ChannelsWithoutTwoValidElementsGetTheDocumentedResults) {
+  if (!no_device_reason().empty()) GTEST_SKIP() << no_device_reason();
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+    for (std::int64_t valid : {0, 1}) {
+      const Dims dims{3, 2, 5};
+      const std::string what = shape_string(dims, order) + " M=" + std::to_string(valid);
+      Data<float> d = make_data<float>(dims, order, 7);
+      const std::vector<std::int64_t> lengths{0, valid, 0};
+      const Padded pad = padded(d.shape, lengths);
+      poison(d.x, pad);
+      std::vector<float> dy = make_dy<float>(d.x.size(), 8);
+      poison(dy, pad);
+      Outputs<float> o = run_all(dims, order, d, dy, &lengths);
+      const float invstd = 1.0f / std::sqrt(1e-5f);
+      for (std::size_t c = 0; c < 2; ++c) {
+        const float x0 = valid ? d.x[pad.valid[c]] : 0.0f;
+        EXPECT_EQ(o.smean[c], x0) << what;
+        EXPECT_FLOAT_EQ(o.sinvstd[c], invstd) << what;
+        const auto rm = static_cast<float>(d.running_mean[c]);
+        EXPECT_FLOAT_EQ(o.rmean[c], valid ? 0.9f * rm + 0.1f * x0 : rm) << what;
+        EXPECT_EQ(o.rvar[c], static_cast<float>(d.running_var[c])) << what;
+        if (valid) {
+          EXPECT_FLOAT_EQ(o.y[pad.valid[c]], static_cast<float>(d.offset[c])) << what;
+        }
+        if (!valid) {
+          EXPECT_EQ(o.dscale[c], 0.0f) << what;
+          EXPECT_EQ(o.doffset[c], 0.0f) << what;
+        }
+      }
+      for (std::size_t i = 0; i < d.x.size(); ++i) {
+        if (pad.is_valid[i]) continue;
+        EXPECT_EQ(o.y[i], 0.0f) << what;
+        EXPECT_EQ(o.dx[i], 0.0f) << what;
+        EXPECT_EQ(o.y_inf[i], 0.0f) << what;
+        EXPECT_EQ(o.dx_frozen[i], 0.0f) << what;
+      }
+      for (float v : o.dx) EXPECT_TRUE(std::isfinite(v)) << what;
+    }
+}
+
+// Bad lengths arguments: each refused naming the argument, nothing written.
+TEST(LengthsErrors, BadLengthsArgumentsAreRefusedNamingTheArgument) {
+  if (!no_device_reason().empty()) GTEST_SKIP() << no_device_reason();
+  const TensorDesc desc = make_desc(DataType::kFloat32, MemoryOrder::kChannelsFirst, {2, 3, 8});
+  DeviceBuffer<float> x(48), y(48), z(48);
+  DeviceBuffer<std::int64_t> len(std::vector<std::int64_t>{8, 4});
+  DeviceBytes ws(forward_training_workspace_size(desc));
+  y.fill_bytes(kSentinel);
+  const auto expect = [&](const TrainingForwardArgs<float>& a, Status status,
+                          const std::string& needle, const TensorDesc& dsc) {
+    expect_error_and_no_writes(
+        [&] {
+          forward_training(dsc, x.data(), y.data(), a, {ws.data(), ws.bytes()}, nullptr);
+        },
+        status, needle, {&y.bytes()});
+  };
+  TrainingForwardArgs<float> a;
+  a.lengths.ptr = len.data();
+  a.lengths.type = LengthType::kInt64;
+  {
+    TrainingForwardArgs<float> b = a;
+    b.lengths.type = static_cast<LengthType>(7);
+    expect(b, Status::kInvalidArgument, "args.lengths.type", desc);
+  }
+  {
+    TrainingForwardArgs<float> b = a;
+    b.lengths.padding = static_cast<Padding>(9);
+    expect(b, Status::kInvalidArgument, "args.lengths.padding", desc);
+  }
+  {
+    TrainingForwardArgs<float> b = a;
+    b.lengths.ptr = reinterpret_cast<const char*>(len.data()) + 4;
+    expect(b, Status::kMisalignedOperand, "args.lengths.ptr", desc);
+  }
+  expect(a, Status::kInvalidArgument, "rank 2",
+         make_desc(DataType::kFloat32, MemoryOrder::kChannelsFirst, {2, 24}));
+  {
+    TrainingForwardArgs<float> b = a;
+    b.epilogue.residual = z.data();
+    expect(b, Status::kInvalidArgument, "fused activation or residual", desc);
+  }
+  {
+    TrainingForwardArgs<float> b = a;
+    b.lengths.ptr = y.data();
+    expect(b, Status::kInvalidArgument, "args.lengths overlaps y", desc);
+  }
+  DeviceBytes rec(local_stats_bytes(desc) * 2);
+  expect_error_and_no_writes(
+      [&] {
+        forward_training_apply(desc, x.data(), y.data(), a, {rec.data(), rec.bytes(), 1},
+                               {ws.data(), ws.bytes()}, nullptr);
+      },
+      Status::kInvalidArgument, "split-phase calls do not take variable-length", {&y.bytes()});
+  InferenceForwardArgs<float> inf;
+  DeviceBuffer<float> stats(std::vector<float>(3, 1.0f));
+  inf.running = {stats.data(), stats.data()};
+  inf.lengths = a.lengths;
+  inf.lengths.type = static_cast<LengthType>(-1);
+  expect_error_and_no_writes([&] { forward_inference(desc, x.data(), y.data(), inf, nullptr); },
+                             Status::kInvalidArgument, "args.lengths.type", {&y.bytes()});
+}
+
+}  // namespace
