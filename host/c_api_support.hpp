@@ -85,6 +85,14 @@ inline EpilogueGrad epilogue_grad(const cubn_epilogue_grad& e) {
   return r;
 }
 
+inline Lengths lengths(const cubn_lengths& l) {
+  Lengths r;
+  r.ptr = l.ptr;
+  r.type = static_cast<LengthType>(l.type);
+  r.padding = static_cast<Padding>(l.padding);
+  return r;
+}
+
 template <class P>
 ParamGradients<P> grads(const cubn_param_gradients& g) {
   return {static_cast<P*>(g.dscale), static_cast<P*>(g.doffset), g.accumulate != 0};
@@ -100,6 +108,7 @@ TrainingForwardArgs<P> to_cxx(const cubn_training_forward_args& a) {
   r.momentum = {a.momentum_mean, a.momentum_var};
   r.saved = {static_cast<P*>(a.saved_mean), static_cast<P*>(a.saved_invstd)};
   r.epilogue = epilogue(a.epilogue);
+  r.lengths = lengths(a.lengths);
   return r;
 }
 
@@ -110,6 +119,7 @@ InferenceForwardArgs<P> to_cxx(const cubn_inference_forward_args& a) {
   r.running = {static_cast<const P*>(a.running_mean), static_cast<const P*>(a.running_var)};
   r.epsilon = a.epsilon;
   r.epilogue = epilogue(a.epilogue);
+  r.lengths = lengths(a.lengths);
   return r;
 }
 
@@ -120,6 +130,7 @@ TrainingBackwardArgs<P> to_cxx(const cubn_training_backward_args& a) {
   r.saved = {static_cast<const P*>(a.saved_mean), static_cast<const P*>(a.saved_invstd)};
   r.grads = grads<P>(a.grads);
   r.epilogue = epilogue_grad(a.epilogue);
+  r.lengths = lengths(a.lengths);
   return r;
 }
 
@@ -132,6 +143,7 @@ FrozenBackwardArgs<P> to_cxx(const cubn_frozen_backward_args& a) {
   r.grads = grads<P>(a.grads);
   r.epilogue = epilogue_grad(a.epilogue);
   r.offset = static_cast<const P*>(a.offset);
+  r.lengths = lengths(a.lengths);
   return r;
 }
 

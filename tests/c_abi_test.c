@@ -365,7 +365,60 @@ static void errors(void) {
   free(ws);
 }
 
+/* A variable-length batch (cubn_lengths) in fp32, time along W: the saved mean and variance are
+ * those of the valid positions (w < lengths[n]; padded x is NaN and must not reach them), padded y
+ * is 0, and a bad length type is refused naming it. */
+static void lengths(int order) {
+  float x[NUMEL], y[NUMEL], smean[C], sinvstd[C];
+  const int32_t len[N] = {3, 0, 2};
+  cubn_tensor_desc d = desc_of(CUBN_FLOAT32, order, N);
+  cubn_training_forward_args a;
+  size_t ws_bytes = 0;
+  void* ws;
+  int n, c, s;
+  long i;
+  for (i = 0; i < NUMEL; ++i) x[i] = (float)value(i, 3);
+  for (n = 0; n < N; ++n)
+    for (c = 0; c < C; ++c)
+      for (s = 0; s < S; ++s)
+        if (s % W >= len[n]) x[at(order, n, c, s)] = NAN;
+  EXPECT_OK(cubn_forward_training_workspace_size(&d, &ws_bytes));
+  ws = malloc(ws_bytes);
+  cubn_training_forward_args_init(&a);
+  CHECK(a.lengths.ptr == NULL);
+  a.saved_mean = smean;
+  a.saved_invstd = sinvstd;
+  a.lengths.ptr = len;
+  a.lengths.type = CUBN_LENGTH_INT32;
+  a.lengths.padding = CUBN_PADDING_ZERO;
+  EXPECT_OK(cubn_forward_training(&d, x, y, &a, ws, ws_bytes, NULL));
+  for (c = 0; c < C; ++c) {
+    double sum = 0, sq = 0, m, k = 0;
+    for (n = 0; n < N; ++n)
+      for (s = 0; s < S; ++s)
+        if (s % W < len[n]) {
+          sum += x[at(order, n, c, s)];
+          k += 1;
+        }
+    m = sum / k;
+    for (n = 0; n < N; ++n)
+      for (s = 0; s < S; ++s)
+        if (s % W < len[n]) sq += (x[at(order, n, c, s)] - m) * (x[at(order, n, c, s)] - m);
+    expect_near(smean[c], m, 2e-5, "lengths saved mean", c);
+    expect_near(sinvstd[c], 1 / sqrt(sq / k + 1e-5), 2e-5, "lengths saved invstd", c);
+    for (n = 0; n < N; ++n)
+      for (s = 0; s < S; ++s)
+        if (s % W >= len[n]) CHECK(y[at(order, n, c, s)] == 0.0f);
+  }
+  a.lengths.type = 5;
+  EXPECT_ERROR(cubn_forward_training(&d, x, y, &a, ws, ws_bytes, NULL),
+               CUBN_STATUS_INVALID_ARGUMENT, "args.lengths.type");
+  free(ws);
+}
+
 int main(void) {
+  lengths(CUBN_CHANNELS_FIRST);
+  lengths(CUBN_CHANNELS_LAST);
   fp32_calls(CUBN_CHANNELS_FIRST);
   fp32_calls(CUBN_CHANNELS_LAST);
   fp64_and_split();

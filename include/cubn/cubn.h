@@ -109,6 +109,19 @@ typedef struct cubn_epilogue_grad {
   void* dz; /* written: the residual's gradient, required when the forward had a residual */
 } cubn_epilogue_grad;
 
+/* Lengths' integer type and what padded outputs receive (cubn::LengthType, cubn::Padding). */
+typedef enum cubn_length_type { CUBN_LENGTH_INT32 = 0, CUBN_LENGTH_INT64 = 1 } cubn_length_type;
+typedef enum cubn_padding { CUBN_PADDING_ZERO = 0, CUBN_PADDING_UNTOUCHED = 1 } cubn_padding;
+
+/* A variable-length batch (cubn::Lengths): sample n's valid positions along the last spatial (time)
+ * axis are the first lengths[n] (clamped to [0, L] on the device); statistics and gradient sums
+ * over the valid positions only. ptr NULL (the _init default): every position is valid. */
+typedef struct cubn_lengths {
+  const void* ptr; /* N lengths on the device, int32 or int64 */
+  int32_t type;    /* a cubn_length_type */
+  int32_t padding; /* a cubn_padding: what y or dx receive at padded positions */
+} cubn_lengths;
+
 typedef struct cubn_training_forward_args {
   const void* scale;                  /* read; optional (1) */
   const void* offset;                 /* read; optional (0) */
@@ -119,6 +132,7 @@ typedef struct cubn_training_forward_args {
   void* saved_mean;                   /* written; optional */
   void* saved_invstd;                 /* written; optional */
   cubn_epilogue epilogue;
+  cubn_lengths lengths; /* optional */
 } cubn_training_forward_args;
 
 typedef struct cubn_inference_forward_args {
@@ -128,6 +142,7 @@ typedef struct cubn_inference_forward_args {
   const void* running_var;  /* read; required */
   double epsilon;
   cubn_epilogue epilogue;
+  cubn_lengths lengths; /* optional */
 } cubn_inference_forward_args;
 
 typedef struct cubn_param_gradients {
@@ -142,6 +157,7 @@ typedef struct cubn_training_backward_args {
   const void* saved_invstd; /* required */
   cubn_param_gradients grads;
   cubn_epilogue_grad epilogue;
+  cubn_lengths lengths; /* the forward's; optional */
 } cubn_training_backward_args;
 
 typedef struct cubn_frozen_backward_args {
@@ -152,6 +168,7 @@ typedef struct cubn_frozen_backward_args {
   cubn_param_gradients grads;
   cubn_epilogue_grad epilogue;
   const void* offset; /* the forward's offset; needed only with an activation */
+  cubn_lengths lengths; /* the forward's; optional */
 } cubn_frozen_backward_args;
 
 void cubn_training_forward_args_init(cubn_training_forward_args* args);
