@@ -235,6 +235,27 @@ class _Call:
             raise ValueError(f"{self.call}: {name} must be contiguous")
         return a.ptr, a.numel * a.itemsize
 
+    def lengths(self, lengths, padding):
+        """(pointer, cubn_length_type, cubn_padding) of a variable-length batch's lengths: N int32
+        or int64 values on x's device, contiguous ((0, 0, 0) for None)."""
+        pad = _PADDINGS.get(padding)
+        if pad is None:
+            raise ValueError(f"{self.call}: padding is {padding!r}; it must be 'zero' or "
+                             "'untouched'")
+        if lengths is None:
+            return 0, 0, pad
+        a = _info(self.call, "lengths", lengths)
+        self._same_device("lengths", a)
+        kind = {"int32": 0, "int64": 1}.get(a.dtype_name)
+        if kind is None:
+            raise TypeError(f"{self.call}: lengths has dtype {a.dtype_name}; it must be int32 or "
+                            "int64")
+        n = self.x.shape[0]
+        if a.numel != n or (n > 1 and (len(a.shape) != 1 or a.strides[0] != 1)):
+            raise ValueError(f"{self.call}: lengths has shape {a.shape} and strides {a.strides}; "
+                             f"it must be a contiguous 1-D array of N = {n} values")
+        return a.ptr, kind, pad
+
     def run(self, fn, *args):
         """fn(*args) on x's device: raises cubn's error for a failed status; returns the value of
         a (status, value) result (the size queries)."""
@@ -267,6 +288,9 @@ def _device_guard(device):
             yield
         return
     yield
+
+
+_PADDINGS = {"zero": 0, "untouched": 1}
 
 
 def _activation(call: str, activation) -> int:
@@ -316,7 +340,7 @@ def local_grad_sums_bytes(x) -> int:
 
 def _forward_training(call, x, y, workspace, scale, offset, running_mean, running_var, momentum,
                       saved_mean, saved_invstd, epsilon, activation, residual, reserve, gathered,
-                      ranks, stream):
+                      ranks, stream, lengths=None, padding="zero"):
     c = _Call(call, x, stream)
     mm, mv = _momentum(call, momentum)
     act = _activation(call, activation)
@@ -329,18 +353,23 @@ def _forward_training(call, x, y, workspace, scale, offset, running_mean, runnin
           c.param("running_mean", running_mean), c.param("running_var", running_var), mm, mv,
           c.param("saved_mean", saved_mean), c.param("saved_invstd", saved_invstd), act,
           c.like_x("residual", residual), reserve_ptr, reserve_bytes, apply, gathered_ptr,
-          gathered_bytes, int(ranks or 0), ws_ptr, ws_bytes, c.stream)
+          gathered_bytes, int(ranks or 0), ws_ptr, ws_bytes, c.stream,
+          *c.lengths(lengths, padding))
 
 
 def forward_training(x, y, *, workspace, scale=None, offset=None, running_mean=None,
                      running_var=None, momentum=0.1, saved_mean=None, saved_invstd=None,
-                     epsilon=1e-5, activation="none", residual=None, reserve=None, stream=None):
+                     epsilon=1e-5, activation="none", residual=None, reserve=None, stream=None,
+                     lengths=None, padding="zero"):
     """Training forward: y = scale * (x - mean) * invstd + offset with this batch's statistics;
     running_mean/var (optional) updated as (1 - momentum) running + momentum batch (unbiased
-    variance); saved_mean/invstd (optional) written for backward. momentum may be (mean, var)."""
+    variance); saved_mean/invstd (optional) written for backward. momentum may be (mean, var).
+    lengths (optional, N int32 or int64 on x's device): a padded batch whose sample n is valid at
+    the first lengths[n] positions of the last axis; statistics over those only, y at the others
+    0 (padding="zero") or not written ("untouched")."""
     _forward_training("cubn.forward_training", x, y, workspace, scale, offset, running_mean,
                       running_var, momentum, saved_mean, saved_invstd, epsilon, activation,
-                      residual, reserve, None, None, stream)
+                      residual, reserve, None, None, stream, lengths, padding)
 
 
 def forward_training_apply(x, y, gathered, *, ranks, workspace, scale=None, offset=None,
@@ -364,7 +393,8 @@ def forward_training_local(x, local, *, workspace, stream=None):
 
 
 def forward_inference(x, y, *, running_mean, running_var, scale=None, offset=None, epsilon=1e-5,
-                      activation="none", residual=None, reserve=None, stream=None):
+                      activation="none", residual=None, reserve=None, stream=None, lengths=None,
+                      padding="zero"):
     """Inference forward: normalizes with the running statistics given. With activation="relu",
     `reserve` (optional, activation_reserve_size bytes) receives the mask backward_frozen reads
     to differentiate through the ReLU."""
@@ -375,12 +405,12 @@ def forward_inference(x, y, *, running_mean, running_var, scale=None, offset=Non
           c.param("scale", scale), c.param("offset", offset),
           c.param("running_mean", running_mean), c.param("running_var", running_var),
           float(epsilon), _activation(call, activation), c.like_x("residual", residual),
-          reserve_ptr, reserve_bytes, c.stream)
+          reserve_ptr, reserve_bytes, c.stream, *c.lengths(lengths, padding))
 
 
 def _backward_training(call, phase, x, dy, dx, workspace, saved_mean, saved_invstd, scale,
                        dscale, doffset, accumulate, activation, residual, reserve, dz, records,
-                       ranks, stream):
+                       ranks, stream, lengths=None, padding="zero"):
     c = _Call(call, x, stream)
     reserve_ptr, reserve_bytes = c.buffer("reserve", reserve, optional=True)
     records_ptr, records_bytes = (0, 0)
@@ -393,17 +423,18 @@ def _backward_training(call, phase, x, dy, dx, workspace, saved_mean, saved_invs
           c.param("dscale", dscale), c.param("doffset", doffset), bool(accumulate),
           _activation(call, activation), c.like_x("residual", residual), reserve_ptr,
           reserve_bytes, c.like_x("dz", dz), phase, records_ptr, records_bytes, ranks, ws_ptr,
-          ws_bytes, c.stream)
+          ws_bytes, c.stream, *c.lengths(lengths, padding))
 
 
 def backward_training(x, dy, dx, *, saved_mean, saved_invstd, workspace, scale=None, dscale=None,
                       doffset=None, accumulate=False, activation="none", residual=None,
-                      reserve=None, dz=None, stream=None):
+                      reserve=None, dz=None, stream=None, lengths=None, padding="zero"):
     """Backward of forward_training: dx, and (optional) dscale = sum(dy * xhat) and
-    doffset = sum(dy), written or with accumulate=True added to."""
+    doffset = sum(dy), written or with accumulate=True added to. lengths: the forward's (sums over
+    the valid positions; dx 0 at the others, or not written with padding="untouched")."""
     _backward_training("cubn.backward_training", 0, x, dy, dx, workspace, saved_mean,
                        saved_invstd, scale, dscale, doffset, accumulate, activation, residual,
-                       reserve, dz, None, 0, stream)
+                       reserve, dz, None, 0, stream, lengths, padding)
 
 
 def backward_training_local(x, dy, local, *, saved_mean, saved_invstd, workspace, scale=None,
@@ -427,8 +458,10 @@ def backward_training_apply(x, dy, dx, gathered, *, ranks, saved_mean, saved_inv
 
 def backward_frozen(x, dy, dx, *, running_mean, running_var, workspace, scale=None, offset=None,
                     epsilon=1e-5, dscale=None, doffset=None, accumulate=False, activation="none",
-                    residual=None, reserve=None, dz=None, stream=None):
-    """Backward of forward_inference (frozen statistics): dx = dy * scale * invstd(running)."""
+                    residual=None, reserve=None, dz=None, stream=None, lengths=None,
+                    padding="zero"):
+    """Backward of forward_inference (frozen statistics): dx = dy * scale * invstd(running).
+    lengths: the forward's, as for backward_training."""
     call = "cubn.backward_frozen"
     c = _Call(call, x, stream)
     reserve_ptr, reserve_bytes = c.buffer("reserve", reserve, optional=True)
@@ -438,4 +471,5 @@ def backward_frozen(x, dy, dx, *, running_mean, running_var, workspace, scale=No
           c.param("running_mean", running_mean), c.param("running_var", running_var),
           float(epsilon), c.param("dscale", dscale), c.param("doffset", doffset),
           bool(accumulate), _activation(call, activation), c.like_x("residual", residual),
-          reserve_ptr, reserve_bytes, c.like_x("dz", dz), ws_ptr, ws_bytes, c.stream)
+          reserve_ptr, reserve_bytes, c.like_x("dz", dz), ws_ptr, ws_bytes, c.stream,
+          *c.lengths(lengths, padding))

@@ -124,6 +124,7 @@ def _train_python(
     running_var: Optional[Tensor],
     momentum: float,
     eps: float,
+    lengths: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Training forward: (y, saved_mean, saved_invstd); running statistics updated in place."""
     p = _param_dtype(x)
@@ -132,17 +133,18 @@ def _train_python(
     _core.forward_training(
         x, y, workspace=_workspace(x, backward=False), scale=_p(weight, p), offset=_p(bias, p),
         running_mean=stats.work[0], running_var=stats.work[1], momentum=momentum,
-        saved_mean=saved_mean, saved_invstd=saved_invstd, epsilon=eps)
+        saved_mean=saved_mean, saved_invstd=saved_invstd, epsilon=eps, lengths=lengths)
     stats.write_back()
     return y, saved_mean, saved_invstd
 
 
-def _train_fake(x, weight, bias, running_mean, running_var, momentum, eps):
+def _train_fake(x, weight, bias, running_mean, running_var, momentum, eps, lengths=None):
     return _outputs(x)
 
 
 def _train_backward_python(
-    dy: Tensor, x: Tensor, weight: Optional[Tensor], saved_mean: Tensor, saved_invstd: Tensor
+    dy: Tensor, x: Tensor, weight: Optional[Tensor], saved_mean: Tensor, saved_invstd: Tensor,
+    lengths: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Backward of batch_norm_train: (dx, dweight, dbias) in the parameter type."""
     p = _param_dtype(x)
@@ -150,11 +152,11 @@ def _train_backward_python(
     _core.backward_training(
         x, _like(x, dy), dx, saved_mean=saved_mean, saved_invstd=saved_invstd,
         workspace=_workspace(x, backward=True), scale=_p(weight, p), dscale=dscale,
-        doffset=doffset)
+        doffset=doffset, lengths=lengths)
     return dx, dscale, doffset
 
 
-def _train_backward_fake(dy, x, weight, saved_mean, saved_invstd):
+def _train_backward_fake(dy, x, weight, saved_mean, saved_invstd, lengths=None):
     return _outputs(x)
 
 
@@ -175,19 +177,19 @@ class _TrainFunction(torch.autograd.Function):
     (torch.compile traces autograd.Function; both ops stay opaque)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, lengths):
         y, saved_mean, saved_invstd = _train_op(x, weight, bias, running_mean, running_var,
-                                                momentum, eps)
-        ctx.save_for_backward(x, weight, saved_mean, saved_invstd)
+                                                momentum, eps, lengths)
+        ctx.save_for_backward(x, weight, saved_mean, saved_invstd, lengths)
         ctx.param_dtypes = _param_dtypes(weight, bias)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, saved_mean, saved_invstd = ctx.saved_tensors
-        dx, dscale, doffset = _train_backward_op(dy, x, weight, saved_mean, saved_invstd)
+        x, weight, saved_mean, saved_invstd, lengths = ctx.saved_tensors
+        dx, dscale, doffset = _train_backward_op(dy, x, weight, saved_mean, saved_invstd, lengths)
         return (dx if ctx.needs_input_grad[0] else None, *_param_grads(ctx, dscale, doffset),
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 def _eval_python(
@@ -197,17 +199,18 @@ def _eval_python(
     running_mean: Tensor,
     running_var: Tensor,
     eps: float,
+    lengths: Optional[Tensor] = None,
 ) -> Tensor:
     """Inference forward with the running statistics."""
     p = _param_dtype(x)
     y = torch.empty_like(x)
     _core.forward_inference(
         x, y, running_mean=_p(running_mean, p), running_var=_p(running_var, p),
-        scale=_p(weight, p), offset=_p(bias, p), epsilon=eps)
+        scale=_p(weight, p), offset=_p(bias, p), epsilon=eps, lengths=lengths)
     return y
 
 
-def _eval_fake(x, weight, bias, running_mean, running_var, eps):
+def _eval_fake(x, weight, bias, running_mean, running_var, eps, lengths=None):
     return torch.empty_like(x)
 
 
@@ -218,6 +221,7 @@ def _eval_backward_python(
     running_mean: Tensor,
     running_var: Tensor,
     eps: float,
+    lengths: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Frozen backward (statistics are constants): (dx, dweight, dbias)."""
     p = _param_dtype(x)
@@ -225,11 +229,11 @@ def _eval_backward_python(
     _core.backward_frozen(
         x, _like(x, dy), dx, running_mean=_p(running_mean, p), running_var=_p(running_var, p),
         workspace=_workspace(x, backward=True), scale=_p(weight, p),
-        epsilon=eps, dscale=dscale, doffset=doffset)
+        epsilon=eps, dscale=dscale, doffset=doffset, lengths=lengths)
     return dx, dscale, doffset
 
 
-def _eval_backward_fake(dy, x, weight, running_mean, running_var, eps):
+def _eval_backward_fake(dy, x, weight, running_mean, running_var, eps, lengths=None):
     return _outputs(x)
 
 
@@ -255,17 +259,18 @@ _train_eager, _eval_eager = _train_op._op, _eval_op._op  # the dispatcher's own 
 
 
 def _eval_setup(ctx, inputs, output):
-    x, weight, bias, running_mean, running_var, eps = inputs
-    ctx.save_for_backward(x, weight, running_mean, running_var)
+    x, weight, bias, running_mean, running_var, eps, lengths = inputs
+    ctx.save_for_backward(x, weight, running_mean, running_var, lengths)
     ctx.eps = eps
     ctx.param_dtypes = _param_dtypes(weight, bias)
 
 
 def _eval_backward(ctx, dy):
-    x, weight, running_mean, running_var = ctx.saved_tensors
-    dx, dscale, doffset = _eval_backward_op(dy, x, weight, running_mean, running_var, ctx.eps)
+    x, weight, running_mean, running_var, lengths = ctx.saved_tensors
+    dx, dscale, doffset = _eval_backward_op(dy, x, weight, running_mean, running_var, ctx.eps,
+                                            lengths)
     return (dx if ctx.needs_input_grad[0] else None, *_param_grads(ctx, dscale, doffset), None,
-            None, None)
+            None, None, None)
 
 
 if not _NATIVE:  # the native library registers both ops' autograd in C++
@@ -282,9 +287,16 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    lengths: Optional[Tensor] = None,
 ) -> Tensor:
     """torch.nn.functional.batch_norm's contract on cubn's calls: training uses the batch's
-    statistics and updates the running ones given; otherwise both running statistics are used."""
+    statistics and updates the running ones given; otherwise both running statistics are used.
+
+    lengths (optional): a padded batch of sequences along the last axis (N, C, L), or (N, C, H, W)
+    with W as time: an int32 or int64 tensor of N lengths on input's device; sample n is valid at
+    its first lengths[n] positions (clamped to [0, L]). Statistics, the running statistics'
+    update and the gradients then cover the valid positions only, and the output and input
+    gradient are 0 at the padded ones."""
     # eager calls of the native ops skip OpOverload.__call__ (a Python frame that cost 3.7 us of a
     # 10 us call, bench/torch_overhead.py); torch.compile traces the OpOverloads
     eager = _NATIVE and not torch.compiler.is_compiling()
@@ -292,15 +304,15 @@ def batch_norm(
         if training:
             if not _NATIVE:
                 return _TrainFunction.apply(input, weight, bias, running_mean, running_var,
-                                            float(momentum), float(eps))
+                                            float(momentum), float(eps), lengths)
             op = _train_eager if eager else _train_op  # autograd in C++ (src/torch_ops.cpp)
             return op(input, weight, bias, running_mean, running_var, float(momentum),
-                      float(eps))[0]
+                      float(eps), lengths)[0]
         if running_mean is None or running_var is None:
             raise ValueError("cubn.torch.batch_norm: running_mean and running_var are needed "
                              "when not training")
         op = _eval_eager if eager else _eval_op
-        return op(input, weight, bias, running_mean, running_var, float(eps))
+        return op(input, weight, bias, running_mean, running_var, float(eps), lengths)
     except ValueError as e:
         raise _native_error(e) from None
 
@@ -318,7 +330,9 @@ def _native_error(e: ValueError) -> ValueError:
 class _CubnBatchNorm:
     """torch.nn's _BatchNorm.forward, with cubn's calls in place of F.batch_norm."""
 
-    def forward(self, input: Tensor) -> Tensor:
+    def forward(self, input: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+        """torch's forward; `lengths` (optional): a padded batch's valid lengths along the last
+        axis (see cubn.torch.batch_norm)."""
         self._check_input_dim(input)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
@@ -331,11 +345,11 @@ class _CubnBatchNorm:
         keep = not self.training or self.track_running_stats
         running_mean = self.running_mean if keep else None
         running_var = self.running_var if keep else None
-        return self._normalize(input, running_mean, running_var, bn_training, factor)
+        return self._normalize(input, running_mean, running_var, bn_training, factor, lengths)
 
-    def _normalize(self, input, running_mean, running_var, bn_training, factor):
+    def _normalize(self, input, running_mean, running_var, bn_training, factor, lengths=None):
         return batch_norm(input, running_mean, running_var, self.weight, self.bias, bn_training,
-                          factor, self.eps)
+                          factor, self.eps, lengths)
 
 
 class BatchNorm1d(_CubnBatchNorm, torch.nn.BatchNorm1d):
@@ -407,16 +421,19 @@ class SyncBatchNorm(_CubnBatchNorm, torch.nn.SyncBatchNorm):
     several ranks, the statistics (and the backward's sums) are those of every rank's batch,
     gathered through torch.distributed (any backend: NCCL, gloo). Elsewhere it is BatchNorm."""
 
-    def _normalize(self, input, running_mean, running_var, bn_training, factor):
+    def _normalize(self, input, running_mean, running_var, bn_training, factor, lengths=None):
         import torch.distributed as dist
 
         if bn_training and self.training and dist.is_available() and dist.is_initialized():
             group = self.process_group or dist.group.WORLD
             world = dist.get_world_size(group)
             if world > 1:
+                if lengths is not None:
+                    raise ValueError("cubn.torch.SyncBatchNorm: lengths across ranks is not "
+                                     "supported yet (cubn's split-phase calls do not take them)")
                 return _SyncBatchNormFunction.apply(input, self.weight, self.bias, running_mean,
                                                     running_var, factor, self.eps, group, world)
-        return super()._normalize(input, running_mean, running_var, bn_training, factor)
+        return super()._normalize(input, running_mean, running_var, bn_training, factor, lengths)
 
 
 _CONVERSIONS = {

@@ -76,6 +76,11 @@ cubn_epilogue_grad epilogue_grad(std::int32_t activation, Ptr residual, Ptr rese
   return {activation, ptr<const void>(residual), ptr<const void>(reserve), reserve_bytes, ptr(dz)};
 }
 
+// A variable-length batch: lengths (0: none), its cubn_length_type and cubn_padding.
+cubn_lengths lengths(Ptr p, std::int32_t type, std::int32_t padding) {
+  return {ptr<const void>(p), type, padding};
+}
+
 // Each C call returns its status (a size query, (status, bytes)); the message is read with
 // last_error_message() on the same thread (the calls release the GIL while they run).
 using Release = nb::call_guard<nb::gil_scoped_release>;
@@ -115,7 +120,8 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
          Ptr running_mean, Ptr running_var, double momentum_mean, double momentum_var,
          Ptr saved_mean, Ptr saved_invstd, std::int32_t activation, Ptr residual, Ptr reserve,
          std::size_t reserve_bytes, bool apply, Ptr gathered, std::size_t gathered_bytes, int ranks,
-         Ptr ws, std::size_t ws_bytes, Ptr stream) {
+         Ptr ws, std::size_t ws_bytes, Ptr stream, Ptr lens, std::int32_t lens_type,
+         std::int32_t padding) {
         const cubn_tensor_desc xd = desc(t, o, d);
         cubn_training_forward_args a;
         cubn_training_forward_args_init(&a);
@@ -129,6 +135,7 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
         a.saved_mean = ptr(saved_mean);
         a.saved_invstd = ptr(saved_invstd);
         a.epilogue = epilogue(activation, residual, reserve, reserve_bytes);
+        a.lengths = lengths(lens, lens_type, padding);
         if (!apply)  // the single call
           return int(cubn_forward_training(&xd, ptr<const void>(x), ptr(y), &a, ptr(ws), ws_bytes,
                                            stream_of(stream)));
@@ -152,7 +159,8 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
       "forward_inference",
       [](int t, int o, const Dims& d, Ptr x, Ptr y, Ptr scale, Ptr offset, Ptr running_mean,
          Ptr running_var, double epsilon, std::int32_t activation, Ptr residual, Ptr reserve,
-         std::size_t reserve_bytes, Ptr stream) {
+         std::size_t reserve_bytes, Ptr stream, Ptr lens, std::int32_t lens_type,
+         std::int32_t padding) {
         const cubn_tensor_desc xd = desc(t, o, d);
         cubn_inference_forward_args a;
         cubn_inference_forward_args_init(&a);
@@ -162,6 +170,7 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
         a.running_var = ptr<const void>(running_var);
         a.epsilon = epsilon;
         a.epilogue = epilogue(activation, residual, reserve, reserve_bytes);
+        a.lengths = lengths(lens, lens_type, padding);
         return int(cubn_forward_inference(&xd, ptr<const void>(x), ptr(y), &a, stream_of(stream)));
       },
       Release());
@@ -173,7 +182,8 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
       [](int t, int o, const Dims& d, Ptr x, Ptr dy, Ptr dx, Ptr scale, Ptr saved_mean,
          Ptr saved_invstd, Ptr dscale, Ptr doffset, bool accumulate, std::int32_t activation,
          Ptr residual, Ptr reserve, std::size_t reserve_bytes, Ptr dz, int phase, Ptr records,
-         std::size_t records_bytes, int ranks, Ptr ws, std::size_t ws_bytes, Ptr stream) {
+         std::size_t records_bytes, int ranks, Ptr ws, std::size_t ws_bytes, Ptr stream, Ptr lens,
+         std::int32_t lens_type, std::int32_t padding) {
         const cubn_tensor_desc xd = desc(t, o, d);
         cubn_training_backward_args a;
         cubn_training_backward_args_init(&a);
@@ -182,6 +192,7 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
         a.saved_invstd = ptr<const void>(saved_invstd);
         a.grads = {ptr(dscale), ptr(doffset), accumulate ? 1 : 0};
         a.epilogue = epilogue_grad(activation, residual, reserve, reserve_bytes, dz);
+        a.lengths = lengths(lens, lens_type, padding);
         switch (phase) {
           case 1:
             return int(cubn_backward_training_local(&xd, ptr<const void>(x), ptr<const void>(dy),
@@ -203,7 +214,8 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
       [](int t, int o, const Dims& d, Ptr x, Ptr dy, Ptr dx, Ptr scale, Ptr offset,
          Ptr running_mean, Ptr running_var, double epsilon, Ptr dscale, Ptr doffset,
          bool accumulate, std::int32_t activation, Ptr residual, Ptr reserve,
-         std::size_t reserve_bytes, Ptr dz, Ptr ws, std::size_t ws_bytes, Ptr stream) {
+         std::size_t reserve_bytes, Ptr dz, Ptr ws, std::size_t ws_bytes, Ptr stream, Ptr lens,
+         std::int32_t lens_type, std::int32_t padding) {
         const cubn_tensor_desc xd = desc(t, o, d);
         cubn_frozen_backward_args a;
         cubn_frozen_backward_args_init(&a);
@@ -214,6 +226,7 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
         a.epsilon = epsilon;
         a.grads = {ptr(dscale), ptr(doffset), accumulate ? 1 : 0};
         a.epilogue = epilogue_grad(activation, residual, reserve, reserve_bytes, dz);
+        a.lengths = lengths(lens, lens_type, padding);
         return int(cubn_backward_frozen(&xd, ptr<const void>(x), ptr<const void>(dy), ptr(dx), &a,
                                         ptr(ws), ws_bytes, stream_of(stream)));
       },

@@ -141,6 +141,24 @@ Scratch workspace(const Tensor& x, std::size_t bytes) {
 #endif
 }
 
+// A variable-length batch's lengths (torch's padded sequences): N int32 or int64 values on x's
+// device, contiguous; padded outputs 0 (a tensor torch returns must hold no uninitialized value).
+api::Lengths lengths_of(const char* call, const Tensor& x, const OptTensor& lengths) {
+  api::Lengths r;
+  if (!lengths.has_value()) return r;
+  const Tensor& l = *lengths;
+  TORCH_CHECK_TYPE(l.scalar_type() == at::kInt || l.scalar_type() == at::kLong, call,
+                   ": lengths has dtype ", l.scalar_type(), "; it must be int32 or int64");
+  TORCH_CHECK_VALUE(l.dim() == 1 && l.size(0) == x.size(0) && l.is_contiguous(), call,
+                    ": lengths has shape ", l.sizes(), "; it must be a contiguous 1-D tensor of N = ",
+                    x.size(0), " values");
+  TORCH_CHECK_VALUE(l.device() == x.device(), call, ": lengths is on ", l.device(), ", x on ",
+                    x.device());
+  r.ptr = l.data_ptr();
+  r.type = l.scalar_type() == at::kLong ? api::LengthType::kInt64 : api::LengthType::kInt32;
+  return r;
+}
+
 // cubn's error as the Python layer raises it: cubn.Error, through a ValueError whose message the
 // Python side recognizes (cubn/torch.py, _native_error) with its status.
 template <class F>
@@ -157,7 +175,7 @@ std::tuple<Tensor, Tensor, Tensor> train_forward(const Input& in, const Tensor& 
                                                  const OptTensor& weight, const OptTensor& bias,
                                                  const OptTensor& running_mean,
                                                  const OptTensor& running_var, double momentum,
-                                                 double eps) {
+                                                 double eps, const OptTensor& lengths) {
   const OptTensor w = as_param(weight, in.param), b = as_param(bias, in.param),
                   rm = as_param(running_mean, in.param), rv = as_param(running_var, in.param);
   Tensor y = like(x), saved_mean = per_channel(x, in.param),
@@ -168,6 +186,7 @@ std::tuple<Tensor, Tensor, Tensor> train_forward(const Input& in, const Tensor& 
   args.running = {data<P>(rm), data<P>(rv)};
   args.momentum = api::Momentum::pytorch(momentum);
   args.saved = {saved_mean.data_ptr<P>(), saved_invstd.data_ptr<P>()};
+  args.lengths = lengths_of("cubn.forward_training", x, lengths);
   const Scratch ws = workspace(x, api::forward_training_workspace_size(in.desc));
   run([&] { api::forward_training(in.desc, x.data_ptr(), y.data_ptr(), args, ws.ws, in.stream); });
   // statistics kept in another dtype get the update back (as the Python layer's _Stats)
@@ -180,7 +199,8 @@ template <class P>
 std::tuple<Tensor, Tensor, Tensor> train_backward(const Input& in, const Tensor& dy,
                                                   const Tensor& x, const OptTensor& weight,
                                                   const Tensor& saved_mean,
-                                                  const Tensor& saved_invstd) {
+                                                  const Tensor& saved_invstd,
+                                                  const OptTensor& lengths) {
   const OptTensor w = as_param(weight, in.param);
   const Tensor g = in_order_of(x, dy);
   Tensor dx = like(x), dscale = per_channel(x, in.param), doffset = per_channel(x, in.param);
@@ -188,6 +208,7 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(const Input& in, const Tensor&
   args.scale = data<P>(w);
   args.saved = {saved_mean.data_ptr<P>(), saved_invstd.data_ptr<P>()};
   args.grads = {dscale.data_ptr<P>(), doffset.data_ptr<P>()};
+  args.lengths = lengths_of("cubn.backward_training", x, lengths);
   const Scratch ws = workspace(x, api::backward_workspace_size(in.desc));
   run([&] {
     api::backward_training(in.desc, x.data_ptr(), g.data_ptr(), dx.data_ptr(), args, ws.ws,
@@ -199,7 +220,7 @@ std::tuple<Tensor, Tensor, Tensor> train_backward(const Input& in, const Tensor&
 template <class P>
 Tensor eval_forward(const Input& in, const Tensor& x, const OptTensor& weight,
                     const OptTensor& bias, const Tensor& running_mean, const Tensor& running_var,
-                    double eps) {
+                    double eps, const OptTensor& lengths) {
   const OptTensor w = as_param(weight, in.param), b = as_param(bias, in.param),
                   rm = as_param(running_mean, in.param), rv = as_param(running_var, in.param);
   Tensor y = like(x);
@@ -207,6 +228,7 @@ Tensor eval_forward(const Input& in, const Tensor& x, const OptTensor& weight,
   args.affine = {data<P>(w), data<P>(b)};
   args.running = {data<P>(rm), data<P>(rv)};
   args.epsilon = eps;
+  args.lengths = lengths_of("cubn.forward_inference", x, lengths);
   run([&] { api::forward_inference(in.desc, x.data_ptr(), y.data_ptr(), args, in.stream); });
   return y;
 }
@@ -215,7 +237,8 @@ template <class P>
 std::tuple<Tensor, Tensor, Tensor> eval_backward(const Input& in, const Tensor& dy,
                                                  const Tensor& x, const OptTensor& weight,
                                                  const Tensor& running_mean,
-                                                 const Tensor& running_var, double eps) {
+                                                 const Tensor& running_var, double eps,
+                                                 const OptTensor& lengths) {
   const OptTensor w = as_param(weight, in.param), rm = as_param(running_mean, in.param),
                   rv = as_param(running_var, in.param);
   const Tensor g = in_order_of(x, dy);
@@ -225,6 +248,7 @@ std::tuple<Tensor, Tensor, Tensor> eval_backward(const Input& in, const Tensor& 
   args.running = {data<P>(rm), data<P>(rv)};
   args.epsilon = eps;
   args.grads = {dscale.data_ptr<P>(), doffset.data_ptr<P>()};
+  args.lengths = lengths_of("cubn.backward_frozen", x, lengths);
   const Scratch ws = workspace(x, api::backward_workspace_size(in.desc));
   run([&] {
     api::backward_frozen(in.desc, x.data_ptr(), g.data_ptr(), dx.data_ptr(), args, ws.ws,
@@ -243,44 +267,48 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_train(const Tensor& x, const OptTe
                                                     const OptTensor& bias,
                                                     const OptTensor& running_mean,
                                                     const OptTensor& running_var, double momentum,
-                                                    double eps) {
+                                                    double eps, const OptTensor& lengths) {
   CUBN_TORCH_GUARD(x);
   const Input in = input_of("cubn.forward_training", x);
-  return in.param == at::kDouble
-             ? train_forward<double>(in, x, weight, bias, running_mean, running_var, momentum, eps)
-             : train_forward<float>(in, x, weight, bias, running_mean, running_var, momentum, eps);
+  return in.param == at::kDouble ? train_forward<double>(in, x, weight, bias, running_mean,
+                                                         running_var, momentum, eps, lengths)
+                                 : train_forward<float>(in, x, weight, bias, running_mean,
+                                                        running_var, momentum, eps, lengths);
 }
 
 std::tuple<Tensor, Tensor, Tensor> batch_norm_train_backward(const Tensor& dy, const Tensor& x,
                                                              const OptTensor& weight,
                                                              const Tensor& saved_mean,
-                                                             const Tensor& saved_invstd) {
+                                                             const Tensor& saved_invstd,
+                                                             const OptTensor& lengths) {
   CUBN_TORCH_GUARD(x);
   const Input in = input_of("cubn.backward_training", x);
   return in.param == at::kDouble
-             ? train_backward<double>(in, dy, x, weight, saved_mean, saved_invstd)
-             : train_backward<float>(in, dy, x, weight, saved_mean, saved_invstd);
+             ? train_backward<double>(in, dy, x, weight, saved_mean, saved_invstd, lengths)
+             : train_backward<float>(in, dy, x, weight, saved_mean, saved_invstd, lengths);
 }
 
 Tensor batch_norm_eval(const Tensor& x, const OptTensor& weight, const OptTensor& bias,
-                       const Tensor& running_mean, const Tensor& running_var, double eps) {
+                       const Tensor& running_mean, const Tensor& running_var, double eps,
+                       const OptTensor& lengths) {
   CUBN_TORCH_GUARD(x);
   const Input in = input_of("cubn.forward_inference", x);
   return in.param == at::kDouble
-             ? eval_forward<double>(in, x, weight, bias, running_mean, running_var, eps)
-             : eval_forward<float>(in, x, weight, bias, running_mean, running_var, eps);
+             ? eval_forward<double>(in, x, weight, bias, running_mean, running_var, eps, lengths)
+             : eval_forward<float>(in, x, weight, bias, running_mean, running_var, eps, lengths);
 }
 
 std::tuple<Tensor, Tensor, Tensor> batch_norm_eval_backward(const Tensor& dy, const Tensor& x,
                                                             const OptTensor& weight,
                                                             const Tensor& running_mean,
                                                             const Tensor& running_var,
-                                                            double eps) {
+                                                            double eps,
+                                                            const OptTensor& lengths) {
   CUBN_TORCH_GUARD(x);
   const Input in = input_of("cubn.backward_frozen", x);
   return in.param == at::kDouble
-             ? eval_backward<double>(in, dy, x, weight, running_mean, running_var, eps)
-             : eval_backward<float>(in, dy, x, weight, running_mean, running_var, eps);
+             ? eval_backward<double>(in, dy, x, weight, running_mean, running_var, eps, lengths)
+             : eval_backward<float>(in, dy, x, weight, running_mean, running_var, eps, lengths);
 }
 
 }  // namespace

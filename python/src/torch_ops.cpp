@@ -33,7 +33,7 @@ const auto& train_op() {
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("cubn::batch_norm_train", "")
           .typed<Three(const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-                       const OptTensor&, double, double)>();
+                       const OptTensor&, double, double, const OptTensor&)>();
   return op;
 }
 const auto& train_backward_op() {
@@ -41,14 +41,15 @@ const auto& train_backward_op() {
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("cubn::batch_norm_train_backward", "")
           .typed<Three(const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
-                       const Tensor&)>();
+                       const Tensor&, const OptTensor&)>();
   return op;
 }
 const auto& eval_op() {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("cubn::batch_norm_eval", "")
                              .typed<Tensor(const Tensor&, const OptTensor&, const OptTensor&,
-                                           const Tensor&, const Tensor&, double)>();
+                                           const Tensor&, const Tensor&, double,
+                                           const OptTensor&)>();
   return op;
 }
 const auto& eval_backward_op() {
@@ -56,7 +57,7 @@ const auto& eval_backward_op() {
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("cubn::batch_norm_eval_backward", "")
           .typed<Three(const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
-                       const Tensor&, double)>();
+                       const Tensor&, double, const OptTensor&)>();
   return op;
 }
 
@@ -79,6 +80,7 @@ Tensor as_dtype(const Tensor& g, std::optional<at::ScalarType> type) {
 struct BatchNormBackward : torch::autograd::Node {
   torch::autograd::SavedVariable x, weight, a, b;  // training: saved mean, invstd; eval: running
   std::optional<at::ScalarType> weight_type, bias_type;
+  OptTensor lengths;  // the forward's (an integer tensor: no gradient, not a saved variable)
   double eps = 0;
   bool training = true;
 
@@ -90,8 +92,8 @@ struct BatchNormBackward : torch::autograd::Node {
     if (!grads[0].defined()) return out;
     const Tensor xs = x.unpack(), w = weight.unpack(), as = a.unpack(), bs = b.unpack();
     auto [dx, dscale, doffset] =
-        training ? train_backward_op().call(grads[0], xs, optional(w), as, bs)
-                 : eval_backward_op().call(grads[0], xs, optional(w), as, bs, eps);
+        training ? train_backward_op().call(grads[0], xs, optional(w), as, bs, lengths)
+                 : eval_backward_op().call(grads[0], xs, optional(w), as, bs, eps, lengths);
     if (task_should_compute_output(0)) out[0] = dx;
     if (task_should_compute_output(1) && weight_type.has_value())
       out[1] = as_dtype(dscale, weight_type);
@@ -104,12 +106,14 @@ struct BatchNormBackward : torch::autograd::Node {
     weight.reset_data();
     a.reset_data();
     b.reset_data();
+    lengths.reset();
   }
 };
 
 // y's history: a node whose next edges are x, weight and bias, holding what its backward reads.
 void record(const Tensor& y, const Tensor& x, const OptTensor& weight, const OptTensor& bias,
-            const Tensor& a, const Tensor& b, bool training, double eps) {
+            const Tensor& a, const Tensor& b, bool training, double eps,
+            const OptTensor& lengths) {
   if (!torch::autograd::compute_requires_grad(x, weight, bias)) return;
   const auto node = c10::make_intrusive<BatchNormBackward>();
   node->set_next_edges(torch::autograd::collect_next_edges(x, weight, bias));
@@ -121,6 +125,7 @@ void record(const Tensor& y, const Tensor& x, const OptTensor& weight, const Opt
   node->bias_type = dtype_of(bias);
   node->training = training;
   node->eps = eps;
+  node->lengths = lengths;
   torch::autograd::set_history(y, node);
 }
 
@@ -128,25 +133,27 @@ void record(const Tensor& y, const Tensor& x, const OptTensor& weight, const Opt
 // running statistics in place (they take no gradient); saved mean and invstd take none either.
 Three train_autograd(const Tensor& x, const OptTensor& weight, const OptTensor& bias,
                      const OptTensor& running_mean, const OptTensor& running_var, double momentum,
-                     double eps) {
+                     double eps, const OptTensor& lengths) {
   Three out;
   {
     const at::AutoDispatchBelowADInplaceOrView below;
-    out = train_op().call(x, weight, bias, running_mean, running_var, momentum, eps);
+    out = train_op().call(x, weight, bias, running_mean, running_var, momentum, eps, lengths);
   }
-  record(std::get<0>(out), x, weight, bias, std::get<1>(out), std::get<2>(out), true, eps);
+  record(std::get<0>(out), x, weight, bias, std::get<1>(out), std::get<2>(out), true, eps,
+         lengths);
   return out;
 }
 
 // The eval forward's: its backward is the frozen one (the statistics are constants).
 Tensor eval_autograd(const Tensor& x, const OptTensor& weight, const OptTensor& bias,
-                     const Tensor& running_mean, const Tensor& running_var, double eps) {
+                     const Tensor& running_mean, const Tensor& running_var, double eps,
+                     const OptTensor& lengths) {
   Tensor y;
   {
     const at::AutoDispatchBelowADInplaceOrView below;
-    y = eval_op().call(x, weight, bias, running_mean, running_var, eps);
+    y = eval_op().call(x, weight, bias, running_mean, running_var, eps, lengths);
   }
-  record(y, x, weight, bias, running_mean, running_var, false, eps);
+  record(y, x, weight, bias, running_mean, running_var, false, eps, lengths);
   return y;
 }
 
@@ -155,16 +162,17 @@ Tensor eval_autograd(const Tensor& x, const OptTensor& weight, const OptTensor& 
 TORCH_LIBRARY(cubn, m) {
   m.def(
       "batch_norm_train(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
-      "Tensor(b!)? running_var, float momentum, float eps) -> (Tensor, Tensor, Tensor)");
+      "Tensor(b!)? running_var, float momentum, float eps, Tensor? lengths=None) -> "
+      "(Tensor, Tensor, Tensor)");
   m.def(
       "batch_norm_train_backward(Tensor dy, Tensor x, Tensor? weight, Tensor saved_mean, "
-      "Tensor saved_invstd) -> (Tensor, Tensor, Tensor)");
+      "Tensor saved_invstd, Tensor? lengths=None) -> (Tensor, Tensor, Tensor)");
   m.def(
       "batch_norm_eval(Tensor x, Tensor? weight, Tensor? bias, Tensor running_mean, "
-      "Tensor running_var, float eps) -> Tensor");
+      "Tensor running_var, float eps, Tensor? lengths=None) -> Tensor");
   m.def(
       "batch_norm_eval_backward(Tensor dy, Tensor x, Tensor? weight, Tensor running_mean, "
-      "Tensor running_var, float eps) -> (Tensor, Tensor, Tensor)");
+      "Tensor running_var, float eps, Tensor? lengths=None) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(cubn, CPU, m) { register_executor_kernels(m); }
