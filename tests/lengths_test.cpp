@@ -501,6 +501,53 @@ TYPED_TEST(Lengths, LengthsOutsideZeroToLAreClampedAndInPlaceEqualsOutOfPlace) {
 // A channel with fewer than two valid elements: M = 0 gives mean 0, invstd 1 / sqrt(epsilon),
 // running statistics unchanged, every output 0; M = 1 its value as the mean, the running mean
 // updated and the running variance unchanged, y = offset there.
+// Pointers one element off 16 bytes take the scalar masked path: the same valid outputs as the
+// aligned (vector) call within the reference check's tolerance (another vector width groups a
+// thread's values differently), the same padding, and nothing written outside the tensor.
+TEST(LengthsEdges, MisalignedPointersTakeTheScalarPathWithTheSameResults) {
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast}) {
+    const Dims dims{4, 8, 24};
+    const std::vector<std::int64_t> lengths{24, 5, 0, 13};
+    Data<float> d = make_data<float>(dims, order, 2400);
+    const Padded pad = padded(d.shape, lengths);
+    poison(d.x, pad);
+    const TensorDesc desc = make_desc(DataType::kFloat32, order, dims);
+    const std::size_t numel = d.x.size();
+    DeviceLengths len(lengths, false, Padding::kZero);
+    const auto run = [&](std::size_t shift) {
+      std::vector<float> host(numel + 2, 0.0f);
+      std::copy(d.x.begin(), d.x.end(), host.begin() + static_cast<std::ptrdiff_t>(shift));
+      DeviceBuffer<float> x(host), y(numel + 2);
+      y.fill_bytes(kUntouchedByte);
+      DeviceBytes ws(forward_training_workspace_size(desc));
+      TrainingForwardArgs<float> args;
+      args.lengths = len.arg;
+      forward_training(desc, x.data() + shift, y.data() + shift, args, {ws.data(), ws.bytes()},
+                       nullptr);
+      device_sync();
+      return y.download();
+    };
+    const std::vector<float> aligned = run(0), shifted = run(1);
+    const auto ref = ref::forward_training(compact(d, pad).shape, compact(d, pad).xd, {}, 0, 0,
+                                           {}, {});
+    for (std::size_t j = 0; j < pad.valid.size(); ++j) {
+      const std::size_t i = pad.valid[j];
+      ASSERT_NEAR(shifted[i + 1], ref.y[j], 1e-4) << to_string(order) << " i=" << i;
+      ASSERT_NEAR(shifted[i + 1], aligned[i], 1e-4) << to_string(order) << " i=" << i;
+    }
+    for (std::size_t i = 0; i < numel; ++i) {
+      if (!pad.is_valid[i]) {
+        ASSERT_EQ(shifted[i + 1], 0.0f) << to_string(order) << " i=" << i;
+      }
+    }
+    unsigned char edge[sizeof(float)];
+    std::memcpy(edge, &shifted[0], sizeof(float));
+    EXPECT_EQ(edge[0], kUntouchedByte) << "written before the tensor";
+    std::memcpy(edge, &shifted[numel + 1], sizeof(float));
+    EXPECT_EQ(edge[0], kUntouchedByte) << "written after the tensor";
+  }
+}
+
 TEST(LengthsEdges, ChannelsWithoutTwoValidElementsGetTheDocumentedResults) {
   if (!no_device_reason().empty()) GTEST_SKIP() << no_device_reason();
   for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})

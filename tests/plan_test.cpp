@@ -11,6 +11,7 @@
 
 #include "cubn/sim/executor.hpp"
 #include "device_info.hpp"
+#include "lengths.cuh"
 #include "problem.hpp"
 
 namespace {
@@ -63,6 +64,45 @@ TEST(Plan, FastDivisorDividesEveryIndexExactly) {
     }
   }
   EXPECT_GT(checked, 200000);
+}
+
+// A variable-length batch past 2^31 elements (shape arithmetic: the lengths are a host array,
+// which the executor reads as device memory; no tensor is allocated): SeqMask's pack bits and
+// per-element validity, as call_checks.cpp sets them up, against the definition (element e of
+// sample e / (C S), time step (e / inner) % L, valid below the sample's length) at packs across
+// the whole range, the last ones included, in both memory orders; packs within a row and packs
+// across rows (L and C not multiples of the pack).
+TEST(Plan, LengthsMaskPastTwoToTheThirtyOne) {
+  const std::int64_t n = 3, c = 100003, l = 20003;  // 6.0e9 elements: past 2^32 too
+  const std::vector<std::int32_t> lengths{20003, 7, 12345};
+  for (const bool channels_last : {false, true}) {
+    kernels::SeqMask m;
+    m.lengths = lengths.data();
+    m.n = n;
+    m.l = l;
+    m.sample = c * l;
+    m.inner = channels_last ? c : 1;
+    m.per_step = 1;
+    m.by_inner = kernels::FastDivisor::of(static_cast<std::uint64_t>(m.inner));
+    m.by_l = kernels::FastDivisor::of(static_cast<std::uint64_t>(l));
+    m.by_rows = kernels::FastDivisor::of(static_cast<std::uint64_t>(m.sample / m.inner));
+    const auto valid = [&](std::int64_t e) {
+      return (e / m.inner) % l < lengths[static_cast<std::size_t>(e / m.sample)];
+    };
+    const std::int64_t numel = n * c * l;
+    ASSERT_GT(numel, std::int64_t{1} << 32);
+    int packs = 0;
+    for (std::int64_t at = 0; at + 8 <= numel; at += 8 * 999983 + 3) {  // every residue mod 8
+      for (const std::int64_t a : {at, numel - 8 - at % 4096}) {
+        unsigned want = 0;
+        for (int k = 0; k < 8; ++k) want |= (valid(a + k) ? 1u : 0u) << k;
+        ASSERT_EQ(m.bits<8>(a), want) << (channels_last ? "NLC" : "NCL") << " pack at " << a;
+        ASSERT_EQ(m.valid(a), valid(a)) << a;
+        ++packs;
+      }
+    }
+    EXPECT_GT(packs, 1000);
+  }
 }
 
 TEST(Plan, CanonicalizationFoldsDegenerateOrders) {
