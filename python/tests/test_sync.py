@@ -56,6 +56,12 @@ def worker(rank, world, port, sizes, channels_last, out_dir):
         result2 = run(m, x[part] * 0.5, dy[part])  # a second step: running statistics again
         result["running_mean2"], result["running_var2"] = result2["running_mean"], result2[
             "running_var"]
+        # variable-length batches across ranks: refused, naming lengths (split phases take none)
+        try:
+            m(x[part], lengths=torch.full((sizes[rank],), x.shape[-1]))
+            result["lengths_refused"] = ""
+        except ValueError as e:
+            result["lengths_refused"] = str(e)
         torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -74,6 +80,7 @@ def test_sync_batchnorm_equals_single_process_batchnorm(sizes, channels_last, tm
     mp.spawn(worker, args=(world, free_port(), sizes, channels_last, str(tmp_path)),
              nprocs=world, join=True)
     ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(world)]
+    assert all("lengths" in r["lengths_refused"] for r in ranks)
     x, dy = batch(sum(sizes), channels_last)
     single = module(ct.BatchNorm2d)
     want = run(single, x, dy)
