@@ -498,9 +498,6 @@ TYPED_TEST(Lengths, LengthsOutsideZeroToLAreClampedAndInPlaceEqualsOutOfPlace) {
     }
 }
 
-// A channel with fewer than two valid elements: M = 0 gives mean 0, invstd 1 / sqrt(epsilon),
-// running statistics unchanged, every output 0; M = 1 its value as the mean, the running mean
-// updated and the running variance unchanged, y = offset there.
 // Pointers one element off 16 bytes take the scalar masked path: the same valid outputs as the
 // aligned (vector) call within the reference check's tolerance (another vector width groups a
 // thread's values differently), the same padding, and nothing written outside the tensor.
@@ -549,6 +546,9 @@ TEST(LengthsEdges, MisalignedPointersTakeTheScalarPathWithTheSameResults) {
   }
 }
 
+// A channel with fewer than two valid elements: M = 0 gives mean 0, invstd 1 / sqrt(epsilon),
+// running statistics unchanged, every output 0; M = 1 its value as the mean, the running mean
+// updated and the running variance unchanged, y = offset there.
 TEST(LengthsEdges, ChannelsWithoutTwoValidElementsGetTheDocumentedResults) {
   if (!no_device_reason().empty()) GTEST_SKIP() << no_device_reason();
   for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
