@@ -136,19 +136,10 @@ kernels::SeqGeometry checked_lengths(
   for (const auto& [t, name] : outputs)
     check_disjoint(call, lengths.ptr, bytes, "args.lengths", t, p.bytes(), name);
   if (p.numel == 0) return seq;  // nothing to read or write: no mask (and no 0 to divide by)
-  seq.lengths = lengths.ptr;
-  seq.wide = wide;
-  seq.zero = lengths.padding == Padding::kZero;
-  seq.n = desc.dims[0];
-  const std::int64_t c = desc.dims[1];
-  seq.l = desc.dims[desc.rank - 1];
-  seq.sample = p.numel / seq.n;  // C * S
-  seq.inner = desc.order == MemoryOrder::kChannelsFirst ? 1 : c;
-  seq.per_step = seq.sample / c / seq.l;
-  seq.by_inner = kernels::FastDivisor::of(static_cast<std::uint64_t>(seq.inner));
-  seq.by_l = kernels::FastDivisor::of(static_cast<std::uint64_t>(seq.l));
-  seq.by_rows = kernels::FastDivisor::of(static_cast<std::uint64_t>(seq.sample / seq.inner));
-  return seq;
+  const std::int64_t n = desc.dims[0], c = desc.dims[1];
+  return kernels::SeqGeometry::of(lengths.ptr, wide, lengths.padding == Padding::kZero, n, c,
+                                  p.numel / n / c, desc.dims[desc.rank - 1],
+                                  desc.order == MemoryOrder::kChannelsLast);
 }
 
 void refuse_lengths(const char* call, const Lengths& lengths) {

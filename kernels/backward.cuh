@@ -33,6 +33,9 @@ struct GradSums {
 template <class Acc>
 struct GradSumOp {
   static constexpr int kInputs = 2;
+  /// A masked loop may fold padded lanes as zeros: dy = 0 adds 0 to both sums (channel_ops.cuh
+  /// zero_padded).
+  static constexpr bool kZeroPadded = true;
   using State = GradSums<Acc>;
   using Local = GradSums<Acc>;
   const Acc* mean;  ///< the statistics xhat was formed with: saved or running
@@ -215,6 +218,8 @@ struct FusedGradSumOp : GradSumOp<acc_t<T>> {
   static constexpr int kSideStreams = Grad::kReadsZ ? 1 : 0;
   static constexpr Act kAct = A;
   static constexpr bool kRes = Res;
+  /// Not masked yet (cubn::Lengths takes no epilogue): its sides are not zeroed.
+  static constexpr bool kZeroPadded = false;
   using Local = GradSums<Acc>;
   template <class, int V>
   using Side = typename Grad::template Side<V>;

@@ -207,6 +207,45 @@ CUBN_DEVICE void pack_bits(const Op& op, const std::int64_t (&at)[N], unsigned (
   for (int u = 0; u < N; ++u) bits[u] = op.mask.template bits<V>(at[u]);
 }
 
+/// body(std::true_type{}) where `op` is masked and `fits` is false (a pack may meet more than two
+/// rows: its lanes' validity then comes lane by lane, out of line), else body(std::false_type{}):
+/// a masked loop is compiled twice, so that the common copy holds no call and no branch between
+/// the two (bench/sass_report.py lists the lane-by-lane copy apart).
+template <class Op, class Body>
+CUBN_DEVICE decltype(auto) rows_or_lanes(bool fits, const Body& body) {
+  if constexpr (is_masked<Op>) {
+    if (!fits) return body(std::true_type{});
+  }
+  return body(std::false_type{});
+}
+
+/// Whether a masked op's packs inside channels-first planes meet at most two rows each (true for
+/// unmasked ops): rows_or_lanes' `fits`.
+template <int V, class Op>
+CUBN_DEVICE bool plane_rows_fit(const Op& op) {
+  if constexpr (is_masked<Op>) {
+    return op.mask.packs_of(V);
+  } else {
+    return true;
+  }
+}
+
+/// The valid lanes of a masked op's packs at `at` inside channels-first planes, from where the
+/// plane walker says they lie (SeqMask::plane_bits), or (ByLane: rows shorter than a pack) lane
+/// by lane out of line.
+template <int V, bool ByLane, class Op, int N, class Where>
+CUBN_DEVICE void plane_pack_bits(const Op& op, const std::int64_t (&at)[N], const Where (&w)[N],
+                                 unsigned (&bits)[N]) {
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) {
+    if constexpr (ByLane) {
+      bits[u] = op.mask.template bits_by_lane<V>(at[u]);
+    } else {
+      bits[u] = op.mask.template plane_bits<V>(w[u].pos, w[u].n);
+    }
+  }
+}
+
 /// load_packs of the packs with a valid lane; the others are zero and not read.
 template <int Inputs, int N, int V, class T>
 CUBN_DEVICE void load_valid_packs(const T* in0, const T* in1, const std::int64_t (&at)[N],
@@ -220,22 +259,52 @@ CUBN_DEVICE void load_valid_packs(const T* in0, const T* in1, const std::int64_t
   }
 }
 
-/// A masked reduction's fold of N packs with valid lanes `bits`: whole packs as the unmasked loop
-/// folds them (absorb_packs), a visit with a padded lane lane by lane.
+/// The pack with its lanes outside `bits` zero (a select per lane: a padded lane may hold NaN).
+template <class T, int V>
+CUBN_DEVICE Pack<T, V> keep_lanes(const Pack<T, V>& p, unsigned bits) {
+  Pack<T, V> o;
+  const T zero = from_acc<T>(acc_t<T>(0));
+  CUBN_UNROLL
+  for (int k = 0; k < V; ++k) o.v[k] = ((bits >> k) & 1u) != 0 ? p.v[k] : zero;
+  return o;
+}
+
+/// Whether reduction R's padded lanes may be folded as zeros in both inputs (it declares
+/// kZeroPadded: sums, where a lane of zeros adds nothing, GradSumOp); else a masked loop folds
+/// partly padded packs lane by lane (WelfordOp, whose counts a zero would change).
+template <class R, class = void>
+constexpr bool zero_padded = false;
+template <class R>
+constexpr bool zero_padded<R, std::void_t<decltype(R::kZeroPadded)>> = R::kZeroPadded;
+
+/// A masked reduction's fold of N packs with valid lanes `bits`. Sums (zero_padded): the padded
+/// lanes zeroed, then the packs folded as the unmasked loop folds them: one path, the same
+/// instructions but a select per lane, and with every lane valid the unmasked results bit for
+/// bit. Others: whole packs as the unmasked loop folds them, a visit with a padded lane lane by
+/// lane.
 template <class R, class L, class C, class T, int V, int N>
-CUBN_DEVICE void absorb_valid(const R& op, L& l, const C& cst, const Pack<T, V> (&a)[N],
-                              const Pack<T, V> (&b)[N], const unsigned (&bits)[N]) {
-  bool all = true;
-  CUBN_UNROLL
-  for (int u = 0; u < N; ++u) all = all && bits[u] == kAllLanes<V>;
-  if (all) {
+CUBN_DEVICE void absorb_valid(const R& op, L& l, const C& cst, Pack<T, V> (&a)[N],
+                              Pack<T, V> (&b)[N], const unsigned (&bits)[N]) {
+  if constexpr (zero_padded<R>) {
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u) {
+      a[u] = keep_lanes(a[u], bits[u]);
+      b[u] = keep_lanes(b[u], bits[u]);
+    }
     op.absorb_packs(l, cst, a, b);
-    return;
+  } else {
+    bool all = true;
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u) all = all && bits[u] == kAllLanes<V>;
+    if (all) {
+      op.absorb_packs(l, cst, a, b);
+      return;
+    }
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u)
+      for (int k = 0; k < V; ++k)
+        if ((bits[u] >> k) & 1u) op.absorb_one(l, cst, acc_at(a[u], k), acc_at(b[u], k));
   }
-  CUBN_UNROLL
-  for (int u = 0; u < N; ++u)
-    for (int k = 0; k < V; ++k)
-      if ((bits[u] >> k) & 1u) op.absorb_one(l, cst, acc_at(a[u], k), acc_at(b[u], k));
 }
 
 /// A pack of zeros.
@@ -446,22 +515,24 @@ CUBN_DEVICE void map_one(const T* in0, const T* in1, T* out, const F& f, std::in
   emit<KV>(f, out, at, a[0], b[0], s[0], coeff);
 }
 
-/// A masked map's output for a pack with valid lanes `bits`: the valid lanes f(in0, in1), the
-/// padded ones 0 or nothing (the mask's choice); a pack with a padded lane is stored lane by lane.
+/// A masked map's output for a pack with valid lanes `bits` (a and b zero where no lane is valid:
+/// not read): f of every lane, as the unmasked loop computes it; then one store with the padded
+/// lanes zeroed (Padding kZero), or, where padded lanes are not to be written (kUntouched), one
+/// store of a whole valid pack and lane by lane otherwise. No loop over lanes beyond the select.
 template <class F, class T, int V, class CoeffOf>
 CUBN_DEVICE void emit_valid(const F& f, T* out, std::int64_t at, const Pack<T, V>& a,
                             const Pack<T, V>& b, unsigned bits, const CoeffOf& coeff) {
-  if (bits == kAllLanes<V>) {
-    store_pack<V>(out + at, apply_pack(f, a, b, coeff));
-  } else if (bits == 0) {
-    if (f.mask.zero) store_pack<V>(out + at, zero_pack<T, V>());
+  const Pack<T, V> o = apply_pack(f, a, b, coeff);
+  if (f.mask.zero) {
+    store_pack<V>(out + at, keep_lanes(o, bits));
+  } else if (bits == kAllLanes<V>) {
+    store_pack<V>(out + at, o);
   } else {
-    const Pack<T, V> o = apply_pack(f, a, b, coeff);
+    CUBN_UNROLL
     for (int k = 0; k < V; ++k) {
-      const bool valid = ((bits >> k) & 1u) != 0;
-      if (!valid && !f.mask.zero) continue;
+      if (((bits >> k) & 1u) == 0) continue;
       Pack<T, 1> one;
-      one.v[0] = valid ? o.v[k] : from_acc<T>(acc_t<T>(0));
+      one.v[0] = o.v[k];
       store_pack<1>(out + at + k, one);
     }
   }
@@ -512,6 +583,14 @@ struct FromGlobal {
 
 // ---- channels-first planes ----------------------------------------------------------------------
 
+/// Where a masked loop's pack lies in its variable-length batch, as the walkers track it (no
+/// division per pack): channels-first, its position in its plane and the plane's sample;
+/// channels-last, the position (time step) of its first value in its sample, and the sample.
+struct PlaneAt {
+  std::uint32_t pos;
+  int n;
+};
+
 /// Walks the whole packs every plane of channel `ch` holds (the main tiles), starting at tile
 /// `first` (< g.step) and advancing g.step tiles: visit(at[U]) for U tiles at once while U
 /// remain, then visit(at[1]) for each of the rest. No division in the loop: the pack within the
@@ -519,7 +598,7 @@ struct FromGlobal {
 /// is false: for callers whose tensors have at most kNarrowElements (the persistent kernels,
 /// host/plan.cpp). A pack's address is then one multiply-add from each tensor's base: about 8
 /// instructions a visit fewer (bench/sass_report.py).
-template <int U, int V, bool Wide, class Visit>
+template <int U, int V, bool Wide, bool Rows = false, class Visit>
 CUBN_DEVICE void walk_plane_tiles(const ChannelsFirstReduce& g, std::int64_t ch, unsigned first,
                                   const Visit& visit) {
   if (g.wf == 0) return;
@@ -527,33 +606,53 @@ CUBN_DEVICE void walk_plane_tiles(const ChannelsFirstReduce& g, std::int64_t ch,
   unsigned count = static_cast<unsigned>(g.tiles_q) + (first < g.tiles_r ? 1u : 0u);
   const unsigned n0 = first / wf;
   unsigned j = first - n0 * wf;
+  // Rows (masked loops): the plane's sample too, advancing step / wf planes a step and one more
+  // where j wraps; each visit then also gets its packs' PlaneAt (one division per thread, here)
+  int n = static_cast<int>(n0), step_n = 0;
+  if constexpr (Rows) step_n = static_cast<int>(g.step / g.wf);
   const auto walk = [&](auto base, auto step_base, auto plane) {  // base: the plane's first element
     using I = decltype(base);
     // the plane's first whole pack (V is a power of two), then the thread's
     const auto pack = [&] {
       return static_cast<std::int64_t>(((base + I(V - 1)) & ~I(V - 1)) + static_cast<I>(j) * V);
     };
+    const auto where = [&](std::int64_t at) {
+      return PlaneAt{static_cast<std::uint32_t>(at - static_cast<std::int64_t>(base)), n};
+    };
     const auto advance = [&] {
       j += step_j;
       base += step_base;
+      if constexpr (Rows) n += step_n;
       if (j >= wf) {
         j -= wf;
         base += plane;
+        if constexpr (Rows) ++n;
       }
     };
     for (; count >= static_cast<unsigned>(U); count -= U) {
       std::int64_t at[U];
+      [[maybe_unused]] PlaneAt w[U];
       CUBN_UNROLL
       for (int u = 0; u < U; ++u) {
         at[u] = pack();
+        if constexpr (Rows) w[u] = where(at[u]);
         advance();
       }
-      visit(at);
+      if constexpr (Rows) {
+        visit(at, w);
+      } else {
+        visit(at);
+      }
     }
     CUBN_NO_UNROLL
     for (; count > 0; --count) {
       const std::int64_t at[1] = {pack()};
-      visit(at);
+      if constexpr (Rows) {
+        const PlaneAt w[1] = {where(at[0])};
+        visit(at, w);
+      } else {
+        visit(at);
+      }
       advance();
     }
   };
@@ -571,10 +670,10 @@ CUBN_DEVICE void walk_plane_tiles(const ChannelsFirstReduce& g, std::int64_t ch,
 /// has both the most tiles and the edges) shares with its neighbours: edge(at, b0, b1) for the pack
 /// at `at`, of which the elements in [b0, b1) are the channel's (the pack past the tensor's last
 /// whole pack is left to the code that takes the leftovers).
-template <int U, int V, bool Wide = true, class Main, class Edge>
+template <int U, int V, bool Wide = true, bool Rows = false, class Main, class Edge>
 CUBN_DEVICE void walk_planes(const ChannelsFirstReduce& g, std::int64_t ch, unsigned first,
                              const Main& main, const Edge& edge) {
-  walk_plane_tiles<U, V, Wide>(g, ch, first, main);
+  walk_plane_tiles<U, V, Wide, Rows>(g, ch, first, main);
   if (V == 1) return;
   const std::int64_t whole = g.wf * V;
   CUBN_NO_UNROLL
@@ -597,41 +696,43 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
   constexpr int U = unroll_for(streams_of<R>);
   typename R::Local l{};
   const auto first = static_cast<unsigned>(split * kBlockThreads + threadIdx.x);
-  walk_planes<U, V, Wide>(
-      g, ch, first,
-      [&](const auto& at) {
-        constexpr int N = packs_in<decltype(at)>;
-        Pack<T, V> a[N], b[N];
-        if constexpr (is_masked<R>) {
-          unsigned bits[N];
-          pack_bits<V>(op, at, bits);
-          load_valid_packs<R::kInputs>(in0, in1, at, bits, a, b);
-          absorb_valid(op, l, cst, a, b, bits);
-        } else {
-          load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
-          side_t<R, T, V> s[N];
-          load_sides<T, V>(op, at, s);
-          absorb_packs(op, l, cst, a, b, s);
-        }
-        src.keep(a, b);
-      },
-      [&](std::int64_t at, std::int64_t b0, std::int64_t b1) {
-        const std::int64_t one[1] = {at};
-        Pack<T, V> a[1], b[1];
-        unsigned bits[1] = {kAllLanes<V>};
-        if constexpr (is_masked<R>) {
-          pack_bits<V>(op, one, bits);
-          load_valid_packs<R::kInputs>(in0, in1, one, bits, a, b);
-        } else {
-          load_packs<R::kInputs, 1, V>(in0, in1, one, a, b);
-        }
-        side_t<R, T, V> s[1];
-        load_sides<T, V>(op, one, s);
-        for (int k = 0; k < V; ++k)
-          if (at + k >= b0 && at + k < b1 && ((bits[0] >> k) & 1u))
-            absorb_one(op, l, cst, acc_at(a[0], k), acc_at(b[0], k), s[0], k);
-        src.keep(a, b);
-      });
+  rows_or_lanes<R>(plane_rows_fit<V>(op), [&](auto by_lane) {
+    walk_planes<U, V, Wide, is_masked<R>>(
+        g, ch, first,
+        [&](const auto& at, const auto&... where) {
+          constexpr int N = packs_in<decltype(at)>;
+          Pack<T, V> a[N], b[N];
+          if constexpr (is_masked<R>) {
+            unsigned bits[N];
+            plane_pack_bits<V, decltype(by_lane)::value>(op, at, where..., bits);
+            load_valid_packs<R::kInputs>(in0, in1, at, bits, a, b);
+            absorb_valid(op, l, cst, a, b, bits);
+          } else {
+            load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
+            side_t<R, T, V> s[N];
+            load_sides<T, V>(op, at, s);
+            absorb_packs(op, l, cst, a, b, s);
+          }
+          src.keep(a, b);
+        },
+        [&](std::int64_t at, std::int64_t b0, std::int64_t b1) {
+          const std::int64_t one[1] = {at};
+          Pack<T, V> a[1], b[1];
+          unsigned bits[1] = {kAllLanes<V>};
+          if constexpr (is_masked<R>) {
+            pack_bits<V>(op, one, bits);
+            load_valid_packs<R::kInputs>(in0, in1, one, bits, a, b);
+          } else {
+            load_packs<R::kInputs, 1, V>(in0, in1, one, a, b);
+          }
+          side_t<R, T, V> s[1];
+          load_sides<T, V>(op, one, s);
+          for (int k = 0; k < V; ++k)
+            if (at + k >= b0 && at + k < b1 && ((bits[0] >> k) & 1u))
+              absorb_one(op, l, cst, acc_at(a[0], k), acc_at(b[0], k), s[0], k);
+          src.keep(a, b);
+        });
+  });
   return l;
 }
 
@@ -697,46 +798,48 @@ CUBN_DEVICE void map_channel_planes(const T* in0, const T* in1, T* out,
   constexpr int U = Ux != 0 ? Ux : unroll_for(streams_of<F>);
   const typename F::Coeffs q = f.coeffs(ch);
   const auto coeff = [&](int) { return q; };
-  walk_planes<U, V, Wide>(
-      g, ch, first,
-      [&](const auto& at) {
-        constexpr int N = packs_in<decltype(at)>;
-        Pack<T, V> a[N], b[N];
-        if constexpr (is_masked<F>) {  // never persistent (host/plan.cpp): src is global memory
-          unsigned bits[N];
-          pack_bits<V>(f, at, bits);
-          load_valid_packs<F::kInputs>(in0, in1, at, bits, a, b);
+  rows_or_lanes<F>(plane_rows_fit<V>(f), [&](auto by_lane) {
+    walk_planes<U, V, Wide, is_masked<F>>(
+        g, ch, first,
+        [&](const auto& at, const auto&... where) {
+          constexpr int N = packs_in<decltype(at)>;
+          Pack<T, V> a[N], b[N];
+          if constexpr (is_masked<F>) {  // never persistent (host/plan.cpp): src is global memory
+            unsigned bits[N];
+            plane_pack_bits<V, decltype(by_lane)::value>(f, at, where..., bits);
+            load_valid_packs<F::kInputs>(in0, in1, at, bits, a, b);
+            CUBN_UNROLL
+            for (int u = 0; u < N; ++u) emit_valid(f, out, at[u], a[u], b[u], bits[u], coeff);
+            return;
+          }
+          src.fetch(in0, in1, at, a, b);
+          side_t<F, T, V> s[N];
+          load_sides<T, V>(f, at, s);
           CUBN_UNROLL
-          for (int u = 0; u < N; ++u) emit_valid(f, out, at[u], a[u], b[u], bits[u], coeff);
-          return;
-        }
-        src.fetch(in0, in1, at, a, b);
-        side_t<F, T, V> s[N];
-        load_sides<T, V>(f, at, s);
-        CUBN_UNROLL
-        for (int u = 0; u < N; ++u) emit<V>(f, out, at[u], a[u], b[u], s[u], coeff);
-      },
-      [&](std::int64_t at, std::int64_t b0, std::int64_t b1) {
-        if (at + V > b1) {  // the next plane's first pack
-          src.template skip<1>();
-          return;
-        }
-        const std::int64_t one[1] = {at};
-        // elements [0, cut) belong to the previous plane (one store either way: the loop then
-        // moves at most three vectors, as an edge loop should)
-        const int cut = at < b0 ? static_cast<int>(b0 - at) : 0;
-        const typename F::Coeffs before = cut > 0 ? f.coeffs(ch == 0 ? g.c - 1 : ch - 1) : q;
-        const auto both = [&](int k) { return k < cut ? before : q; };
-        if constexpr (is_masked<F>) {
-          map_one_valid<V, T>(in0, in1, out, f, at, both);
-          return;
-        }
-        Pack<T, V> a[1], b[1];
-        src.fetch(in0, in1, one, a, b);
-        side_t<F, T, V> s[1];
-        load_sides<T, V>(f, one, s);
-        emit<V>(f, out, at, a[0], b[0], s[0], both);
-      });
+          for (int u = 0; u < N; ++u) emit<V>(f, out, at[u], a[u], b[u], s[u], coeff);
+        },
+        [&](std::int64_t at, std::int64_t b0, std::int64_t b1) {
+          if (at + V > b1) {  // the next plane's first pack
+            src.template skip<1>();
+            return;
+          }
+          const std::int64_t one[1] = {at};
+          // elements [0, cut) belong to the previous plane (one store either way: the loop then
+          // moves at most three vectors, as an edge loop should)
+          const int cut = at < b0 ? static_cast<int>(b0 - at) : 0;
+          const typename F::Coeffs before = cut > 0 ? f.coeffs(ch == 0 ? g.c - 1 : ch - 1) : q;
+          const auto both = [&](int k) { return k < cut ? before : q; };
+          if constexpr (is_masked<F>) {
+            map_one_valid<V, T>(in0, in1, out, f, at, both);
+            return;
+          }
+          Pack<T, V> a[1], b[1];
+          src.fetch(in0, in1, one, a, b);
+          side_t<F, T, V> s[1];
+          load_sides<T, V>(f, one, s);
+          emit<V>(f, out, at, a[0], b[0], s[0], both);
+        });
+  });
 }
 
 /// out = f(in0, in1) over channel `ch`'s planes by one block (the forward's fused normalization).
@@ -767,15 +870,26 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
   const unsigned row = static_cast<unsigned>(e) / s;
   unsigned pos = static_cast<unsigned>(e) - row * s;  // its position in its plane
   unsigned ch = row % c;                              // and its channel
+  // masked: and its sample, which advances step / (C S) samples a step and one more where the
+  // channel wraps (one division per thread, here)
+  int n = 0, step_n = 0;
+  if constexpr (is_masked<F>) {
+    n = static_cast<int>(row / c);
+    step_n = static_cast<int>(step / (g.c * g.s));
+  }
   const auto advance = [&] {
     e += step;
     pos += step_pos;
     ch += step_ch;
+    if constexpr (is_masked<F>) n += step_n;
     if (pos >= s) {
       pos -= s;
       ++ch;
     }
-    if (ch >= c) ch -= c;
+    if (ch >= c) {
+      ch -= c;
+      if constexpr (is_masked<F>) ++n;
+    }
   };
   const auto one = [&](std::int64_t at, auto coeff) {
     if constexpr (is_masked<F>) {
@@ -784,60 +898,64 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
       map_one<V, T, V>(in0, in1, out, f, at, coeff);
     }
   };
-  for (; count >= static_cast<unsigned>(U); count -= U) {
-    std::int64_t at[U];
-    unsigned chs[U];
-    bool whole[U];
-    CUBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      at[u] = e;
-      chs[u] = ch;
-      whole[u] = s - pos >= V;
-      advance();
-    }
-    // Two-input maps hold half the packs, and read their coefficients before the loads; one-input
-    // maps after: in both, ptxas then issues every load before it uses one and nothing spills
-    // (bench/sass_report.py, bench/resource_report.py).
-    typename F::Coeffs q[U];
-    const auto fetch = [&] {
+  rows_or_lanes<F>(plane_rows_fit<V>(f), [&](auto by_lane) {
+    for (; count >= static_cast<unsigned>(U); count -= U) {
+      std::int64_t at[U];
+      unsigned chs[U];
+      bool whole[U];
+      [[maybe_unused]] PlaneAt w[U];
       CUBN_UNROLL
-      for (int u = 0; u < U; ++u) q[u] = f.coeffs(chs[u]);
-    };
-    if constexpr (F::kInputs == 2) fetch();
-    Pack<T, V> a[U] = {}, b[U] = {};
-    side_t<F, T, V> sd[U] = {};
-    if constexpr (is_masked<F>) {
-      unsigned bits[U];
-      pack_bits<V>(f, at, bits);
-      CUBN_UNROLL
-      for (int u = 0; u < U; ++u)
-        if (whole[u] && bits[u] != 0) load_inputs<F::kInputs>(in0, in1, at[u], a[u], b[u]);
-      if constexpr (F::kInputs == 1) fetch();
-      CUBN_UNROLL
-      for (int u = 0; u < U; ++u)
-        if (whole[u]) emit_valid(f, out, at[u], a[u], b[u], bits[u], [&](int) { return q[u]; });
-    } else {
-      CUBN_UNROLL
-      for (int u = 0; u < U; ++u)
-        if (whole[u]) load_inputs<F::kInputs>(in0, in1, at[u], a[u], b[u]);
-      if constexpr (SideOf<F>::kSided) {
+      for (int u = 0; u < U; ++u) {
+        at[u] = e;
+        chs[u] = ch;
+        whole[u] = s - pos >= V;
+        if constexpr (is_masked<F>) w[u] = {pos, n};
+        advance();
+      }
+      // Two-input maps hold half the packs, and read their coefficients before the loads; one-input
+      // maps after: in both, ptxas then issues every load before it uses one and nothing spills
+      // (bench/sass_report.py, bench/resource_report.py).
+      typename F::Coeffs q[U];
+      const auto fetch = [&] {
+        CUBN_UNROLL
+        for (int u = 0; u < U; ++u) q[u] = f.coeffs(chs[u]);
+      };
+      if constexpr (F::kInputs == 2) fetch();
+      Pack<T, V> a[U] = {}, b[U] = {};
+      [[maybe_unused]] side_t<F, T, V> sd[U] = {};
+      if constexpr (is_masked<F>) {
+        unsigned bits[U];
+        plane_pack_bits<V, decltype(by_lane)::value>(f, at, w, bits);
+        CUBN_UNROLL
+        for (int u = 0; u < U; ++u)
+          if (whole[u] && bits[u] != 0) load_inputs<F::kInputs>(in0, in1, at[u], a[u], b[u]);
+        if constexpr (F::kInputs == 1) fetch();
+        CUBN_UNROLL
+        for (int u = 0; u < U; ++u)
+          if (whole[u]) emit_valid(f, out, at[u], a[u], b[u], bits[u], [&](int) { return q[u]; });
+      } else {
+        CUBN_UNROLL
+        for (int u = 0; u < U; ++u)
+          if (whole[u]) load_inputs<F::kInputs>(in0, in1, at[u], a[u], b[u]);
+        if constexpr (SideOf<F>::kSided) {
+          CUBN_UNROLL
+          for (int u = 0; u < U; ++u) {
+            if (!whole[u]) continue;
+            const std::int64_t one[1] = {at[u]};
+            side_t<F, T, V> s1[1] = {};  // a side the op does not read stays unwritten
+            load_sides<T, V>(f, one, s1);
+            sd[u] = s1[0];
+          }
+        }
+        if constexpr (F::kInputs == 1) fetch();
         CUBN_UNROLL
         for (int u = 0; u < U; ++u) {
           if (!whole[u]) continue;
-          const std::int64_t one[1] = {at[u]};
-          side_t<F, T, V> s1[1] = {};  // a side the op does not read stays unwritten
-          load_sides<T, V>(f, one, s1);
-          sd[u] = s1[0];
+          emit<V>(f, out, at[u], a[u], b[u], sd[u], [&](int) { return q[u]; });
         }
       }
-      if constexpr (F::kInputs == 1) fetch();
-      CUBN_UNROLL
-      for (int u = 0; u < U; ++u) {
-        if (!whole[u]) continue;
-        emit<V>(f, out, at[u], a[u], b[u], sd[u], [&](int) { return q[u]; });
-      }
     }
-  }
+  });
   CUBN_NO_UNROLL
   for (; count > 0; --count) {
     if (s - pos >= V) {
@@ -870,33 +988,110 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
 /// Walks pack column j of the periods first, first + step, ...: visit(at[U]) for U periods at
 /// once while they are whole, then visit(at[1]) for each remaining pack inside the tensor. The
 /// pack's index advances in 64 bits, or in 32 bits where Wide is false (as in walk_plane_tiles).
-template <int U, int V, bool Wide, class Visit>
+template <int U, int V, bool Wide, bool Rows = false, class Visit>
 CUBN_DEVICE void walk_column(const ChannelsLastGeometry& g, std::int64_t j, std::int64_t first,
-                             std::int64_t step, const Visit& visit) {
+                             std::int64_t step, const Visit& visit, std::int64_t positions = 1) {
+  // Rows (masked loops, channels-last): the position (row of C values) of the pack's first value
+  // in its sample and the sample, advancing step periods of lr rows a visit (divisions once per
+  // thread, here); each visit then also gets its packs' PlaneAt
+  [[maybe_unused]] std::uint32_t r = 0, dr = 0;
+  [[maybe_unused]] int n = 0, dn = 0;
+  if constexpr (Rows) {
+    const std::int64_t row = first * g.lr + j * V / g.cols, drow = step * g.lr;
+    n = static_cast<int>(row / positions);
+    r = static_cast<std::uint32_t>(row - n * positions);
+    dn = static_cast<int>(drow / positions);
+    dr = static_cast<std::uint32_t>(drow - dn * positions);
+  }
+  const auto ps = static_cast<std::uint32_t>(positions);
+  const auto next = [&] {
+    if constexpr (Rows) {
+      r += dr;
+      n += dn;
+      if (r >= ps) {
+        r -= ps;
+        ++n;
+      }
+    }
+  };
   const auto walk = [&](auto at, auto dat) {
     std::int64_t q = first;
     while (q + (U - 1) * step < g.full_periods) {
       std::int64_t idx[U];
+      [[maybe_unused]] PlaneAt w[U];
       CUBN_UNROLL
       for (int u = 0; u < U; ++u) {
         idx[u] = static_cast<std::int64_t>(at);
         at += dat;
+        if constexpr (Rows) {
+          w[u] = {r, n};
+          next();
+        }
       }
       q += U * step;
-      visit(idx);
+      if constexpr (Rows) {
+        visit(idx, w);
+      } else {
+        visit(idx);
+      }
     }
     CUBN_NO_UNROLL
-    for (; q < g.periods; q += step, at += dat)
+    for (; q < g.periods; q += step, at += dat) {
       if (static_cast<std::int64_t>(at) + V <= g.numel) {
         const std::int64_t one[1] = {static_cast<std::int64_t>(at)};
-        visit(one);
+        if constexpr (Rows) {
+          const PlaneAt w[1] = {{r, n}};
+          visit(one, w);
+        } else {
+          visit(one);
+        }
       }
+      next();
+    }
   };
   const std::int64_t at = first * g.period + j * V;
   if constexpr (Wide) {
     walk(at, step * g.period);
   } else {
     walk(static_cast<std::uint32_t>(at), static_cast<std::uint32_t>(step * g.period));
+  }
+}
+
+/// A masked op's positions per sample (SeqGeometry::s: walk_column's Rows), 1 for others.
+template <class Op>
+CUBN_DEVICE std::int64_t seq_positions(const Op& op) {
+  if constexpr (is_masked<Op>) {
+    return op.mask.s;
+  } else {
+    return 1;
+  }
+}
+
+/// The valid lanes of a masked op's column packs at `at` (walk_column), from where the walker
+/// says they lie (SeqMask::position_bits: channels-last, C >= V), or lane by lane out of line
+/// (channels-first planes under 2V seen as columns; C under a pack). `off`: the packs' first
+/// value's place among its position's C values.
+template <int V, bool ByLane, class Op, int N, class Where>
+CUBN_DEVICE void column_pack_bits(const Op& op, std::uint32_t off, const std::int64_t (&at)[N],
+                                  const Where (&w)[N], unsigned (&bits)[N]) {
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) {
+    if constexpr (ByLane) {
+      bits[u] = op.mask.template bits_by_lane<V>(at[u]);
+    } else {
+      bits[u] = op.mask.template position_bits<V>(w[u].pos, w[u].n, off);
+    }
+  }
+}
+
+/// Whether a masked op's column packs each meet at most two positions (true for unmasked ops):
+/// channels-last (the period's columns are the mask's C values) with C >= V.
+template <int V, class Op>
+CUBN_DEVICE bool column_rows_fit(const Op& op, const ChannelsLastGeometry& g) {
+  if constexpr (is_masked<Op>) {
+    return op.mask.inner == g.cols && op.mask.packs_of(V);
+  } else {
+    return true;
   }
 }
 
@@ -912,17 +1107,25 @@ CUBN_DEVICE ColumnTail column_tail(const ChannelsLastGeometry& g) {
           static_cast<unsigned>(g.d)};
 }
 
-/// A masked reduction's fold of the column packs at `at` into slot columns (SlotColumns: a count
-/// per slot): all at once when every lane is valid (as the unmasked loop folds them, bit for bit),
-/// else whole packs one by one and partly padded packs lane by lane (channels-last rows of C not a
-/// multiple of V, channels-first planes under 2V run as columns).
+/// A masked reduction's fold of the column packs at `at`, with valid lanes `bits`, into slot
+/// columns (SlotColumns: a count per slot). Sums (zero_padded): padded lanes zeroed, then as the
+/// unmasked loop folds them. Others: all at once when every lane is valid (as the unmasked loop
+/// folds them, bit for bit), else whole packs one by one and partly padded packs lane by lane (time
+/// steps of C values not a multiple of V, channels-first rows under 2V run as columns).
 template <int V, class R, class L, class Cst, class T, int N>
 CUBN_DEVICE void absorb_valid_columns(const R& op, L& l, const Cst& cst, const T* in0, const T* in1,
-                                      const std::int64_t (&at)[N], Pack<T, V> (&a)[N],
-                                      Pack<T, V> (&b)[N]) {
-  unsigned bits[N];
-  pack_bits<V>(op, at, bits);
+                                      const std::int64_t (&at)[N], const unsigned (&bits)[N],
+                                      Pack<T, V> (&a)[N], Pack<T, V> (&b)[N]) {
   load_valid_packs<R::kInputs>(in0, in1, at, bits, a, b);
+  if constexpr (zero_padded<R>) {
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u) {
+      a[u] = keep_lanes(a[u], bits[u]);
+      b[u] = keep_lanes(b[u], bits[u]);
+    }
+    op.absorb_slot_columns(l, cst, a, b);
+    return;
+  }
   bool all = true;
   CUBN_UNROLL
   for (int u = 0; u < N; ++u) all = all && bits[u] == kAllLanes<V>;
@@ -975,18 +1178,26 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
   __syncthreads();
   if (j0 < g.period_packs) {
     const auto cst = [&](int k) { return typename R::Channel(chan[opaque(t0.tx * V) + k]); };
-    walk_column<U, V, Wide>(g, j0, split * t0.by + t0.ty, splits * t0.by, [&](const auto& at) {
-      constexpr int N = packs_in<decltype(at)>;
-      Pack<T, V> a[N], b[N];
-      if constexpr (is_masked<R>) {
-        absorb_valid_columns<V>(op, l, cst, in0, in1, at, a, b);
-      } else {
-        load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
-        side_t<R, T, V> s[N];
-        load_sides<T, V>(op, at, s);
-        absorb_columns(op, l, cst, a, b, s);
-      }
-      src.keep(a, b);
+    [[maybe_unused]] const auto off = static_cast<std::uint32_t>(j0 * V % g.cols);
+    rows_or_lanes<R>(column_rows_fit<V>(op, g), [&](auto by_lane) {
+      walk_column<U, V, Wide, is_masked<R>>(
+          g, j0, split * t0.by + t0.ty, splits * t0.by,
+          [&](const auto& at, const auto&... where) {
+            constexpr int N = packs_in<decltype(at)>;
+            Pack<T, V> a[N], b[N];
+            if constexpr (is_masked<R>) {
+              unsigned bits[N];
+              column_pack_bits<V, decltype(by_lane)::value>(op, off, at, where..., bits);
+              absorb_valid_columns<V>(op, l, cst, in0, in1, at, bits, a, b);
+            } else {
+              load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
+              side_t<R, T, V> s[N];
+              load_sides<T, V>(op, at, s);
+              absorb_columns(op, l, cst, a, b, s);
+            }
+            src.keep(a, b);
+          },
+          seq_positions(op));
     });
   }
   // the thread's coordinates again, recomputed rather than held through the loop
@@ -1078,22 +1289,28 @@ CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out, const Chan
     // read from shared memory at each use: V slots' coefficients held in registers across the
     // loop would crowd out the packs in flight
     const auto q = [&](int k) { return Coeffs(table[opaque(tt.tx * V) + k]); };
-    walk_column<U, V, Wide>(g, j, split * tt.by + tt.ty, splits * tt.by, [&](const auto& at) {
-      constexpr int N = packs_in<decltype(at)>;
-      Pack<T, V> a[N], b[N];
-      if constexpr (is_masked<F>) {  // never persistent (host/plan.cpp): src is global memory
-        unsigned bits[N];
-        pack_bits<V>(f, at, bits);
-        load_valid_packs<F::kInputs>(in0, in1, at, bits, a, b);
-        CUBN_UNROLL
-        for (int u = 0; u < N; ++u) emit_valid(f, out, at[u], a[u], b[u], bits[u], q);
-        return;
-      }
-      src.fetch(in0, in1, at, a, b);
-      side_t<F, T, V> s[N];
-      load_sides<T, V>(f, at, s);
-      CUBN_UNROLL
-      for (int u = 0; u < N; ++u) emit<V>(f, out, at[u], a[u], b[u], s[u], q);
+    [[maybe_unused]] const auto off = static_cast<std::uint32_t>(j * V % g.cols);
+    rows_or_lanes<F>(column_rows_fit<V>(f, g), [&](auto by_lane) {
+      walk_column<U, V, Wide, is_masked<F>>(
+          g, j, split * tt.by + tt.ty, splits * tt.by,
+          [&](const auto& at, const auto&... where) {
+            constexpr int N = packs_in<decltype(at)>;
+            Pack<T, V> a[N], b[N];
+            if constexpr (is_masked<F>) {  // never persistent (host/plan.cpp): src is global memory
+              unsigned bits[N];
+              column_pack_bits<V, decltype(by_lane)::value>(f, off, at, where..., bits);
+              load_valid_packs<F::kInputs>(in0, in1, at, bits, a, b);
+              CUBN_UNROLL
+              for (int u = 0; u < N; ++u) emit_valid(f, out, at[u], a[u], b[u], bits[u], q);
+              return;
+            }
+            src.fetch(in0, in1, at, a, b);
+            side_t<F, T, V> s[N];
+            load_sides<T, V>(f, at, s);
+            CUBN_UNROLL
+            for (int u = 0; u < N; ++u) emit<V>(f, out, at[u], a[u], b[u], s[u], q);
+          },
+          seq_positions(f));
     });
   }
 }

@@ -178,17 +178,15 @@ struct PersistentGeometry {
 /// (a 64-bit division is a subroutine of about 70 instructions on the GPU): q = hi64(2n * m) >> l
 /// with l = ceil(log2 d) and m = ceil(2^(63+l) / d), which fits 64 bits (Granlund and Montgomery's
 /// round-up method: 0 <= m d - 2^(63+l) < d <= 2^l, so q = floor(n / d) exactly for every
-/// n < 2^63). lengths.cuh quotient() divides; tests/lengths_test.cpp checks it against `/`.
+/// n < 2^63). lengths.cuh quotient() divides; tests/plan_test.cpp checks it against `/`.
 struct FastDivisor {
   __extension__ typedef unsigned __int128 Wide;  // GCC's, clang's and nvcc's 128-bit integer
 
-  std::uint64_t d = 1;
   std::uint64_t m = std::uint64_t{1} << 63;
   int l = 0;
 
   static constexpr FastDivisor of(std::uint64_t divisor) {
     FastDivisor f;
-    f.d = divisor;
     f.l = 0;
     while (f.l < 64 && (std::uint64_t{1} << f.l) < divisor) ++f.l;
     const Wide two = static_cast<Wide>(1) << (63 + f.l);
@@ -202,8 +200,35 @@ struct FastDivisor {
   }
 };
 
+/// FastDivisor's method in 32 bits, for n in [0, 2^31): q = hi32(2n * m) >> l with l = ceil(log2 d)
+/// and m = ceil(2^(31+l) / d) < 2^32 (d > 2^(l-1)); exact because n d < 2^(31+l). Three
+/// instructions where FastDivisor takes about eleven (a 64-bit high product): the masked loops'
+/// time step within a sample's row (lengths.cuh).
+struct FastDivisor32 {
+  std::uint32_t m = std::uint32_t{1} << 31;
+  int l = 0;
+
+  static constexpr FastDivisor32 of(std::uint32_t divisor) {
+    FastDivisor32 f;
+    f.l = 0;
+    while (f.l < 32 && (std::uint64_t{1} << f.l) < divisor) ++f.l;
+    const std::uint64_t two = std::uint64_t{1} << (31 + f.l);
+    f.m = static_cast<std::uint32_t>((two + divisor - 1) / divisor);
+    return f;
+  }
+  /// floor(n / d) for n in [0, 2^31) (the GPU's quotient takes the high half with __umulhi).
+  constexpr std::uint32_t divide(std::uint32_t n) const {
+    return static_cast<std::uint32_t>((static_cast<std::uint64_t>(n << 1) * m) >> 32) >> l;
+  }
+};
+
+/// Samples and positions per sample a variable-length batch may have: the masked loops count
+/// samples, time steps and a sample's positions in 32 bits (host/call_checks.cpp refuses more).
+constexpr std::int64_t kMaxSeqIndex = 0x7fffffff;
+
 /// A variable-length batch (cubn::Lengths) as the kernels see it (lengths.cuh SeqMask): element e
-/// is of row e / inner, sample row / rows and time step row % l, valid below the sample's length.
+/// is of time step row = e / inner, at time t = row % l of row-of-l rl = row / l, of sample
+/// rl / rows; valid below the sample's length.
 struct SeqGeometry {
   const void* lengths = nullptr;  ///< N lengths, int32 or int64; null: no mask
   bool wide = false;              ///< int64 lengths
@@ -213,9 +238,40 @@ struct SeqGeometry {
   std::int64_t l = 1;             ///< the time axis' extent
   std::int64_t n = 0;             ///< samples
   std::int64_t per_step = 1;      ///< S / L: a channel's elements per time step of a sample
+  std::int64_t rows = 1;          ///< rows of l time steps per sample: sample / (inner * l)
+  std::int64_t s = 1;             ///< a channel's positions per sample: S = per_step * l
   FastDivisor by_inner;           ///< inner
   FastDivisor by_l;               ///< l
-  FastDivisor by_rows;            ///< rows of `inner` elements per sample: sample / inner
+  FastDivisor by_rows;            ///< rows
+  FastDivisor32 by_l32;           ///< l, for time steps within a sample (< 2^31)
+  FastDivisor32 by_step32;        ///< per_step, for a channels-first plane's samples (C = 1)
+
+  /// The mask of N samples of C channels, S positions each (of which the last axis, l, is time),
+  /// channels-first or -last.
+  static constexpr SeqGeometry of(const void* lengths, bool wide, bool zero, std::int64_t n,
+                                  std::int64_t c, std::int64_t s, std::int64_t l,
+                                  bool channels_last) {
+    SeqGeometry g;
+    g.lengths = lengths;
+    g.wide = wide;
+    g.zero = zero;
+    g.n = n;
+    g.l = l;
+    g.sample = c * s;
+    g.inner = channels_last ? c : 1;
+    g.per_step = s / l;
+    g.rows = g.sample / (g.inner * l);
+    g.s = s;
+    g.by_l32 = FastDivisor32::of(static_cast<std::uint32_t>(l));
+    g.by_step32 = FastDivisor32::of(static_cast<std::uint32_t>(g.per_step));
+    g.by_inner = FastDivisor::of(static_cast<std::uint64_t>(g.inner));
+    g.by_l = FastDivisor::of(static_cast<std::uint64_t>(l));
+    g.by_rows = FastDivisor::of(static_cast<std::uint64_t>(g.rows));
+    return g;
+  }
+  /// Whether every V-element pack meets at most two rows (channels-first rows of l, channels-last
+  /// time steps of C values, at least V long): lengths.cuh SeqMask::bits' common case.
+  constexpr bool packs_of(int v) const { return (inner == 1 ? l : inner) >= v; }
 };
 
 /// Bytes of one WelfordState<Acc> (int64 count, Acc mean, Acc M2): lets host-only code size

@@ -10,9 +10,12 @@
 /// straddle. The divisions are multiplications by the launch's FastDivisors (geometry.hpp).
 ///
 /// Masked loops are compile-time variants (an op is masked when it is a Masked<Op>): the unmasked
-/// kernels do not change. A masked loop computes each pack's valid lanes before loading it, loads
-/// only packs with a valid lane, folds whole packs as the unmasked loop does (so all lengths = L
-/// gives the unmasked call's results bit for bit) and partial packs lane by lane.
+/// kernels do not change. A masked loop computes each pack's valid lanes before loading it (from
+/// where its walker says the pack lies: plane_bits, position_bits; no division per pack), loads
+/// only packs with a valid lane, and folds and writes whole packs as the unmasked loop does (so
+/// all lengths = L gives the unmasked call's results bit for bit): sums take the padded lanes as
+/// zeros, maps select per lane what they store. Welford's statistics alone fold partial packs lane
+/// by lane (a zero would be a value).
 #pragma once
 
 #include <cstdint>
@@ -26,7 +29,7 @@ namespace cubn::kernels {
 /// The valid elements of a padded tensor (see the file comment; the fields: geometry.hpp's
 /// SeqGeometry, which host/ fills).
 struct SeqMask : SeqGeometry {
-  /// floor(n / f.d) for n in [0, 2^63) (geometry.hpp FastDivisor).
+  /// floor(n / f's divisor) for n in [0, 2^63) (geometry.hpp FastDivisor).
   CUBN_DEVICE static std::int64_t quotient(const FastDivisor& f, std::int64_t n) {
 #if defined(__CUDA_ARCH__)
     const auto twice = static_cast<std::uint64_t>(n) << 1;
@@ -41,35 +44,116 @@ struct SeqMask : SeqGeometry {
                                 : static_cast<const std::int32_t*>(lengths)[i];
     return v < 0 ? 0 : (v > l ? l : v);
   }
-  /// Whether the element at time step t of row `row` is valid.
-  CUBN_DEVICE bool valid_row(std::int64_t row, std::int64_t t) const {
-    return t < length(quotient(by_rows, row));
-  }
   /// Whether element e is valid.
   CUBN_DEVICE bool valid(std::int64_t e) const {
-    const std::int64_t row = quotient(by_inner, e);
-    return valid_row(row, row - quotient(by_l, row) * l);
+    const std::int64_t row = quotient(by_inner, e), rl = quotient(by_l, row);
+    return row - rl * l < length(quotient(by_rows, rl));
   }
-  /// The valid lanes of the V-element pack at element `at` (bit k: element at + k). One row of
-  /// the time axis per pack is the common case: channels-first packs within a row of L, and
-  /// channels-last packs within a time step's C values. No division: quotient() by the launch's
-  /// divisors.
+  /// floor(n / f's divisor) for n in [0, 2^31) (geometry.hpp FastDivisor32).
+  CUBN_DEVICE static std::uint32_t quotient32(const FastDivisor32& f, std::uint32_t n) {
+#if defined(__CUDA_ARCH__)
+    return __umulhi(n << 1, f.m) >> f.l;
+#else
+    return f.divide(n);
+#endif
+  }
+  /// Lanes [0, k) of a V-lane pack (k clamped to [0, V]).
+  template <int V, class I>
+  CUBN_DEVICE static unsigned first_lanes(I k) {
+    const int v = k <= 0 ? 0 : (k >= V ? V : static_cast<int>(k));
+    return (1u << v) - 1u;
+  }
+  /// Sample i's length, clamped to [0, L], as an int (L < 2^31: geometry.hpp kMaxSeqIndex).
+  CUBN_DEVICE int length32(int i) const { return static_cast<int>(length(i)); }
+  /// The valid lanes of the V-element pack at position `pos` (< 2^31) of a channels-first plane
+  /// that starts sample `n` (the plane walkers' packs, inside the plane), rows of l at least V
+  /// long (packs_of(V)): lanes [0, length - t) of its row (t = pos % l) and, where it runs into
+  /// the next row, lanes [l - t, l - t + length). A plane holds one sample's S positions, or, for
+  /// C = 1 (host/problem.cpp makes the one channel one plane), every sample's: its row's sample is
+  /// n + row / per_step, and its last row is followed by the next sample's first. No division:
+  /// two 32-bit quotients, one length load (two where the pack runs into the next sample).
   template <int V>
-  CUBN_DEVICE unsigned bits(std::int64_t at) const {
-    constexpr unsigned kAll = V == 32 ? ~0u : (1u << V) - 1u;
-    const std::int64_t row = quotient(by_inner, at), t = row - quotient(by_l, row) * l;
-    if (inner == 1) {
-      if (t + V <= l) {  // one row: lanes [0, length - t) are valid
-        const std::int64_t valid = length(quotient(by_rows, row)) - t;
-        return valid >= V ? kAll : valid <= 0 ? 0u : (1u << valid) - 1u;
-      }
-    } else if (at - row * inner + V <= inner) {  // one time step
-      return valid_row(row, t) ? kAll : 0u;
+  CUBN_DEVICE unsigned plane_bits(std::uint32_t pos, int n) const {
+    constexpr unsigned kAll = (1u << V) - 1u;
+    const auto lw = static_cast<std::uint32_t>(l);
+    const std::uint32_t row = quotient32(by_l32, pos), t = pos - row * lw;
+    const std::uint32_t q = quotient32(by_step32, row);
+    const int sample = n + static_cast<int>(q);
+    const int len = length32(sample);
+    unsigned b = first_lanes<V>(len - static_cast<int>(t));
+    if (t + V > lw) {
+      const bool last = row - q * static_cast<std::uint32_t>(per_step) + 1 ==
+                        static_cast<std::uint32_t>(per_step);
+      b |= (first_lanes<V>(last ? length32(sample + 1) : len) << (lw - t)) & kAll;
     }
+    return b;
+  }
+  /// The valid lanes of a V-element pack of a channels-last tensor (inner = C >= V values per
+  /// position) whose first lane is value `off` of position `r` (< S) of sample `n`: all or none
+  /// (the position's time step t = r % l against the length), and where it runs past the
+  /// position's C values, the next position's (the next sample's first where r is the last).
+  template <int V>
+  CUBN_DEVICE unsigned position_bits(std::uint32_t r, int n, std::uint32_t off) const {
+    constexpr unsigned kAll = (1u << V) - 1u;
+    const auto lw = static_cast<std::uint32_t>(l), cw = static_cast<std::uint32_t>(inner);
+    const std::uint32_t t = r - quotient32(by_l32, r) * lw;
+    const int len = length32(n);
+    unsigned b = static_cast<int>(t) < len ? kAll : 0u;
+    if (off + V > cw) {
+      const unsigned head = first_lanes<V>(cw - off);
+      bool next;
+      if (r + 1 == static_cast<std::uint32_t>(s)) {
+        next = length32(n + 1) > 0;  // n + 1 < N: the pack lies inside the tensor
+      } else {
+        next = t + 1 == lw ? len > 0 : static_cast<int>(t) + 1 < len;
+      }
+      b = (b & head) | (next ? kAll & ~head : 0u);
+    }
+    return b;
+  }
+  /// bits() lane by lane, out of line: for rows shorter than a pack (channels-first L under V,
+  /// channels-last C under V), where a pack may meet any number of rows and samples. The loops
+  /// call it (a CALL, bench/sass_report.py's calls column) instead of holding V lanes' divisions.
+  template <int V>
+  CUBN_DEVICE_NOINLINE unsigned bits_by_lane(std::int64_t at) const {
     unsigned b = 0;
-    CUBN_UNROLL
+    CUBN_NO_UNROLL
     for (int k = 0; k < V; ++k) b |= (valid(at + k) ? 1u : 0u) << k;
     return b;
+  }
+  /// The valid lanes of the V-element pack at element `at` (bit k: element at + k). Where a
+  /// pack meets at most two rows (SeqGeometry::packs_of), without a loop over its lanes:
+  /// channels-first, a row of L holds a prefix of valid lanes (from the row's time step t:
+  /// length - t of them), and so does the next row (from t = 0: its sample's length);
+  /// channels-last, a time step's C values are all valid or all padded, and so are the next
+  /// one's. No division: three quotient()s by the launch's divisors, one or two length loads.
+  template <int V>
+  CUBN_DEVICE unsigned bits(std::int64_t at) const {
+    if constexpr (V == 1) {
+      return valid(at) ? 1u : 0u;
+    } else {
+      if (!packs_of(V)) return bits_by_lane<V>(at);
+      constexpr unsigned kAll = (1u << V) - 1u;
+      const std::int64_t row = quotient(by_inner, at), rl = quotient(by_l, row);
+      const std::int64_t t = row - rl * l, sample = quotient(by_rows, rl);
+      const std::int64_t len = length(sample);
+      // the sample of the next row of l (the last row of a sample is followed by the next's)
+      const auto next_sample = [&] { return rl + 1 - sample * rows == rows ? sample + 1 : sample; };
+      if (inner == 1) {
+        unsigned b = first_lanes<V>(len - t);
+        if (t + V > l)  // the last lanes start the next row (l >= V: no third)
+          b |= (first_lanes<V>(length(next_sample())) << (l - t)) & kAll;
+        return b;
+      }
+      const std::int64_t off = at - row * inner;
+      unsigned b = t < len ? kAll : 0u;
+      if (off + V > inner) {  // the last lanes are the next time step's (inner >= V: no third)
+        const unsigned head = first_lanes<V>(inner - off);
+        const bool next = t + 1 < l ? t + 1 < len : length(next_sample()) > 0;
+        b = (b & head) | (next ? kAll & ~head : 0u);
+      }
+      return b;
+    }
   }
   /// The first sample with a valid position (N when there is none).
   CUBN_DEVICE std::int64_t first_valid_sample() const {

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -77,15 +78,8 @@ TEST(Plan, LengthsMaskPastTwoToTheThirtyOne) {
   const std::vector<std::int32_t> lengths{20003, 7, 12345};
   for (const bool channels_last : {false, true}) {
     kernels::SeqMask m;
-    m.lengths = lengths.data();
-    m.n = n;
-    m.l = l;
-    m.sample = c * l;
-    m.inner = channels_last ? c : 1;
-    m.per_step = 1;
-    m.by_inner = kernels::FastDivisor::of(static_cast<std::uint64_t>(m.inner));
-    m.by_l = kernels::FastDivisor::of(static_cast<std::uint64_t>(l));
-    m.by_rows = kernels::FastDivisor::of(static_cast<std::uint64_t>(m.sample / m.inner));
+    static_cast<kernels::SeqGeometry&>(m) =
+        kernels::SeqGeometry::of(lengths.data(), false, true, n, c, l, l, channels_last);
     const auto valid = [&](std::int64_t e) {
       return (e / m.inner) % l < lengths[static_cast<std::size_t>(e / m.sample)];
     };
@@ -103,6 +97,77 @@ TEST(Plan, LengthsMaskPastTwoToTheThirtyOne) {
     }
     EXPECT_GT(packs, 1000);
   }
+}
+
+// SeqMask's pack bits against the definition at every pack offset of small tensors: both memory
+// orders, ranks 3 to 5 (time the last axis); rows of exactly a pack and over it by 1 to 13 (a
+// pack meets two rows: no loop over lanes), and rows under a pack (the out-of-line lane-by-lane
+// path), channels-first L and channels-last C alike; lengths 0, 1, L - 1, L and between, int32
+// and int64, and out of [0, L] (clamped). So are the walkers' queries (plane_bits, position_bits),
+// which see a pack by where it lies instead of by its index.
+TEST(Plan, LengthsMaskBitsMatchTheDefinition) {
+  constexpr int kV = 8;
+  int packs = 0;
+  for (const bool channels_last : {false, true})
+    for (const std::int64_t c : {1, 3, 8, 11}) {
+      for (const std::int64_t l : {1, 3, 8, 9, 13, 16, 21}) {
+        for (const std::int64_t h : {1, 2, 3}) {  // S = h * l: rank 3 (h = 1) and over
+          const std::int64_t s = h * l, n = 5;
+          const std::vector<std::int64_t> len{0, l, 1, l - 1, l / 2 + 1};
+          const std::vector<std::int32_t> narrow{-4, 1, static_cast<std::int32_t>(l + 7),
+                                                 static_cast<std::int32_t>(l - 1), 3};
+          for (const bool wide : {true, false}) {
+            kernels::SeqMask m;
+            const void* ptr = wide ? static_cast<const void*>(len.data()) : narrow.data();
+            static_cast<kernels::SeqGeometry&>(m) =
+                kernels::SeqGeometry::of(ptr, wide, true, n, c, s, l, channels_last);
+            const auto valid = [&](std::int64_t e) {
+              const std::int64_t sample = e / (c * s);
+              const std::int64_t t = channels_last ? (e % (c * s)) / c % l : e % l;
+              std::int64_t v = wide ? len[static_cast<std::size_t>(sample)]
+                                    : narrow[static_cast<std::size_t>(sample)];
+              v = std::min(std::max<std::int64_t>(v, 0), l);
+              return t < v;
+            };
+            for (std::int64_t at = 0; at + kV <= n * c * s; ++at) {
+              unsigned want = 0;
+              for (int k = 0; k < kV; ++k) want |= (valid(at + k) ? 1u : 0u) << k;
+              ASSERT_EQ(m.bits<kV>(at), want)
+                  << (channels_last ? "channels-last" : "channels-first") << " C " << c << " L "
+                  << l << " S " << s << (wide ? " int64" : " int32") << " pack at " << at;
+              ASSERT_EQ(m.valid(at), valid(at)) << at;
+              ++packs;
+              if (!m.packs_of(kV)) continue;
+              // what the walkers ask: channels-first, by position in the plane (of sample n) the
+              // pack lies inside; C = 1 also as one plane of every sample (host/problem.cpp);
+              // channels-last (C >= V), by position r in sample n and value off of the position
+              const auto where = [&] { return std::to_string(at); };
+              if (m.inner == 1) {  // channels-first, or C = 1 (the same memory)
+                const std::int64_t pos = at % s, plane = at / s;
+                if (pos + kV <= s) {
+                  ASSERT_EQ(m.plane_bits<kV>(static_cast<std::uint32_t>(pos),
+                                             static_cast<int>(plane / c)),
+                            want)
+                      << "plane of C " << c << " L " << l << " S " << s << " at " << where();
+                }
+                if (c == 1) {
+                  ASSERT_EQ(m.plane_bits<kV>(static_cast<std::uint32_t>(at), 0), want)
+                      << "one plane of L " << l << " S " << s << " at " << where();
+                }
+              } else {
+                const std::int64_t r = at % (c * s) / c;
+                ASSERT_EQ(m.position_bits<kV>(static_cast<std::uint32_t>(r),
+                                              static_cast<int>(at / (c * s)),
+                                              static_cast<std::uint32_t>(at % c)),
+                          want)
+                    << "position of C " << c << " L " << l << " S " << s << " at " << where();
+              }
+            }
+          }
+        }
+      }
+    }
+  EXPECT_GT(packs, 10000);
 }
 
 TEST(Plan, CanonicalizationFoldsDegenerateOrders) {
