@@ -128,6 +128,14 @@ kernels::SeqGeometry checked_lengths(
     fail(Status::kInvalidArgument, call,
          "args.lengths is given but x_desc has rank 2 (N, C): lengths count positions along the "
          "last spatial (time) axis, which needs rank 3 to 5");
+  std::int64_t positions = 1;  // a channel's positions per sample
+  for (int i = 2; i < desc.rank; ++i) positions *= desc.dims[i];
+  if (desc.dims[0] > kernels::kMaxSeqIndex || positions > kernels::kMaxSeqIndex)
+    fail(Status::kSizeOverflow, call,
+         "args.lengths is given for " + std::to_string(desc.dims[0]) + " samples of " +
+             std::to_string(positions) +
+             " positions per channel; variable-length batches take at most 2^31 - 1 of each "
+             "(the masked loops count them in 32 bits)");
   if (activation != Activation::kNone || residual != nullptr)
     fail(Status::kInvalidArgument, call,
          "args.lengths with a fused activation or residual is not supported yet; run the "

@@ -625,6 +625,17 @@ TEST(LengthsErrors, BadLengthsArgumentsAreRefusedNamingTheArgument) {
   }
   expect(a, Status::kInvalidArgument, "rank 2",
          make_desc(DataType::kFloat32, MemoryOrder::kChannelsFirst, {2, 24}));
+  // N or S past 32 bits (shape arithmetic, in place so that no overlap check comes first:
+  // refused before anything is read or written)
+  for (const Dims& big : std::vector<Dims>{
+           {std::int64_t{1} << 31, 2, 3}, {2, 2, std::int64_t{1} << 31}, {2, 2, 65536, 32768}}) {
+    expect_error_and_no_writes(
+        [&] {
+          forward_training(make_desc(DataType::kFloat32, MemoryOrder::kChannelsLast, big), y.data(),
+                           y.data(), a, {ws.data(), ws.bytes()}, nullptr);
+        },
+        Status::kSizeOverflow, "at most 2^31 - 1", {&y.bytes()});
+  }
   {
     TrainingForwardArgs<float> b = a;
     b.epilogue.residual = z.data();

@@ -185,6 +185,7 @@ enum class Padding { kZero, kUntouched };
 /// each is clamped to [0, L] where it is read, so a length outside it reads and writes nothing out
 /// of bounds. A channel with no valid position (M = 0) gets mean 0 and invstd 1 / sqrt(epsilon);
 /// with M < 2 the running variance is left as it was (its unbiased estimate is undefined).
+/// N and a channel's positions per sample (S) must each be at most 2^31 - 1 (kSizeOverflow).
 /// Not taken yet: a fused activation or residual, and the split-phase calls; the persistent path
 /// is not used for these calls.
 struct Lengths {
