@@ -30,6 +30,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "block_reduce.cuh"
@@ -253,19 +254,31 @@ CUBN_DEVICE void load_valid_packs(const T* in0, const T* in1, const std::int64_t
                                   Pack<T, V> (&b)[N]) {
   CUBN_UNROLL
   for (int u = 0; u < N; ++u) {
-    a[u] = Pack<T, V>{};
-    b[u] = Pack<T, V>{};
-    if (bits[u] != 0) load_inputs<Inputs>(in0, in1, at[u], a[u], b[u]);
+    a[u] = load_pack_if<V>(in0 + at[u], bits[u] != 0);
+    b[u] = Inputs == 2 ? load_pack_if<V>(in1 + at[u], bits[u] != 0) : a[u];
   }
 }
 
 /// The pack with its lanes outside `bits` zero (a select per lane: a padded lane may hold NaN).
+/// 16-bit elements: an AND of each 32-bit word (two lanes) with its lanes' mask (+0 is all zero
+/// bits in fp16 and bf16), not a select and a merge per lane.
 template <class T, int V>
 CUBN_DEVICE Pack<T, V> keep_lanes(const Pack<T, V>& p, unsigned bits) {
   Pack<T, V> o;
-  const T zero = from_acc<T>(acc_t<T>(0));
-  CUBN_UNROLL
-  for (int k = 0; k < V; ++k) o.v[k] = ((bits >> k) & 1u) != 0 ? p.v[k] : zero;
+  if constexpr (sizeof(T) == 2 && V % 2 == 0) {
+    std::uint32_t w[V / 2];
+    std::memcpy(w, &p, sizeof w);
+    CUBN_UNROLL
+    for (int i = 0; i < V / 2; ++i) {
+      const unsigned two = bits >> (2 * i);
+      w[i] &= ((two & 1u) != 0 ? 0x0000ffffu : 0u) | ((two & 2u) != 0 ? 0xffff0000u : 0u);
+    }
+    std::memcpy(static_cast<void*>(&o), w, sizeof w);
+  } else {
+    const T zero = from_acc<T>(acc_t<T>(0));
+    CUBN_UNROLL
+    for (int k = 0; k < V; ++k) o.v[k] = ((bits >> k) & 1u) != 0 ? p.v[k] : zero;
+  }
   return o;
 }
 
@@ -927,8 +940,10 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
         unsigned bits[U];
         plane_pack_bits<V, decltype(by_lane)::value>(f, at, w, bits);
         CUBN_UNROLL
-        for (int u = 0; u < U; ++u)
-          if (whole[u] && bits[u] != 0) load_inputs<F::kInputs>(in0, in1, at[u], a[u], b[u]);
+        for (int u = 0; u < U; ++u) {
+          a[u] = load_pack_if<V>(in0 + at[u], whole[u] && bits[u] != 0);
+          b[u] = F::kInputs == 2 ? load_pack_if<V>(in1 + at[u], whole[u] && bits[u] != 0) : a[u];
+        }
         if constexpr (F::kInputs == 1) fetch();
         CUBN_UNROLL
         for (int u = 0; u < U; ++u)

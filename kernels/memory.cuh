@@ -60,6 +60,26 @@ CUBN_DEVICE Pack<T, V> load_pack(const T* p) {
 #endif
 }
 
+/// load_pack(p) where `take`, else zeros, without reading. A 16-byte pack is loaded as four 32-bit
+/// words into zeroed registers (one predicated load): the select of a pack of 16-bit elements
+/// would otherwise merge element by element (a PRMT each, bench/sass_report.py).
+template <int V, class T>
+CUBN_DEVICE Pack<T, V> load_pack_if(const T* p, bool take) {
+  Pack<T, V> r{};
+#if defined(CUBN_SIM)
+  if (take) r = load_pack<V>(p);
+#else
+  if constexpr (sizeof(Pack<T, V>) == 16) {
+    uint4 w = make_uint4(0, 0, 0, 0);
+    if (take) w = *reinterpret_cast<const uint4*>(p);
+    std::memcpy(static_cast<void*>(&r), &w, sizeof r);
+  } else {
+    if (take) r = load_pack<V>(p);
+  }
+#endif
+  return r;
+}
+
 /// Stores V consecutive elements to p, which must be aligned to sizeof(T) * V.
 template <int V, class T>
 CUBN_DEVICE void store_pack(T* p, const Pack<T, V>& v) {
