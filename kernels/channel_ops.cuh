@@ -938,7 +938,15 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
       [[maybe_unused]] side_t<F, T, V> sd[U] = {};
       if constexpr (is_masked<F>) {
         unsigned bits[U];
-        plane_pack_bits<V, decltype(by_lane)::value>(f, at, w, bits);
+        CUBN_UNROLL
+        for (int u = 0; u < U; ++u) {  // a pack across a plane boundary is not asked about: the
+          // next row may be past the last sample (its length past the array's end)
+          const std::int64_t one[1] = {at[u]};
+          const PlaneAt where[1] = {w[u]};
+          unsigned b[1] = {0};
+          if (whole[u]) plane_pack_bits<V, decltype(by_lane)::value>(f, one, where, b);
+          bits[u] = b[0];
+        }
         CUBN_UNROLL
         for (int u = 0; u < U; ++u) {
           a[u] = load_pack_if<V>(in0 + at[u], whole[u] && bits[u] != 0);
