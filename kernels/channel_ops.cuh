@@ -282,6 +282,26 @@ CUBN_DEVICE Pack<T, V> keep_lanes(const Pack<T, V>& p, unsigned bits) {
   return o;
 }
 
+/// The padded lanes (outside `bits`) of both inputs' packs zeroed: a zero_padded reduction's fold.
+template <class T, int V, int N>
+CUBN_DEVICE void zero_padded_lanes(Pack<T, V> (&a)[N], Pack<T, V> (&b)[N],
+                                   const unsigned (&bits)[N]) {
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) {
+    a[u] = keep_lanes(a[u], bits[u]);
+    b[u] = keep_lanes(b[u], bits[u]);
+  }
+}
+
+/// Whether every lane of the N packs is valid.
+template <int V, int N>
+CUBN_DEVICE bool all_lanes(const unsigned (&bits)[N]) {
+  bool all = true;
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) all = all && bits[u] == kAllLanes<V>;
+  return all;
+}
+
 /// Whether reduction R's padded lanes may be folded as zeros in both inputs (it declares
 /// kZeroPadded: sums, where a lane of zeros adds nothing, GradSumOp); else a masked loop folds
 /// partly padded packs lane by lane (WelfordOp, whose counts a zero would change).
@@ -299,17 +319,10 @@ template <class R, class L, class C, class T, int V, int N>
 CUBN_DEVICE void absorb_valid(const R& op, L& l, const C& cst, Pack<T, V> (&a)[N],
                               Pack<T, V> (&b)[N], const unsigned (&bits)[N]) {
   if constexpr (zero_padded<R>) {
-    CUBN_UNROLL
-    for (int u = 0; u < N; ++u) {
-      a[u] = keep_lanes(a[u], bits[u]);
-      b[u] = keep_lanes(b[u], bits[u]);
-    }
+    zero_padded_lanes(a, b, bits);
     op.absorb_packs(l, cst, a, b);
   } else {
-    bool all = true;
-    CUBN_UNROLL
-    for (int u = 0; u < N; ++u) all = all && bits[u] == kAllLanes<V>;
-    if (all) {
+    if (all_lanes<V>(bits)) {
       op.absorb_packs(l, cst, a, b);
       return;
     }
@@ -1141,18 +1154,11 @@ CUBN_DEVICE void absorb_valid_columns(const R& op, L& l, const Cst& cst, const T
                                       Pack<T, V> (&a)[N], Pack<T, V> (&b)[N]) {
   load_valid_packs<R::kInputs>(in0, in1, at, bits, a, b);
   if constexpr (zero_padded<R>) {
-    CUBN_UNROLL
-    for (int u = 0; u < N; ++u) {
-      a[u] = keep_lanes(a[u], bits[u]);
-      b[u] = keep_lanes(b[u], bits[u]);
-    }
+    zero_padded_lanes(a, b, bits);
     op.absorb_slot_columns(l, cst, a, b);
     return;
   }
-  bool all = true;
-  CUBN_UNROLL
-  for (int u = 0; u < N; ++u) all = all && bits[u] == kAllLanes<V>;
-  if (all) {
+  if (all_lanes<V>(bits)) {
     op.absorb_slot_columns(l, cst, a, b);
     return;
   }
