@@ -5,6 +5,7 @@
 // both), and fibers need no ThreadSanitizer, since a block never runs on two host threads.
 // Cooperative launches run each block on a host thread of its own (its fibers on that thread), so
 // that blocks meet at grid syncs and ThreadSanitizer sees what crosses between blocks.
+#include <link.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #if !defined(__x86_64__)
@@ -1059,7 +1060,36 @@ class BlockThreads {
     std::uint64_t b = 0;
     Latch* done = nullptr;
   };
-  static constexpr std::size_t kStack = std::size_t{8} << 20;
+  // A thread's mapping holds its static TLS (the C library puts it at the top of a stack the
+  // caller provides) and then its stack proper. The static TLS is mostly the kernels' shared
+  // arrays and grows with every kernel instantiated (7.8 MB in the test binaries as of the split
+  // phases' variable-length kernels, when a fixed 8 MiB mapping stopped fitting it and
+  // ThreadSanitizer's larger minimum), so it is measured: the PT_TLS segments of the modules
+  // loaded at start.
+  static std::size_t static_tls_bytes() {
+    std::size_t total = 0;
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, std::size_t, void* data) {
+          for (int i = 0; i < info->dlpi_phnum; ++i) {
+            const auto& ph = info->dlpi_phdr[i];
+            if (ph.p_type == PT_TLS) *static_cast<std::size_t*>(data) += ph.p_memsz + ph.p_align;
+          }
+          return 0;
+        },
+        &total);
+    return total;
+  }
+  // The static TLS, 8 MiB of stack (the C library's default), and 1 MiB for the C library's and
+  // the sanitizers' own TLS (ThreadSanitizer wants the TLS plus 128 KiB at least), in pages.
+  // Reserved, not committed (MAP_NORESERVE): only the pages a thread touches cost memory.
+  static std::size_t stack_bytes() {
+    static const std::size_t bytes = [] {
+      const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+      const std::size_t want = static_tls_bytes() + (std::size_t{9} << 20);
+      return (want + page - 1) / page * page;
+    }();
+    return bytes;
+  }
 
   // Never destroyed: threads blocked on them outlive static destruction at exit.
   static std::mutex& idle_mutex() {
@@ -1081,6 +1111,7 @@ class BlockThreads {
       }
     }
     auto t = std::make_unique<Thread>();
+    const std::size_t kStack = stack_bytes();
     void* stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
     if (stack == MAP_FAILED) return nullptr;
