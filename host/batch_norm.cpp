@@ -46,6 +46,7 @@ void forward_training_impl(const TensorDesc& desc, const void* x, void* y,
   if (seq.lengths != nullptr) plan.use_persistent = false;
   check_workspace(kTrainingCall, p, ws, plan.scratch.bytes, "forward_training_workspace_size",
                   {{x, "x"}, {y, "y"}}, regions(p, args));
+  check_lengths_apart(kTrainingCall, desc, args.lengths, ws, plan.scratch.bytes, regions(p, args));
 
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -98,6 +99,7 @@ void backward_training_impl(const TensorDesc& desc, const void* x, const void* d
   if (seq.lengths != nullptr) plan.use_persistent = false;
   check_workspace(kBackwardCall, p, ws, plan.scratch.bytes, "backward_workspace_size",
                   {{x, "x"}, {dy, "dy"}, {dx, "dx"}}, regions(p, args));
+  check_lengths_apart(kBackwardCall, desc, args.lengths, ws, plan.scratch.bytes, regions(p, args));
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     detail::launch_backward_training<T>(p, plan, static_cast<const T*>(x),
@@ -136,6 +138,8 @@ void backward_frozen_impl(const TensorDesc& desc, const void* x, const void* dy,
   if (sums)
     check_workspace(kFrozenCall, p, ws, plan.scratch.bytes, "backward_workspace_size",
                     {{x, "x"}, {dy, "dy"}, {dx, "dx"}}, regions(p, args));
+  check_lengths_apart(kFrozenCall, desc, args.lengths, ws, sums ? plan.scratch.bytes : 0,
+                      regions(p, args));
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     detail::launch_backward_frozen<T>(p, plan, static_cast<const T*>(x), static_cast<const T*>(dy),

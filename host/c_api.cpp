@@ -136,6 +136,17 @@ cubn_status cubn_forward_training_local(const cubn_tensor_desc* x_desc, const vo
   });
 }
 
+cubn_status cubn_forward_training_local_lengths(const cubn_tensor_desc* x_desc, const void* x,
+                                                const cubn_lengths* lengths, void* local,
+                                                size_t local_bytes, void* workspace,
+                                                size_t workspace_bytes, cubn_stream stream) {
+  return guarded([&] {
+    forward_training_local(tensor_desc("cubn_forward_training_local_lengths", x_desc), x,
+                           lengths != nullptr ? c_api::lengths(*lengths) : Lengths{},
+                           {local, local_bytes}, {workspace, workspace_bytes}, stream);
+  });
+}
+
 cubn_status cubn_forward_training_apply(const cubn_tensor_desc* x_desc, const void* x, void* y,
                                         const cubn_training_forward_args* args,
                                         const void* gathered, size_t gathered_bytes, int ranks,

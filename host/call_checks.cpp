@@ -111,50 +111,46 @@ void check_epilogue_grad(const char* call, const detail::Problem& p, const void*
 kernels::SeqGeometry checked_lengths(
     const char* call, const TensorDesc& desc, const Problem& p, const Lengths& lengths,
     Activation activation, const void* residual,
-    std::initializer_list<std::pair<const void*, const char*>> outputs) {
+    std::initializer_list<std::pair<const void*, const char*>> outputs, const char* arg) {
   kernels::SeqGeometry seq;
   if (lengths.ptr == nullptr) return seq;
+  const std::string name = arg;
   if (lengths.type != LengthType::kInt32 && lengths.type != LengthType::kInt64)
     fail(Status::kInvalidArgument, call,
-         "args.lengths.type is " + std::to_string(static_cast<int>(lengths.type)) +
+         name + ".type is " + std::to_string(static_cast<int>(lengths.type)) +
              ", not a LengthType (kInt32, kInt64)");
   if (lengths.padding != Padding::kZero && lengths.padding != Padding::kUntouched)
     fail(Status::kInvalidArgument, call,
-         "args.lengths.padding is " + std::to_string(static_cast<int>(lengths.padding)) +
+         name + ".padding is " + std::to_string(static_cast<int>(lengths.padding)) +
              ", not a Padding (kZero, kUntouched)");
   const bool wide = lengths.type == LengthType::kInt64;
-  check_pointer(call, "args.lengths.ptr", lengths.ptr, wide ? 8 : 4);
+  check_pointer(call, (name + ".ptr").c_str(), lengths.ptr, wide ? 8 : 4);
   if (desc.rank < 3)
     fail(Status::kInvalidArgument, call,
-         "args.lengths is given but x_desc has rank 2 (N, C): lengths count positions along the "
-         "last spatial (time) axis, which needs rank 3 to 5");
+         name +
+             " is given but x_desc has rank 2 (N, C): lengths count positions along the "
+             "last spatial (time) axis, which needs rank 3 to 5");
   std::int64_t positions = 1;  // a channel's positions per sample
   for (int i = 2; i < desc.rank; ++i) positions *= desc.dims[i];
   if (desc.dims[0] > kernels::kMaxSeqIndex || positions > kernels::kMaxSeqIndex)
     fail(Status::kSizeOverflow, call,
-         "args.lengths is given for " + std::to_string(desc.dims[0]) + " samples of " +
+         name + " is given for " + std::to_string(desc.dims[0]) + " samples of " +
              std::to_string(positions) +
              " positions per channel; variable-length batches take at most 2^31 - 1 of each "
              "(the masked loops count them in 32 bits)");
   if (activation != Activation::kNone || residual != nullptr)
     fail(Status::kInvalidArgument, call,
-         "args.lengths with a fused activation or residual is not supported yet; run the "
-         "activation and the residual add separately");
-  const std::size_t bytes = static_cast<std::size_t>(desc.dims[0]) * (wide ? 8 : 4);
-  for (const auto& [t, name] : outputs)
-    check_disjoint(call, lengths.ptr, bytes, "args.lengths", t, p.bytes(), name);
+         name +
+             " with a fused activation or residual is not supported yet; run the "
+             "activation and the residual add separately");
+  const std::size_t bytes = length_bytes(desc, lengths);
+  for (const auto& [t, t_name] : outputs)
+    check_disjoint(call, lengths.ptr, bytes, arg, t, p.bytes(), t_name);
   if (p.numel == 0) return seq;  // nothing to read or write: no mask (and no 0 to divide by)
   const std::int64_t n = desc.dims[0], c = desc.dims[1];
   return kernels::SeqGeometry::of(lengths.ptr, wide, lengths.padding == Padding::kZero, n, c,
                                   p.numel / n / c, desc.dims[desc.rank - 1],
                                   desc.order == MemoryOrder::kChannelsLast);
-}
-
-void refuse_lengths(const char* call, const Lengths& lengths) {
-  if (lengths.ptr != nullptr)
-    fail(Status::kInvalidArgument, call,
-         "args.lengths is given: the split-phase calls do not take variable-length batches yet; "
-         "use the single calls (forward_training, backward_training)");
 }
 
 }  // namespace cubn::detail

@@ -195,17 +195,35 @@ void check_training_backward(const char* call, const detail::Problem& p, const v
   check_epilogue_grad(call, p, x, dy, dx, args.epilogue, true);
 }
 
+/// Bytes of the lengths array of a call on tensors of `desc`: N integers of lengths.type.
+inline std::size_t length_bytes(const TensorDesc& desc, const Lengths& lengths) {
+  return static_cast<std::size_t>(desc.dims[0]) * (lengths.type == LengthType::kInt64 ? 8 : 4);
+}
+
 /// The variable-length batch of `lengths` on the tensors of `desc` (canonicalized as `p`) for the
 /// kernels; lengths null: none (a null SeqGeometry::lengths). Checks the type, the padding choice,
 /// the pointer's alignment, a time axis (rank 3 to 5), no fused epilogue (`activation`,
 /// `residual`: not taken with lengths yet), and the array apart from what the call writes
-/// (`outputs`, x's bytes each).
+/// (`outputs`, x's bytes each). Errors name the argument `name` (and its fields).
 kernels::SeqGeometry checked_lengths(
     const char* call, const TensorDesc& desc, const Problem& p, const Lengths& lengths,
     Activation activation, const void* residual,
-    std::initializer_list<std::pair<const void*, const char*>> outputs);
+    std::initializer_list<std::pair<const void*, const char*>> outputs,
+    const char* name = "args.lengths");
 
-/// Refuses lengths in a call that does not take them yet (the split-phase calls).
-void refuse_lengths(const char* call, const Lengths& lengths);
+/// The lengths (`name`; checked by checked_lengths first) apart from the first `needed` bytes of
+/// the workspace and from the arguments' arrays (`args`): the call writes the workspace and the
+/// statistics and gradients among them while its kernels read the lengths.
+template <std::size_t N = 0>
+void check_lengths_apart(const char* call, const TensorDesc& desc, const Lengths& lengths,
+                         const Workspace& ws, std::size_t needed,
+                         const std::array<Region, N>& args = {},
+                         const char* name = "args.lengths") {
+  if (lengths.ptr == nullptr) return;
+  const std::size_t bytes = length_bytes(desc, lengths);
+  check_disjoint(call, lengths.ptr, bytes, name, ws.ptr, needed, "workspace");
+  for (const Region& r : args)
+    check_disjoint(call, lengths.ptr, bytes, name, r.ptr, r.bytes, r.name);
+}
 
 }  // namespace cubn::detail

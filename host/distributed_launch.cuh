@@ -42,16 +42,25 @@ void launch_forward_local(const Problem& p, const SplitPlan& plan, const T* x, v
   fin.out = {record, plan.record_bytes, p.c};
   const ReducePlan& rp = plan.reduce;
   check_reduce_blocks(rp, kernels::reduce_blocks_per_sm(sizeof(T), false, 0, false));
-  const dim3 block(kernels::kBlockThreads);
-  with_vec<T>(rp.vec, [&](auto v) {
-    if (rp.planes) {
-      launch("cubn::bn_stats_local", kernels::bn_stats_local_channels_first<T, v()>, rp.grid, block,
-             0, stream, rp.cfr, x, ws.partials, ws.tickets, fin);
-    } else {
-      launch("cubn::bn_stats_local", kernels::bn_stats_local_channels_last<T, v()>, rp.grid, block,
-             0, stream, rp.cl, x, ws.partials, ws.totals, ws.tickets, fin);
-    }
-  });
+  const auto stats = [&](const auto& op) {
+    using R = std::decay_t<decltype(op)>;
+    const dim3 block(kernels::kBlockThreads);
+    with_vec<T>(rp.vec, [&](auto v) {
+      if (rp.planes) {
+        launch("cubn::bn_stats_local", kernels::bn_stats_local_channels_first<T, v(), R>, rp.grid,
+               block, 0, stream, rp.cfr, x, op, ws.partials, ws.tickets, fin);
+      } else {
+        launch("cubn::bn_stats_local", kernels::bn_stats_local_channels_last<T, v(), R>, rp.grid,
+               block, 0, stream, rp.cl, x, op, ws.partials, ws.totals, ws.tickets, fin);
+      }
+    });
+  };
+  const kernels::WelfordOp<Acc> welford;
+  if (plan.seq.lengths != nullptr) {
+    stats(kernels::Masked<kernels::WelfordOp<Acc>>(welford, kernels::SeqMask{plan.seq}));
+  } else {
+    stats(welford);
+  }
 }
 
 template <class T>
@@ -64,7 +73,7 @@ void launch_forward_apply(const Problem& p, const SplitPlan& plan, const T* x, T
   launch("cubn::bn_merge_stats", kernels::bn_merge_stats<Acc>, channel_grid(p.c),
          dim3(kernels::kBlockThreads), 0, stream, records_of(gathered, plan.record_bytes), fin);
   if (p.numel == 0) return;
-  with_epilogue<T>(args.epilogue, kernels::SeqGeometry{}, kernels::TrainedAffine<T>{fin.k, p.c},
+  with_epilogue<T>(args.epilogue, plan.seq, kernels::TrainedAffine<T>{fin.k, p.c},
                    [&](const auto& f) { normalize<T>(plan.map, x, y, f, stream); });
 }
 
@@ -97,7 +106,7 @@ void launch_backward_local(const Problem& p, const SplitPlan& plan, const T* x, 
   // SiLU: the coefficients forward_training_apply left in the reserve
   const kernels::TrainedAffine<T> fwd{static_cast<const Acc*>(args.epilogue.reserve.ptr), p.c};
   with_grad_epilogue<T>(
-      args.epilogue, kernels::SeqGeometry{}, kernels::GradSumOp<Acc>{args.saved.mean},
+      args.epilogue, plan.seq, kernels::GradSumOp<Acc>{args.saved.mean},
       kernels::TrainingDxOp<T>{nullptr, p.c}, fwd, [&](const auto& op, const auto&) {
         using R = std::decay_t<decltype(op)>;
         const ReducePlan& rp = plan.reduce;
@@ -134,7 +143,7 @@ void launch_backward_apply(const Problem& p, const SplitPlan& plan, const T* x, 
          args.saved.mean, fin);
   const kernels::TrainedAffine<T> fwd{static_cast<const Acc*>(args.epilogue.reserve.ptr), p.c};
   with_grad_epilogue<T>(
-      args.epilogue, kernels::SeqGeometry{}, kernels::GradSumOp<Acc>{args.saved.mean},
+      args.epilogue, plan.seq, kernels::GradSumOp<Acc>{args.saved.mean},
       kernels::TrainingDxOp<T>{ws.coeffs, p.c}, fwd,
       [&](const auto&, const auto& f) { dx_map<T>(plan.map, dy, x, dx, f, stream); });
 }

@@ -97,7 +97,7 @@ void forward_impl(const TensorDesc& desc, const void* x, void* y,
       regions_of(kForwardCall, kForwardQuery, forward_layout(kForwardCall, desc, comm), ws);
   // every check before the first launch: a call that throws has launched nothing
   detail::check_forward_training_apply(desc, x, y, args, r.gathered, r.split);
-  forward_training_local(desc, x, r.mine, r.split, stream);
+  forward_training_local(desc, x, args.lengths, r.mine, r.split, stream);
   all_gather(kForwardCall, r, comm, stream);
   forward_training_apply(desc, x, y, args, r.gathered, r.split, stream);
 }

@@ -119,6 +119,7 @@ struct SplitPlan {
   MapPlan map;
   Scratch scratch;
   std::size_t record_bytes = 0;  ///< one rank's record (kernels::rank_record_bytes)
+  kernels::SeqGeometry seq;  ///< the variable-length batch (lengths null: none); set by the call
 };
 
 /// Elements per vector access for `p`: 16 bytes' worth when `aligned` (the pointers are 16-byte

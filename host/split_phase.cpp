@@ -66,15 +66,22 @@ void check_gathered(
 
 // p: x_desc canonicalized (the call takes no parameters, so any dtype; P follows from it).
 template <class P>
-void forward_local_impl(const detail::Problem& p, const void* x, RankRecord local, Workspace ws,
+void forward_local_impl(const TensorDesc& desc, const detail::Problem& p, const void* x,
+                        const Lengths& lengths, RankRecord local, Workspace ws,
                         cudaStream_t stream) {
   check_tensor(kForwardLocalCall, p, x, "x", p.numel == 0);
-  const detail::SplitPlan plan =
+  detail::SplitPlan plan =
       detail::plan_split(p, detail::current_device_info(), false, detail::aligned16(x),
                          detail::aligned16(x), reduce_blocks(p, false, Epilogue{}));
+  plan.seq = checked_lengths(kForwardLocalCall, desc, p, lengths, Activation::kNone, nullptr, {},
+                             "lengths");
   check_workspace(kForwardLocalCall, p, ws, plan.scratch.bytes, "forward_training_workspace_size",
                   {{x, "x"}});
   check_record(kForwardLocalCall, p, local, plan.record_bytes, ws, {{x, "x"}});
+  check_lengths_apart(kForwardLocalCall, desc, lengths, ws, plan.scratch.bytes, {}, "lengths");
+  if (lengths.ptr != nullptr)
+    check_disjoint(kForwardLocalCall, lengths.ptr, length_bytes(desc, lengths), "lengths",
+                   local.ptr, plan.record_bytes, "local");
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     detail::launch_forward_local<T>(p, plan, static_cast<const T*>(x), local.ptr, ws.ptr, stream);
@@ -89,13 +96,16 @@ void forward_apply_impl(const TensorDesc& desc, const void* x, const void* y,
                         cudaStream_t stream, bool launch = true) {
   const detail::Problem p = checked_problem<P>(kForwardApplyCall, desc, true);
   check_training_forward(kForwardApplyCall, p, x, y, args);
-  refuse_lengths(kForwardApplyCall, args.lengths);
   const Epilogue& e = args.epilogue;
-  const detail::SplitPlan plan =
+  detail::SplitPlan plan =
       detail::plan_split(p, detail::current_device_info(), false, detail::aligned16(x),
                          detail::aligned16(x, y, e.residual), reduce_blocks(p, false, e));
+  plan.seq = checked_lengths(kForwardApplyCall, desc, p, args.lengths, e.activation, e.residual,
+                             {{y, "y"}});
   check_workspace(kForwardApplyCall, p, ws, plan.scratch.bytes, "forward_training_workspace_size",
                   {{x, "x"}, {y, "y"}}, regions(p, args));
+  check_lengths_apart(kForwardApplyCall, desc, args.lengths, ws, plan.scratch.bytes,
+                      regions(p, args));
   const std::size_t params = static_cast<std::size_t>(p.c) * sizeof(P);
   // the reserve, where this call writes it (ReLU's mask, SiLU's coefficients)
   const bool writes_reserve =
@@ -124,19 +134,25 @@ void backward_local_impl(const TensorDesc& desc, const void* x, const void* dy,
   nvtx3::scoped_range range{kBackwardLocalCall};
   const detail::Problem p = checked_problem<P>(kBackwardLocalCall, desc, true);
   check_training_backward(kBackwardLocalCall, p, x, dy, nullptr, args);
-  refuse_lengths(kBackwardLocalCall, args.lengths);
   const EpilogueGrad& e = args.epilogue;
   if (e.dz != nullptr)
     fail(Status::kInvalidArgument, kBackwardLocalCall,
          "args.epilogue.dz is given: the local phase computes sums only; pass dz to "
          "backward_training_apply, which writes it with dx");
-  const detail::SplitPlan plan = detail::plan_split(
+  detail::SplitPlan plan = detail::plan_split(
       p, detail::current_device_info(), true, detail::aligned16(x, dy, e.residual),
       detail::aligned16(x, dy, e.residual), reduce_blocks(p, true, e));
+  plan.seq =
+      checked_lengths(kBackwardLocalCall, desc, p, args.lengths, e.activation, e.residual, {});
   check_workspace(kBackwardLocalCall, p, ws, plan.scratch.bytes, "backward_workspace_size",
                   {{x, "x"}, {dy, "dy"}}, regions(p, args));
+  check_lengths_apart(kBackwardLocalCall, desc, args.lengths, ws, plan.scratch.bytes,
+                      regions(p, args));
   check_record(kBackwardLocalCall, p, local, plan.record_bytes, ws,
                {{x, "x"}, {dy, "dy"}, {e.residual, "args.epilogue.residual"}});
+  if (args.lengths.ptr != nullptr)
+    check_disjoint(kBackwardLocalCall, args.lengths.ptr, length_bytes(desc, args.lengths),
+                   "args.lengths", local.ptr, plan.record_bytes, "local");
   detail::dispatch_dtype<P>(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     detail::launch_backward_local<T>(p, plan, static_cast<const T*>(x), static_cast<const T*>(dy),
@@ -150,17 +166,20 @@ void backward_apply_impl(const TensorDesc& desc, const void* x, const void* dy, 
                          Workspace ws, cudaStream_t stream, bool launch = true) {
   const detail::Problem p = checked_problem<P>(kBackwardApplyCall, desc, true);
   check_training_backward(kBackwardApplyCall, p, x, dy, dx, args);
-  refuse_lengths(kBackwardApplyCall, args.lengths);
   if (args.grads.dscale != nullptr || args.grads.doffset != nullptr)
     fail(Status::kInvalidArgument, kBackwardApplyCall,
          "args.grads is given: backward_training_local writes dscale and doffset (this rank's "
          "share); the apply phase writes dx and dz only");
   const EpilogueGrad& e = args.epilogue;
-  const detail::SplitPlan plan = detail::plan_split(
+  detail::SplitPlan plan = detail::plan_split(
       p, detail::current_device_info(), true, detail::aligned16(x, dy, e.residual),
       detail::aligned16(x, dy, dx, e.residual, e.dz), reduce_blocks(p, true, e));
+  plan.seq = checked_lengths(kBackwardApplyCall, desc, p, args.lengths, e.activation, e.residual,
+                             {{dx, "dx"}, {e.dz, "args.epilogue.dz"}});
   check_workspace(kBackwardApplyCall, p, ws, plan.scratch.bytes, "backward_workspace_size",
                   {{x, "x"}, {dy, "dy"}, {dx, "dx"}}, regions(p, args));
+  check_lengths_apart(kBackwardApplyCall, desc, args.lengths, ws, plan.scratch.bytes,
+                      regions(p, args));
   check_gathered(kBackwardApplyCall, gathered, plan.record_bytes, ws,
                  {{dx, p.bytes(), "dx"}, {e.dz, p.bytes(), "args.epilogue.dz"}});
   if (!launch) return;
@@ -188,15 +207,20 @@ std::size_t local_grad_sums_bytes(const TensorDesc& x) {
   return record_bytes("cubn::local_grad_sums_bytes", x);
 }
 
-void forward_training_local(const TensorDesc& x_desc, const void* x, RankRecord local,
-                            Workspace workspace, cudaStream_t stream) {
+void forward_training_local(const TensorDesc& x_desc, const void* x, const Lengths& lengths,
+                            RankRecord local, Workspace workspace, cudaStream_t stream) {
   nvtx3::scoped_range range{kForwardLocalCall};
   const detail::Problem p = detail::canonicalize(kForwardLocalCall, "x_desc", x_desc, true);
   if (p.dtype == DataType::kFloat64) {
-    forward_local_impl<double>(p, x, local, workspace, stream);
+    forward_local_impl<double>(x_desc, p, x, lengths, local, workspace, stream);
   } else {
-    forward_local_impl<float>(p, x, local, workspace, stream);
+    forward_local_impl<float>(x_desc, p, x, lengths, local, workspace, stream);
   }
+}
+
+void forward_training_local(const TensorDesc& x_desc, const void* x, RankRecord local,
+                            Workspace workspace, cudaStream_t stream) {
+  forward_training_local(x_desc, x, Lengths{}, local, workspace, stream);
 }
 
 void forward_training_apply(const TensorDesc& x_desc, const void* x, void* y,

@@ -16,6 +16,7 @@
 #include "channel_ops.cuh"
 #include "forward.cuh"
 #include "geometry.hpp"
+#include "lengths.cuh"
 #include "platform.cuh"
 #include "types.cuh"
 #include "welford.cuh"
@@ -112,27 +113,53 @@ struct LocalGradFinish {
   }
 };
 
+/// LocalGradFinish for a masked call (cubn::Lengths): the record's count is this rank's valid
+/// elements per channel, from the lengths (the host cannot see them).
+template <class Acc>
+struct MaskedLocalGradFinish {
+  LocalGradFinish<Acc> fin;
+  SeqMask mask;
+
+  template <class Cst>
+  CUBN_DEVICE_NOINLINE void finish(std::int64_t ch, const GradSums<Acc>& s, const Cst& cst) const {
+    LocalGradFinish<Acc> f = fin;
+    if (ch == 0) f.count = mask.channel_elements();  // the record's header: channel 0 writes it
+    f.finish(ch, s, cst);
+  }
+};
+
+/// The local finisher of a backward over reduction op R: MaskedLocalGradFinish where R is masked,
+/// else `fin` itself.
+template <class R, class Acc>
+CUBN_DEVICE decltype(auto) local_grad_finish_for(const R& op, const LocalGradFinish<Acc>& fin) {
+  if constexpr (is_masked<R>) {
+    return MaskedLocalGradFinish<Acc>{fin, op.mask};
+  } else {
+    return (fin);
+  }
+}
+
 /// The local forward statistics of channel blockIdx.x over split blockIdx.y: bn_stats_* without
-/// the finish and the fused normalization.
-template <class T, int V>
+/// the finish and the fused normalization. R: WelfordOp, or Masked<WelfordOp> for a
+/// variable-length batch (its Welford counts are then the valid elements, which the record
+/// carries).
+template <class T, int V, class R>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads,
                                    (reduce_blocks_per_sm(sizeof(T), false, 0, false)))
-    bn_stats_local_channels_first(ChannelsFirstReduce g, const T* x,
+    bn_stats_local_channels_first(ChannelsFirstReduce g, const T* x, R op,
                                   WelfordState<acc_t<T>>* partials, Tickets tickets,
                                   LocalStatsFinish<acc_t<T>> fin) {
-  reduce_planes<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<acc_t<T>>{}, partials,
-                      tickets, fin);
+  reduce_planes<T, V>(x, static_cast<const T*>(nullptr), g, op, partials, tickets, fin);
 }
 
 /// The local forward statistics over a channels-last tensor.
-template <class T, int V>
+template <class T, int V, class R>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads,
                                    (reduce_blocks_per_sm(sizeof(T), false, 0, false)))
-    bn_stats_local_channels_last(ChannelsLastGeometry g, const T* x,
+    bn_stats_local_channels_last(ChannelsLastGeometry g, const T* x, R op,
                                  WelfordState<acc_t<T>>* partials, WelfordState<acc_t<T>>* totals,
                                  Tickets tickets, LocalStatsFinish<acc_t<T>> fin) {
-  reduce_columns<T, V>(x, static_cast<const T*>(nullptr), g, WelfordOp<acc_t<T>>{}, partials,
-                       totals, tickets, fin);
+  reduce_columns<T, V>(x, static_cast<const T*>(nullptr), g, op, partials, totals, tickets, fin);
 }
 
 /// The local gradient sums (in0 = dy, in1 = x; R: GradSumOp or FusedGradSumOp): bn_backward_sums_*
@@ -143,7 +170,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, R, true>)
                                           const T* __restrict__ x, R op,
                                           GradSums<acc_t<T>>* partials, Tickets tickets,
                                           LocalGradFinish<acc_t<T>> fin) {
-  reduce_planes<T, V>(dy, x, g, op, partials, tickets, fin);
+  reduce_planes<T, V>(dy, x, g, op, partials, tickets, local_grad_finish_for(op, fin));
 }
 
 /// The local gradient sums over a channels-last tensor.
@@ -153,7 +180,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, (reduce_blocks_of<T, R, true>)
                                          const T* __restrict__ x, R op,
                                          GradSums<acc_t<T>>* partials, GradSums<acc_t<T>>* totals,
                                          Tickets tickets, LocalGradFinish<acc_t<T>> fin) {
-  reduce_columns<T, V>(dy, x, g, op, partials, totals, tickets, fin);
+  reduce_columns<T, V>(dy, x, g, op, partials, totals, tickets, local_grad_finish_for(op, fin));
 }
 
 /// The record of a rank with no samples, `values` values of Acc: all zero bits (count 0, which
@@ -167,7 +194,9 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads)
 
 /// Merges channel ch's statistics over the ranks in rank order (Chan's merge; an empty rank is the
 /// identity), then finishes the channel as the single call does, around the merged mean itself
-/// (the shift K of forward.cuh: the statistics of x - mean have mean 0 and the same M2).
+/// (the shift K of forward.cuh: the statistics of x - mean have mean 0 and the same M2). A global
+/// count under 2, which the host cannot see (variable-length batches, empty ranks), gets the
+/// masked single call's defined result (MaskedForwardFinish); from 2 up it is the same finish.
 template <class Acc>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads)
     bn_merge_stats(Records in, ForwardFinish<Acc> fin) {
@@ -185,12 +214,13 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads)
   WelfordState<Acc> centered;
   centered.count = total.count;
   centered.m2 = total.m2;
-  fin.finish(ch, centered, {total.mean});
+  MaskedForwardFinish<Acc>{fin}.finish(ch, centered, {total.mean});
 }
 
 /// Sums channel ch's gradient sums and the counts over the ranks in rank order, then finishes
 /// dx's coefficients as the single call does (fin: no dscale or doffset; its m set here from the
-/// global count). `mean`: the saved global mean the sums were taken around.
+/// global count, 1 where it is 0: the sums are then 0 and no valid dx is formed from them, as in
+/// MaskedBackwardFinish). `mean`: the saved global mean the sums were taken around.
 template <class Acc>
 CUBN_KERNEL void __launch_bounds__(kBlockThreads)
     bn_merge_grad_sums(Records in, const Acc* mean, BackwardFinish<Acc> fin) {
@@ -204,7 +234,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads)
     total.dy_xmu += s.dy_xmu;
     count += in.count(r, count);
   }
-  fin.m = static_cast<Acc>(count);
+  fin.m = static_cast<Acc>(count > 0 ? count : 1);
   fin.finish(ch, total, typename GradSumOp<Acc>::Channel{mean[ch]});
 }
 

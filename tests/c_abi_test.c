@@ -369,7 +369,10 @@ static void errors(void) {
  * those of the valid positions (w < lengths[n]; padded x is NaN and must not reach them), padded y
  * is 0, and a bad length type is refused naming it. */
 static void lengths(int order) {
-  float x[NUMEL], y[NUMEL], smean[C], sinvstd[C];
+  float x[NUMEL], y[NUMEL], smean[C], sinvstd[C], split_mean[C], split_invstd[C], split_y[NUMEL];
+  cubn_training_forward_args split;
+  size_t record_bytes = 0;
+  void* record;
   const int32_t len[N] = {3, 0, 2};
   cubn_tensor_desc d = desc_of(CUBN_FLOAT32, order, N);
   cubn_training_forward_args a;
@@ -392,6 +395,16 @@ static void lengths(int order) {
   a.lengths.type = CUBN_LENGTH_INT32;
   a.lengths.padding = CUBN_PADDING_ZERO;
   EXPECT_OK(cubn_forward_training(&d, x, y, &a, ws, ws_bytes, NULL));
+  /* the split phases with the same lengths, one rank: the same statistics */
+  EXPECT_OK(cubn_local_stats_bytes(&d, &record_bytes));
+  record = malloc(record_bytes);
+  EXPECT_OK(cubn_forward_training_local_lengths(&d, x, &a.lengths, record, record_bytes, ws,
+                                                ws_bytes, NULL));
+  split = a;
+  split.saved_mean = split_mean;
+  split.saved_invstd = split_invstd;
+  EXPECT_OK(cubn_forward_training_apply(&d, x, split_y, &split, record, record_bytes, 1, ws,
+                                        ws_bytes, NULL));
   for (c = 0; c < C; ++c) {
     double sum = 0, sq = 0, m, k = 0;
     for (n = 0; n < N; ++n)
@@ -406,13 +419,22 @@ static void lengths(int order) {
         if (s % W < len[n]) sq += (x[at(order, n, c, s)] - m) * (x[at(order, n, c, s)] - m);
     expect_near(smean[c], m, 2e-5, "lengths saved mean", c);
     expect_near(sinvstd[c], 1 / sqrt(sq / k + 1e-5), 2e-5, "lengths saved invstd", c);
+    expect_near(split_mean[c], m, 2e-5, "split lengths saved mean", c);
+    expect_near(split_invstd[c], 1 / sqrt(sq / k + 1e-5), 2e-5, "split lengths saved invstd", c);
     for (n = 0; n < N; ++n)
       for (s = 0; s < S; ++s)
-        if (s % W >= len[n]) CHECK(y[at(order, n, c, s)] == 0.0f);
+        if (s % W >= len[n]) {
+          CHECK(y[at(order, n, c, s)] == 0.0f);
+          CHECK(split_y[at(order, n, c, s)] == 0.0f);
+        }
   }
   a.lengths.type = 5;
   EXPECT_ERROR(cubn_forward_training(&d, x, y, &a, ws, ws_bytes, NULL),
                CUBN_STATUS_INVALID_ARGUMENT, "args.lengths.type");
+  EXPECT_ERROR(cubn_forward_training_local_lengths(&d, x, &a.lengths, record, record_bytes, ws,
+                                                   ws_bytes, NULL),
+               CUBN_STATUS_INVALID_ARGUMENT, "lengths.type");
+  free(record);
   free(ws);
 }
 

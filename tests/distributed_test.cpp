@@ -25,6 +25,7 @@
 #include "support/bn_harness.hpp"
 #include "support/device.hpp"
 #include "support/errors.hpp"
+#include "support/padded.hpp"
 #include "support/split_check.hpp"
 
 namespace {
@@ -59,13 +60,15 @@ struct Rank {
   std::unique_ptr<DeviceBuffer<T>> x, y, dy, dx, z, dz;
   std::unique_ptr<DeviceBuffer<P>> rm, rv, sm, si, ds, dof;
   std::unique_ptr<DeviceBytes> ws, record, reserve;
+  std::unique_ptr<DeviceLengths> lengths;  ///< this rank's samples' (a variable-length batch)
+  Lengths len() const { return lengths ? lengths->arg : Lengths{}; }
   const T* xp() const { return count ? x->data() : nullptr; }
   const T* dyp() const { return count ? dy->data() : nullptr; }
 };
 
 // Copies every rank's record into one buffer in rank order (what an all-gather does).
 template <class T>
-void gather(const std::vector<Rank<T>>& ranks, DeviceBytes& out, std::size_t record) {
+void all_gather(const std::vector<Rank<T>>& ranks, DeviceBytes& out, std::size_t record) {
   std::vector<unsigned char> host(record);
   for (std::size_t r = 0; r < ranks.size(); ++r) {
     ranks[r].record->download(host.data(), record);
@@ -73,13 +76,21 @@ void gather(const std::vector<Rank<T>>& ranks, DeviceBytes& out, std::size_t rec
   }
 }
 
+// A variable-length batch's lengths (the whole batch's N; each rank passes its samples' slice).
+struct SplitLengths {
+  std::vector<std::int64_t> lengths;
+  bool wide = false;
+  Padding padding = Padding::kZero;
+};
+
 // Runs the split forward and backward of `d` (dy: the whole batch's) over ranks of `sizes`
-// samples each, with the epilogue `act` (and with `residual`, z = dy's values, and dz).
+// samples each, with the epilogue `act` (and with `residual`, z = dy's values, and dz), or with
+// the lengths of `lens` (y and dx then start as kUntouchedByte bytes).
 template <class T>
 SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder order,
                          const std::vector<std::int64_t>& sizes, Activation act = Activation::kNone,
                          bool residual = false, std::vector<T>* dz_out = nullptr,
-                         bool summed_backward = false) {
+                         bool summed_backward = false, const SplitLengths* lens = nullptr) {
   using P = param_of<T>;
   const auto C = static_cast<std::size_t>(d.shape.c());
   const auto per_sample = static_cast<std::size_t>(d.shape.c() * d.shape.s());
@@ -100,6 +111,13 @@ SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder
         std::vector<T>(dy.begin() + k.offset, dy.begin() + k.offset + k.count));
     k.y = std::make_unique<DeviceBuffer<T>>(k.count);
     k.dx = std::make_unique<DeviceBuffer<T>>(k.count);
+    if (lens != nullptr) {
+      const auto first = lens->lengths.begin() + static_cast<std::ptrdiff_t>(k.offset / per_sample);
+      k.lengths = std::make_unique<DeviceLengths>(
+          std::vector<std::int64_t>(first, first + sizes[r]), lens->wide, lens->padding);
+      k.y->fill_bytes(kUntouchedByte);
+      k.dx->fill_bytes(kUntouchedByte);
+    }
     k.z = std::make_unique<DeviceBuffer<T>>(
         std::vector<T>(dy.begin() + k.offset, dy.begin() + k.offset + k.count));
     k.dz = std::make_unique<DeviceBuffer<T>>(k.count);
@@ -123,15 +141,16 @@ SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder
   const GatheredRecords all{gathered.data(), gathered.bytes(), static_cast<int>(ranks.size())};
 
   for (auto& k : ranks)
-    forward_training_local(k.desc, k.xp(), {k.record->data(), record},
+    forward_training_local(k.desc, k.xp(), k.len(), {k.record->data(), record},
                            {k.ws->data(), k.ws->bytes()}, nullptr);
   device_sync();
-  gather(ranks, gathered, record);
+  all_gather(ranks, gathered, record);
   for (auto& k : ranks) {
     TrainingForwardArgs<P> a = split_forward_args<P>(scale.data(), offset.data(), k.rm->data(),
                                                      k.rv->data(), k.sm->data(), k.si->data());
     a.epilogue = {
         act, residual && k.count ? k.z->data() : nullptr, {k.reserve->data(), k.reserve->bytes()}};
+    a.lengths = k.len();
     forward_training_apply(k.desc, k.xp(), k.count ? k.y->data() : nullptr, a, all,
                            {k.ws->data(), k.ws->bytes()}, nullptr);
   }
@@ -145,11 +164,12 @@ SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder
     b.grads = {k.ds->data(), k.dof->data()};
     b.epilogue = {
         act, residual && k.count ? k.z->data() : nullptr, {k.reserve->data(), k.reserve->bytes()}};
+    b.lengths = k.len();
     backward_training_local(k.desc, k.xp(), k.dyp(), b, {k.record->data(), grad_record},
                             {k.ws->data(), k.ws->bytes()}, nullptr);
   }
   device_sync();
-  gather(ranks, gathered, grad_record);
+  all_gather(ranks, gathered, grad_record);
   int apply_ranks = static_cast<int>(ranks.size());
   if (summed_backward) {  // what a summing all-reduce leaves: one record, each field summed
     std::vector<unsigned char> all(gathered.bytes());
@@ -180,6 +200,7 @@ SplitResult<T> run_split(const Data<T>& d, const std::vector<T>& dy, MemoryOrder
                   residual && k.count ? k.z->data() : nullptr,
                   {k.reserve->data(), k.reserve->bytes()},
                   residual && k.count ? k.dz->data() : nullptr};
+    b.lengths = k.len();
     backward_training_apply(k.desc, k.xp(), k.dyp(), k.count ? k.dx->data() : nullptr, b,
                             {gathered.data(), gathered.bytes(), apply_ranks},
                             {k.ws->data(), k.ws->bytes()}, nullptr);
@@ -309,6 +330,122 @@ TYPED_TEST(Distributed, SummedBackwardRecordsStandForTheGatheredOnes) {
     const auto summed =
         run_split<TypeParam>(d, dy, order, sizes, Activation::kNone, false, nullptr, true);
     EXPECT_TRUE(same_bits(summed.dx, gathered.dx)) << to_string(order);
+  }
+}
+
+// Variable-length batches across ranks (cubn::Lengths in every phase, each rank passing its own
+// samples' lengths): the whole batch's valid positions, gathered into a compact case, against the
+// whole batch's reference (expect_whole_batch_result, the single call's tolerances with M = the
+// valid elements), and the padded positions of y and dx exactly as Lengths::padding says. Padded x
+// and dy are NaN throughout, so a padded value that reached a record would show everywhere. With
+// N >= 4 the ranks are {1, 0, 1, 1, N - 3} samples: rank 0 holds a sample of length L, rank 1
+// none, rank 2 one sample of length 0 (a rank without a valid position), rank 3 one of length 1.
+template <class T>
+void check_split_lengths(const Dims& dims, MemoryOrder order, unsigned seed) {
+  const std::int64_t n = dims[0];
+  const std::vector<std::int64_t> sizes =
+      n >= 4 ? std::vector<std::int64_t>{1, 0, 1, 1, n - 3} : std::vector<std::int64_t>{1, 0, n - 1};
+  SplitLengths lens;
+  lens.lengths = some_lengths(dims, seed);  // L, 0, 1, then random
+  lens.wide = seed % 2 == 0;
+  lens.padding = seed % 3 == 0 ? Padding::kUntouched : Padding::kZero;
+  std::string what = std::string(to_string(dtype_of<T>())) + " " + shape_string(dims, order) +
+                     lengths_string(lens.lengths) + " over ranks of";
+  for (auto v : sizes) what += " " + std::to_string(v);
+  SCOPED_TRACE(what);
+  Data<T> d = make_data<T>(dims, order, seed);
+  const Padded pad = padded(d.shape, lens.lengths);
+  ASSERT_GE(pad.k, 2) << what;
+  const Data<T> cd = compact(d, pad);
+  std::vector<T> dy = make_dy<T>(d.x.size(), seed + 1);
+  const std::vector<T> dyc = gather(dy, pad);
+  poison(d.x, pad);
+  poison(dy, pad);
+  const SplitResult<T> got =
+      run_split<T>(d, dy, order, sizes, Activation::kNone, false, nullptr, false, &lens);
+  SplitResult<T> valid = got;
+  valid.y = gather(got.y, pad);
+  valid.dx = gather(got.dx, pad);
+  expect_whole_batch_result(cd, dyc, valid, what);
+  expect_padding(got.y, pad, lens.padding, what + ": y");
+  expect_padding(got.dx, pad, lens.padding, what + ": dx");
+}
+
+TYPED_TEST(Distributed, LengthsOnEveryRankGiveTheWholeBatchValidPositionsResult) {
+  static const std::vector<Dims> shapes = {{4, 3, 17},  {5, 16, 64},   {6, 3, 50},
+                                           {4, 1, 50},  {7, 6, 3},     {3, 5, 4, 7},
+                                           {2, 8, 6, 16}, {5, 3, 2, 3, 10}, {6, 2, 3000}};
+  unsigned seed = 700;
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+    for (const Dims& dims : shapes) check_split_lengths<TypeParam>(dims, order, ++seed);
+}
+
+// Every length L is the call without lengths, bit for bit, through every phase.
+TYPED_TEST(Distributed, EveryLengthLIsTheSplitWithoutLengthsBitForBit) {
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast}) {
+    const Dims dims{7, 5, 3, 9};
+    const Data<TypeParam> d = make_data<TypeParam>(dims, order, 720);
+    const std::vector<TypeParam> dy = make_dy<TypeParam>(d.x.size(), 721);
+    const std::vector<std::int64_t> sizes{3, 0, 4};
+    SplitLengths lens;
+    lens.lengths.assign(7, 9);
+    const auto plain = run_split(d, dy, order, sizes);
+    const auto masked =
+        run_split<TypeParam>(d, dy, order, sizes, Activation::kNone, false, nullptr, false, &lens);
+    EXPECT_TRUE(same_bits(masked.y, plain.y)) << to_string(order) << ": y";
+    EXPECT_TRUE(same_bits(masked.dx, plain.dx)) << to_string(order) << ": dx";
+    for (std::size_t r = 0; r < sizes.size(); ++r) {
+      EXPECT_TRUE(same_bits(masked.saved_mean[r], plain.saved_mean[r])) << "rank " << r;
+      EXPECT_TRUE(same_bits(masked.saved_invstd[r], plain.saved_invstd[r])) << "rank " << r;
+      EXPECT_TRUE(same_bits(masked.running_var[r], plain.running_var[r])) << "rank " << r;
+      EXPECT_TRUE(same_bits(masked.dscale[r], plain.dscale[r])) << "rank " << r;
+      EXPECT_TRUE(same_bits(masked.doffset[r], plain.doffset[r])) << "rank " << r;
+    }
+  }
+}
+
+// A global count under 2, which no rank can see: the defined result cubn/distributed.hpp states,
+// the same on every rank. No valid position anywhere: mean 0, invstd 1 / sqrt(epsilon), running
+// statistics as they were, y and dx 0, dscale and doffset 0. One valid position in all: its value
+// as the mean, the running mean updated with it, the running variance as it was.
+TEST(DistributedLengths, GlobalCountsUnderTwoGetTheDocumentedResult) {
+  if (!no_device_reason().empty()) GTEST_SKIP() << no_device_reason();
+  using T = float;
+  const Dims dims{5, 4, 6};
+  const std::vector<std::int64_t> sizes{2, 0, 3};
+  for (int valid = 0; valid <= 1; ++valid) {
+    Data<T> d = make_data<T>(dims, MemoryOrder::kChannelsFirst, 730 + valid);
+    const std::vector<T> dy = make_dy<T>(d.x.size(), 740);
+    SplitLengths lens;
+    lens.lengths = {0, 0, 0, valid, 0};  // sample 3 (rank 2) holds the one valid position
+    const auto got = run_split<T>(d, dy, MemoryOrder::kChannelsFirst, sizes, Activation::kNone,
+                                  false, nullptr, false, &lens);
+    const auto eps_invstd = static_cast<float>(1 / std::sqrt(static_cast<float>(kSplitEpsilon)));
+    for (std::size_t r = 0; r < sizes.size(); ++r)
+      for (std::size_t c = 0; c < 4; ++c) {
+        const float x0 = d.x[static_cast<std::size_t>((3 * 4 + c) * 6)];  // sample 3, t = 0
+        const float mean = valid ? x0 : 0.0f;
+        SCOPED_TRACE("valid " + std::to_string(valid) + ", rank " + std::to_string(r) + ", c=" +
+                     std::to_string(c));
+        EXPECT_EQ(got.saved_mean[r][c], mean);
+        EXPECT_NEAR(got.saved_invstd[r][c], eps_invstd, 1e-6 * eps_invstd);
+        const auto rm = static_cast<float>(d.running_mean[c]);
+        const auto mom = static_cast<float>(kSplitMomentum);
+        EXPECT_NEAR(got.running_mean[r][c], valid ? (1 - mom) * rm + mom * mean : rm, 1e-6);
+        EXPECT_EQ(got.running_var[r][c], static_cast<float>(d.running_var[c]));
+        EXPECT_EQ(got.doffset[r][c], r == 2 && valid ? dy[(3 * 4 + c) * 6] : 0.0f);
+        EXPECT_TRUE(std::isfinite(got.dscale[r][c]));
+      }
+    for (std::size_t i = 0; i < d.x.size(); ++i) {
+      const bool is_valid = valid && i / 24 == 3 && i % 6 == 0;  // sample 3, t = 0
+      if (!is_valid) {
+        ASSERT_EQ(got.y[i], 0.0f) << "y[" << i << "]";
+        ASSERT_EQ(got.dx[i], 0.0f) << "dx[" << i << "]";
+      } else {
+        ASSERT_TRUE(std::isfinite(got.y[i])) << "y[" << i << "]";
+        ASSERT_TRUE(std::isfinite(got.dx[i])) << "dx[" << i << "]";
+      }
+    }
   }
 }
 

@@ -24,6 +24,7 @@
 #include "support/bn_harness.hpp"
 #include "support/device.hpp"
 #include "support/errors.hpp"
+#include "support/padded.hpp"
 
 namespace {
 
@@ -34,110 +35,6 @@ template <class T>
 class Lengths : public DeviceTest {};
 using DTypes = ::testing::Types<__half, __nv_bfloat16, float, double>;
 TYPED_TEST_SUITE(Lengths, DTypes);
-
-// A padded batch: which elements are valid (lengths clamped to [0, L] as the calls clamp them),
-// and each channel's valid elements in order: valid[c * K + k].
-struct Padded {
-  std::vector<char> is_valid;
-  std::vector<std::size_t> valid;
-  std::int64_t k = 0;  // valid elements per channel
-};
-
-Padded padded(const ref::Shape& sh, const std::vector<std::int64_t>& lengths) {
-  Padded p;
-  const std::int64_t l = sh.dims.back();
-  p.is_valid.assign(static_cast<std::size_t>(sh.numel()), 0);
-  for (std::int64_t c = 0; c < sh.c(); ++c)
-    for (std::int64_t n = 0; n < sh.n(); ++n) {
-      const std::int64_t len = std::min(std::max<std::int64_t>(lengths[n], 0), l);
-      for (std::int64_t s = 0; s < sh.s(); ++s) {
-        if (s % l >= len) continue;
-        const auto i = static_cast<std::size_t>(sh.index(n, c, s));
-        p.is_valid[i] = 1;
-        p.valid.push_back(i);
-      }
-    }
-  p.k = static_cast<std::int64_t>(p.valid.size()) / sh.c();
-  return p;
-}
-
-template <class V>
-std::vector<V> gather(const std::vector<V>& v, const Padded& p) {
-  std::vector<V> r(p.valid.size());
-  for (std::size_t j = 0; j < r.size(); ++j) r[j] = v[p.valid[j]];
-  return r;
-}
-
-// d's valid elements as a compact (1, C, K) channels-first case (same parameters).
-template <class T>
-Data<T> compact(const Data<T>& d, const Padded& p) {
-  Data<T> r = d;
-  r.shape = ref::Shape{{1, d.shape.c(), p.k}, ref::Order::kChannelsFirst};
-  r.x = gather(d.x, p);
-  r.xd = gather(d.xd, p);
-  return r;
-}
-
-// Padded positions of v set to NaN.
-template <class T>
-void poison(std::vector<T>& v, const Padded& p) {
-  for (std::size_t i = 0; i < v.size(); ++i)
-    if (!p.is_valid[i]) v[i] = from_double<T>(std::numeric_limits<double>::quiet_NaN());
-}
-
-// The lengths array on the device, int32 or int64, and the Lengths naming it.
-struct DeviceLengths {
-  DeviceBuffer<std::int32_t> narrow;
-  DeviceBuffer<std::int64_t> wide;
-  cubn::Lengths arg;
-  DeviceLengths(const std::vector<std::int64_t>& l, bool is_wide, Padding padding)
-      : narrow(std::vector<std::int32_t>(l.begin(), l.end())), wide(l) {
-    arg.ptr = is_wide ? static_cast<const void*>(wide.data()) : narrow.data();
-    arg.type = is_wide ? LengthType::kInt64 : LengthType::kInt32;
-    arg.padding = padding;
-  }
-};
-
-constexpr unsigned char kUntouchedByte = 0x3c;  // what an output buffer holds before a call
-
-// Padded positions of `out` (raw bytes of T) against Lengths::padding.
-template <class T>
-void expect_padding(const std::vector<T>& out, const Padded& p, Padding padding,
-                    const std::string& what) {
-  int bad = 0;
-  for (std::size_t i = 0; i < out.size(); ++i) {
-    if (p.is_valid[i]) continue;
-    unsigned char want[sizeof(T)];
-    if (padding == Padding::kZero) {
-      const T z = from_double<T>(0.0);
-      std::memcpy(want, &z, sizeof(T));
-    } else {
-      std::memset(want, kUntouchedByte, sizeof(T));
-    }
-    if (std::memcmp(&out[i], want, sizeof(T)) != 0 && bad++ < 5)
-      ADD_FAILURE() << what << ": padded element " << i << " is " << to_double(out[i])
-                    << (padding == Padding::kZero ? ", not 0" : ", not left untouched");
-  }
-  EXPECT_EQ(bad, 0) << what << ": padded elements written wrongly";
-}
-
-std::string lengths_string(const std::vector<std::int64_t>& l) {
-  std::string s = " lengths {";
-  for (std::size_t i = 0; i < l.size(); ++i) s += (i ? "," : "") + std::to_string(l[i]);
-  return s + "}";
-}
-
-// Lengths for `dims`: 0, 1 and L among the first ones where N allows, the rest random in [0, L].
-std::vector<std::int64_t> some_lengths(const Dims& dims, unsigned seed) {
-  const std::int64_t n = dims[0], l = dims.back();
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<std::int64_t> any(0, l);
-  std::vector<std::int64_t> r(static_cast<std::size_t>(n));
-  for (auto& v : r) v = any(rng);
-  const std::int64_t fixed[3] = {l, 0, 1};
-  for (std::int64_t i = 0; i < 3 && i < n - 1; ++i) r[static_cast<std::size_t>(i)] = fixed[i];
-  return r;
-}
 
 // The shapes every call is checked on (time last): rank 3 with C = 1, C not a multiple of any
 // vector width (channels-last then takes scalar accesses), L under a vector, a channel over
@@ -646,13 +543,87 @@ TEST(LengthsErrors, BadLengthsArgumentsAreRefusedNamingTheArgument) {
     b.lengths.ptr = y.data();
     expect(b, Status::kInvalidArgument, "args.lengths overlaps y", desc);
   }
+  // the split-phase calls check lengths as the single calls do
   DeviceBytes rec(local_stats_bytes(desc) * 2);
+  rec.fill(kSentinel);
+  {  // inside the workspace or a statistics array the call writes while its kernels read lengths
+    ASSERT_GE(ws.bytes(), 16u);
+    TrainingForwardArgs<float> b = a;
+    b.lengths.ptr = ws.data();
+    expect(b, Status::kInvalidArgument, "args.lengths overlaps workspace", desc);
+    DeviceBuffer<float> mean(4), invstd(4);
+    b.lengths.ptr = mean.data();
+    b.saved = {mean.data(), invstd.data()};
+    expect(b, Status::kInvalidArgument, "args.lengths overlaps args.saved.mean", desc);
+    TrainingBackwardArgs<float> g;
+    g.saved = {invstd.data(), invstd.data()};
+    g.grads.dscale = mean.data();
+    g.lengths = b.lengths;
+    DeviceBytes bws(backward_workspace_size(desc));
+    expect_error_and_no_writes(
+        [&] {
+          backward_training(desc, x.data(), z.data(), y.data(), g, {bws.data(), bws.bytes()},
+                            nullptr);
+        },
+        Status::kInvalidArgument, "args.lengths overlaps args.grads.dscale", {&y.bytes()});
+    g.lengths.ptr = bws.data();
+    g.grads.dscale = nullptr;
+    expect_error_and_no_writes(
+        [&] {
+          backward_training_local(desc, x.data(), z.data(), g,
+                                  {rec.data(), local_grad_sums_bytes(desc)},
+                                  {bws.data(), bws.bytes()}, nullptr);
+        },
+        Status::kInvalidArgument, "args.lengths overlaps workspace", {&rec});
+  }
+  {
+    TrainingForwardArgs<float> b = a;
+    b.lengths.type = static_cast<LengthType>(2);
+    expect_error_and_no_writes(
+        [&] {
+          forward_training_apply(desc, x.data(), y.data(), b, {rec.data(), rec.bytes(), 1},
+                                 {ws.data(), ws.bytes()}, nullptr);
+        },
+        Status::kInvalidArgument, "args.lengths.type", {&y.bytes()});
+  }
   expect_error_and_no_writes(
       [&] {
-        forward_training_apply(desc, x.data(), y.data(), a, {rec.data(), rec.bytes(), 1},
-                               {ws.data(), ws.bytes()}, nullptr);
+        forward_training_local(desc, x.data(), a.lengths, {rec.data(), local_stats_bytes(desc)},
+                               {ws.data(), 0}, nullptr);
       },
-      Status::kInvalidArgument, "split-phase calls do not take variable-length", {&y.bytes()});
+      Status::kWorkspaceTooSmall, "workspace.bytes", {&rec});
+  {
+    cubn::Lengths l = a.lengths;
+    l.ptr = rec.data();  // the array inside the record the call writes
+    l.type = LengthType::kInt32;
+    expect_error_and_no_writes(
+        [&] {
+          forward_training_local(desc, x.data(), l, {rec.data(), local_stats_bytes(desc)},
+                                 {ws.data(), ws.bytes()}, nullptr);
+        },
+        Status::kInvalidArgument, "lengths overlaps local", {&rec});
+    l.padding = static_cast<Padding>(5);
+    expect_error_and_no_writes(
+        [&] {
+          forward_training_local(desc, x.data(), l, {rec.data(), local_stats_bytes(desc)},
+                                 {ws.data(), ws.bytes()}, nullptr);
+        },
+        Status::kInvalidArgument, "lengths.padding", {&rec});
+  }
+  {
+    DeviceBuffer<float> mean(3), invstd(3);
+    TrainingBackwardArgs<float> b;
+    b.saved = {mean.data(), invstd.data()};
+    b.lengths = a.lengths;
+    b.epilogue.residual = z.data();
+    expect_error_and_no_writes(
+        [&] {
+          backward_training_local(desc, x.data(), z.data(), b,
+                                  {rec.data(), local_grad_sums_bytes(desc)},
+                                  {ws.data(), ws.bytes()}, nullptr);
+        },
+        Status::kInvalidArgument, "fused activation or residual", {&rec});
+  }
   InferenceForwardArgs<float> inf;
   DeviceBuffer<float> stats(std::vector<float>(3, 1.0f));
   inf.running = {stats.data(), stats.data()};

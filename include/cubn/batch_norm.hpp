@@ -186,10 +186,12 @@ enum class Padding { kZero, kUntouched };
 /// of bounds. A channel with no valid position (M = 0) gets mean 0 and invstd 1 / sqrt(epsilon);
 /// with M < 2 the running variance is left as it was (its unbiased estimate is undefined).
 /// N and a channel's positions per sample (S) must each be at most 2^31 - 1 (kSizeOverflow).
-/// Not taken yet: a fused activation or residual, and the split-phase calls; the persistent path
-/// is not used for these calls.
+/// The split-phase calls (cubn/distributed.hpp) and cubn::nccl take them too. Not taken yet: a
+/// fused activation or residual; the persistent path is not used for these calls.
 struct Lengths {
-  const void* ptr = nullptr;  ///< N lengths on the device, aligned to their size; null: all valid
+  /// N lengths on the device, aligned to their size, apart from the call's outputs, workspace and
+  /// per-channel arrays (kInvalidArgument naming both otherwise); null: all valid
+  const void* ptr = nullptr;
   LengthType type = LengthType::kInt32;
   Padding padding = Padding::kZero;  ///< what the padded positions of y or dx receive
 };

@@ -37,6 +37,7 @@
 #define cubn_backward_training cubn_sim_backward_training
 #define cubn_backward_frozen cubn_sim_backward_frozen
 #define cubn_forward_training_local cubn_sim_forward_training_local
+#define cubn_forward_training_local_lengths cubn_sim_forward_training_local_lengths
 #define cubn_forward_training_apply cubn_sim_forward_training_apply
 #define cubn_backward_training_local cubn_sim_backward_training_local
 #define cubn_backward_training_apply cubn_sim_backward_training_apply
@@ -209,6 +210,13 @@ cubn_status cubn_backward_frozen(const cubn_tensor_desc* x_desc, const void* x, 
 cubn_status cubn_forward_training_local(const cubn_tensor_desc* x_desc, const void* x, void* local,
                                         size_t local_bytes, void* workspace, size_t workspace_bytes,
                                         cubn_stream stream);
+/* The same for a variable-length batch: this rank's N lengths (lengths->padding is not used here;
+ * lengths NULL or lengths->ptr NULL: every position is valid). The other phases take the same
+ * lengths in their args. */
+cubn_status cubn_forward_training_local_lengths(const cubn_tensor_desc* x_desc, const void* x,
+                                                const cubn_lengths* lengths, void* local,
+                                                size_t local_bytes, void* workspace,
+                                                size_t workspace_bytes, cubn_stream stream);
 cubn_status cubn_forward_training_apply(const cubn_tensor_desc* x_desc, const void* x, void* y,
                                         const cubn_training_forward_args* args,
                                         const void* gathered, size_t gathered_bytes, int ranks,

@@ -38,7 +38,17 @@
 /// and copies nothing between host and device: the phases and the collective between them can be
 /// captured in one CUDA graph. What the calls cannot check without synchronizing: that the
 /// gathered records come from the same layer's local phase on every rank, in rank order, and that
-/// the global count is at least 2 (with fewer, the statistics are NaN or Inf).
+/// the global count is at least 2. With fewer the apply phase gives the defined result of a
+/// variable-length single call's channel without two valid elements (cubn::Lengths): count 0, mean
+/// 0 and invstd 1 / sqrt(epsilon), running statistics left as they were; count 1, its value as the
+/// mean, invstd 1 / sqrt(epsilon), the running mean updated and the running variance left.
+///
+/// Variable-length batches (cubn::Lengths): every phase takes this rank's lengths (N_r of them,
+/// forward_training_local's `lengths`, the others' args.lengths), the same on the forward's and the
+/// backward's phases. The records then hold the statistics and sums of the valid positions, with
+/// their count, so the merged statistics are those of every rank's valid positions together (a
+/// rank may have none: it merges as the identity); y and dx at padded positions as
+/// Lengths::padding says. No fused activation or residual with lengths, as in the single calls.
 #pragma once
 
 #include <driver_types.h>  // cudaStream_t
@@ -55,7 +65,7 @@ namespace cubn {
 /// local_grad_sums_bytes() (backward) bytes, 16-byte aligned. Its layout is stable, so a
 /// collective can move it as bytes (P: float for fp16/bf16/fp32 tensors, double for fp64):
 ///   bytes [0, 8)   std::int64_t count: elements per channel on this rank (N_r * spatial; 0 for
-///                  N_r = 0)
+///                  N_r = 0; with lengths, the valid ones: spatial / L * the sum of the lengths)
 ///   bytes [8, 16)  zero
 ///   bytes [16, ..) C pairs of P, channel after channel:
 ///                  forward:  mean, M2 (the sum of squared deviations from that mean)
@@ -92,6 +102,11 @@ std::size_t local_grad_sums_bytes(const TensorDesc& x);
 /// both, and then x is not read and may be null).
 void forward_training_local(const TensorDesc& x_desc, const void* x, RankRecord local,
                             Workspace workspace, cudaStream_t stream);
+/// The same for a variable-length batch (cubn::Lengths; this rank's N lengths, `lengths.padding`
+/// unused here): the statistics of the valid positions, and their count, into `local`. Pass the
+/// same lengths to forward_training_apply (args.lengths) and to the backward phases.
+void forward_training_local(const TensorDesc& x_desc, const void* x, const Lengths& lengths,
+                            RankRecord local, Workspace workspace, cudaStream_t stream);
 
 /// Forward, phases 2 and 3: merges the R records of `gathered` in rank order, then does what
 /// forward_training() does with the merged (global) statistics: writes y (with args.epilogue),

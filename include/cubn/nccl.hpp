@@ -41,7 +41,9 @@ std::size_t forward_training_workspace_size(const TensorDesc& x, ncclComm_t comm
 /// rank's x; args.running updated with the global mean and unbiased variance and args.saved
 /// written with the global mean and invstd (bitwise the same on every rank). Arguments as
 /// cubn::forward_training, except that N may be 0 (x and y may then be null) and the global count
-/// must be at least 2 (not checked: it would take a synchronization). Throws Error before
+/// must be at least 2 (not checked: it would take a synchronization; with fewer, the defined
+/// result cubn/distributed.hpp states). args.lengths: this rank's (cubn::Lengths; statistics over
+/// every rank's valid positions). Throws Error before
 /// launching anything for bad arguments; Error(kCommunicationError) when NCCL fails.
 void forward_training(const TensorDesc& x_desc, const void* x, void* y,
                       const TrainingForwardArgs<float>& args, Workspace workspace, ncclComm_t comm,
