@@ -375,21 +375,24 @@ def forward_training(x, y, *, workspace, scale=None, offset=None, running_mean=N
 def forward_training_apply(x, y, gathered, *, ranks, workspace, scale=None, offset=None,
                            running_mean=None, running_var=None, momentum=0.1, saved_mean=None,
                            saved_invstd=None, epsilon=1e-5, activation="none", residual=None,
-                           reserve=None, stream=None):
+                           reserve=None, stream=None, lengths=None, padding="zero"):
     """The split forward's second phase: normalizes with the statistics of the `ranks` records in
-    `gathered` (every rank's forward_training_local record, in rank order)."""
+    `gathered` (every rank's forward_training_local record, in rank order). lengths: this rank's,
+    the same as its forward_training_local's."""
     _forward_training("cubn.forward_training_apply", x, y, workspace, scale, offset, running_mean,
                       running_var, momentum, saved_mean, saved_invstd, epsilon, activation,
-                      residual, reserve, gathered, ranks, stream)
+                      residual, reserve, gathered, ranks, stream, lengths, padding)
 
 
-def forward_training_local(x, local, *, workspace, stream=None):
-    """The split forward's first phase: this rank's record (local_stats_bytes) of x."""
+def forward_training_local(x, local, *, workspace, stream=None, lengths=None):
+    """The split forward's first phase: this rank's record (local_stats_bytes) of x, over the
+    valid positions of its lengths when given (a rank whose lengths are all 0 gives an empty
+    record; the global count decides)."""
     c = _Call("cubn.forward_training_local", x, stream)
     local_ptr, local_bytes = c.buffer("local", local)
     ws_ptr, ws_bytes = c.buffer("workspace", workspace)
     c.run(c.backend.forward_training_local, *c.desc, c.x.ptr, local_ptr, local_bytes, ws_ptr,
-          ws_bytes, c.stream)
+          ws_bytes, c.stream, *c.lengths(lengths, "zero"))
 
 
 def forward_inference(x, y, *, running_mean, running_var, scale=None, offset=None, epsilon=1e-5,
@@ -439,21 +442,22 @@ def backward_training(x, dy, dx, *, saved_mean, saved_invstd, workspace, scale=N
 
 def backward_training_local(x, dy, local, *, saved_mean, saved_invstd, workspace, scale=None,
                             dscale=None, doffset=None, accumulate=False, activation="none",
-                            residual=None, reserve=None, stream=None):
+                            residual=None, reserve=None, stream=None, lengths=None):
     """The split backward's first phase: this rank's record (local_grad_sums_bytes) and its
-    share of dscale and doffset."""
+    share of dscale and doffset (over the valid positions of lengths when given)."""
     _backward_training("cubn.backward_training_local", 1, x, dy, None, workspace, saved_mean,
                        saved_invstd, scale, dscale, doffset, accumulate, activation, residual,
-                       reserve, None, local, 0, stream)
+                       reserve, None, local, 0, stream, lengths, "zero")
 
 
 def backward_training_apply(x, dy, dx, gathered, *, ranks, saved_mean, saved_invstd, workspace,
                             scale=None, activation="none", residual=None, reserve=None, dz=None,
-                            stream=None):
-    """The split backward's second phase: dx from the `ranks` records in `gathered`."""
+                            stream=None, lengths=None, padding="zero"):
+    """The split backward's second phase: dx from the `ranks` records in `gathered`. lengths:
+    this rank's (dx 0 at its padded positions, or not written with padding="untouched")."""
     _backward_training("cubn.backward_training_apply", 2, x, dy, dx, workspace, saved_mean,
                        saved_invstd, scale, None, None, False, activation, residual, reserve, dz,
-                       gathered, int(ranks), stream)
+                       gathered, int(ranks), stream, lengths, padding)
 
 
 def backward_frozen(x, dy, dx, *, running_mean, running_var, workspace, scale=None, offset=None,

@@ -377,28 +377,30 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     per-rank records (statistics forward, gradient sums backward)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, group, world):
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, group, world,
+                lengths):
         x = x.detach()
         p = _param_dtype(x)
         workspace = _workspace(x, backward=False)
         local = torch.empty(_core.local_stats_bytes(x), dtype=torch.uint8, device=x.device)
-        _core.forward_training_local(x, local, workspace=workspace)
+        _core.forward_training_local(x, local, workspace=workspace, lengths=lengths)
         gathered = _all_gather_bytes(local, group, world)
         y, saved_mean, saved_invstd = _outputs(x)
         stats = _Stats([running_mean, running_var], p)
         _core.forward_training_apply(
             x, y, gathered, ranks=world, workspace=workspace, scale=_p(weight, p),
             offset=_p(bias, p), running_mean=stats.work[0], running_var=stats.work[1],
-            momentum=momentum, saved_mean=saved_mean, saved_invstd=saved_invstd, epsilon=eps)
+            momentum=momentum, saved_mean=saved_mean, saved_invstd=saved_invstd, epsilon=eps,
+            lengths=lengths)
         stats.write_back()
-        ctx.save_for_backward(x, weight, saved_mean, saved_invstd)
+        ctx.save_for_backward(x, weight, saved_mean, saved_invstd, lengths)
         ctx.group, ctx.world = group, world
         ctx.param_dtypes = _param_dtypes(weight, bias)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, saved_mean, saved_invstd = ctx.saved_tensors
+        x, weight, saved_mean, saved_invstd, lengths = ctx.saved_tensors
         p = _param_dtype(x)
         dy = _like(x, dy)
         workspace = _workspace(x, backward=True)
@@ -406,14 +408,15 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         dx, dscale, doffset = _outputs(x)
         _core.backward_training_local(
             x, dy, local, saved_mean=saved_mean, saved_invstd=saved_invstd, workspace=workspace,
-            scale=_p(weight, p), dscale=dscale, doffset=doffset)
+            scale=_p(weight, p), dscale=dscale, doffset=doffset, lengths=lengths)
         gathered = _all_gather_bytes(local, ctx.group, ctx.world)
         _core.backward_training_apply(
             x, dy, dx, gathered, ranks=ctx.world, saved_mean=saved_mean,
-            saved_invstd=saved_invstd, workspace=workspace, scale=_p(weight, p))
+            saved_invstd=saved_invstd, workspace=workspace, scale=_p(weight, p), lengths=lengths)
         # dscale and doffset are this rank's share (torch's SyncBatchNorm's): the trainer's
         # gradient all-reduce (DistributedDataParallel) sums them
-        return (dx, *_param_grads(ctx, dscale, doffset), None, None, None, None, None, None)
+        return (dx, *_param_grads(ctx, dscale, doffset), None, None, None, None, None, None,
+                None)
 
 
 class SyncBatchNorm(_CubnBatchNorm, torch.nn.SyncBatchNorm):
@@ -428,11 +431,9 @@ class SyncBatchNorm(_CubnBatchNorm, torch.nn.SyncBatchNorm):
             group = self.process_group or dist.group.WORLD
             world = dist.get_world_size(group)
             if world > 1:
-                if lengths is not None:
-                    raise ValueError("cubn.torch.SyncBatchNorm: lengths across ranks is not "
-                                     "supported yet (cubn's split-phase calls do not take them)")
                 return _SyncBatchNormFunction.apply(input, self.weight, self.bias, running_mean,
-                                                    running_var, factor, self.eps, group, world)
+                                                    running_var, factor, self.eps, group, world,
+                                                    lengths)
         return super()._normalize(input, running_mean, running_var, bn_training, factor, lengths)
 
 

@@ -148,10 +148,12 @@ NB_MODULE(CUBN_MODULE_NAME, m) {
   m.def(
       "forward_training_local",
       [](int t, int o, const Dims& d, Ptr x, Ptr local, std::size_t local_bytes, Ptr ws,
-         std::size_t ws_bytes, Ptr stream) {
+         std::size_t ws_bytes, Ptr stream, Ptr lens, std::int32_t lens_type, std::int32_t padding) {
         const cubn_tensor_desc xd = desc(t, o, d);
-        return int(cubn_forward_training_local(&xd, ptr<const void>(x), ptr(local), local_bytes,
-                                               ptr(ws), ws_bytes, stream_of(stream)));
+        const cubn_lengths l = lengths(lens, lens_type, padding);
+        return int(cubn_forward_training_local_lengths(&xd, ptr<const void>(x), &l, ptr(local),
+                                                       local_bytes, ptr(ws), ws_bytes,
+                                                       stream_of(stream)));
       },
       Release());
 

@@ -1,7 +1,10 @@
 """cubn.torch.SyncBatchNorm over torch.distributed's gloo backend on loopback: 2 or 3 processes,
 each with its part of one batch (unequal parts, one of them empty), give the outputs, input
 gradients and running statistics of single-process batch norm on the whole batch; the ranks'
-dweight and dbias sum to the single process's.
+dweight and dbias sum to the single process's. The same with a variable-length batch (lengths
+along the last axis, each rank passing its samples' lengths, 0 and the full length among them):
+equal to single-process cubn with the whole batch's lengths, whose own tests compare it with a
+masked reference built from torch ops (test_lengths.py).
 
 Tolerance: the statistics are merged from per-rank Welford records (Chan's merge) instead of one
 pass, in float32: a few roundings apart, 1e-5 relative."""
@@ -35,9 +38,14 @@ def module(cls):
     return m
 
 
-def run(m, x, dy):
+def lengths_of(total, time):
+    """0, 1, ..., time, 0, 1, ...: every length from empty to full."""
+    return torch.arange(total, dtype=torch.int32) % (time + 1)
+
+
+def run(m, x, dy, lengths=None):
     x = x.clone().requires_grad_()
-    y = m(x)
+    y = m(x) if lengths is None else m(x, lengths=lengths)
     y.backward(dy)
     return {"y": y.detach(), "dx": x.grad, "dweight": m.weight.grad, "dbias": m.bias.grad,
             "running_mean": m.running_mean, "running_var": m.running_var}
@@ -56,12 +64,9 @@ def worker(rank, world, port, sizes, channels_last, out_dir):
         result2 = run(m, x[part] * 0.5, dy[part])  # a second step: running statistics again
         result["running_mean2"], result["running_var2"] = result2["running_mean"], result2[
             "running_var"]
-        # variable-length batches across ranks: refused, naming lengths (split phases take none)
-        try:
-            m(x[part], lengths=torch.full((sizes[rank],), x.shape[-1]))
-            result["lengths_refused"] = ""
-        except ValueError as e:
-            result["lengths_refused"] = str(e)
+        lengths = lengths_of(sum(sizes), x.shape[-1])[part]
+        masked = run(module(ct.SyncBatchNorm), x[part], dy[part], lengths)
+        result.update({"masked_" + k: v for k, v in masked.items()})
         torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -80,7 +85,6 @@ def test_sync_batchnorm_equals_single_process_batchnorm(sizes, channels_last, tm
     mp.spawn(worker, args=(world, free_port(), sizes, channels_last, str(tmp_path)),
              nprocs=world, join=True)
     ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(world)]
-    assert all("lengths" in r["lengths_refused"] for r in ranks)
     x, dy = batch(sum(sizes), channels_last)
     single = module(ct.BatchNorm2d)
     want = run(single, x, dy)
@@ -98,3 +102,13 @@ def test_sync_batchnorm_equals_single_process_batchnorm(sizes, channels_last, tm
         torch.testing.assert_close(r["running_var"], want["running_var"], **tol)
         torch.testing.assert_close(r["running_mean2"], want2["running_mean"], **tol)
         torch.testing.assert_close(r["running_var2"], want2["running_var"], **tol)
+    # variable-length: the ranks' valid positions together are the whole batch's
+    lengths = lengths_of(sum(sizes), x.shape[-1])
+    want = run(module(ct.BatchNorm2d), x, dy, lengths)
+    for k in ("y", "dx"):
+        torch.testing.assert_close(torch.cat([r["masked_" + k] for r in ranks]), want[k], **tol)
+    for k in ("dweight", "dbias"):
+        torch.testing.assert_close(sum(r["masked_" + k] for r in ranks), want[k], **tol)
+    for r in ranks:
+        for k in ("running_mean", "running_var"):
+            torch.testing.assert_close(r["masked_" + k], want[k], **tol)
