@@ -930,6 +930,55 @@ int cooperative_blocks_per_sm(dim3 block, std::size_t dynamic_smem) noexcept {
   return static_cast<int>(n);
 }
 
+// The stack of a host thread the executor starts. The C library puts a thread's static TLS at the
+// top of its stack (its own stacks or one the caller maps), and the static TLS is mostly the
+// kernels' shared arrays (CUBN_SHARED, thread_local): it grows with every kernel instantiated,
+// 7.8 MB in the test binaries as of the split phases' variable-length kernels, when the 8 MiB
+// default left the monitor's thread too little stack under ThreadSanitizer (a SIGSEGV at its guard
+// page) and the block threads' fixed 8 MiB mappings fell under ThreadSanitizer's minimum. So it is
+// measured: the PT_TLS segments of the modules loaded at start.
+namespace {
+
+std::size_t static_tls_bytes() {
+  std::size_t total = 0;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t, void* data) {
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          const auto& ph = info->dlpi_phdr[i];
+          if (ph.p_type == PT_TLS) *static_cast<std::size_t*>(data) += ph.p_memsz + ph.p_align;
+        }
+        return 0;
+      },
+      &total);
+  return total;
+}
+
+// The static TLS, 8 MiB of stack (the C library's default), and 1 MiB for the C library's and the
+// sanitizers' own TLS (ThreadSanitizer wants the TLS plus 128 KiB at least), in whole pages.
+std::size_t thread_stack_bytes() {
+  static const std::size_t bytes = [] {
+    const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    const std::size_t want = static_tls_bytes() + (std::size_t{9} << 20);
+    return (want + page - 1) / page * page;
+  }();
+  return bytes;
+}
+
+// Starts entry(arg) on a detached thread with a stack of thread_stack_bytes(); false where the
+// system has no thread or memory for it.
+bool start_detached(void* arg, void* (*entry)(void*)) {
+  pthread_attr_t attr;
+  if (pthread_attr_init(&attr) != 0) return false;
+  pthread_t tid{};
+  const bool ok = pthread_attr_setstacksize(&attr, thread_stack_bytes()) == 0 &&
+                  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+                  pthread_create(&tid, &attr, entry, arg) == 0;
+  pthread_attr_destroy(&attr);
+  return ok;
+}
+
+}  // namespace
+
 // The last resort against a hang: a launch whose grid makes no progress (detail::spin's count) for
 // kStallFactor x watchdog_seconds() is reported on stderr, naming its kernel, and the process
 // aborts. The in-kernel watchdog (detail::spin) faults a thread that waits through atomic reads
@@ -969,7 +1018,10 @@ class Monitor {
   static Monitor& get() {
     static Monitor* const m = [] {
       auto* mon = new Monitor;  // never destroyed: its thread outlives static destruction
-      std::thread([mon] { mon->loop(); }).detach();
+      if (!start_detached(mon, [](void* self) -> void* { static_cast<Monitor*>(self)->loop(); }))
+        std::fprintf(stderr,
+                     "cubn executor: cannot start the monitor of stalled launches (out of host "
+                     "threads or memory); a spinning kernel will hang\n");
       return mon;
     }();
     return *m;
@@ -1060,36 +1112,6 @@ class BlockThreads {
     std::uint64_t b = 0;
     Latch* done = nullptr;
   };
-  // A thread's mapping holds its static TLS (the C library puts it at the top of a stack the
-  // caller provides) and then its stack proper. The static TLS is mostly the kernels' shared
-  // arrays and grows with every kernel instantiated (7.8 MB in the test binaries as of the split
-  // phases' variable-length kernels, when a fixed 8 MiB mapping stopped fitting it and
-  // ThreadSanitizer's larger minimum), so it is measured: the PT_TLS segments of the modules
-  // loaded at start.
-  static std::size_t static_tls_bytes() {
-    std::size_t total = 0;
-    dl_iterate_phdr(
-        [](dl_phdr_info* info, std::size_t, void* data) {
-          for (int i = 0; i < info->dlpi_phnum; ++i) {
-            const auto& ph = info->dlpi_phdr[i];
-            if (ph.p_type == PT_TLS) *static_cast<std::size_t*>(data) += ph.p_memsz + ph.p_align;
-          }
-          return 0;
-        },
-        &total);
-    return total;
-  }
-  // The static TLS, 8 MiB of stack (the C library's default), and 1 MiB for the C library's and
-  // the sanitizers' own TLS (ThreadSanitizer wants the TLS plus 128 KiB at least), in pages.
-  // Reserved, not committed (MAP_NORESERVE): only the pages a thread touches cost memory.
-  static std::size_t stack_bytes() {
-    static const std::size_t bytes = [] {
-      const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-      const std::size_t want = static_tls_bytes() + (std::size_t{9} << 20);
-      return (want + page - 1) / page * page;
-    }();
-    return bytes;
-  }
 
   // Never destroyed: threads blocked on them outlive static destruction at exit.
   static std::mutex& idle_mutex() {
@@ -1111,7 +1133,7 @@ class BlockThreads {
       }
     }
     auto t = std::make_unique<Thread>();
-    const std::size_t kStack = stack_bytes();
+    const std::size_t kStack = thread_stack_bytes();
     void* stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
     if (stack == MAP_FAILED) return nullptr;
