@@ -12,7 +12,8 @@
 // never above what the pool holds.
 //
 // Input: a byte stream read front to back (missing bytes read as zero): the call, the descriptor,
-// one mode per pointer, byte counts, epsilon, momenta, activation, accumulate, ranks.
+// one mode per pointer, byte counts, epsilon, momenta, activation, accumulate, ranks, and a
+// variable-length batch's lengths (type, padding, pointer).
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -185,6 +186,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const double momentum_mean = number(in, {0.1, 0.0, 1.0, -0.1, 1.5, NAN, 1e-300});
   const double momentum_var = number(in, {0.1, 0.0, 1.0, -0.1, 1.5, NAN, 1e-300});
   const int accumulate = in.byte() & 1;
+  // A variable-length batch's lengths, read last (inputs made before they were fuzzed read zeros:
+  // none): N of them at a fuzzed offset, int32 or int64 or a bad type, a padding choice or a bad
+  // one; their values are whatever the pool holds there, any 32 or 64 bits, which cubn clamps to
+  // [0, L] as it reads them (so an accepted call must stay in bounds whatever they are).
+  const std::size_t samples =
+      d.rank >= 1 && d.dims[0] >= 0 && d.dims[0] <= static_cast<std::int64_t>(kPoolBytes / 8)
+          ? static_cast<std::size_t>(d.dims[0])
+          : kPoolBytes;
+  const std::uint8_t lt = in.byte(), lp = in.byte();
+  cubn_lengths lens{};
+  lens.type = lt < 200 ? lt % 2 : in.read<std::int32_t>();
+  lens.padding = lp < 200 ? lp % 2 : in.read<std::int32_t>();
+  lens.ptr = pool.pointer(in, samples * 8);
 
   cubn_training_forward_args tf;
   cubn_training_forward_args_init(&tf);
@@ -198,6 +212,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   tf.saved_mean = params[4];
   tf.saved_invstd = params[5];
   tf.epilogue = {activation, residual, reserve, reserve_bytes};
+  tf.lengths = lens;
   cubn_inference_forward_args inf;
   cubn_inference_forward_args_init(&inf);
   inf.scale = params[0];
@@ -206,6 +221,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   inf.running_var = params[3];
   inf.epsilon = epsilon;
   inf.epilogue = {activation, residual, reserve, reserve_bytes};
+  inf.lengths = lens;
   const cubn_param_gradients g = {params[6], params[7], accumulate};
   cubn_training_backward_args tb;
   cubn_training_backward_args_init(&tb);
@@ -214,6 +230,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   tb.saved_invstd = params[5];
   tb.grads = g;
   tb.epilogue = {activation, residual, reserve, reserve_bytes, dz};
+  tb.lengths = lens;
   cubn_frozen_backward_args fb;
   cubn_frozen_backward_args_init(&fb);
   fb.scale = params[0];
@@ -223,6 +240,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   fb.epsilon = epsilon;
   fb.grads = g;
   fb.epilogue = {activation, residual, reserve, reserve_bytes, dz};
+  fb.lengths = lens;
 
   // CUBN_FUZZ_TRACE: the decoded call, to read a crash's input
   if (std::getenv("CUBN_FUZZ_TRACE") != nullptr) {
@@ -270,7 +288,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     case 4: s = cubn_backward_training(&d, x, dy, dx, &tb, ws, ws_bytes, nullptr); break;
     case 5: s = cubn_backward_frozen(&d, x, dy, dx, &fb, ws, ws_bytes, nullptr); break;
     case 6:
-      s = cubn_forward_training_local(&d, x, record, record_bytes, ws, ws_bytes, nullptr);
+      s = lens.ptr == nullptr
+              ? cubn_forward_training_local(&d, x, record, record_bytes, ws, ws_bytes, nullptr)
+              : cubn_forward_training_local_lengths(&d, x, &lens, record, record_bytes, ws,
+                                                    ws_bytes, nullptr);
       break;
     case 7:
       s = cubn_forward_training_apply(&d, x, y, &tf, record, record_bytes, ranks, ws, ws_bytes,

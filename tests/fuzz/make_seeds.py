@@ -18,7 +18,7 @@ NULL = bytes([0, 0, 0])
 
 def seed(call, dtype=2, order=0, dims=(2, 3, 2, 2), residual=False, dz=False, activation=0,
          ws_mode=0, reserve=False, record=False, ranks=1, epsilon=0, momentum=(0, 0),
-         accumulate=0):
+         accumulate=0, lengths=None):
     rank = len(dims)
     out = bytes([call, dtype, order, rank])
     out += bytes(d for d in dims) + bytes(5 - rank)
@@ -32,6 +32,8 @@ def seed(call, dtype=2, order=0, dims=(2, 3, 2, 2), residual=False, dz=False, ac
     out += (ptr(28672) if reserve else NULL) + bytes([0])
     out += (ptr(49152) if record else NULL) + bytes([ranks + 1, 0]) + bytes([0])
     out += bytes([epsilon, momentum[0], momentum[1], accumulate])
+    if lengths is not None:  # (cubn_length_type, cubn_padding): N lengths at 61440
+        out += bytes(lengths) + ptr(61440)
     return out
 
 
@@ -54,6 +56,17 @@ SEEDS = {
     "small_workspace": seed(0, ws_mode=1),
     "five_dims": seed(0, dims=(2, 3, 2, 2, 2)),
     "reserve_size": seed(8, activation=2),
+    # variable-length batches: the lengths are whatever the pool holds at 61440 (clamped by cubn)
+    "forward_training_lengths": seed(0, dims=(3, 3, 2, 7), lengths=(0, 0)),
+    "forward_training_lengths_nlc_fp16": seed(0, dtype=0, order=1, dims=(4, 5, 8),
+                                              lengths=(1, 1)),
+    "forward_inference_lengths": seed(1, dims=(2, 5, 7), lengths=(0, 1)),
+    "backward_training_lengths": seed(4, dims=(3, 2, 6), lengths=(1, 0)),
+    "backward_frozen_lengths": seed(5, dims=(3, 2, 6), lengths=(0, 0)),
+    "forward_local_lengths": seed(6, dims=(3, 3, 5), record=True, lengths=(0, 0)),
+    "forward_apply_lengths": seed(7, dims=(3, 3, 5), record=True, ranks=2, lengths=(1, 0)),
+    "backward_local_lengths": seed(9, dims=(3, 3, 5), record=True, lengths=(0, 0)),
+    "backward_apply_lengths": seed(10, dims=(3, 3, 5), record=True, lengths=(0, 1)),
 }
 
 if __name__ == "__main__":
