@@ -964,14 +964,17 @@ std::size_t thread_stack_bytes() {
   return bytes;
 }
 
-// Starts entry(arg) on a detached thread with a stack of thread_stack_bytes(); false where the
-// system has no thread or memory for it.
-bool start_detached(void* arg, void* (*entry)(void*)) {
+// Starts entry(arg) on a detached thread with a stack of thread_stack_bytes(): the C library's, or
+// `stack` (a mapping of that size) where given; false where the system has no thread or memory
+// for it.
+bool start_detached(void* arg, void* (*entry)(void*), void* stack = nullptr) {
   pthread_attr_t attr;
   if (pthread_attr_init(&attr) != 0) return false;
   pthread_t tid{};
-  const bool ok = pthread_attr_setstacksize(&attr, thread_stack_bytes()) == 0 &&
-                  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+  const std::size_t bytes = thread_stack_bytes();
+  const int sized = stack != nullptr ? pthread_attr_setstack(&attr, stack, bytes)
+                                     : pthread_attr_setstacksize(&attr, bytes);
+  const bool ok = sized == 0 && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
                   pthread_create(&tid, &attr, entry, arg) == 0;
   pthread_attr_destroy(&attr);
   return ok;
@@ -1133,25 +1136,15 @@ class BlockThreads {
       }
     }
     auto t = std::make_unique<Thread>();
-    const std::size_t kStack = thread_stack_bytes();
-    void* stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE,
+    const std::size_t bytes = thread_stack_bytes();
+    void* stack = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
     if (stack == MAP_FAILED) return nullptr;
 #if defined(CUBN_SIM_ASAN)
-    unpoison_stacks(stack, kStack);
+    unpoison_stacks(stack, bytes);
 #endif
-    pthread_attr_t attr;
-    if (pthread_attr_init(&attr) != 0) {
-      munmap(stack, kStack);
-      return nullptr;
-    }
-    pthread_t tid{};
-    const bool ok = pthread_attr_setstack(&attr, stack, kStack) == 0 &&
-                    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
-                    pthread_create(&tid, &attr, &loop, t.get()) == 0;
-    pthread_attr_destroy(&attr);
-    if (!ok) {
-      munmap(stack, kStack);
+    if (!start_detached(t.get(), &loop, stack)) {
+      munmap(stack, bytes);
       return nullptr;
     }
     return t.release();  // the thread's for good
