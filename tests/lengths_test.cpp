@@ -546,6 +546,25 @@ TEST(LengthsErrors, BadLengthsArgumentsAreRefusedNamingTheArgument) {
   // the split-phase calls check lengths as the single calls do
   DeviceBytes rec(local_stats_bytes(desc) * 2);
   rec.fill(kSentinel);
+  // the local phases into rec with workspace w: refused, naming `needle`, rec untouched
+  const auto expect_local_forward = [&](const cubn::Lengths& l, Workspace w, Status status,
+                                        const std::string& needle) {
+    expect_error_and_no_writes(
+        [&] {
+          forward_training_local(desc, x.data(), l, {rec.data(), local_stats_bytes(desc)}, w,
+                                 nullptr);
+        },
+        status, needle, {&rec});
+  };
+  const auto expect_local_backward = [&](const TrainingBackwardArgs<float>& g, Workspace w,
+                                         const std::string& needle) {
+    expect_error_and_no_writes(
+        [&] {
+          backward_training_local(desc, x.data(), z.data(), g,
+                                  {rec.data(), local_grad_sums_bytes(desc)}, w, nullptr);
+        },
+        Status::kInvalidArgument, needle, {&rec});
+  };
   {  // inside the workspace or a statistics array the call writes while its kernels read lengths
     ASSERT_GE(ws.bytes(), 16u);
     TrainingForwardArgs<float> b = a;
@@ -568,13 +587,7 @@ TEST(LengthsErrors, BadLengthsArgumentsAreRefusedNamingTheArgument) {
         Status::kInvalidArgument, "args.lengths overlaps args.grads.dscale", {&y.bytes()});
     g.lengths.ptr = bws.data();
     g.grads.dscale = nullptr;
-    expect_error_and_no_writes(
-        [&] {
-          backward_training_local(desc, x.data(), z.data(), g,
-                                  {rec.data(), local_grad_sums_bytes(desc)},
-                                  {bws.data(), bws.bytes()}, nullptr);
-        },
-        Status::kInvalidArgument, "args.lengths overlaps workspace", {&rec});
+    expect_local_backward(g, {bws.data(), bws.bytes()}, "args.lengths overlaps workspace");
   }
   {
     TrainingForwardArgs<float> b = a;
@@ -586,29 +599,15 @@ TEST(LengthsErrors, BadLengthsArgumentsAreRefusedNamingTheArgument) {
         },
         Status::kInvalidArgument, "args.lengths.type", {&y.bytes()});
   }
-  expect_error_and_no_writes(
-      [&] {
-        forward_training_local(desc, x.data(), a.lengths, {rec.data(), local_stats_bytes(desc)},
-                               {ws.data(), 0}, nullptr);
-      },
-      Status::kWorkspaceTooSmall, "workspace.bytes", {&rec});
+  expect_local_forward(a.lengths, {ws.data(), 0}, Status::kWorkspaceTooSmall, "workspace.bytes");
   {
     cubn::Lengths l = a.lengths;
     l.ptr = rec.data();  // the array inside the record the call writes
     l.type = LengthType::kInt32;
-    expect_error_and_no_writes(
-        [&] {
-          forward_training_local(desc, x.data(), l, {rec.data(), local_stats_bytes(desc)},
-                                 {ws.data(), ws.bytes()}, nullptr);
-        },
-        Status::kInvalidArgument, "lengths overlaps local", {&rec});
+    expect_local_forward(l, {ws.data(), ws.bytes()}, Status::kInvalidArgument,
+                         "lengths overlaps local");
     l.padding = static_cast<Padding>(5);
-    expect_error_and_no_writes(
-        [&] {
-          forward_training_local(desc, x.data(), l, {rec.data(), local_stats_bytes(desc)},
-                                 {ws.data(), ws.bytes()}, nullptr);
-        },
-        Status::kInvalidArgument, "lengths.padding", {&rec});
+    expect_local_forward(l, {ws.data(), ws.bytes()}, Status::kInvalidArgument, "lengths.padding");
   }
   {
     DeviceBuffer<float> mean(3), invstd(3);
@@ -616,13 +615,7 @@ TEST(LengthsErrors, BadLengthsArgumentsAreRefusedNamingTheArgument) {
     b.saved = {mean.data(), invstd.data()};
     b.lengths = a.lengths;
     b.epilogue.residual = z.data();
-    expect_error_and_no_writes(
-        [&] {
-          backward_training_local(desc, x.data(), z.data(), b,
-                                  {rec.data(), local_grad_sums_bytes(desc)},
-                                  {ws.data(), ws.bytes()}, nullptr);
-        },
-        Status::kInvalidArgument, "fused activation or residual", {&rec});
+    expect_local_backward(b, {ws.data(), ws.bytes()}, "fused activation or residual");
   }
   InferenceForwardArgs<float> inf;
   DeviceBuffer<float> stats(std::vector<float>(3, 1.0f));
