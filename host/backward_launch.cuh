@@ -39,17 +39,20 @@ void sums(const Problem& p, const BackwardPlan& plan, const T* x, const T* dy, c
 
 // Calls fn(reduction op, dx op) for the epilogue `e` of a backward whose plain ops are `sum_op` and
 // `dx_op`, with Fwd the forward's affine (SiLU recomputes its pre-activation with it).
-// A variable-length batch (`seq`, which takes no epilogue: the call refused one) gets both ops
-// masked (lengths.cuh).
+// A variable-length batch (`seq`) gets both ops masked (lengths.cuh).
 template <class T, class Sum, class Dx, class Fwd, class Fn>
 void with_grad_epilogue(const EpilogueGrad& e, const kernels::SeqGeometry& seq, const Sum& sum_op,
                         const Dx& dx_op, const Fwd& fwd, Fn&& fn) {
   using kernels::Act;
-  if (seq.lengths != nullptr) {
-    const kernels::SeqMask mask{seq};
-    fn(kernels::Masked<Sum>(sum_op, mask), kernels::Masked<Dx>(dx_op, mask));
-    return;
-  }
+  const auto call = [&](const auto& r, const auto& f) {
+    if (seq.lengths != nullptr) {
+      const kernels::SeqMask mask{seq};
+      fn(kernels::Masked<std::decay_t<decltype(r)>>(r, mask),
+         kernels::Masked<std::decay_t<decltype(f)>>(f, mask));
+    } else {
+      fn(r, f);
+    }
+  };
   const auto fused = [&](auto a, auto res) {
     constexpr Act A = decltype(a)::value;
     constexpr bool Res = decltype(res)::value;
@@ -60,8 +63,8 @@ void with_grad_epilogue(const EpilogueGrad& e, const kernels::SeqGeometry& seq, 
     if constexpr (A == Act::kSilu) f = fwd;
     const kernels::ActGrad<T, A, F, Res> act{f, static_cast<const T*>(e.residual),
                                              static_cast<const unsigned*>(e.reserve.ptr)};
-    fn(kernels::FusedGradSumOp<T, A, F, Res>{{sum_op.mean}, act},
-       kernels::FusedDxOp<T, A, F, Dx, Res>{dx_op, act, static_cast<T*>(e.dz)});
+    call(kernels::FusedGradSumOp<T, A, F, Res>{{sum_op.mean}, act},
+         kernels::FusedDxOp<T, A, F, Dx, Res>{dx_op, act, static_cast<T*>(e.dz)});
   };
   switch (e.activation) {
     case Activation::kRelu:
@@ -79,7 +82,7 @@ void with_grad_epilogue(const EpilogueGrad& e, const kernels::SeqGeometry& seq, 
   if (e.dz != nullptr) {
     fused(std::integral_constant<Act, Act::kNone>{}, std::false_type{});
   } else {
-    fn(sum_op, dx_op);
+    call(sum_op, dx_op);
   }
 }
 

@@ -36,8 +36,7 @@ void forward_training_impl(const TensorDesc& desc, const void* x, void* y,
          "values per channel (use forward_inference to normalize a single sample)");
   check_training_forward(kTrainingCall, p, x, y, args);
   const kernels::SeqGeometry seq =
-      checked_lengths(kTrainingCall, desc, p, args.lengths, args.epilogue.activation,
-                      args.epilogue.residual, {{y, "y"}});
+      checked_lengths(kTrainingCall, desc, p, args.lengths, {{y, "y"}});
 
   detail::TrainingPlan plan = detail::plan_training(
       p, detail::current_device_info(), detail::aligned16(x),
@@ -69,8 +68,12 @@ void forward_inference_impl(const TensorDesc& desc, const void* x, void* y,
   detail::check_pointer(kInferenceCall, "args.running.var", args.running.var, sizeof(P));
   check_epilogue(kInferenceCall, p, x, y, args.epilogue, false);
   const kernels::SeqGeometry seq =
-      checked_lengths(kInferenceCall, desc, p, args.lengths, args.epilogue.activation,
-                      args.epilogue.residual, {{y, "y"}});
+      checked_lengths(kInferenceCall, desc, p, args.lengths, {{y, "y"}});
+  // ReLU's mask, which the call writes
+  check_lengths_apart(
+      kInferenceCall, desc, args.lengths, Workspace{}, 0,
+      std::array<Region, 1>{{{args.epilogue.reserve.ptr, reserve_size(p, args.epilogue.activation),
+                              "args.epilogue.reserve"}}});
 
   detail::MapPlan plan = detail::plan_map(p, detail::current_device_info(),
                                           detail::aligned16(x, y, args.epilogue.residual));
@@ -91,7 +94,7 @@ void backward_training_impl(const TensorDesc& desc, const void* x, const void* d
   check_training_backward(kBackwardCall, p, x, dy, dx, args);
   const EpilogueGrad& e = args.epilogue;
   const kernels::SeqGeometry seq =
-      checked_lengths(kBackwardCall, desc, p, args.lengths, e.activation, e.residual, {{dx, "dx"}});
+      checked_lengths(kBackwardCall, desc, p, args.lengths, {{dx, "dx"}});
   detail::BackwardPlan plan = detail::plan_backward(
       p, detail::current_device_info(), detail::aligned16(x, dy, e.residual),
       detail::aligned16(x, dy, dx, e.residual, e.dz), reduce_blocks(p, true, e));
@@ -130,7 +133,7 @@ void backward_frozen_impl(const TensorDesc& desc, const void* x, const void* dy,
   detail::check_pointer(kFrozenCall, "args.offset", args.offset, sizeof(P), true);
   check_epilogue_grad(kFrozenCall, p, x, dy, dx, e, false);
   const kernels::SeqGeometry seq =
-      checked_lengths(kFrozenCall, desc, p, args.lengths, e.activation, e.residual, {{dx, "dx"}});
+      checked_lengths(kFrozenCall, desc, p, args.lengths, {{dx, "dx"}});
   detail::BackwardPlan plan = detail::plan_backward(
       p, detail::current_device_info(), detail::aligned16(x, dy, e.residual),
       detail::aligned16(dy, dx, e.dz, e.residual, silu ? x : nullptr), reduce_blocks(p, true, e));

@@ -110,7 +110,6 @@ void check_epilogue_grad(const char* call, const detail::Problem& p, const void*
 
 kernels::SeqGeometry checked_lengths(
     const char* call, const TensorDesc& desc, const Problem& p, const Lengths& lengths,
-    Activation activation, const void* residual,
     std::initializer_list<std::pair<const void*, const char*>> outputs, const char* arg) {
   kernels::SeqGeometry seq;
   if (lengths.ptr == nullptr) return seq;
@@ -138,11 +137,6 @@ kernels::SeqGeometry checked_lengths(
              std::to_string(positions) +
              " positions per channel; variable-length batches take at most 2^31 - 1 of each "
              "(the masked loops count them in 32 bits)");
-  if (activation != Activation::kNone || residual != nullptr)
-    fail(Status::kInvalidArgument, call,
-         name +
-             " with a fused activation or residual is not supported yet; run the "
-             "activation and the residual add separately");
   const std::size_t bytes = length_bytes(desc, lengths);
   for (const auto& [t, t_name] : outputs)
     check_disjoint(call, lengths.ptr, bytes, arg, t, p.bytes(), t_name);

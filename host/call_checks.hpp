@@ -202,12 +202,11 @@ inline std::size_t length_bytes(const TensorDesc& desc, const Lengths& lengths) 
 
 /// The variable-length batch of `lengths` on the tensors of `desc` (canonicalized as `p`) for the
 /// kernels; lengths null: none (a null SeqGeometry::lengths). Checks the type, the padding choice,
-/// the pointer's alignment, a time axis (rank 3 to 5), no fused epilogue (`activation`,
-/// `residual`: not taken with lengths yet), and the array apart from what the call writes
-/// (`outputs`, x's bytes each). Errors name the argument `name` (and its fields).
+/// the pointer's alignment, a time axis (rank 3 to 5), and the array apart from the tensors the
+/// call writes (`outputs`, x's bytes each; check_lengths_apart: the rest). Errors name the argument
+/// `name` (and its fields).
 kernels::SeqGeometry checked_lengths(
     const char* call, const TensorDesc& desc, const Problem& p, const Lengths& lengths,
-    Activation activation, const void* residual,
     std::initializer_list<std::pair<const void*, const char*>> outputs,
     const char* name = "args.lengths");
 

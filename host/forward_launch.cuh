@@ -21,24 +21,26 @@ void normalize(const MapPlan& plan, const T* x, T* y, const Affine& affine, cuda
 }
 
 // Calls fn(op) with the map op of `e` over `affine`: the plain affine without an epilogue, else
-// FusedAffine with the activation and the residual (ReLU writes its mask to e.reserve when given).
-// A variable-length batch (`seq`, which takes no epilogue: the call refused one) gets the affine
-// masked (lengths.cuh).
+// FusedAffine with the activation and the residual (ReLU writes its mask to e.reserve when given);
+// for a variable-length batch (`seq`) that op masked (lengths.cuh).
 template <class T, class Affine, class Fn>
 void with_epilogue(const Epilogue& e, const kernels::SeqGeometry& seq, const Affine& affine,
                    Fn&& fn) {
   using kernels::Act;
-  if (seq.lengths != nullptr) {
-    fn(kernels::Masked<Affine>(affine, kernels::SeqMask{seq}));
-    return;
-  }
+  const auto call = [&](const auto& op) {
+    if (seq.lengths != nullptr) {
+      fn(kernels::Masked<std::decay_t<decltype(op)>>(op, kernels::SeqMask{seq}));
+    } else {
+      fn(op);
+    }
+  };
   using kernels::FusedAffine;
   const T* z = static_cast<const T*>(e.residual);
   auto* mask = static_cast<unsigned*>(e.reserve.ptr);
   const auto fused = [&](auto a, auto res) {
     constexpr Act A = decltype(a)::value;
-    fn(FusedAffine<T, Affine, A, decltype(res)::value>{affine, z,
-                                                       A == Act::kRelu ? mask : nullptr});
+    call(FusedAffine<T, Affine, A, decltype(res)::value>{affine, z,
+                                                         A == Act::kRelu ? mask : nullptr});
   };
   const auto with_res = [&](auto a) {
     if (z != nullptr) {
@@ -55,7 +57,7 @@ void with_epilogue(const Epilogue& e, const kernels::SeqGeometry& seq, const Aff
   if (z != nullptr) {
     fused(std::integral_constant<Act, Act::kNone>{}, std::true_type{});
   } else {
-    fn(affine);
+    call(affine);
   }
 }
 

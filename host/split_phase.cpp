@@ -73,8 +73,7 @@ void forward_local_impl(const TensorDesc& desc, const detail::Problem& p, const 
   detail::SplitPlan plan =
       detail::plan_split(p, detail::current_device_info(), false, detail::aligned16(x),
                          detail::aligned16(x), reduce_blocks(p, false, Epilogue{}));
-  plan.seq = checked_lengths(kForwardLocalCall, desc, p, lengths, Activation::kNone, nullptr, {},
-                             "lengths");
+  plan.seq = checked_lengths(kForwardLocalCall, desc, p, lengths, {}, "lengths");
   check_workspace(kForwardLocalCall, p, ws, plan.scratch.bytes, "forward_training_workspace_size",
                   {{x, "x"}});
   check_record(kForwardLocalCall, p, local, plan.record_bytes, ws, {{x, "x"}});
@@ -100,8 +99,7 @@ void forward_apply_impl(const TensorDesc& desc, const void* x, const void* y,
   detail::SplitPlan plan =
       detail::plan_split(p, detail::current_device_info(), false, detail::aligned16(x),
                          detail::aligned16(x, y, e.residual), reduce_blocks(p, false, e));
-  plan.seq = checked_lengths(kForwardApplyCall, desc, p, args.lengths, e.activation, e.residual,
-                             {{y, "y"}});
+  plan.seq = checked_lengths(kForwardApplyCall, desc, p, args.lengths, {{y, "y"}});
   check_workspace(kForwardApplyCall, p, ws, plan.scratch.bytes, "forward_training_workspace_size",
                   {{x, "x"}, {y, "y"}}, regions(p, args));
   check_lengths_apart(kForwardApplyCall, desc, args.lengths, ws, plan.scratch.bytes,
@@ -142,8 +140,7 @@ void backward_local_impl(const TensorDesc& desc, const void* x, const void* dy,
   detail::SplitPlan plan = detail::plan_split(
       p, detail::current_device_info(), true, detail::aligned16(x, dy, e.residual),
       detail::aligned16(x, dy, e.residual), reduce_blocks(p, true, e));
-  plan.seq =
-      checked_lengths(kBackwardLocalCall, desc, p, args.lengths, e.activation, e.residual, {});
+  plan.seq = checked_lengths(kBackwardLocalCall, desc, p, args.lengths, {});
   check_workspace(kBackwardLocalCall, p, ws, plan.scratch.bytes, "backward_workspace_size",
                   {{x, "x"}, {dy, "dy"}}, regions(p, args));
   check_lengths_apart(kBackwardLocalCall, desc, args.lengths, ws, plan.scratch.bytes,
@@ -174,7 +171,7 @@ void backward_apply_impl(const TensorDesc& desc, const void* x, const void* dy, 
   detail::SplitPlan plan = detail::plan_split(
       p, detail::current_device_info(), true, detail::aligned16(x, dy, e.residual),
       detail::aligned16(x, dy, dx, e.residual, e.dz), reduce_blocks(p, true, e));
-  plan.seq = checked_lengths(kBackwardApplyCall, desc, p, args.lengths, e.activation, e.residual,
+  plan.seq = checked_lengths(kBackwardApplyCall, desc, p, args.lengths,
                              {{dx, "dx"}, {e.dz, "args.epilogue.dz"}});
   check_workspace(kBackwardApplyCall, p, ws, plan.scratch.bytes, "backward_workspace_size",
                   {{x, "x"}, {dy, "dy"}, {dx, "dx"}}, regions(p, args));

@@ -192,6 +192,22 @@ struct ActGrad {
       if constexpr (kReadsZ) s[u].z = load_pack<V>(z + at[u]);
     }
   }
+  /// load for a masked loop (lengths.cuh): the packs with a valid lane, zero elsewhere.
+  template <int V, int N>
+  CUBN_DEVICE void load_if(const std::int64_t (&at)[N], const unsigned (&valid)[N],
+                           Side<V> (&s)[N]) const {
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u) {
+      if constexpr (A == Act::kRelu) s[u].bits = valid[u] != 0 ? read_mask<V>(mask, at[u]) : 0u;
+      if constexpr (kReadsZ) s[u].z = load_pack_if<V>(z + at[u], valid[u] != 0);
+    }
+  }
+  /// The padded lanes (outside `valid`) of a side zeroed: z (SiLU) and the mask bits (ReLU).
+  template <int V>
+  CUBN_DEVICE static void zero_padded(Side<V>& s, unsigned valid) {
+    if constexpr (A == Act::kRelu) s.bits &= valid;
+    if constexpr (kReadsZ) s.z = keep_lanes(s.z, valid);
+  }
   /// dy * act'(p) of element k of a pack.
   template <int V>
   CUBN_DEVICE Acc grad(Acc dy, Acc x, const Side<V>& s, int k, const FwdCoeffs& fc) const {
@@ -218,8 +234,9 @@ struct FusedGradSumOp : GradSumOp<acc_t<T>> {
   static constexpr int kSideStreams = Grad::kReadsZ ? 1 : 0;
   static constexpr Act kAct = A;
   static constexpr bool kRes = Res;
-  /// Not masked yet (cubn::Lengths takes no epilogue): its sides are not zeroed.
-  static constexpr bool kZeroPadded = false;
+  /// A masked loop folds padded lanes as zeros (channel_ops.cuh zero_padded), their sides' too:
+  /// dy = 0 gives g = 0 (SiLU's: dy times a finite factor, x and z zeroed).
+  static constexpr bool kZeroPadded = true;
   using Local = GradSums<Acc>;
   template <class, int V>
   using Side = typename Grad::template Side<V>;
@@ -238,6 +255,15 @@ struct FusedGradSumOp : GradSumOp<acc_t<T>> {
   template <class, int V, int N>
   CUBN_DEVICE void load_side(const std::int64_t (&at)[N], Side<T, V> (&s)[N]) const {
     act.template load<V>(at, s);
+  }
+  template <class, int V, int N>
+  CUBN_DEVICE void load_side_if(const std::int64_t (&at)[N], const unsigned (&valid)[N],
+                                Side<T, V> (&s)[N]) const {
+    act.template load_if<V>(at, valid, s);
+  }
+  template <int V>
+  CUBN_DEVICE void zero_padded_side(Side<T, V>& s, unsigned valid) const {
+    Grad::template zero_padded<V>(s, valid);
   }
   template <int V>
   CUBN_DEVICE void absorb_one(Local& l, const Channel& ch, Acc dy, Acc x, const Side<T, V>& s,
@@ -293,10 +319,15 @@ struct FusedDxOp {
   CUBN_DEVICE void load_side(const std::int64_t (&at)[N], Side<T, V> (&s)[N]) const {
     act.template load<V>(at, s);
   }
-  template <int KV, int V, class CoeffOf>
-  CUBN_DEVICE void emit(T* dx, std::int64_t at, const Pack<T, V>& dy, const Pack<T, V>& x,
-                        const Side<T, V>& s, const CoeffOf& coeff) const {
-    Pack<T, V> ox, oz;
+  template <class, int V, int N>
+  CUBN_DEVICE void load_side_if(const std::int64_t (&at)[N], const unsigned (&valid)[N],
+                                Side<T, V> (&s)[N]) const {
+    act.template load_if<V>(at, valid, s);
+  }
+  /// dx (into ox) and dz (into oz) of a pack.
+  template <int V, class CoeffOf>
+  CUBN_DEVICE void outputs(const Pack<T, V>& dy, const Pack<T, V>& x, const Side<T, V>& s,
+                           const CoeffOf& coeff, Pack<T, V>& ox, Pack<T, V>& oz) const {
     CUBN_UNROLL
     for (int k = 0; k < V; ++k) {
       const Coeffs q = coeff(k);
@@ -305,8 +336,25 @@ struct FusedDxOp {
       oz.v[k] = from_acc<T>(g);
       ox.v[k] = from_acc<T>(base.apply(q.q, g, xv));
     }
+  }
+  template <int KV, int V, class CoeffOf>
+  CUBN_DEVICE void emit(T* dx, std::int64_t at, const Pack<T, V>& dy, const Pack<T, V>& x,
+                        const Side<T, V>& s, const CoeffOf& coeff) const {
+    Pack<T, V> ox, oz;
+    outputs(dy, x, s, coeff, ox, oz);
     if (dx != nullptr) store_pack<V>(dx + at, ox);
     if (dz != nullptr) store_pack<V>(dz + at, oz);
+  }
+  /// emit for a masked loop's pack with valid lanes `valid` (channel_ops.cuh emit_valid): dx and
+  /// dz as store_valid stores them (`zero`: Padding kZero).
+  template <int KV, int V, class CoeffOf>
+  CUBN_DEVICE void emit_valid(T* dx, std::int64_t at, const Pack<T, V>& dy, const Pack<T, V>& x,
+                              const Side<T, V>& s, unsigned valid, bool zero,
+                              const CoeffOf& coeff) const {
+    Pack<T, V> ox, oz;
+    outputs(dy, x, s, coeff, ox, oz);
+    if (dx != nullptr) store_valid(dx, at, ox, valid, zero);
+    if (dz != nullptr) store_valid(dz, at, oz, valid, zero);
   }
 };
 

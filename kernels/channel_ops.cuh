@@ -203,7 +203,6 @@ constexpr unsigned kAllLanes = V == 32 ? ~0u : (1u << V) - 1u;
 /// The valid lanes of the packs at `at` of a masked op.
 template <int V, class Op, int N>
 CUBN_DEVICE void pack_bits(const Op& op, const std::int64_t (&at)[N], unsigned (&bits)[N]) {
-  static_assert(!SideOf<Op>::kSided, "masked ops read no side (cubn::Lengths takes no epilogue)");
   CUBN_UNROLL
   for (int u = 0; u < N; ++u) bits[u] = op.mask.template bits<V>(at[u]);
 }
@@ -245,6 +244,14 @@ CUBN_DEVICE void plane_pack_bits(const Op& op, const std::int64_t (&at)[N], cons
       bits[u] = op.mask.template plane_bits<V>(w[u].pos, w[u].n);
     }
   }
+}
+
+/// The sides of the packs at `at` that hold a valid lane (a masked fused op's: its load_side_if);
+/// the others zero and not read. Nothing for an op without a side.
+template <class T, int V, int N, class Op>
+CUBN_DEVICE void load_valid_sides(const Op& op, const std::int64_t (&at)[N],
+                                  const unsigned (&bits)[N], side_t<Op, T, V> (&s)[N]) {
+  if constexpr (SideOf<Op>::kSided) op.template load_side_if<T, V>(at, bits, s);
 }
 
 /// load_packs of the packs with a valid lane; the others are zero and not read.
@@ -310,18 +317,32 @@ constexpr bool zero_padded = false;
 template <class R>
 constexpr bool zero_padded<R, std::void_t<decltype(R::kZeroPadded)>> = R::kZeroPadded;
 
-/// A masked reduction's fold of N packs with valid lanes `bits`. Sums (zero_padded): the padded
-/// lanes zeroed, then the packs folded as the unmasked loop folds them: one path, the same
-/// instructions but a select per lane, and with every lane valid the unmasked results bit for
-/// bit. Others: whole packs as the unmasked loop folds them, a visit with a padded lane lane by
-/// lane.
-template <class R, class L, class C, class T, int V, int N>
+/// The padded lanes of a zero_padded reduction's packs zeroed, in both inputs and, for an op with
+/// a side, in what its side holds per lane (a fused op's residual: its SiLU would turn a padded NaN
+/// into a NaN sum even with dy zeroed).
+template <class R, class T, int V, int N, class S>
+CUBN_DEVICE void zero_padded_packs(const R& op, Pack<T, V> (&a)[N], Pack<T, V> (&b)[N], S (&s)[N],
+                                   const unsigned (&bits)[N]) {
+  zero_padded_lanes(a, b, bits);
+  if constexpr (SideOf<R>::kSided) {
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u) op.template zero_padded_side<V>(s[u], bits[u]);
+  }
+}
+
+/// A masked reduction's fold of N packs with valid lanes `bits` (and their sides, for an op with
+/// one). Sums (zero_padded): the padded lanes zeroed, then the packs folded as the unmasked loop
+/// folds them: one path, the same instructions but a select per lane, and with every lane valid the
+/// unmasked results bit for bit. Others: whole packs as the unmasked loop folds them, a visit with
+/// a padded lane lane by lane.
+template <class R, class L, class C, class T, int V, int N, class S>
 CUBN_DEVICE void absorb_valid(const R& op, L& l, const C& cst, Pack<T, V> (&a)[N],
-                              Pack<T, V> (&b)[N], const unsigned (&bits)[N]) {
+                              Pack<T, V> (&b)[N], S (&s)[N], const unsigned (&bits)[N]) {
   if constexpr (zero_padded<R>) {
-    zero_padded_lanes(a, b, bits);
-    op.absorb_packs(l, cst, a, b);
+    zero_padded_packs(op, a, b, s, bits);
+    absorb_packs(op, l, cst, a, b, s);
   } else {
+    static_assert(!SideOf<R>::kSided, "a reduction with a side folds padded lanes as zeros");
     if (all_lanes<V>(bits)) {
       op.absorb_packs(l, cst, a, b);
       return;
@@ -541,15 +562,14 @@ CUBN_DEVICE void map_one(const T* in0, const T* in1, T* out, const F& f, std::in
   emit<KV>(f, out, at, a[0], b[0], s[0], coeff);
 }
 
-/// A masked map's output for a pack with valid lanes `bits` (a and b zero where no lane is valid:
-/// not read): f of every lane, as the unmasked loop computes it; then one store with the padded
-/// lanes zeroed (Padding kZero), or, where padded lanes are not to be written (kUntouched), one
-/// store of a whole valid pack and lane by lane otherwise. No loop over lanes beyond the select.
-template <class F, class T, int V, class CoeffOf>
-CUBN_DEVICE void emit_valid(const F& f, T* out, std::int64_t at, const Pack<T, V>& a,
-                            const Pack<T, V>& b, unsigned bits, const CoeffOf& coeff) {
-  const Pack<T, V> o = apply_pack(f, a, b, coeff);
-  if (f.mask.zero) {
+/// A masked map's store of pack `o` (computed for every lane) with valid lanes `bits`: one store
+/// with the padded lanes zeroed (`zero`: Padding kZero), or, where padded lanes are not to be
+/// written (kUntouched), one store of a whole valid pack and lane by lane otherwise. No loop over
+/// lanes beyond the select.
+template <class T, int V>
+CUBN_DEVICE void store_valid(T* out, std::int64_t at, const Pack<T, V>& o, unsigned bits,
+                             bool zero) {
+  if (zero) {
     store_pack<V>(out + at, keep_lanes(o, bits));
   } else if (bits == kAllLanes<V>) {
     store_pack<V>(out + at, o);
@@ -564,8 +584,22 @@ CUBN_DEVICE void emit_valid(const F& f, T* out, std::int64_t at, const Pack<T, V
   }
 }
 
-/// map_one for a masked op: only a pack with a valid lane is read.
-template <int V, class T, class F, class CoeffOf>
+/// A masked map's outputs for a pack with valid lanes `bits` (a, b and the side s zero where no
+/// lane is valid: not read): f of every lane, as the unmasked loop computes it, stored by
+/// store_valid; an op with a side (the fused epilogue) stores its outputs itself (its
+/// emit_valid<KV>, KV the kernel's pack width, as emit's).
+template <int KV, class F, class T, int V, class S, class CoeffOf>
+CUBN_DEVICE void emit_valid(const F& f, T* out, std::int64_t at, const Pack<T, V>& a,
+                            const Pack<T, V>& b, const S& s, unsigned bits, const CoeffOf& coeff) {
+  if constexpr (SideOf<F>::kSided) {
+    f.template emit_valid<KV>(out, at, a, b, s, bits, f.mask.zero, coeff);
+  } else {
+    store_valid(out, at, apply_pack(f, a, b, coeff), bits, f.mask.zero);
+  }
+}
+
+/// map_one for a masked op (KV: the kernel's pack width): only a pack with a valid lane is read.
+template <int KV, int V, class T, class F, class CoeffOf>
 CUBN_DEVICE void map_one_valid(const T* in0, const T* in1, T* out, const F& f, std::int64_t at,
                                const CoeffOf& coeff) {
   const std::int64_t one[1] = {at};
@@ -573,7 +607,9 @@ CUBN_DEVICE void map_one_valid(const T* in0, const T* in1, T* out, const F& f, s
   pack_bits<V>(f, one, bits);
   Pack<T, V> a[1], b[1];
   load_valid_packs<F::kInputs>(in0, in1, one, bits, a, b);
-  emit_valid(f, out, at, a[0], b[0], bits[0], coeff);
+  side_t<F, T, V> s[1] = {};
+  load_valid_sides<T, V>(f, one, bits, s);
+  emit_valid<KV>(f, out, at, a[0], b[0], s[0], bits[0], coeff);
 }
 
 /// out = f(in0, in1) for the leftover elements, by one thread (of a kernel of pack width V).
@@ -584,7 +620,7 @@ CUBN_DEVICE void map_leftovers(const T* in0, const T* in1, T* out, std::int64_t 
   for (std::int64_t e = numel / V * V; e < numel; ++e, tail.next()) {
     const typename F::Coeffs q = f.coeffs(tail.channel());
     if constexpr (is_masked<F>) {
-      map_one_valid<1, T>(in0, in1, out, f, e, [&](int) { return q; });
+      map_one_valid<V, 1, T>(in0, in1, out, f, e, [&](int) { return q; });
     } else {
       map_one<V, T, 1>(in0, in1, out, f, e, [&](int) { return q; });
     }
@@ -732,7 +768,9 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
             unsigned bits[N];
             plane_pack_bits<V, decltype(by_lane)::value>(op, at, where..., bits);
             load_valid_packs<R::kInputs>(in0, in1, at, bits, a, b);
-            absorb_valid(op, l, cst, a, b, bits);
+            side_t<R, T, V> s[N] = {};
+            load_valid_sides<T, V>(op, at, bits, s);
+            absorb_valid(op, l, cst, a, b, s, bits);
           } else {
             load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
             side_t<R, T, V> s[N];
@@ -834,8 +872,11 @@ CUBN_DEVICE void map_channel_planes(const T* in0, const T* in1, T* out,
             unsigned bits[N];
             plane_pack_bits<V, decltype(by_lane)::value>(f, at, where..., bits);
             load_valid_packs<F::kInputs>(in0, in1, at, bits, a, b);
+            side_t<F, T, V> s[N] = {};
+            load_valid_sides<T, V>(f, at, bits, s);
             CUBN_UNROLL
-            for (int u = 0; u < N; ++u) emit_valid(f, out, at[u], a[u], b[u], bits[u], coeff);
+            for (int u = 0; u < N; ++u)
+              emit_valid<V>(f, out, at[u], a[u], b[u], s[u], bits[u], coeff);
             return;
           }
           src.fetch(in0, in1, at, a, b);
@@ -856,7 +897,7 @@ CUBN_DEVICE void map_channel_planes(const T* in0, const T* in1, T* out,
           const typename F::Coeffs before = cut > 0 ? f.coeffs(ch == 0 ? g.c - 1 : ch - 1) : q;
           const auto both = [&](int k) { return k < cut ? before : q; };
           if constexpr (is_masked<F>) {
-            map_one_valid<V, T>(in0, in1, out, f, at, both);
+            map_one_valid<V, V, T>(in0, in1, out, f, at, both);
             return;
           }
           Pack<T, V> a[1], b[1];
@@ -919,7 +960,7 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
   };
   const auto one = [&](std::int64_t at, auto coeff) {
     if constexpr (is_masked<F>) {
-      map_one_valid<V, T>(in0, in1, out, f, at, coeff);
+      map_one_valid<V, V, T>(in0, in1, out, f, at, coeff);
     } else {
       map_one<V, T, V>(in0, in1, out, f, at, coeff);
     }
@@ -965,10 +1006,12 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
           a[u] = load_pack_if<V>(in0 + at[u], whole[u] && bits[u] != 0);
           b[u] = F::kInputs == 2 ? load_pack_if<V>(in1 + at[u], whole[u] && bits[u] != 0) : a[u];
         }
+        load_valid_sides<T, V>(f, at, bits, sd);  // bits are 0 where the pack is not whole
         if constexpr (F::kInputs == 1) fetch();
         CUBN_UNROLL
         for (int u = 0; u < U; ++u)
-          if (whole[u]) emit_valid(f, out, at[u], a[u], b[u], bits[u], [&](int) { return q[u]; });
+          if (whole[u])
+            emit_valid<V>(f, out, at[u], a[u], b[u], sd[u], bits[u], [&](int) { return q[u]; });
       } else {
         CUBN_UNROLL
         for (int u = 0; u < U; ++u)
@@ -1144,32 +1187,41 @@ CUBN_DEVICE ColumnTail column_tail(const ChannelsLastGeometry& g) {
 }
 
 /// A masked reduction's fold of the column packs at `at`, with valid lanes `bits`, into slot
-/// columns (SlotColumns: a count per slot). Sums (zero_padded): padded lanes zeroed, then as the
-/// unmasked loop folds them. Others: all at once when every lane is valid (as the unmasked loop
-/// folds them, bit for bit), else whole packs one by one and partly padded packs lane by lane (time
-/// steps of C values not a multiple of V, channels-first rows under 2V run as columns).
+/// columns (SlotColumns: a count per slot). Sums (zero_padded): padded lanes zeroed (a fused op's
+/// side's too), then as the unmasked loop folds them. Others: all at once when every lane is valid
+/// (as the unmasked loop folds them, bit for bit), else whole packs one by one and partly padded
+/// packs lane by lane (time steps of C values not a multiple of V, channels-first rows under 2V run
+/// as columns).
 template <int V, class R, class L, class Cst, class T, int N>
 CUBN_DEVICE void absorb_valid_columns(const R& op, L& l, const Cst& cst, const T* in0, const T* in1,
                                       const std::int64_t (&at)[N], const unsigned (&bits)[N],
                                       Pack<T, V> (&a)[N], Pack<T, V> (&b)[N]) {
   load_valid_packs<R::kInputs>(in0, in1, at, bits, a, b);
   if constexpr (zero_padded<R>) {
-    zero_padded_lanes(a, b, bits);
-    op.absorb_slot_columns(l, cst, a, b);
-    return;
-  }
-  if (all_lanes<V>(bits)) {
-    op.absorb_slot_columns(l, cst, a, b);
-    return;
-  }
-  CUBN_UNROLL
-  for (int u = 0; u < N; ++u) {
-    if (bits[u] == kAllLanes<V>) {
-      const Pack<T, V> a1[1] = {a[u]}, b1[1] = {b[u]};
-      op.absorb_slot_columns(l, cst, a1, b1);
+    if constexpr (SideOf<R>::kSided) {  // its slot columns are its columns (a fused op's sums)
+      side_t<R, T, V> s[N] = {};
+      load_valid_sides<T, V>(op, at, bits, s);
+      zero_padded_packs(op, a, b, s, bits);
+      op.absorb_columns(l, cst, a, b, s);
     } else {
-      for (int k = 0; k < V; ++k)
-        if ((bits[u] >> k) & 1u) op.absorb_lane(l, cst(k), acc_at(a[u], k), acc_at(b[u], k), k);
+      zero_padded_lanes(a, b, bits);
+      op.absorb_slot_columns(l, cst, a, b);
+    }
+  } else {
+    static_assert(!SideOf<R>::kSided, "a reduction with a side folds padded lanes as zeros");
+    if (all_lanes<V>(bits)) {
+      op.absorb_slot_columns(l, cst, a, b);
+      return;
+    }
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u) {
+      if (bits[u] == kAllLanes<V>) {
+        const Pack<T, V> a1[1] = {a[u]}, b1[1] = {b[u]};
+        op.absorb_slot_columns(l, cst, a1, b1);
+      } else {
+        for (int k = 0; k < V; ++k)
+          if ((bits[u] >> k) & 1u) op.absorb_lane(l, cst(k), acc_at(a[u], k), acc_at(b[u], k), k);
+      }
     }
   }
 }
@@ -1329,8 +1381,11 @@ CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out, const Chan
               unsigned bits[N];
               column_pack_bits<V, decltype(by_lane)::value>(f, off, at, where..., bits);
               load_valid_packs<F::kInputs>(in0, in1, at, bits, a, b);
+              side_t<F, T, V> s[N] = {};
+              load_valid_sides<T, V>(f, at, bits, s);
               CUBN_UNROLL
-              for (int u = 0; u < N; ++u) emit_valid(f, out, at[u], a[u], b[u], bits[u], q);
+              for (int u = 0; u < N; ++u)
+                emit_valid<V>(f, out, at[u], a[u], b[u], s[u], bits[u], q);
               return;
             }
             src.fetch(in0, in1, at, a, b);

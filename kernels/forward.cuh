@@ -67,11 +67,21 @@ struct FusedAffine {
     }
   }
 
-  template <int KV, int V, class CoeffOf>
-  CUBN_DEVICE void emit(T* y, std::int64_t at, const Pack<T, V>& x, const Pack<T, V>&,
-                        const Side<T, V>& s, const CoeffOf& coeff) const {
+  /// A masked loop's sides (lengths.cuh): z of the packs with a valid lane, zero elsewhere.
+  template <class, int V, int N>
+  CUBN_DEVICE void load_side_if(const std::int64_t (&at)[N], const unsigned (&valid)[N],
+                                Side<T, V> (&s)[N]) const {
+    if constexpr (Res) {
+      CUBN_UNROLL
+      for (int u = 0; u < N; ++u) s[u].z = load_pack_if<V>(z + at[u], valid[u] != 0);
+    }
+  }
+
+  /// y of a pack, and in `bits` (ReLU) where p > 0.
+  template <int V, class CoeffOf>
+  CUBN_DEVICE Pack<T, V> outputs(const Pack<T, V>& x, const Side<T, V>& s, const CoeffOf& coeff,
+                                 unsigned& bits) const {
     Pack<T, V> o;
-    unsigned bits = 0;
     CUBN_UNROLL
     for (int k = 0; k < V; ++k) {
       const Acc xv = acc_at(x, k);
@@ -94,9 +104,30 @@ struct FusedAffine {
         o.v[k] = from_acc<T>(p);
       }
     }
-    store_pack<V>(y + at, o);
+    return o;
+  }
+
+  template <int KV, int V, class CoeffOf>
+  CUBN_DEVICE void emit(T* y, std::int64_t at, const Pack<T, V>& x, const Pack<T, V>&,
+                        const Side<T, V>& s, const CoeffOf& coeff) const {
+    unsigned bits = 0;
+    store_pack<V>(y + at, outputs(x, s, coeff, bits));
     if constexpr (A == Act::kRelu) {
       if (mask != nullptr) write_mask<V, KV>(mask, at, bits);
+    }
+  }
+
+  /// emit for a masked loop's pack with valid lanes `valid` (channel_ops.cuh emit_valid): y as
+  /// store_valid stores it (`zero`: Padding kZero), and every mask bit of the pack, 0 at the
+  /// padded lanes.
+  template <int KV, int V, class CoeffOf>
+  CUBN_DEVICE void emit_valid(T* y, std::int64_t at, const Pack<T, V>& x, const Pack<T, V>&,
+                              const Side<T, V>& s, unsigned valid, bool zero,
+                              const CoeffOf& coeff) const {
+    unsigned bits = 0;
+    store_valid(y, at, outputs(x, s, coeff, bits), valid, zero);
+    if constexpr (A == Act::kRelu) {
+      if (mask != nullptr) write_mask<V, KV>(mask, at, bits & valid);
     }
   }
 };
