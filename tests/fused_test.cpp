@@ -31,6 +31,7 @@
 #include "support/bn_harness.hpp"
 #include "support/device.hpp"
 #include "support/errors.hpp"
+#include "support/padded.hpp"
 
 namespace {
 
@@ -171,24 +172,94 @@ TYPED_TEST_SUITE(BackwardFused, DTypes);
 // Where the forward's output goes.
 enum class Out { kSeparate, kIntoX, kIntoZ };
 
-// Training forward with the epilogue of `v` against the reference.
+// A variable-length batch (cubn::Lengths) for the checks below; none where `lengths` is empty.
+struct Seq {
+  std::vector<std::int64_t> lengths;
+  Padding padding = Padding::kZero;
+  bool wide = false;
+  bool on() const { return !lengths.empty(); }
+};
+
+// What a check's calls read (d, z, dy: with a Seq, padded, and NaN at the padded positions, so a
+// padded value that reached any output would show) and what its reference reads (rd, zd, dyd: the
+// same data, or with a Seq each channel's valid elements gathered into a compact (1, C, K) case:
+// support/padded.hpp).
+template <class T>
+struct Case {
+  Data<T> d, rd;
+  std::vector<T> z, dy;
+  std::vector<double> zd, dyd;  // zd empty without a residual
+  Padded pad;
+  bool seq = false;
+
+  Case(const Dims& dims, MemoryOrder order, unsigned seed, bool residual, const Seq& sq)
+      : d(make_data<T>(dims, order, seed)),
+        rd(d),
+        z(make_dy<T>(d.x.size(), seed + 7)),
+        dy(make_dy<T>(d.x.size(), seed + 1)),
+        seq(sq.on()) {
+    std::vector<T> zr = z, dyr = dy;
+    if (seq) {
+      pad = padded(d.shape, sq.lengths);
+      rd = compact(d, pad);
+      zr = gather(z, pad);
+      dyr = gather(dy, pad);
+      poison(d.x, pad);
+      poison(z, pad);
+      poison(dy, pad);
+    }
+    zd = residual ? to_doubles(zr) : std::vector<double>{};
+    dyd = to_doubles(dyr);
+  }
+  // A call's output at the reference's elements.
+  std::vector<double> valid(const std::vector<T>& out) const {
+    return to_doubles(seq ? gather(out, pad) : out);
+  }
+  // A ReLU mask at the reference's elements; its padded bits must be clear.
+  std::vector<unsigned char> valid_mask(const std::vector<unsigned char>& mask,
+                                        const std::string& what) const {
+    if (!seq) return mask;
+    std::vector<unsigned char> r((pad.valid.size() + 7) / 8, 0);
+    for (std::size_t j = 0; j < pad.valid.size(); ++j)
+      if (mask_bit(mask, pad.valid[j])) r[j / 8] |= static_cast<unsigned char>(1u << (j % 8));
+    int set = 0;
+    for (std::size_t i = 0; i < pad.is_valid.size(); ++i)
+      if (!pad.is_valid[i] && mask_bit(mask, i)) ++set;
+    EXPECT_EQ(set, 0) << what << ": mask bits set at padded positions";
+    return r;
+  }
+  // The padded elements of a call's output, against the Seq's padding.
+  void expect_padding(const std::vector<T>& out, const Seq& sq, const std::string& what) const {
+    if (seq) cubn::test::expect_padding(out, pad, sq.padding, what);
+  }
+};
+
+std::string seq_name(const Seq& seq) {
+  if (!seq.on()) return "";
+  return lengths_string(seq.lengths) + (seq.padding == Padding::kZero ? " (zero)" : " (untouched)");
+}
+
+// Training forward with the epilogue of `v` against the reference (with `seq`: on its valid
+// positions).
 template <class T>
 void check_training(const Dims& dims, MemoryOrder order, unsigned seed, const Variant& v,
-                    Out out = Out::kSeparate) {
+                    Out out = Out::kSeparate, const Seq& seq = {}) {
   using P = param_of<T>;
-  const std::string what = "training " + case_name(to_string(dtype_of<T>()), v, dims, order);
-  const Data<T> d = make_data<T>(dims, order, seed);
+  const std::string what =
+      "training " + case_name(to_string(dtype_of<T>()), v, dims, order) + seq_name(seq);
+  const Case<T> k(dims, order, seed, v.residual, seq);
+  const Data<T>& d = k.d;
   const TensorDesc desc = make_desc(dtype_of<T>(), order, dims);
   const std::size_t C = d.scale.size();
-  const auto z = make_dy<T>(d.x.size(), seed + 7);
-  const auto zd = v.residual ? to_doubles(z) : std::vector<double>{};
 
-  DeviceBuffer<T> x(d.x), zb(z), y(d.x.size());
+  DeviceBuffer<T> x(d.x), zb(k.z), y(d.x.size());
+  y.fill_bytes(kUntouchedByte);
   DeviceBuffer<P> scale(to_params<P>(d.scale)), offset(to_params<P>(d.offset)), sm(C), si(C);
   DeviceBytes ws(forward_training_workspace_size(desc));
   const std::size_t rbytes = activation_reserve_size(desc, v.act);
   DeviceBytes reserve(rbytes);
   reserve.fill(0xA5);  // the forward must clear bits as well as set them
+  DeviceLengths len(seq.lengths, seq.wide, seq.padding);
   T* yp = out == Out::kIntoX ? x.data() : out == Out::kIntoZ ? zb.data() : y.data();
   TrainingForwardArgs<P> args;
   args.affine = {scale.data(), offset.data()};
@@ -197,26 +268,31 @@ void check_training(const Dims& dims, MemoryOrder order, unsigned seed, const Va
   args.epilogue.activation = v.act;
   args.epilogue.residual = v.residual ? zb.data() : nullptr;
   args.epilogue.reserve = {rbytes ? reserve.data() : nullptr, rbytes};
+  if (seq.on()) args.lengths = len.arg;
   forward_training(desc, x.data(), yp, args, {ws.data(), ws.bytes()}, nullptr);
   device_sync();
 
+  const Data<T>& rd = k.rd;
   ref::Params p;
   p.scale = to_doubles(to_params<P>(d.scale));
   p.offset = to_doubles(to_params<P>(d.offset));
   p.eps = 1e-3;
-  const auto r = ref::forward_training(d.shape, d.xd, p, 0, 0, {}, {});
+  const auto r = ref::forward_training(rd.shape, rd.xd, p, 0, 0, {}, {});
   const Rounding u = rounding_of<T>();
   std::vector<StatTolerance> st(C);
   for (std::size_t c = 0; c < C; ++c)
-    st[c] = stat_tolerance(u, static_cast<double>(d.shape.m()), r.stats.mean[c],
+    st[c] = stat_tolerance(u, static_cast<double>(rd.shape.m()), r.stats.mean[c],
                            std::sqrt(r.stats.var[c]));
-  const auto e = reference_epilogue(d, v.act, r.y, zd, r.stats.mean, r.stats.invstd, p.scale,
+  const auto e = reference_epilogue(rd, v.act, r.y, k.zd, r.stats.mean, r.stats.invstd, p.scale,
                                     p.offset, st);
   DeviceBuffer<T>& yb = out == Out::kIntoX ? x : out == Out::kIntoZ ? zb : y;
   std::vector<unsigned char> mask(rbytes);
   if (v.act == Activation::kRelu) reserve.download(mask.data(), rbytes);
-  expect_epilogue_near(e, to_doubles(yb.download()), v.act == Activation::kRelu ? &mask : nullptr,
-                       what);
+  const std::vector<T> got = yb.download();
+  const bool relu = v.act == Activation::kRelu;
+  const std::vector<unsigned char> vmask = relu ? k.valid_mask(mask, what) : mask;
+  expect_epilogue_near(e, k.valid(got), relu ? &vmask : nullptr, what);
+  if (out == Out::kSeparate) k.expect_padding(got, seq, what);
   const auto got_mean = to_doubles(sm.download());
   for (std::size_t c = 0; c < C; ++c)
     EXPECT_NEAR(got_mean[c], r.stats.mean[c], st[c].mean) << what << " saved mean, c=" << c;
@@ -224,20 +300,23 @@ void check_training(const Dims& dims, MemoryOrder order, unsigned seed, const Va
 
 // Inference forward with the epilogue of `v` (ReLU writing its mask) against the reference.
 template <class T>
-void check_inference(const Dims& dims, MemoryOrder order, unsigned seed, const Variant& v) {
+void check_inference(const Dims& dims, MemoryOrder order, unsigned seed, const Variant& v,
+                     const Seq& seq = {}) {
   using P = param_of<T>;
-  const std::string what = "inference " + case_name(to_string(dtype_of<T>()), v, dims, order);
-  const Data<T> d = make_data<T>(dims, order, seed);
+  const std::string what =
+      "inference " + case_name(to_string(dtype_of<T>()), v, dims, order) + seq_name(seq);
+  const Case<T> k(dims, order, seed, v.residual, seq);
+  const Data<T>& d = k.d;
   const TensorDesc desc = make_desc(dtype_of<T>(), order, dims);
-  const auto z = make_dy<T>(d.x.size(), seed + 7);
-  const auto zd = v.residual ? to_doubles(z) : std::vector<double>{};
-  DeviceBuffer<T> x(d.x), zb(z), y(d.x.size());
+  DeviceBuffer<T> x(d.x), zb(k.z), y(d.x.size());
+  y.fill_bytes(kUntouchedByte);
   DeviceBuffer<P> scale(to_params<P>(d.scale)), offset(to_params<P>(d.offset));
   DeviceBuffer<P> rmean(to_params<P>(d.running_mean)), rvar(to_params<P>(d.running_var));
   const bool relu = v.act == Activation::kRelu;
   const std::size_t rbytes = activation_reserve_size(desc, v.act);
   DeviceBytes reserve(rbytes);
   reserve.fill(0xA5);  // the forward must clear bits as well as set them
+  DeviceLengths len(seq.lengths, seq.wide, seq.padding);
   InferenceForwardArgs<P> args;
   args.affine = {scale.data(), offset.data()};
   args.running = {rmean.data(), rvar.data()};
@@ -245,15 +324,19 @@ void check_inference(const Dims& dims, MemoryOrder order, unsigned seed, const V
   args.epilogue.activation = v.act;
   args.epilogue.residual = v.residual ? zb.data() : nullptr;
   if (relu) args.epilogue.reserve = {reserve.data(), rbytes};
+  if (seq.on()) args.lengths = len.arg;
   forward_inference(desc, x.data(), y.data(), args, nullptr);
   device_sync();
 
-  const InferenceReference r = inference_reference(d);
+  const InferenceReference r = inference_reference(k.rd);
   const auto e =
-      reference_epilogue(d, v.act, r.y, zd, r.mean, r.invstd, r.p.scale, r.p.offset, r.st);
+      reference_epilogue(k.rd, v.act, r.y, k.zd, r.mean, r.invstd, r.p.scale, r.p.offset, r.st);
   std::vector<unsigned char> mask(rbytes);
   if (relu) reserve.download(mask.data(), rbytes);
-  expect_epilogue_near(e, to_doubles(y.download()), relu ? &mask : nullptr, what);
+  const std::vector<T> got = y.download();
+  const std::vector<unsigned char> vmask = relu ? k.valid_mask(mask, what) : mask;
+  expect_epilogue_near(e, k.valid(got), relu ? &vmask : nullptr, what);
+  k.expect_padding(got, seq, what);
 }
 
 TYPED_TEST(ForwardFused, TrainingMatchesTheReference) {
@@ -288,21 +371,24 @@ struct BackwardOutputs {
 
 template <class T>
 void check_backward(const Dims& dims, MemoryOrder order, unsigned seed, const Variant& v,
-                    bool training, BackwardOutputs want = {}) {
+                    bool training, BackwardOutputs want = {}, const Seq& seq = {}) {
   using P = param_of<T>;
   const std::string what = std::string(training ? "backward " : "frozen backward ") +
-                           case_name(to_string(dtype_of<T>()), v, dims, order);
-  const Data<T> d = make_data<T>(dims, order, seed);
+                           case_name(to_string(dtype_of<T>()), v, dims, order) + seq_name(seq);
+  const Case<T> k(dims, order, seed, v.residual, seq);
+  const Data<T>& d = k.d;
   const TensorDesc desc = make_desc(dtype_of<T>(), order, dims);
   const std::size_t C = d.scale.size();
-  const auto z = make_dy<T>(d.x.size(), seed + 7);
-  const auto zd = v.residual ? to_doubles(z) : std::vector<double>{};
-  const auto dy = make_dy<T>(d.x.size(), seed + 1);
-  const auto dyd = to_doubles(dy);
+  const std::vector<double>& zd = k.zd;
+  const std::vector<double>& dyd = k.dyd;
   const auto scale = to_params<P>(d.scale), offset = to_params<P>(d.offset),
              rm = to_params<P>(d.running_mean), rv = to_params<P>(d.running_var);
 
-  DeviceBuffer<T> x(d.x), zb(z), y(d.x.size()), dyb(dy), dx(d.x.size()), dz(d.x.size());
+  DeviceBuffer<T> x(d.x), zb(k.z), y(d.x.size()), dyb(k.dy), dx(d.x.size()), dz(d.x.size());
+  dx.fill_bytes(kUntouchedByte);
+  dz.fill_bytes(kUntouchedByte);
+  DeviceLengths len(seq.lengths, seq.wide, seq.padding);
+  const Lengths lengths = seq.on() ? len.arg : Lengths{};
   DeviceBuffer<P> sc(scale), of(offset), m(rm), var(rv), sm(C), si(C), ds(C), dof(C);
   DeviceBytes fws(forward_training_workspace_size(desc)), bws(backward_workspace_size(desc));
   const std::size_t rbytes = activation_reserve_size(desc, v.act);
@@ -322,12 +408,14 @@ void check_backward(const Dims& dims, MemoryOrder order, unsigned seed, const Va
     fa.epsilon = 1e-3;
     fa.saved = {sm.data(), si.data()};
     fa.epilogue = fe;
+    fa.lengths = lengths;
     forward_training(desc, x.data(), y.data(), fa, {fws.data(), fws.bytes()}, nullptr);
     TrainingBackwardArgs<P> ba;
     ba.scale = sc.data();
     ba.saved = {sm.data(), si.data()};
     ba.grads = grads;
     ba.epilogue = be;
+    ba.lengths = lengths;
     backward_training(desc, x.data(), dyb.data(), dxp, ba, {bws.data(), bws.bytes()}, nullptr);
   } else {
     InferenceForwardArgs<P> fa;
@@ -335,6 +423,7 @@ void check_backward(const Dims& dims, MemoryOrder order, unsigned seed, const Va
     fa.running = {m.data(), var.data()};
     fa.epsilon = 1e-3;
     fa.epilogue = fe;
+    fa.lengths = lengths;
     forward_inference(desc, x.data(), y.data(), fa, nullptr);
     FrozenBackwardArgs<P> ba;
     ba.scale = sc.data();
@@ -343,20 +432,22 @@ void check_backward(const Dims& dims, MemoryOrder order, unsigned seed, const Va
     ba.epsilon = 1e-3;
     ba.grads = grads;
     ba.epilogue = be;
+    ba.lengths = lengths;
     backward_frozen(desc, x.data(), dyb.data(), dxp, ba, {bws.data(), bws.bytes()}, nullptr);
   }
   device_sync();
 
   // the statistics the backward used, and the pre-activation they give
+  const Data<T>& rd = k.rd;
   const Rounding u = rounding_of<T>();
   std::vector<double> mean(C), invstd(C);
   std::vector<StatTolerance> st(C);
   if (training) {
     mean = to_doubles(sm.download());
     invstd = to_doubles(si.download());
-    const auto r = ref::batch_stats(d.shape, d.xd, 1e-3);
+    const auto r = ref::batch_stats(rd.shape, rd.xd, 1e-3);
     for (std::size_t c = 0; c < C; ++c)
-      st[c] = stat_tolerance(u, static_cast<double>(d.shape.m()), r.mean[c], std::sqrt(r.var[c]));
+      st[c] = stat_tolerance(u, static_cast<double>(rd.shape.m()), r.mean[c], std::sqrt(r.var[c]));
   } else {
     mean = to_doubles(rm);
     for (std::size_t c = 0; c < C; ++c) {
@@ -368,37 +459,41 @@ void check_backward(const Dims& dims, MemoryOrder order, unsigned seed, const Va
   p.scale = to_doubles(scale);
   p.offset = to_doubles(offset);
   p.eps = 1e-3;
-  std::vector<double> bn(d.x.size());
-  for (std::int64_t n = 0; n < d.shape.n(); ++n)
-    for (std::int64_t c = 0; c < d.shape.c(); ++c)
-      for (std::int64_t s = 0; s < d.shape.s(); ++s) {
-        const auto i = static_cast<std::size_t>(d.shape.index(n, c, s));
-        bn[i] = (d.xd[i] - mean[c]) * invstd[c] * p.scale[c] + p.offset[c];
+  std::vector<double> bn(rd.x.size());
+  for (std::int64_t n = 0; n < rd.shape.n(); ++n)
+    for (std::int64_t c = 0; c < rd.shape.c(); ++c)
+      for (std::int64_t s = 0; s < rd.shape.s(); ++s) {
+        const auto i = static_cast<std::size_t>(rd.shape.index(n, c, s));
+        bn[i] = (rd.xd[i] - mean[c]) * invstd[c] * p.scale[c] + p.offset[c];
       }
-  const auto e = reference_epilogue(d, v.act, bn, zd, mean, invstd, p.scale, p.offset, st);
+  const auto e = reference_epilogue(rd, v.act, bn, zd, mean, invstd, p.scale, p.offset, st);
   std::vector<double> g = ref::epilogue_grad(ref_act(v.act), e.pre, dyd), g_err;
   if (v.act == Activation::kRelu) {
     std::vector<unsigned char> mask(rbytes);
     reserve.download(mask.data(), rbytes);
+    mask = k.valid_mask(mask, what);
     for (std::size_t i = 0; i < g.size(); ++i) g[i] = mask_bit(mask, i) ? dyd[i] : 0.0;
   } else if (v.act == Activation::kSilu) {
     g_err.resize(g.size());
     for (std::size_t i = 0; i < g.size(); ++i)
       g_err[i] = std::fabs(dyd[i]) * (0.5 * e.tol_p[i] + 16 * u.acc * (1 + std::fabs(e.pre[i])));
   }
-  const auto r = ref::backward_with_stats(d.shape, d.xd, g, p, mean, invstd, training);
-  const auto tol = backward_tolerance<T>(d.shape, d.xd, g, p.scale, mean, invstd, r, g_err);
-  const auto got_dx = want.dx ? to_doubles(dx.download()) : r.dx;
+  const auto r = ref::backward_with_stats(rd.shape, rd.xd, g, p, mean, invstd, training);
+  const auto tol = backward_tolerance<T>(rd.shape, rd.xd, g, p.scale, mean, invstd, r, g_err);
+  const std::vector<T> dx_all = dx.download(), dz_all = dz.download();
+  if (want.dx) k.expect_padding(dx_all, seq, what + " dx");
+  if (be.dz != nullptr) k.expect_padding(dz_all, seq, what + " dz");
+  const auto got_dx = want.dx ? k.valid(dx_all) : r.dx;
   const auto got_ds = want.grads ? to_doubles(ds.download()) : r.dscale;
   const auto got_do = want.grads ? to_doubles(dof.download()) : r.doffset;
   if (std::any_of(g.begin(), g.end(), [](double v) { return v != 0; })) {
-    expect_gradients_near<T>(d.shape, d.xd, g, r, got_dx, got_ds, got_do, tol, training, what);
+    expect_gradients_near<T>(rd.shape, rd.xd, g, r, got_dx, got_ds, got_do, tol, training, what);
   } else {  // the ReLU passed nothing (a small channel wholly below 0): every gradient is 0
     for (double v : got_dx) ASSERT_EQ(v, 0.0) << what;
     for (std::size_t c = 0; c < C; ++c) ASSERT_EQ(got_ds[c] + got_do[c], 0.0) << what;
   }
   if (be.dz != nullptr) {
-    const auto got_dz = to_doubles(dz.download());
+    const auto got_dz = k.valid(dz_all);
     int bad = 0;
     for (std::size_t i = 0; i < g.size(); ++i) {
       const double t =
@@ -423,6 +518,135 @@ TYPED_TEST(BackwardFused, FrozenMatchesTheReference) {
     for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
       for (const Dims& dims : shapes_for(v))
         check_backward<TypeParam>(dims, order, ++seed, v, false);
+}
+
+// ---- variable-length batches (cubn::Lengths) with the fused epilogue ---------------------------
+
+// The shapes (time last) of the checks with lengths: C = 1, C = 3 and 40 (channels-last vectors
+// meet two time steps, or take scalar accesses), L under a vector (3), rows over several blocks,
+// ranks 4 and 5; under the sanitizers the first three.
+std::vector<Dims> seq_shapes() {
+  std::vector<Dims> s = {{4, 3, 17},  {7, 6, 3},     {3, 40, 33},     {4, 1, 50},
+                         {5, 16, 64}, {2, 8, 6, 16}, {2, 3, 2, 3, 10}};
+  if (sanitizer_shapes()) s.resize(3);
+  return s;
+}
+
+// Lengths for `dims` (0, 1, L and random: some_lengths), int64 on even seeds, padded outputs left
+// untouched on every third.
+Seq seq_for(const Dims& dims, unsigned seed) {
+  return {some_lengths(dims, seed), seed % 3 == 0 ? Padding::kUntouched : Padding::kZero,
+          seed % 2 == 0};
+}
+
+TYPED_TEST(ForwardFused, LengthsTrainingMatchesTheReferenceOnTheValidPositions) {
+  unsigned seed = 9000;
+  for (const Variant& v : variants())
+    for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+      for (const Dims& dims : seq_shapes()) {
+        ++seed;
+        check_training<TypeParam>(dims, order, seed, v, Out::kSeparate, seq_for(dims, seed));
+      }
+  // in place: y over x, and over z (padded positions then hold 0 with kZero)
+  for (Out out : {Out::kIntoX, Out::kIntoZ})
+    check_training<TypeParam>({5, 7, 9}, MemoryOrder::kChannelsFirst, 9400,
+                              {Activation::kRelu, true}, out, seq_for({5, 7, 9}, 9401));
+}
+
+TYPED_TEST(ForwardFused, LengthsInferenceMatchesTheReferenceOnTheValidPositions) {
+  unsigned seed = 9500;
+  for (const Variant& v : variants())
+    for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+      for (const Dims& dims : seq_shapes()) {
+        ++seed;
+        check_inference<TypeParam>(dims, order, seed, v, seq_for(dims, seed));
+      }
+}
+
+TYPED_TEST(BackwardFused, LengthsTrainingMatchesTheReferenceOnTheValidPositions) {
+  unsigned seed = 10000;
+  for (const Variant& v : variants())
+    for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+      for (const Dims& dims : seq_shapes()) {
+        ++seed;
+        check_backward<TypeParam>(dims, order, seed, v, true, {}, seq_for(dims, seed));
+      }
+}
+
+TYPED_TEST(BackwardFused, LengthsFrozenMatchesTheReferenceOnTheValidPositions) {
+  unsigned seed = 10500;
+  for (const Variant& v : variants())
+    for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+      for (const Dims& dims : seq_shapes()) {
+        ++seed;
+        check_backward<TypeParam>(dims, order, seed, v, false, {}, seq_for(dims, seed));
+      }
+}
+
+// Every output of a fused training forward and backward (y, the reserve, the saved statistics,
+// dx, dz, dscale, doffset), as raw bytes, with `lengths` or without (null).
+template <class T>
+std::vector<std::vector<unsigned char>> fused_outputs(const Dims& dims, MemoryOrder order,
+                                                      const Variant& v, const Lengths* lengths) {
+  using P = param_of<T>;
+  const Data<T> d = make_data<T>(dims, order, 11000);
+  const TensorDesc desc = make_desc(dtype_of<T>(), order, dims);
+  const std::size_t C = d.scale.size(), n = d.x.size();
+  const ForcePath streaming(detail::Path::kStreaming);  // calls with lengths never persist
+  DeviceBuffer<T> x(d.x), zb(make_dy<T>(n, 11001)), dyb(make_dy<T>(n, 11002)), y(n), dx(n), dz(n);
+  DeviceBuffer<P> sc(to_params<P>(d.scale)), of(to_params<P>(d.offset)), sm(C), si(C), ds(C),
+      dof(C);
+  DeviceBytes fws(forward_training_workspace_size(desc)), bws(backward_workspace_size(desc));
+  const std::size_t rbytes = activation_reserve_size(desc, v.act);
+  DeviceBytes reserve(rbytes);
+  const Epilogue fe{
+      v.act, v.residual ? zb.data() : nullptr, {rbytes ? reserve.data() : nullptr, rbytes}};
+  TrainingForwardArgs<P> fa;
+  fa.affine = {sc.data(), of.data()};
+  fa.saved = {sm.data(), si.data()};
+  fa.epilogue = fe;
+  if (lengths != nullptr) fa.lengths = *lengths;
+  forward_training(desc, x.data(), y.data(), fa, {fws.data(), fws.bytes()}, nullptr);
+  TrainingBackwardArgs<P> ba;
+  ba.scale = sc.data();
+  ba.saved = {sm.data(), si.data()};
+  ba.grads = {ds.data(), dof.data()};
+  ba.epilogue = EpilogueGrad{v.act,
+                             v.residual ? zb.data() : nullptr,
+                             {rbytes ? reserve.data() : nullptr, rbytes},
+                             v.residual ? dz.data() : nullptr};
+  if (lengths != nullptr) ba.lengths = *lengths;
+  backward_training(desc, x.data(), dyb.data(), dx.data(), ba, {bws.data(), bws.bytes()}, nullptr);
+  device_sync();
+  std::vector<std::vector<unsigned char>> r;
+  const DeviceBytes* outs[] = {&y.bytes(),  &reserve,    &sm.bytes(), &si.bytes(),
+                               &dx.bytes(), &dz.bytes(), &ds.bytes(), &dof.bytes()};
+  for (const DeviceBytes* b : outs) {
+    r.emplace_back(b->bytes());
+    b->download(r.back().data(), b->bytes());
+  }
+  return r;
+}
+
+// Every length L: the fused calls without lengths, bit for bit (the masked loops fold and store
+// whole vectors as the unmasked ones do).
+TYPED_TEST(BackwardFused, LengthsAllLIsTheUnmaskedFusedCallBitForBit) {
+  using T = TypeParam;
+  for (const Variant& v : variants())
+    for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+      for (const Dims& dims : {Dims{6, 16, 40}, Dims{3, 5, 4, 7}}) {
+        const DeviceLengths all(
+            std::vector<std::int64_t>(static_cast<std::size_t>(dims[0]), dims.back()), false,
+            Padding::kZero);
+        const auto with = fused_outputs<T>(dims, order, v, &all.arg);
+        const auto without = fused_outputs<T>(dims, order, v, nullptr);
+        const char* names[] = {"y",  "reserve", "saved mean", "saved invstd",
+                               "dx", "dz",      "dscale",     "doffset"};
+        for (std::size_t i = 0; i < with.size(); ++i)
+          EXPECT_TRUE(with[i] == without[i])
+              << case_name(to_string(dtype_of<T>()), v, dims, order) << ": " << names[i]
+              << " differs from the call without lengths";
+      }
 }
 
 TYPED_TEST(BackwardFused, OptionalOutputs) {

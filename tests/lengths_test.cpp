@@ -533,10 +533,34 @@ TEST(LengthsErrors, BadLengthsArgumentsAreRefusedNamingTheArgument) {
         },
         Status::kSizeOverflow, "at most 2^31 - 1", {&y.bytes()});
   }
+  // the fused epilogue's outputs: ReLU's mask, dz
+  DeviceBytes mask(activation_reserve_size(desc, Activation::kRelu));
+  ASSERT_GE(mask.bytes(), 16u);
   {
     TrainingForwardArgs<float> b = a;
-    b.epilogue.residual = z.data();
-    expect(b, Status::kInvalidArgument, "fused activation or residual", desc);
+    b.epilogue = {Activation::kRelu, z.data(), {mask.data(), mask.bytes()}};
+    b.lengths.ptr = mask.data();
+    expect(b, Status::kInvalidArgument, "args.lengths overlaps args.epilogue.reserve", desc);
+    InferenceForwardArgs<float> inf;
+    DeviceBuffer<float> stats(std::vector<float>(3, 1.0f));
+    inf.running = {stats.data(), stats.data()};
+    inf.epilogue = b.epilogue;
+    inf.lengths = b.lengths;
+    expect_error_and_no_writes([&] { forward_inference(desc, x.data(), y.data(), inf, nullptr); },
+                               Status::kInvalidArgument,
+                               "args.lengths overlaps args.epilogue.reserve", {&y.bytes()});
+    TrainingBackwardArgs<float> g;
+    g.saved = {stats.data(), stats.data()};
+    g.epilogue = {Activation::kNone, z.data(), {}, y.data()};
+    g.lengths = a.lengths;
+    g.lengths.ptr = y.data();
+    DeviceBytes bws(backward_workspace_size(desc));
+    expect_error_and_no_writes(
+        [&] {
+          backward_training(desc, x.data(), z.data(), x.data(), g, {bws.data(), bws.bytes()},
+                            nullptr);
+        },
+        Status::kInvalidArgument, "args.lengths overlaps args.epilogue.dz", {&y.bytes()});
   }
   {
     TrainingForwardArgs<float> b = a;
@@ -614,8 +638,10 @@ TEST(LengthsErrors, BadLengthsArgumentsAreRefusedNamingTheArgument) {
     TrainingBackwardArgs<float> b;
     b.saved = {mean.data(), invstd.data()};
     b.lengths = a.lengths;
-    b.epilogue.residual = z.data();
-    expect_local_backward(b, {ws.data(), ws.bytes()}, "fused activation or residual");
+    b.lengths.ptr = mask.data();  // inside ReLU's mask, which the kernels read beside it
+    b.epilogue = {Activation::kRelu, z.data(), {mask.data(), mask.bytes()}};
+    expect_local_backward(b, {ws.data(), ws.bytes()},
+                          "args.lengths overlaps args.epilogue.reserve");
   }
   InferenceForwardArgs<float> inf;
   DeviceBuffer<float> stats(std::vector<float>(3, 1.0f));
