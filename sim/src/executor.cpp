@@ -24,6 +24,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <numeric>
 #include <random>
 #include <string>
@@ -1471,14 +1472,41 @@ void fence([[maybe_unused]] bool release, [[maybe_unused]] bool acquire) {
 #endif
 }
 
-void refresh_shared(std::uint64_t& serial, void* bytes, std::size_t n, SharedShadow* shadow,
-                    std::size_t count) {
+namespace {
+
+// The static shared arrays' storage allocated on this host thread (refresh_shared), freed when it
+// ends.
+struct SharedStores {
+  std::vector<void*> blocks;
+  SharedStores() = default;
+  SharedStores(const SharedStores&) = delete;
+  SharedStores& operator=(const SharedStores&) = delete;
+  ~SharedStores() {
+    for (void* b : blocks) ::operator delete(b, std::align_val_t(16));
+  }
+};
+
+}  // namespace
+
+void* refresh_shared(std::uint64_t& serial, void*& store, std::size_t n, std::size_t count) {
   Engine& e = engine_in_kernel("shared memory");
   const TsanIgnore ignore;
-  if (serial == e.serial) return;
+  if (store == nullptr) {
+    thread_local SharedStores stores;
+    const std::size_t bytes = shadow_offset(n) + count * sizeof(SharedShadow);
+    stores.blocks.reserve(stores.blocks.size() + 1);  // no leak if push_back would throw
+    store = ::operator new(bytes, std::align_val_t(16));
+    stores.blocks.push_back(store);
+    new (static_cast<unsigned char*>(store) + shadow_offset(n)) SharedShadow[count];
+    serial = UINT64_MAX;
+  }
+  auto* data = static_cast<unsigned char*>(store);
+  if (serial == e.serial) return data;
   serial = e.serial;
-  std::memset(bytes, 0xCD, n);
+  std::memset(data, 0xCD, n);
+  auto* shadow = reinterpret_cast<SharedShadow*>(data + shadow_offset(n));
   std::fill(shadow, shadow + count, SharedShadow{});
+  return data;
 }
 
 void shared_access(SharedShadow& sh, const char* name, std::size_t index, bool write) {

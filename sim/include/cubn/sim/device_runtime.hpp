@@ -90,12 +90,15 @@ void grid_sync(Site site);
 void atomic_write(const void* p, bool release);
 void atomic_read(const void* p, bool acquire, bool changed, Site site);
 void fence(bool release, bool acquire);
-/// Checked shared memory's start of a block: when `serial` is not the running block's
-/// serial number of the block, sets it, fills [bytes, bytes + n) with 0xCD and clears the `count` race records
-/// (outside ThreadSanitizer's view: the executor's bookkeeping, not a kernel's access).
-struct SharedShadow;
-void refresh_shared(std::uint64_t& serial, void* bytes, std::size_t n, SharedShadow* shadow,
-                    std::size_t count);
+/// A static shared array's storage on the calling host thread, and its start of a block: `store`
+/// (null before the array's first use on this thread) gets `n` bytes of data followed by `count`
+/// race records (at shadow_offset(n)), allocated here and freed when the thread ends; when `serial`
+/// is not the running block's serial number, sets it, fills the data with 0xCD and clears the
+/// records. Returns the data. Outside ThreadSanitizer's view: the executor's bookkeeping, not a
+/// kernel's access (the block's threads, fibers of one host thread, all read `store`).
+void* refresh_shared(std::uint64_t& serial, void*& store, std::size_t n, std::size_t count);
+/// Where the race records of a static shared array of `n` data bytes start in its storage.
+constexpr std::size_t shadow_offset(std::size_t n) { return (n + 15) / 16 * 16; }
 
 /// What the race check keeps per element of checked shared memory: the barrier epoch and thread
 /// of its last write, and of its last reads (reader -2: several threads).
@@ -159,23 +162,28 @@ class SharedRef {
 /// Static shared memory of N elements of T, checked: poisoned (0xCD bytes) and its race record
 /// cleared at the first access of each block.
 ///
-/// Constant-initialized (a constexpr constructor), so that a block's threads never meet at the
-/// initialization of a function-local static (whose guard the first thread to pass would set,
-/// with no barrier before the others read it: a race under ThreadSanitizer).
+/// Constant-initialized (a constexpr constructor) and trivially destructible, so that a block's
+/// threads never meet at the initialization of a function-local static (whose guard the first
+/// thread to pass would set, with no barrier before the others read it: a race under
+/// ThreadSanitizer). Its elements live on the heap (detail::refresh_shared allocates them at the
+/// array's first use on a host thread), not in the thread_local object itself: every kernel
+/// instantiation declares such arrays, and held inline they made the binaries' static TLS (which
+/// every host thread's stack must hold) megabytes that grow with each instantiation.
 template <class T, std::size_t N>
 class SharedArray {
  public:
   constexpr explicit SharedArray(const char* name) : name_(name) {}
   SharedRef<T> operator[](std::size_t i) {
-    refresh();
+    auto* data = static_cast<unsigned char*>(detail::refresh_shared(serial_, store_, kBytes, N));
     if (i >= N) detail::fault("index past the end of a shared array");
-    return SharedRef<T>(reinterpret_cast<T*>(bytes_) + i, shadow_[i], name_, i);
+    auto* shadow = reinterpret_cast<detail::SharedShadow*>(data + detail::shadow_offset(kBytes));
+    return SharedRef<T>(reinterpret_cast<T*>(data) + i, shadow[i], name_, i);
   }
 
  private:
-  void refresh() { detail::refresh_shared(serial_, bytes_, sizeof bytes_, shadow_, N); }
-  alignas(T) alignas(16) unsigned char bytes_[sizeof(T) * N] = {};
-  detail::SharedShadow shadow_[N] = {};
+  static_assert(alignof(T) <= 16, "the executor's shared storage is 16-byte aligned");
+  static constexpr std::size_t kBytes = sizeof(T) * N;
+  void* store_ = nullptr;
   std::uint64_t serial_ = UINT64_MAX;
   const char* name_;
 };
