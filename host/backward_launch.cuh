@@ -116,30 +116,30 @@ void launch_backward_training(const Problem& p, const BackwardPlan& plan, const 
   fin.k = dx != nullptr ? k : nullptr;
   // SiLU: the coefficients forward_training left in the reserve
   const kernels::TrainedAffine<T> fwd{static_cast<const Acc*>(args.epilogue.reserve.ptr), p.c};
-  with_grad_epilogue<T>(
-      args.epilogue, plan.seq, kernels::GradSumOp<Acc>{args.saved.mean},
-      kernels::TrainingDxOp<T>{k, p.c}, fwd, [&](const auto& op, const auto& f) {
-        using R = std::decay_t<decltype(op)>;
-        using F = std::decay_t<decltype(f)>;
-        if constexpr (!kernels::is_masked<R>) {  // masked: never persistent (the call's plan)
-          if (dx != nullptr && plan.use_persistent) {
-            kernels::BackwardFinish<Acc> pf = fin;
-            pf.c = p.c;
-            pf.m = static_cast<Acc>(p.m());
-            bool launched = false;
-            with_vec<T>(plan.persistent.vec, [&](auto v) {
-              launched =
-                  launch_persistent("cubn::bn_backward_persistent", plan.persistent,
-                                    kernels::bn_backward_persistent_channels_first<T, v(), R, F>,
-                                    kernels::bn_backward_persistent_channels_last<T, v(), R, F>,
-                                    stream, dy, x, op, ws.partials, pf, f, dx);
-            });
-            if (launched) return;  // else the device fits no block of it: stream
-          }
-        }
-        if (dx != nullptr || grads) sums<T>(p, plan, x, dy, op, fin, workspace, stream);
-        if (dx != nullptr || dz != nullptr) dx_map<T>(plan.dx, dy, x, dx, f, stream);
-      });
+  with_grad_epilogue<T>(args.epilogue, plan.seq, kernels::GradSumOp<Acc>{args.saved.mean},
+                        kernels::TrainingDxOp<T>{k, p.c}, fwd, [&](const auto& op, const auto& f) {
+                          using R = std::decay_t<decltype(op)>;
+                          using F = std::decay_t<decltype(f)>;
+                          if (dx != nullptr && plan.use_persistent) {
+                            kernels::BackwardFinish<Acc> pf = fin;
+                            pf.c = p.c;
+                            pf.m = static_cast<Acc>(
+                                p.m());  // a masked call's: the valid count (MaskedBackwardFinish)
+                            bool launched = false;
+                            with_vec<T>(plan.persistent.vec, [&](auto v) {
+                              launched = launch_persistent(
+                                  "cubn::bn_backward_persistent", plan.persistent,
+                                  kernels::bn_backward_persistent_channels_first<T, v(), R, F>,
+                                  kernels::bn_backward_persistent_channels_last<T, v(), R, F>,
+                                  stream, dy, x, op, ws.partials, pf, f, dx);
+                            });
+                            if (launched) return;  // else the device fits no block of it: stream
+                          }
+                          if (dx != nullptr || grads)
+                            sums<T>(p, plan, x, dy, op, fin, workspace, stream);
+                          if (dx != nullptr || dz != nullptr)
+                            dx_map<T>(plan.dx, dy, x, dx, f, stream);
+                        });
 }
 
 template <class T>

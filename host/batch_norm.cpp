@@ -42,7 +42,6 @@ void forward_training_impl(const TensorDesc& desc, const void* x, void* y,
       p, detail::current_device_info(), detail::aligned16(x),
       detail::aligned16(x, y, args.epilogue.residual), reduce_blocks(p, false, args.epilogue));
   plan.seq = seq;
-  if (seq.lengths != nullptr) plan.use_persistent = false;
   check_workspace(kTrainingCall, p, ws, plan.scratch.bytes, "forward_training_workspace_size",
                   {{x, "x"}, {y, "y"}}, regions(p, args));
   check_lengths_apart(kTrainingCall, desc, args.lengths, ws, plan.scratch.bytes, regions(p, args));
@@ -99,7 +98,6 @@ void backward_training_impl(const TensorDesc& desc, const void* x, const void* d
       p, detail::current_device_info(), detail::aligned16(x, dy, e.residual),
       detail::aligned16(x, dy, dx, e.residual, e.dz), reduce_blocks(p, true, e));
   plan.seq = seq;
-  if (seq.lengths != nullptr) plan.use_persistent = false;
   check_workspace(kBackwardCall, p, ws, plan.scratch.bytes, "backward_workspace_size",
                   {{x, "x"}, {dy, "dy"}, {dx, "dx"}}, regions(p, args));
   check_lengths_apart(kBackwardCall, desc, args.lengths, ws, plan.scratch.bytes, regions(p, args));

@@ -100,17 +100,15 @@ void launch_forward_training(const Problem& p, const TrainingPlan& plan, const T
   with_epilogue<T>(e, plan.seq, kernels::TrainedAffine<T>{fin.k, p.c}, [&](const auto& f) {
     using F = std::decay_t<decltype(f)>;
     const dim3 block(kernels::kBlockThreads);
-    if constexpr (!kernels::is_masked<F>) {  // masked: never persistent (the call's plan)
-      if (plan.use_persistent) {
-        bool launched = false;
-        with_vec<T>(plan.persistent.vec, [&](auto v) {
-          launched = launch_persistent("cubn::bn_forward_persistent", plan.persistent,
-                                       kernels::bn_forward_persistent_channels_first<T, v(), F>,
-                                       kernels::bn_forward_persistent_channels_last<T, v(), F>,
-                                       stream, x, ws.partials, fin, f, y);
-        });
-        if (launched) return;  // else the device fits no block of it: stream
-      }
+    if (plan.use_persistent) {
+      bool launched = false;
+      with_vec<T>(plan.persistent.vec, [&](auto v) {
+        launched = launch_persistent("cubn::bn_forward_persistent", plan.persistent,
+                                     kernels::bn_forward_persistent_channels_first<T, v(), F>,
+                                     kernels::bn_forward_persistent_channels_last<T, v(), F>,
+                                     stream, x, ws.partials, fin, f, y);
+      });
+      if (launched) return;  // else the device fits no block of it: stream
     }
     const ReducePlan& rp = plan.stats;
     check_reduce_blocks(rp, kernels::reduce_blocks_of<T, F, false>);

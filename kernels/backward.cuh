@@ -445,7 +445,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
     bn_backward_persistent_channels_first(ChannelsFirstReduce g, PersistentGeometry pg, const T* dy,
                                           const T* x, R op, GradSums<acc_t<T>>* partials,
                                           BackwardFinish<acc_t<T>> fin, F f, T* dx) {
-  persistent_planes<T, V>(dy, x, dx, g, pg, op, partials, fin, f);
+  persistent_planes<T, V>(dy, x, dx, g, pg, op, partials, backward_finish_for(op, fin), f);
 }
 
 /// The persistent training backward over a channels-last tensor. dx may equal dy or x.
@@ -454,7 +454,7 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
     bn_backward_persistent_channels_last(ChannelsLastGeometry g, PersistentGeometry pg, const T* dy,
                                          const T* x, R op, GradSums<acc_t<T>>* partials,
                                          BackwardFinish<acc_t<T>> fin, F f, T* dx) {
-  persistent_columns<T, V>(dy, x, dx, g, pg, op, partials, fin, f);
+  persistent_columns<T, V>(dy, x, dx, g, pg, op, partials, backward_finish_for(op, fin), f);
 }
 
 /// dx over a channels-first tensor (in0 = dy, in1 = x). dx may equal dy or x.

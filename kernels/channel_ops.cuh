@@ -641,6 +641,17 @@ struct FromGlobal {
   CUBN_DEVICE void keep(const Pack<T, V> (&)[N], const Pack<T, V> (&)[N]) {}
   template <int N>
   CUBN_DEVICE void skip() {}
+  // a masked loop's (SliceCache's): the packs with a valid lane, the others zero and not read
+  template <int N, int V, class T>
+  CUBN_DEVICE void fetch_valid(const T* in0, const T* in1, const std::int64_t (&at)[N],
+                               const unsigned (&bits)[N], Pack<T, V> (&a)[N], Pack<T, V> (&b)[N]) {
+    load_valid_packs<Inputs>(in0, in1, at, bits, a, b);
+  }
+  template <int N, int V, class T>
+  CUBN_DEVICE void keep_valid(const Pack<T, V> (&)[N], const Pack<T, V> (&)[N],
+                              const unsigned (&)[N]) {}
+  template <int N>
+  CUBN_DEVICE void skip_valid(const unsigned (&)[N]) {}
 };
 
 // ---- channels-first planes ----------------------------------------------------------------------
@@ -771,13 +782,14 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
             side_t<R, T, V> s[N] = {};
             load_valid_sides<T, V>(op, at, bits, s);
             absorb_valid(op, l, cst, a, b, s, bits);
+            src.keep_valid(a, b, bits);
           } else {
             load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
             side_t<R, T, V> s[N];
             load_sides<T, V>(op, at, s);
             absorb_packs(op, l, cst, a, b, s);
+            src.keep(a, b);
           }
-          src.keep(a, b);
         },
         [&](std::int64_t at, std::int64_t b0, std::int64_t b1) {
           const std::int64_t one[1] = {at};
@@ -794,7 +806,11 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
           for (int k = 0; k < V; ++k)
             if (at + k >= b0 && at + k < b1 && ((bits[0] >> k) & 1u))
               absorb_one(op, l, cst, acc_at(a[0], k), acc_at(b[0], k), s[0], k);
-          src.keep(a, b);
+          if constexpr (is_masked<R>) {
+            src.keep_valid(a, b, bits);
+          } else {
+            src.keep(a, b);
+          }
         });
   });
   return l;
@@ -868,10 +884,10 @@ CUBN_DEVICE void map_channel_planes(const T* in0, const T* in1, T* out,
         [&](const auto& at, const auto&... where) {
           constexpr int N = packs_in<decltype(at)>;
           Pack<T, V> a[N], b[N];
-          if constexpr (is_masked<F>) {  // never persistent (host/plan.cpp): src is global memory
+          if constexpr (is_masked<F>) {
             unsigned bits[N];
             plane_pack_bits<V, decltype(by_lane)::value>(f, at, where..., bits);
-            load_valid_packs<F::kInputs>(in0, in1, at, bits, a, b);
+            src.fetch_valid(in0, in1, at, bits, a, b);
             side_t<F, T, V> s[N] = {};
             load_valid_sides<T, V>(f, at, bits, s);
             CUBN_UNROLL
@@ -886,21 +902,30 @@ CUBN_DEVICE void map_channel_planes(const T* in0, const T* in1, T* out,
           for (int u = 0; u < N; ++u) emit<V>(f, out, at[u], a[u], b[u], s[u], coeff);
         },
         [&](std::int64_t at, std::int64_t b0, std::int64_t b1) {
+          const std::int64_t one[1] = {at};
+          [[maybe_unused]] unsigned bits[1] = {kAllLanes<V>};
+          if constexpr (is_masked<F>) pack_bits<V>(f, one, bits);
           if (at + V > b1) {  // the next plane's first pack
-            src.template skip<1>();
+            if constexpr (is_masked<F>) {
+              src.skip_valid(bits);
+            } else {
+              src.template skip<1>();
+            }
             return;
           }
-          const std::int64_t one[1] = {at};
           // elements [0, cut) belong to the previous plane (one store either way: the loop then
           // moves at most three vectors, as an edge loop should)
           const int cut = at < b0 ? static_cast<int>(b0 - at) : 0;
           const typename F::Coeffs before = cut > 0 ? f.coeffs(ch == 0 ? g.c - 1 : ch - 1) : q;
           const auto both = [&](int k) { return k < cut ? before : q; };
+          Pack<T, V> a[1], b[1];
           if constexpr (is_masked<F>) {
-            map_one_valid<V, V, T>(in0, in1, out, f, at, both);
+            src.fetch_valid(in0, in1, one, bits, a, b);
+            side_t<F, T, V> s[1] = {};
+            load_valid_sides<T, V>(f, one, bits, s);
+            emit_valid<V>(f, out, at, a[0], b[0], s[0], bits[0], both);
             return;
           }
-          Pack<T, V> a[1], b[1];
           src.fetch(in0, in1, one, a, b);
           side_t<F, T, V> s[1];
           load_sides<T, V>(f, one, s);
@@ -1270,13 +1295,14 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
               unsigned bits[N];
               column_pack_bits<V, decltype(by_lane)::value>(op, off, at, where..., bits);
               absorb_valid_columns<V>(op, l, cst, in0, in1, at, bits, a, b);
+              src.keep_valid(a, b, bits);
             } else {
               load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
               side_t<R, T, V> s[N];
               load_sides<T, V>(op, at, s);
               absorb_columns(op, l, cst, a, b, s);
+              src.keep(a, b);
             }
-            src.keep(a, b);
           },
           seq_positions(op));
     });
@@ -1377,10 +1403,10 @@ CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out, const Chan
           [&](const auto& at, const auto&... where) {
             constexpr int N = packs_in<decltype(at)>;
             Pack<T, V> a[N], b[N];
-            if constexpr (is_masked<F>) {  // never persistent (host/plan.cpp): src is global memory
+            if constexpr (is_masked<F>) {
               unsigned bits[N];
               column_pack_bits<V, decltype(by_lane)::value>(f, off, at, where..., bits);
-              load_valid_packs<F::kInputs>(in0, in1, at, bits, a, b);
+              src.fetch_valid(in0, in1, at, bits, a, b);
               side_t<F, T, V> s[N] = {};
               load_valid_sides<T, V>(f, at, bits, s);
               CUBN_UNROLL

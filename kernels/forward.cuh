@@ -77,11 +77,10 @@ struct FusedAffine {
     }
   }
 
-  /// y of a pack, and in `bits` (ReLU) where p > 0.
+  /// y of a pack into `o`, and in `bits` (ReLU) where p > 0.
   template <int V, class CoeffOf>
-  CUBN_DEVICE Pack<T, V> outputs(const Pack<T, V>& x, const Side<T, V>& s, const CoeffOf& coeff,
-                                 unsigned& bits) const {
-    Pack<T, V> o;
+  CUBN_DEVICE void outputs(const Pack<T, V>& x, const Side<T, V>& s, const CoeffOf& coeff,
+                           Pack<T, V>& o, unsigned& bits) const {
     CUBN_UNROLL
     for (int k = 0; k < V; ++k) {
       const Acc xv = acc_at(x, k);
@@ -104,14 +103,15 @@ struct FusedAffine {
         o.v[k] = from_acc<T>(p);
       }
     }
-    return o;
   }
 
   template <int KV, int V, class CoeffOf>
   CUBN_DEVICE void emit(T* y, std::int64_t at, const Pack<T, V>& x, const Pack<T, V>&,
                         const Side<T, V>& s, const CoeffOf& coeff) const {
+    Pack<T, V> o;
     unsigned bits = 0;
-    store_pack<V>(y + at, outputs(x, s, coeff, bits));
+    outputs(x, s, coeff, o, bits);
+    store_pack<V>(y + at, o);
     if constexpr (A == Act::kRelu) {
       if (mask != nullptr) write_mask<V, KV>(mask, at, bits);
     }
@@ -124,8 +124,10 @@ struct FusedAffine {
   CUBN_DEVICE void emit_valid(T* y, std::int64_t at, const Pack<T, V>& x, const Pack<T, V>&,
                               const Side<T, V>& s, unsigned valid, bool zero,
                               const CoeffOf& coeff) const {
+    Pack<T, V> o;
     unsigned bits = 0;
-    store_valid(y, at, outputs(x, s, coeff, bits), valid, zero);
+    outputs(x, s, coeff, o, bits);
+    store_valid(y, at, o, valid, zero);
     if constexpr (A == Act::kRelu) {
       if (mask != nullptr) write_mask<V, KV>(mask, at, bits & valid);
     }
@@ -414,8 +416,9 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
     bn_forward_persistent_channels_first(ChannelsFirstReduce g, PersistentGeometry pg, const T* x,
                                          WelfordState<acc_t<T>>* partials,
                                          ForwardFinish<acc_t<T>> fin, F f, T* y) {
-  persistent_planes<T, V>(x, static_cast<const T*>(nullptr), y, g, pg, WelfordOp<acc_t<T>>{},
-                          partials, fin, f);
+  persistent_planes<T, V>(x, static_cast<const T*>(nullptr), y, g, pg,
+                          masked_like(f, WelfordOp<acc_t<T>>{}), partials,
+                          forward_finish_for<F>(fin), f);
 }
 
 /// The persistent training forward over a channels-last tensor. y may equal x.
@@ -424,8 +427,9 @@ CUBN_KERNEL void __launch_bounds__(kBlockThreads, kPersistentBlocksPerSm)
     bn_forward_persistent_channels_last(ChannelsLastGeometry g, PersistentGeometry pg, const T* x,
                                         WelfordState<acc_t<T>>* partials,
                                         ForwardFinish<acc_t<T>> fin, F f, T* y) {
-  persistent_columns<T, V>(x, static_cast<const T*>(nullptr), y, g, pg, WelfordOp<acc_t<T>>{},
-                           partials, fin, f);
+  persistent_columns<T, V>(x, static_cast<const T*>(nullptr), y, g, pg,
+                           masked_like(f, WelfordOp<acc_t<T>>{}), partials,
+                           forward_finish_for<F>(fin), f);
 }
 
 /// y = (x - shift) * a + b over a channels-first tensor (Affine: TrainedAffine or

@@ -81,6 +81,51 @@ struct SliceCache {
     }
     slot += N * Inputs * kBlockThreads;
   }
+
+  // A masked loop's packs (lengths.cuh): only those with a valid lane (`bits` not 0) take slots,
+  // one pack (of every input) at a time, so a batch that is half padding keeps twice the valid
+  // packs; both passes compute the same bits for the same visits, so they agree on the slots.
+  CUBN_DEVICE bool room_for_one() const {
+    return slot + static_cast<unsigned>(Inputs) * kBlockThreads <= end;
+  }
+  template <int N>
+  CUBN_DEVICE void keep_valid(const Pack<T, V> (&a)[N], const Pack<T, V> (&b)[N],
+                              const unsigned (&bits)[N]) {
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u) {
+      if (bits[u] == 0 || !room_for_one()) continue;
+      smem[slot] = a[u];
+      if constexpr (Inputs == 2) smem[slot + kBlockThreads] = b[u];
+      slot += Inputs * kBlockThreads;
+    }
+  }
+  template <int N>
+  CUBN_DEVICE void skip_valid(const unsigned (&bits)[N]) {
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u)
+      if (bits[u] != 0 && room_for_one()) slot += Inputs * kBlockThreads;
+  }
+  /// The packs keep_valid kept, from their slots; the others with a valid lane from global memory;
+  /// those without one zero, not read.
+  template <int N>
+  CUBN_DEVICE void fetch_valid(const T* in0, const T* in1, const std::int64_t (&at)[N],
+                               const unsigned (&bits)[N], Pack<T, V> (&a)[N], Pack<T, V> (&b)[N]) {
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u) {
+      if (bits[u] != 0 && room_for_one()) {
+        a[u] = smem[slot];
+        if constexpr (Inputs == 2) {
+          b[u] = smem[slot + kBlockThreads];
+        } else {
+          b[u] = a[u];
+        }
+        slot += Inputs * kBlockThreads;
+      } else {
+        a[u] = load_pack_if<V>(in0 + at[u], bits[u] != 0);
+        b[u] = Inputs == 2 ? load_pack_if<V>(in1 + at[u], bits[u] != 0) : a[u];
+      }
+    }
+  }
 };
 
 /// Phase 2: the calling block finishes channels blockIdx.x, + gridDim.x, ... from their
@@ -129,8 +174,8 @@ CUBN_DEVICE void persistent_planes(const T* in0, const T* in1, T* out, const Cha
   cache.rewind();
   for (std::int64_t vb = blockIdx.x; vb < vblocks; vb += gridDim.x) {
     const std::int64_t ch = vb % g.c, split = vb / g.c;
-    map_channel_planes<T, V, unroll_for(streams_of<R>), false>(in0, in1, out, g, f, ch,
-                             static_cast<unsigned>(split * kBlockThreads + threadIdx.x), cache);
+    map_channel_planes<T, V, unroll_for(streams_of<R>), false>(
+        in0, in1, out, g, f, ch, static_cast<unsigned>(split * kBlockThreads + threadIdx.x), cache);
   }
   if (V > 1 && blockIdx.x == 0 && threadIdx.x == 0)
     map_leftovers<V>(in0, in1, out, g.numel, f, plane_tail(g));
@@ -166,7 +211,7 @@ CUBN_DEVICE void persistent_columns(const T* in0, const T* in1, T* out,
   cache.rewind();
   for (std::int64_t vb = blockIdx.x; vb < vblocks; vb += gridDim.x)
     map_column_block<T, V, unroll_for(streams_of<R>), false>(in0, in1, out, g, f, vb % gx, vb / gx,
-                                                     pg.splits, cache);
+                                                             pg.splits, cache);
   if (V > 1 && blockIdx.x == 0 && threadIdx.x == 0)
     map_leftovers<V>(in0, in1, out, g.numel, f, column_tail(g));
 }

@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -346,8 +347,9 @@ TEST(Proxies, EveryLaunchIsNamedAfterItsKernel) {
 // element, so a call reads the valid bytes plus at most one partly padded vector per sequence and
 // channel (channels-first planes of L; channels-last rows are whole: C here is a multiple of the
 // vector), and writes the whole tensor with Padding::kZero or only the valid bytes with
-// kUntouched. Model in valid-byte passes v (the valid elements' bytes, each sequence's rounded up
-// to whole vectors, over the tensor's): forward training reads 2v (x for the statistics, x to
+// kUntouched (the streaming path; the persistent path reads each input once). Model in valid-byte
+// passes v (the valid elements' bytes, each sequence's rounded up to whole vectors, over the
+// tensor's): forward training reads 2v (x for the statistics, x to
 // normalize), inference v, backward training 4v (dy and x twice), frozen backward dx v (dy) and its
 // sums 2v; every call writes 1 pass (kZero) or the valid elements' bytes exactly (kUntouched: a
 // partly padded vector is written lane by lane).
@@ -378,24 +380,26 @@ TEST(Proxies, CallsWithLengthsReadOnlyTheValidVectors) {
       arg.padding = padding;
       DeviceBytes fws(forward_training_workspace_size(desc)), bws(backward_workspace_size(desc));
       const double bytes = static_cast<double>(numel) * 2;
-      const auto check = [&](const char* call, const std::function<void()>& run, double reads) {
+      const auto check = [&](const char* call, const std::function<void()>& run, double reads,
+                             double writes) {
         const Traffic t = profile(bytes, run);
         EXPECT_NEAR(t.read_passes, reads, 1e-12) << what << " " << call;
-        EXPECT_NEAR(t.write_passes, wp, 1e-12) << what << " " << call;
+        EXPECT_NEAR(t.write_passes, writes, 1e-12) << what << " " << call;
       };
       ASSERT_LT(vp, 0.55) << what;  // about half the batch is padding
+      auto streaming = std::make_unique<ForcePath>(detail::Path::kStreaming);
       check("forward_training", [&] {
         TrainingForwardArgs<float> a;
         a.saved = {mean.data(), invstd.data()};
         a.lengths = arg;
         forward_training(desc, x.data(), y.data(), a, {fws.data(), fws.bytes()}, nullptr);
-      }, 2 * vp);
+      }, 2 * vp, wp);
       check("forward_inference", [&] {
         InferenceForwardArgs<float> a;
         a.running = {mean.data(), var.data()};
         a.lengths = arg;
         forward_inference(desc, x.data(), y.data(), a, nullptr);
-      }, vp);
+      }, vp, wp);
       check("backward_training", [&] {
         TrainingBackwardArgs<float> a;
         a.saved = {mean.data(), invstd.data()};
@@ -403,7 +407,7 @@ TEST(Proxies, CallsWithLengthsReadOnlyTheValidVectors) {
         a.lengths = arg;
         backward_training(desc, x.data(), dy.data(), y.data(), a, {bws.data(), bws.bytes()},
                           nullptr);
-      }, 4 * vp);
+      }, 4 * vp, wp);
       check("backward_frozen", [&] {
         FrozenBackwardArgs<float> a;
         a.running = {mean.data(), var.data()};
@@ -411,7 +415,48 @@ TEST(Proxies, CallsWithLengthsReadOnlyTheValidVectors) {
         a.lengths = arg;
         backward_frozen(desc, x.data(), dy.data(), y.data(), a, {bws.data(), bws.bytes()},
                         nullptr);
-      }, 3 * vp);
+      }, 3 * vp, wp);
+      // the fused epilogue: z read for the vectors with a valid element only, ReLU's mask (a bit per
+      // 2-byte element: 1/16 pass) written whole (0 at padded positions) and read for the vectors
+      // with a valid element by each backward pass; dz written as dx
+      DeviceBuffer<__half> z(d.x), dz(d.x.size());
+      const std::size_t mask_bytes = activation_reserve_size(desc, Activation::kRelu);
+      DeviceBytes mask(mask_bytes);
+      const double mp = 1.0 / 16;
+      check("forward_training relu+z", [&] {
+        TrainingForwardArgs<float> a;
+        a.saved = {mean.data(), invstd.data()};
+        a.epilogue = {Activation::kRelu, z.data(), {mask.data(), mask_bytes}};
+        a.lengths = arg;
+        forward_training(desc, x.data(), y.data(), a, {fws.data(), fws.bytes()}, nullptr);
+      }, 3 * vp, wp + mp);
+      check("backward_training relu+z", [&] {
+        TrainingBackwardArgs<float> a;
+        a.saved = {mean.data(), invstd.data()};
+        a.grads = {dscale.data(), doffset.data()};
+        a.epilogue = {Activation::kRelu, z.data(), {mask.data(), mask_bytes}, dz.data()};
+        a.lengths = arg;
+        backward_training(desc, x.data(), dy.data(), y.data(), a, {bws.data(), bws.bytes()},
+                          nullptr);
+      }, 4 * vp + 2 * vp * mp, 2 * wp);
+      // the persistent path keeps the vectors with a valid element on chip (those alone take
+      // slots): x read once forward, dy and x once backward
+      streaming.reset();
+      const ForcePath persistent(detail::Path::kPersistent);
+      check("persistent forward_training", [&] {
+        TrainingForwardArgs<float> a;
+        a.saved = {mean.data(), invstd.data()};
+        a.lengths = arg;
+        forward_training(desc, x.data(), y.data(), a, {fws.data(), fws.bytes()}, nullptr);
+      }, vp, wp);
+      check("persistent backward_training", [&] {
+        TrainingBackwardArgs<float> a;
+        a.saved = {mean.data(), invstd.data()};
+        a.grads = {dscale.data(), doffset.data()};
+        a.lengths = arg;
+        backward_training(desc, x.data(), dy.data(), y.data(), a, {bws.data(), bws.bytes()},
+                          nullptr);
+      }, 2 * vp, wp);
     }
 }
 
