@@ -229,7 +229,7 @@ gtest_step() {  # NAME LOG SHARDS CMD...: a GoogleTest run, reported with how fa
 }
 gtest_step tests gpu_tests.log 4 "$tests"
 gtest_step persistent gpu_tests_persistent.log 4 env CUBN_TEST_PATH=persistent "$tests" \
-  --gtest_filter='Forward*:Backward*-ForwardPlans*:BackwardPlans*'
+  --gtest_filter='Forward*:Backward*:Lengths*-ForwardPlans*:BackwardPlans*'
 if [ -x "$build/tests/cubn_nccl_tests" ] || [ "$DRY_RUN" = gpu ]; then
   gtest_step nccl nccl_tests.log 1 "$build/tests/cubn_nccl_tests"
 else

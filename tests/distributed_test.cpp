@@ -404,6 +404,59 @@ TYPED_TEST(Distributed, EveryLengthLIsTheSplitWithoutLengthsBitForBit) {
   }
 }
 
+// The fused epilogue with lengths through the phases (padded x and dy NaN): ReLU's y is max(y, 0)
+// of the same split with lengths and no epilogue, bit for bit at every position (0 at the padded
+// ones in both); with a residual, dz is dy where y > 0 and 0 elsewhere, the padded positions
+// included. Every length L gives the split without lengths bit for bit, ReLU with a residual and
+// SiLU alike.
+TYPED_TEST(Distributed, FusedEpilogueWithLengthsThroughThePhases) {
+  using T = TypeParam;
+  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast}) {
+    const Dims dims{7, 5, 3, 9};
+    const std::vector<std::int64_t> sizes{3, 0, 4};
+    const std::string what = std::string(to_string(dtype_of<T>())) + " " + to_string(order);
+    Data<T> d = make_data<T>(dims, order, 730);
+    std::vector<T> dy = make_dy<T>(d.x.size(), 731);
+    SplitLengths lens;
+    lens.lengths = {9, 0, 1, 5, 9, 2, 7};
+    const Padded pad = padded(d.shape, lens.lengths);
+    poison(d.x, pad);
+    poison(dy, pad);
+    const auto plain =
+        run_split<T>(d, dy, order, sizes, Activation::kNone, false, nullptr, false, &lens);
+    const auto relu =
+        run_split<T>(d, dy, order, sizes, Activation::kRelu, false, nullptr, false, &lens);
+    std::vector<T> dz;
+    const auto relu_res =
+        run_split<T>(d, dy, order, sizes, Activation::kRelu, true, &dz, false, &lens);
+    for (std::size_t i = 0; i < d.x.size(); ++i) {
+      ASSERT_EQ(to_double(relu.y[i]), std::max(to_double(plain.y[i]), 0.0))
+          << what << " relu y[" << i << "]";
+      const double want = to_double(relu_res.y[i]) > 0 ? to_double(dy[i]) : 0.0;
+      ASSERT_EQ(to_double(dz[i]), want) << what << " relu dz[" << i << "]";
+    }
+    EXPECT_FALSE(same_bits(relu.dx, plain.dx)) << what << ": the backward phases ignored the mask";
+
+    const Data<T> whole = make_data<T>(dims, order, 732);
+    const std::vector<T> wdy = make_dy<T>(whole.x.size(), 733);
+    SplitLengths all;
+    all.lengths.assign(7, 9);
+    for (Activation act : {Activation::kRelu, Activation::kSilu}) {
+      std::vector<T> dz_plain, dz_masked;
+      const auto a = run_split<T>(whole, wdy, order, sizes, act, true, &dz_plain);
+      const auto b = run_split<T>(whole, wdy, order, sizes, act, true, &dz_masked, false, &all);
+      EXPECT_TRUE(same_bits(b.y, a.y)) << what << ": y";
+      EXPECT_TRUE(same_bits(b.dx, a.dx)) << what << ": dx";
+      EXPECT_TRUE(same_bits(dz_masked, dz_plain)) << what << ": dz";
+      for (std::size_t r = 0; r < sizes.size(); ++r) {
+        EXPECT_TRUE(same_bits(b.saved_invstd[r], a.saved_invstd[r])) << what << " rank " << r;
+        EXPECT_TRUE(same_bits(b.dscale[r], a.dscale[r])) << what << " rank " << r;
+        EXPECT_TRUE(same_bits(b.doffset[r], a.doffset[r])) << what << " rank " << r;
+      }
+    }
+  }
+}
+
 // A global count under 2, which no rank can see: the defined result cubn/distributed.hpp states,
 // the same on every rank. No valid position anywhere: mean 0, invstd 1 / sqrt(epsilon), running
 // statistics as they were, y and dx 0, dscale and doffset 0. One valid position in all: its value

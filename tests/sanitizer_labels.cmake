@@ -31,13 +31,15 @@ set(cubn_sanitize_skip
 #    TicketMutations mutates the ticket (each ordering removed in turn: reported);
 #  - the persistent (cooperative) path of each kernel family: forward and backward (in place,
 #    NaN/Inf, misaligned, optional outputs, zero upstream gradient, no scale and offset), and the
-#    fused epilogue's (ReLU and SiLU, residual, in place; both memory orders, every dtype);
+#    fused epilogue's (ReLU and SiLU, residual, in place; both memory orders, every dtype), and
+#    with lengths (the masked slices, where only vectors with a valid element take slots: fp16 and
+#    fp32, both memory orders, the Lengths shapes);
 #  - the tests tests/CMakeLists.txt registers with the prefix concurrent. (CUBN_CONCURRENT_TESTS:
 #    reference tests of each family again with concurrent blocks; label tsan there).
 # ForwardProperties.SeveralHostThreadsAtOnce is left out: its host threads' full 132-SM cooperative
 # grids at once pass ThreadSanitizer's limit of 8,128 threads.
 set(cubn_tsan_tests
-    "^(Cooperative|SharedRaces|CooperativeCatches|CooperativeUnderTsan|ConcurrentBlocks|MemoryModel|Watchdog|WarpSites|CollectiveStorage|TicketPaths|TicketMutations)\\.|^persistent\\.(ForwardProperties\\.(InPlace|NanAndInf|Misaligned)|BackwardProperties\\.(OptionalOutputs|ZeroUpstream)|Forward\\.TrainingWithoutScaleAndOffset|ForwardFused\\.(InPlace|NanAndInfInTheResidual)|BackwardFused\\.OptionalOutputs)|^concurrent\\.")
+    "^(Cooperative|SharedRaces|CooperativeCatches|CooperativeUnderTsan|ConcurrentBlocks|MemoryModel|Watchdog|WarpSites|CollectiveStorage|TicketPaths|TicketMutations)\\.|^persistent\\.(ForwardProperties\\.(InPlace|NanAndInf|Misaligned)|BackwardProperties\\.(OptionalOutputs|ZeroUpstream)|Forward\\.TrainingWithoutScaleAndOffset|ForwardFused\\.(InPlace|NanAndInfInTheResidual)|BackwardFused\\.OptionalOutputs|Lengths/[02]\\.Training(Forward|Backward)MatchesTheReferenceOnTheValidPositions)|^concurrent\\.")
 
 # The environment of the tests run twice (tests/CMakeLists.txt): set here, where a list stays one
 # value (gtest_discover_tests' PROPERTIES splits it into separate arguments, and the variables

@@ -168,7 +168,7 @@ struct EpilogueGrad {
 /// The integer type of a Lengths array.
 enum class LengthType { kInt32, kInt64 };
 
-/// What a call with Lengths writes at the padded positions of its output (y, dx).
+/// What a call with Lengths writes at the padded positions of its outputs (y; dx and dz).
 ///  - kZero: 0, so the output is a padded batch as the input was (what a following convolution or
 ///    masked sum expects) and no padded value, NaN included, reaches it. The default.
 ///  - kUntouched: nothing: the output buffer keeps what it held there, and the call writes only the
@@ -186,14 +186,17 @@ enum class Padding { kZero, kUntouched };
 /// of bounds. A channel with no valid position (M = 0) gets mean 0 and invstd 1 / sqrt(epsilon);
 /// with M < 2 the running variance is left as it was (its unbiased estimate is undefined).
 /// N and a channel's positions per sample (S) must each be at most 2^31 - 1 (kSizeOverflow).
-/// The split-phase calls (cubn/distributed.hpp) and cubn::nccl take them too. Not taken yet: a
-/// fused activation or residual; the persistent path is not used for these calls.
+/// With a fused epilogue, ReLU's mask bits are 0 at padded positions and z's padded values, like
+/// x's and dy's, reach nothing. The split-phase calls (cubn/distributed.hpp) and cubn::nccl take
+/// them too. On the persistent (single-read) path only vectors with a valid element take on-chip
+/// slots.
 struct Lengths {
-  /// N lengths on the device, aligned to their size, apart from the call's outputs, workspace and
-  /// per-channel arrays (kInvalidArgument naming both otherwise); null: all valid
+  /// N lengths on the device, aligned to their size, apart from the call's outputs (y, dx, dz,
+  /// the reserve), workspace and per-channel arrays (kInvalidArgument naming both otherwise);
+  /// null: all valid
   const void* ptr = nullptr;
   LengthType type = LengthType::kInt32;
-  Padding padding = Padding::kZero;  ///< what the padded positions of y or dx receive
+  Padding padding = Padding::kZero;  ///< what the padded positions of y, dx or dz receive
 };
 
 /// Arguments of forward_training(). P is float for fp16/bf16/fp32 tensors, double for fp64.

@@ -120,7 +120,7 @@ typedef enum cubn_padding { CUBN_PADDING_ZERO = 0, CUBN_PADDING_UNTOUCHED = 1 } 
 typedef struct cubn_lengths {
   const void* ptr; /* N lengths on the device, int32 or int64 */
   int32_t type;    /* a cubn_length_type */
-  int32_t padding; /* a cubn_padding: what y or dx receive at padded positions */
+  int32_t padding; /* a cubn_padding: what y, dx or dz receive at padded positions */
 } cubn_lengths;
 
 typedef struct cubn_training_forward_args {

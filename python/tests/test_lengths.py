@@ -194,3 +194,42 @@ def test_dlpack_calls_take_lengths_and_padding():
     torch.testing.assert_close(mean, m, **TOL)
     with pytest.raises(ValueError, match="padding"):
         cubn.forward_training(x, y, workspace=ws, lengths=lengths, padding="keep")
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu", "none"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dlpack_fused_epilogue_takes_lengths(activation, channels_last):
+    """y = act(bn(x) + z) over a padded batch, and its backward (dx, dz, dscale, doffset) through
+    the activation, against torch autograd on the masked reference; padded x, z and dy are NaN,
+    padded y, dx and dz must be 0."""
+    shape, lengths = (4, 3, 2, 11), torch.tensor([11, 0, 1, 6])
+    x = padded_case(shape, lengths, seed=5, channels_last=channels_last)
+    z = padded_case(shape, lengths, seed=6, channels_last=channels_last)
+    dy = padded_case(shape, lengths, seed=7, channels_last=channels_last)
+    g = torch.Generator().manual_seed(8)
+    w = torch.rand(3, generator=g, dtype=torch.float64) + 0.5
+    b = torch.rand(3, generator=g, dtype=torch.float64) - 0.5
+    y, dx, dz = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+    mean, invstd = torch.empty(3, dtype=torch.float64), torch.empty(3, dtype=torch.float64)
+    dw, db = torch.empty(3, dtype=torch.float64), torch.empty(3, dtype=torch.float64)
+    reserve = torch.empty(cubn.activation_reserve_size(x, activation), dtype=torch.uint8)
+    ws = torch.empty(max(cubn.forward_training_workspace_size(x),
+                         cubn.backward_workspace_size(x)), dtype=torch.uint8)
+    epilogue = dict(activation=activation, residual=z, reserve=reserve, lengths=lengths)
+    cubn.forward_training(x, y, workspace=ws, scale=w, offset=b, saved_mean=mean,
+                          saved_invstd=invstd, **epilogue)
+    cubn.backward_training(x, dy, dx, workspace=ws, scale=w, saved_mean=mean,
+                           saved_invstd=invstd, dscale=dw, doffset=db, dz=dz, **epilogue)
+
+    mask = valid_mask(lengths, shape).expand_as(x)
+    xr, zr = x.clone().requires_grad_(), z.nan_to_num().requires_grad_()
+    wr, br = w.clone().requires_grad_(), b.clone().requires_grad_()
+    bn, _, _, _ = masked_batch_norm(xr, lengths, wr, br, 1e-5)
+    act = {"relu": torch.relu, "silu": torch.nn.functional.silu, "none": lambda p: p}[activation]
+    y_ref = torch.where(mask, act(bn + zr), torch.zeros_like(bn))
+    y_ref.backward(dy.nan_to_num())
+    torch.testing.assert_close(y, y_ref.detach(), **TOL)
+    torch.testing.assert_close(dx, torch.where(mask, xr.grad, torch.zeros_like(dx)), **TOL)
+    torch.testing.assert_close(dz, torch.where(mask, zr.grad, torch.zeros_like(dz)), **TOL)
+    torch.testing.assert_close(dw, wr.grad, **TOL)
+    torch.testing.assert_close(db, br.grad, **TOL)
