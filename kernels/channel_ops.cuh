@@ -1031,7 +1031,16 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
           a[u] = load_pack_if<V>(in0 + at[u], whole[u] && bits[u] != 0);
           b[u] = F::kInputs == 2 ? load_pack_if<V>(in1 + at[u], whole[u] && bits[u] != 0) : a[u];
         }
-        load_valid_sides<T, V>(f, at, bits, sd);  // bits are 0 where the pack is not whole
+        CUBN_UNROLL
+        for (int u = 0; u < U; ++u) {  // bits are 0 where the pack is not whole
+          // one pack at a time, as the unmasked loop (a whole array of sides here: GCC 12's SRA
+          // pass fails under -fsanitize=thread, an internal compiler error)
+          const std::int64_t one[1] = {at[u]};
+          const unsigned b1[1] = {bits[u]};
+          side_t<F, T, V> s1[1] = {};
+          load_valid_sides<T, V>(f, one, b1, s1);
+          sd[u] = s1[0];
+        }
         if constexpr (F::kInputs == 1) fetch();
         CUBN_UNROLL
         for (int u = 0; u < U; ++u)
