@@ -388,26 +388,28 @@ TEST(Proxies, CallsWithLengthsReadOnlyTheValidVectors) {
       };
       ASSERT_LT(vp, 0.55) << what;  // about half the batch is padding
       auto streaming = std::make_unique<ForcePath>(detail::Path::kStreaming);
-      check("forward_training", [&] {
+      const auto forward = [&] {
         TrainingForwardArgs<float> a;
         a.saved = {mean.data(), invstd.data()};
         a.lengths = arg;
         forward_training(desc, x.data(), y.data(), a, {fws.data(), fws.bytes()}, nullptr);
-      }, 2 * vp, wp);
-      check("forward_inference", [&] {
-        InferenceForwardArgs<float> a;
-        a.running = {mean.data(), var.data()};
-        a.lengths = arg;
-        forward_inference(desc, x.data(), y.data(), a, nullptr);
-      }, vp, wp);
-      check("backward_training", [&] {
+      };
+      const auto backward = [&] {
         TrainingBackwardArgs<float> a;
         a.saved = {mean.data(), invstd.data()};
         a.grads = {dscale.data(), doffset.data()};
         a.lengths = arg;
         backward_training(desc, x.data(), dy.data(), y.data(), a, {bws.data(), bws.bytes()},
                           nullptr);
-      }, 4 * vp, wp);
+      };
+      check("forward_training", forward, 2 * vp, wp);
+      check("forward_inference", [&] {
+        InferenceForwardArgs<float> a;
+        a.running = {mean.data(), var.data()};
+        a.lengths = arg;
+        forward_inference(desc, x.data(), y.data(), a, nullptr);
+      }, vp, wp);
+      check("backward_training", backward, 4 * vp, wp);
       check("backward_frozen", [&] {
         FrozenBackwardArgs<float> a;
         a.running = {mean.data(), var.data()};
@@ -443,20 +445,8 @@ TEST(Proxies, CallsWithLengthsReadOnlyTheValidVectors) {
       // slots): x read once forward, dy and x once backward
       streaming.reset();
       const ForcePath persistent(detail::Path::kPersistent);
-      check("persistent forward_training", [&] {
-        TrainingForwardArgs<float> a;
-        a.saved = {mean.data(), invstd.data()};
-        a.lengths = arg;
-        forward_training(desc, x.data(), y.data(), a, {fws.data(), fws.bytes()}, nullptr);
-      }, vp, wp);
-      check("persistent backward_training", [&] {
-        TrainingBackwardArgs<float> a;
-        a.saved = {mean.data(), invstd.data()};
-        a.grads = {dscale.data(), doffset.data()};
-        a.lengths = arg;
-        backward_training(desc, x.data(), dy.data(), y.data(), a, {bws.data(), bws.bytes()},
-                          nullptr);
-      }, 2 * vp, wp);
+      check("persistent forward_training", forward, vp, wp);
+      check("persistent backward_training", backward, 2 * vp, wp);
     }
 }
 
