@@ -330,11 +330,57 @@ CUBN_DEVICE void zero_padded_packs(const R& op, Pack<T, V> (&a)[N], Pack<T, V> (
   }
 }
 
+/// Whether each of the N packs is whole (every lane valid) or empty (none).
+template <int V, int N>
+CUBN_DEVICE bool whole_or_empty(const unsigned (&bits)[N]) {
+  bool all = true;
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) all = all && (bits[u] == 0u || bits[u] == kAllLanes<V>);
+  return all;
+}
+
+/// The packs a masked loop hands an out-of-line fold, by value (an array's address would pin the
+/// loop's packs to local memory).
+template <class T, int V, int N>
+struct PackSet {
+  Pack<T, V> a[N];
+  unsigned bits[N];
+};
+
+/// The valid lanes of packs `p` (a visit with a partly padded pack: at most two per row of a
+/// channels-first plane, one per length boundary of a channels-last tensor whose C is not a
+/// multiple of V) folded one by one into `l`, out of line: the loop holds a call, not N V lanes'
+/// branches and weights. R: a Welford-like op (absorb_one), passed by value without its mask.
+template <class R, class L, class C, class T, int V, int N>
+CUBN_DEVICE_NOINLINE L absorb_valid_lanes(R op, L l, C cst, PackSet<T, V, N> p) {
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u)
+    CUBN_UNROLL
+    for (int k = 0; k < V; ++k)
+      if ((p.bits[u] >> k) & 1u) op.absorb_one(l, cst, acc_at(p.a[u], k), acc_at(p.a[u], k));
+  return l;
+}
+
+/// Each pack's flag for absorb_flagged_*: 1 where it has a valid lane (whole_or_empty: every
+/// lane), 0 where it has none; returns whether any is 1.
+template <class Acc, int N>
+CUBN_DEVICE bool pack_flags(const unsigned (&bits)[N], Acc (&f)[N]) {
+  bool any = false;
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) {
+    f[u] = bits[u] != 0u ? Acc(1) : Acc(0);
+    any = any || bits[u] != 0u;
+  }
+  return any;
+}
+
 /// A masked reduction's fold of N packs with valid lanes `bits` (and their sides, for an op with
 /// one). Sums (zero_padded): the padded lanes zeroed, then the packs folded as the unmasked loop
 /// folds them: one path, the same instructions but a select per lane, and with every lane valid the
-/// unmasked results bit for bit. Others: whole packs as the unmasked loop folds them, a visit with
-/// a padded lane lane by lane.
+/// unmasked results bit for bit. Welford (one input, no side): where every pack is whole or empty,
+/// the whole ones folded in one group (absorb_flagged_packs: the unmasked fold's instructions with
+/// a multiply-add in place of a subtraction; every pack whole gives the unmasked results bit for
+/// bit); a visit with a partly padded pack lane by lane, out of line (absorb_valid_lanes).
 template <class R, class L, class C, class T, int V, int N, class S>
 CUBN_DEVICE void absorb_valid(const R& op, L& l, const C& cst, Pack<T, V> (&a)[N],
                               Pack<T, V> (&b)[N], S (&s)[N], const unsigned (&bits)[N]) {
@@ -342,15 +388,20 @@ CUBN_DEVICE void absorb_valid(const R& op, L& l, const C& cst, Pack<T, V> (&a)[N
     zero_padded_packs(op, a, b, s, bits);
     absorb_packs(op, l, cst, a, b, s);
   } else {
-    static_assert(!SideOf<R>::kSided, "a reduction with a side folds padded lanes as zeros");
-    if (all_lanes<V>(bits)) {
-      op.absorb_packs(l, cst, a, b);
+    static_assert(!SideOf<R>::kSided && R::kInputs == 1,
+                  "a reduction with a side or two inputs folds padded lanes as zeros");
+    if (!whole_or_empty<V>(bits)) {
+      PackSet<T, V, N> p;
+      CUBN_UNROLL
+      for (int u = 0; u < N; ++u) {
+        p.a[u] = a[u];
+        p.bits[u] = bits[u];
+      }
+      l = absorb_valid_lanes(static_cast<const typename R::Unmasked&>(op), l, cst, p);
       return;
     }
-    CUBN_UNROLL
-    for (int u = 0; u < N; ++u)
-      for (int k = 0; k < V; ++k)
-        if ((bits[u] >> k) & 1u) op.absorb_one(l, cst, acc_at(a[u], k), acc_at(b[u], k));
+    decltype(l.n) f[N];
+    if (pack_flags(bits, f)) op.absorb_flagged_packs(l, cst, a, f);
   }
 }
 
@@ -1220,11 +1271,32 @@ CUBN_DEVICE ColumnTail column_tail(const ChannelsLastGeometry& g) {
           static_cast<unsigned>(g.d)};
 }
 
+/// The channel constants of a pack's V slots, by value (absorb_valid_column_lanes).
+template <class C, int V>
+struct ChannelSet {
+  C c[V];
+};
+
+/// absorb_valid_lanes for column packs, whose lane k is slot k (constants c.c[k]): the valid lanes
+/// of a visit with a partly padded pack folded one by one into their slots, out of line.
+template <class R, class L, class C, class T, int V, int N>
+CUBN_DEVICE_NOINLINE L absorb_valid_column_lanes(R op, L l, ChannelSet<C, V> c,
+                                                 PackSet<T, V, N> p) {
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u)
+    CUBN_UNROLL
+    for (int k = 0; k < V; ++k)
+      if ((p.bits[u] >> k) & 1u)
+        op.template absorb_lane<V>(l, c.c[k], acc_at(p.a[u], k), acc_at(p.a[u], k), k);
+  return l;
+}
+
 /// A masked reduction's fold of the column packs at `at`, with valid lanes `bits`, into slot
 /// columns (SlotColumns: a count per slot). Sums (zero_padded): padded lanes zeroed (a fused op's
-/// side's too), then as the unmasked loop folds them. Others: all at once when every lane is valid
-/// (as the unmasked loop folds them, bit for bit), else whole packs one by one and partly padded
-/// packs lane by lane (time steps of C values not a multiple of V, channels-first rows under 2V run
+/// side's too), then as the unmasked loop folds them. Welford: where every pack is whole or empty,
+/// the whole ones at once (absorb_flagged_slot_columns: every pack whole folds as the unmasked loop
+/// does, bit for bit), else lane by lane out of line (absorb_valid_column_lanes: a partly padded
+/// pack, where a time step's C values are not a multiple of V, or channels-first rows under 2V run
 /// as columns).
 template <int V, class R, class L, class Cst, class T, int N>
 CUBN_DEVICE void absorb_valid_columns(const R& op, L& l, const Cst& cst, const T* in0, const T* in1,
@@ -1242,21 +1314,23 @@ CUBN_DEVICE void absorb_valid_columns(const R& op, L& l, const Cst& cst, const T
       op.absorb_slot_columns(l, cst, a, b);
     }
   } else {
-    static_assert(!SideOf<R>::kSided, "a reduction with a side folds padded lanes as zeros");
-    if (all_lanes<V>(bits)) {
-      op.absorb_slot_columns(l, cst, a, b);
+    static_assert(!SideOf<R>::kSided && R::kInputs == 1,
+                  "a reduction with a side or two inputs folds padded lanes as zeros");
+    if (!whole_or_empty<V>(bits)) {
+      PackSet<T, V, N> p;
+      CUBN_UNROLL
+      for (int u = 0; u < N; ++u) {
+        p.a[u] = a[u];
+        p.bits[u] = bits[u];
+      }
+      ChannelSet<typename R::Channel, V> c;
+      CUBN_UNROLL
+      for (int k = 0; k < V; ++k) c.c[k] = cst(k);
+      l = absorb_valid_column_lanes(static_cast<const typename R::Unmasked&>(op), l, c, p);
       return;
     }
-    CUBN_UNROLL
-    for (int u = 0; u < N; ++u) {
-      if (bits[u] == kAllLanes<V>) {
-        const Pack<T, V> a1[1] = {a[u]}, b1[1] = {b[u]};
-        op.absorb_slot_columns(l, cst, a1, b1);
-      } else {
-        for (int k = 0; k < V; ++k)
-          if ((bits[u] >> k) & 1u) op.absorb_lane(l, cst(k), acc_at(a[u], k), acc_at(b[u], k), k);
-      }
-    }
+    std::remove_reference_t<decltype(l.n[0])> f[N];
+    if (pack_flags(bits, f)) op.absorb_flagged_slot_columns(l, cst, a, f);
   }
 }
 

@@ -247,6 +247,72 @@ struct WelfordOp {
     l.n = n;
   }
 
+  /// Masked loops (lengths.cuh): what group<N> computes over the values of the packs whose flag
+  /// (1 or 0, one per P values: flag(i) for value i) is 1, returning their count. get(i) must give
+  /// 0 for the others (an unread pack's zeros, shifted by flag * K). With every flag 1 these are
+  /// group<N>'s operations on the same operands (d - flag * mb is d - mb, one rounding; the mean's
+  /// factor 1/N where the count is N; the halves' merge with N / 4 = c0 / 2 where their counts
+  /// are equal), so the same bits; a pack of zeros flagged 0 adds nothing: no select per value.
+  template <int N, int P, class Get, class Flag>
+  CUBN_DEVICE static Acc flagged_group(const Get& get, const Flag& flag, Acc& mb, Acc& m2b) {
+    if constexpr (N > 16) {
+      Acc m0, q0, m1, q1;
+      const Acc c0 = flagged_group<N / 2, P>(get, flag, m0, q0);
+      const Acc c1 = flagged_group<N / 2, P>([&](int i) { return get(i + N / 2); },
+                                             [&](int i) { return flag(i + N / 2); }, m1, q1);
+      const Acc delta = m1 - m0;
+      if (c0 == c1) {  // group<N>'s merge (both empty: zeros)
+        mb = (m0 + m1) * Acc(0.5);
+        m2b = q0 + q1 + delta * delta * (c0 * Acc(0.5));
+      } else {  // Chan's, with the weight c1 / (c0 + c1) of the second half
+        const Acc w = c1 * rcp_approx(c0 + c1);
+        mb = m0 + delta * w;
+        m2b = q0 + q1 + delta * delta * (c0 * w);
+      }
+      return c0 + c1;
+    } else {
+      Acc d[N];
+      CUBN_UNROLL
+      for (int k = 0; k < N; ++k) d[k] = get(k);
+      Acc c = Acc(0);
+      CUBN_UNROLL
+      for (int k = 0; k < N; k += P) c += flag(k);
+      c *= Acc(P);
+      mb = tree_sum<N>(d) * (c == Acc(N) ? Acc(1) / Acc(N) : rcp_approx(c > Acc(1) ? c : Acc(1)));
+      m2b = Acc(0);
+      CUBN_UNROLL
+      for (int k = 0; k < N; ++k) {
+        const Acc e = d[k] - flag(k) * mb;
+        m2b += e * e;
+      }
+      return c;
+    }
+  }
+  /// x shifted by the channel's K where `flag` is 1, by 0 where it is 0 (a flagged-out pack's
+  /// zeros stay zeros); with flag 1 the same rounding as shifted().
+  template <class T>
+  CUBN_DEVICE static Acc flag_shifted(T x, const Channel& c, Acc flag) {
+    if constexpr (kShifted<T>) {
+      return to_acc(x) - c.shift * flag;
+    } else {
+      return to_acc(x);
+    }
+  }
+  /// absorb_packs over the packs whose flag f[u] is 1 (every lane valid), skipping those whose
+  /// flag is 0 (no valid lane: not read, zeros): at least one flag must be 1. With every flag 1,
+  /// absorb_packs bit for bit (flagged_group).
+  template <class T, int V, int U>
+  CUBN_DEVICE void absorb_flagged_packs(Local& l, const Channel& c, const Pack<T, V> (&x)[U],
+                                        const Acc (&f)[U]) const {
+    Acc mb, m2b;
+    const Acc k = flagged_group<U * V, V>(
+        [&](int i) { return flag_shifted(x[i / V].v[i % V], c, f[i / V]); },
+        [&](int i) { return f[i / V]; }, mb, m2b);
+    const Acc n = l.n + k;
+    fold(l.n, l.mean, l.m2, k * rcp_approx(n), mb, m2b);
+    l.n = n;
+  }
+
   CUBN_DEVICE void absorb_one(Local& l, const Channel& c, Acc x, Acc) const {
     const Acc n = l.n + Acc(1);
     fold(l.n, l.mean, l.m2, rcp_approx(n), x - c.shift, Acc(0));
@@ -272,6 +338,24 @@ struct WelfordOp {
       Acc mb, m2b;
       group<U>([&](int u) { return kShifted<T> ? shifted(x[u].v[k], c(k)) : acc_at(x[u], k); },
                mb, m2b);
+      fold(l.n[k], l.mean[k], l.m2[k], w, mb, m2b);
+      l.n[k] = n;
+    }
+  }
+  /// absorb_slot_columns over the packs whose flag f[u] is 1 (every lane valid), skipping those
+  /// whose flag is 0 (not read, zeros): at least one flag must be 1. With every flag 1,
+  /// absorb_slot_columns bit for bit (flagged_group).
+  template <class T, int V, int U, class Cst>
+  CUBN_DEVICE void absorb_flagged_slot_columns(SlotColumns<V>& l, const Cst& c,
+                                               const Pack<T, V> (&x)[U], const Acc (&f)[U]) const {
+    CUBN_UNROLL
+    for (int k = 0; k < V; ++k) {
+      Acc mb, m2b;
+      const Acc cnt = flagged_group<U, 1>(
+          [&](int u) { return kShifted<T> ? flag_shifted(x[u].v[k], c(k), f[u]) : acc_at(x[u], k); },
+          [&](int u) { return f[u]; }, mb, m2b);
+      const Acc n = l.n[k] + cnt;
+      const Acc w = cnt * rcp_approx(n);
       fold(l.n[k], l.mean[k], l.m2[k], w, mb, m2b);
       l.n[k] = n;
     }

@@ -14,8 +14,10 @@
 /// where its walker says the pack lies: plane_bits, position_bits; no division per pack), loads
 /// only packs with a valid lane, and folds and writes whole packs as the unmasked loop does (so
 /// all lengths = L gives the unmasked call's results bit for bit): sums take the padded lanes as
-/// zeros, maps select per lane what they store. Welford's statistics alone fold partial packs lane
-/// by lane (a zero would be a value).
+/// zeros, maps select per lane what they store. Welford's statistics (where a zero would be a
+/// value) fold the whole packs of a visit whose packs are whole or empty at once, the empty ones
+/// weighted 0 (WelfordOp::absorb_flagged_packs), and a visit with a partly padded pack lane by
+/// lane out of line (channel_ops.cuh absorb_valid).
 #pragma once
 
 #include <cstdint>
@@ -175,6 +177,7 @@ struct SeqMask : SeqGeometry {
 template <class Op>
 struct Masked : Op {
   static constexpr bool kMasked = true;
+  using Unmasked = Op;
   SeqMask mask;
 
   CUBN_HOST_DEVICE Masked() = default;

@@ -6,6 +6,7 @@
 // * sigma, with c = 4 covering the roundings of one step. A merge adds O(u) relative error to
 // each. The bounds are worst-case (random rounding grows like sqrt(n)); the large-offset test
 // shows sum/sum-of-squares failing where Welford holds.
+#include "forward.cuh"
 #include "reference.hpp"
 #include "welford.cuh"
 
@@ -14,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <random>
 #include <vector>
 
@@ -141,6 +143,74 @@ TEST(Welford, NanPropagates) {
   welford_update(s, 2.0f);
   EXPECT_TRUE(std::isnan(s.mean));
   EXPECT_TRUE(std::isnan(welford_variance(s)));
+}
+
+// The masked loops' Welford folds (WelfordOp::absorb_flagged_packs and
+// absorb_flagged_slot_columns, which kernels/channel_ops.cuh's absorb_valid calls where every pack
+// of a visit is whole or empty): packs flagged 0 hold the zeros of an unread pack and must count
+// for nothing; with every flag 1 the fold must equal the unmasked one bit for bit (the lengths all
+// L case). Visits alternate between all flags 1 and each of the 15 other non-empty patterns of
+// U = 4 packs, so the folds run from empty and partial states through both of flagged_group's
+// merges (fp16's 32 values: two halves of equal and of unequal counts). Tolerances: those of
+// expect_close above, for the n values folded (the executor's rcp_approx divides).
+template <class T, int V>
+void check_flagged_folds(unsigned seed) {
+  using Op = cubn::kernels::WelfordOp<float>;
+  using P = cubn::kernels::Pack<T, V>;
+  using cubn::kernels::from_acc;
+  using cubn::kernels::to_acc;
+  constexpr int U = 4;
+  constexpr double kSigma = 2.0;
+  const Op op;
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> d(3.0, kSigma);
+  const Op::Channel c{Op::kShifted<T> ? 3.25f : 0.0f};
+  const auto slot = [&](int) { return c; };
+  for (unsigned pattern = 1; pattern < 15; ++pattern) {
+    Op::Local masked{}, plain{};
+    Op::SlotColumns<V> masked_cols{}, plain_cols{};
+    std::vector<float> kept, kept_slot[V];
+    bool all_whole = true;  // every visit so far had every flag 1: plain is the unmasked fold
+    for (int visit = 0; visit < 6; ++visit) {
+      const unsigned flags = visit % 2 == 0 ? 15u : pattern;
+      P x[U];
+      float f[U];
+      for (int u = 0; u < U; ++u) {
+        f[u] = (flags >> u) & 1u ? 1.0f : 0.0f;
+        for (int k = 0; k < V; ++k) {
+          x[u].v[k] = from_acc<T>(f[u] != 0.0f ? static_cast<float>(d(rng)) : 0.0f);
+          if (f[u] != 0.0f) {
+            kept.push_back(to_acc(x[u].v[k]));
+            kept_slot[k].push_back(to_acc(x[u].v[k]));
+          }
+        }
+      }
+      op.absorb_flagged_packs(masked, c, x, f);
+      op.absorb_flagged_slot_columns(masked_cols, slot, x, f);
+      if (flags == 15u && all_whole) {
+        op.absorb_packs(plain, c, x, x);
+        op.absorb_slot_columns(plain_cols, slot, x, x);
+        EXPECT_EQ(std::memcmp(&masked, &plain, sizeof masked), 0) << "pattern " << pattern;
+        EXPECT_EQ(std::memcmp(&masked_cols, &plain_cols, sizeof masked_cols), 0);
+      }
+      all_whole = all_whole && flags == 15u;
+      State s = op.to_state(masked);
+      s.mean += c.shift;
+      expect_close(s, cubn::ref::moments(kept, 0, kept.size()), kept.size(), kSigma);
+      for (int k = 0; k < V; ++k) {
+        State sk = op.slot_state(masked_cols, k);
+        sk.mean += c.shift;
+        const auto& v = kept_slot[k];
+        expect_close(sk, cubn::ref::moments(v, 0, v.size()), v.size(), kSigma);
+      }
+    }
+  }
+}
+
+TEST(MaskedWelford, FlaggedPacksFoldTheWholePacksAloneAndAllFlagsAreTheUnmaskedFold) {
+  check_flagged_folds<float, 4>(11);
+  check_flagged_folds<__half, 8>(12);
+  check_flagged_folds<__nv_bfloat16, 8>(13);
 }
 
 }  // namespace
