@@ -348,12 +348,25 @@ struct WelfordOp {
   template <class T, int V, int U, class Cst>
   CUBN_DEVICE void absorb_flagged_slot_columns(SlotColumns<V>& l, const Cst& c,
                                                const Pack<T, V> (&x)[U], const Acc (&f)[U]) const {
+    static_assert(U <= 16, "group<U> of the slot columns is one leaf");
+    // flagged_group<U, 1>'s leaf, its count and mean factor taken once for the V slots
+    Acc cnt = Acc(0);
+    CUBN_UNROLL
+    for (int u = 0; u < U; ++u) cnt += f[u];
+    const Acc r = cnt == Acc(U) ? Acc(1) / Acc(U) : rcp_approx(cnt > Acc(1) ? cnt : Acc(1));
     CUBN_UNROLL
     for (int k = 0; k < V; ++k) {
-      Acc mb, m2b;
-      const Acc cnt = flagged_group<U, 1>(
-          [&](int u) { return kShifted<T> ? flag_shifted(x[u].v[k], c(k), f[u]) : acc_at(x[u], k); },
-          [&](int u) { return f[u]; }, mb, m2b);
+      Acc d[U];
+      CUBN_UNROLL
+      for (int u = 0; u < U; ++u)
+        d[u] = kShifted<T> ? flag_shifted(x[u].v[k], c(k), f[u]) : acc_at(x[u], k);
+      const Acc mb = tree_sum<U>(d) * r;
+      Acc m2b = Acc(0);
+      CUBN_UNROLL
+      for (int u = 0; u < U; ++u) {
+        const Acc e = d[u] - f[u] * mb;
+        m2b += e * e;
+      }
       const Acc n = l.n[k] + cnt;
       const Acc w = cnt * rcp_approx(n);
       fold(l.n[k], l.mean[k], l.m2[k], w, mb, m2b);
