@@ -300,15 +300,6 @@ CUBN_DEVICE void zero_padded_lanes(Pack<T, V> (&a)[N], Pack<T, V> (&b)[N],
   }
 }
 
-/// Whether every lane of the N packs is valid.
-template <int V, int N>
-CUBN_DEVICE bool all_lanes(const unsigned (&bits)[N]) {
-  bool all = true;
-  CUBN_UNROLL
-  for (int u = 0; u < N; ++u) all = all && bits[u] == kAllLanes<V>;
-  return all;
-}
-
 /// Whether reduction R's padded lanes may be folded as zeros in both inputs (it declares
 /// kZeroPadded: sums, where a lane of zeros adds nothing, GradSumOp); else a masked loop folds
 /// partly padded packs lane by lane (WelfordOp, whose counts a zero would change).
@@ -346,6 +337,18 @@ struct PackSet {
   Pack<T, V> a[N];
   unsigned bits[N];
 };
+
+/// The packs `a` with their valid lanes `bits`, for an out-of-line fold.
+template <class T, int V, int N>
+CUBN_DEVICE PackSet<T, V, N> pack_set(const Pack<T, V> (&a)[N], const unsigned (&bits)[N]) {
+  PackSet<T, V, N> p;
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) {
+    p.a[u] = a[u];
+    p.bits[u] = bits[u];
+  }
+  return p;
+}
 
 /// The valid lanes of packs `p` (a visit with a partly padded pack: at most two per row of a
 /// channels-first plane, one per length boundary of a channels-last tensor whose C is not a
@@ -391,18 +394,53 @@ CUBN_DEVICE void absorb_valid(const R& op, L& l, const C& cst, Pack<T, V> (&a)[N
     static_assert(!SideOf<R>::kSided && R::kInputs == 1,
                   "a reduction with a side or two inputs folds padded lanes as zeros");
     if (!whole_or_empty<V>(bits)) {
-      PackSet<T, V, N> p;
-      CUBN_UNROLL
-      for (int u = 0; u < N; ++u) {
-        p.a[u] = a[u];
-        p.bits[u] = bits[u];
-      }
-      l = absorb_valid_lanes(static_cast<const typename R::Unmasked&>(op), l, cst, p);
+      l = absorb_valid_lanes(static_cast<const unmasked_t<R>&>(op), l, cst, pack_set(a, bits));
       return;
     }
     decltype(l.n) f[N];
     if (pack_flags(bits, f)) op.absorb_flagged_packs(l, cst, a, f);
   }
+}
+
+/// Where a one-row visit's packs lie, for its out-of-line fold (absorb_row_packs), by value: each
+/// pack's first element, and its valid lanes from its first lane on (its sample's length less its
+/// position: at most 0 where none is valid, at least V where all are).
+template <int N>
+struct RowAt {
+  std::int64_t at[N];
+  int rest[N];
+};
+
+/// What absorb_row_packs gives back: the thread's accumulator, the packs (zero where no lane is
+/// valid) and their valid lanes.
+template <class L, class T, int V, int N>
+struct RowFold {
+  L l;
+  Pack<T, V> a[N];
+  unsigned bits[N];
+};
+
+/// The visit of a one-row loop of a Welford-like op that has a padded lane, out of line: the packs
+/// with a valid lane loaded, then absorb_valid's fold (whole and empty packs at once, a partly
+/// padded one lane by lane). R: the unmasked op, by value.
+template <int V, class R, class L, class C, class T, int N>
+CUBN_DEVICE_NOINLINE RowFold<L, T, V, N> absorb_row_packs(R op, L l, C cst, const T* in0,
+                                                          RowAt<N> w) {
+  RowFold<L, T, V, N> r;
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) r.bits[u] = SeqMask::first_lanes<V>(w.rest[u]);
+  load_valid_packs<1>(in0, in0, w.at, r.bits, r.a, r.a);
+  NoSide s[N];
+  absorb_valid(op, l, cst, r.a, r.a, s, r.bits);
+  r.l = l;
+  return r;
+}
+
+/// Whether a masked op's channels-first planes are each one row (a sample's L time steps: rank 3,
+/// C > 1, or N = 1): accumulate_planes' one-row loop, whose packs never leave their row.
+template <class Op>
+CUBN_DEVICE bool planes_are_rows(const Op& op, const ChannelsFirstReduce& g) {
+  return op.mask.per_step == 1 && g.s == op.mask.s;
 }
 
 /// A pack of zeros.
@@ -820,6 +858,83 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
   constexpr int U = unroll_for(streams_of<R>);
   typename R::Local l{};
   const auto first = static_cast<unsigned>(split * kBlockThreads + threadIdx.x);
+  const auto edge = [&](std::int64_t at, std::int64_t b0, std::int64_t b1) {
+    const std::int64_t one[1] = {at};
+    Pack<T, V> a[1], b[1];
+    unsigned bits[1] = {kAllLanes<V>};
+    if constexpr (is_masked<R>) {
+      pack_bits<V>(op, one, bits);
+      load_valid_packs<R::kInputs>(in0, in1, one, bits, a, b);
+    } else {
+      load_packs<R::kInputs, 1, V>(in0, in1, one, a, b);
+    }
+    side_t<R, T, V> s[1];
+    load_sides<T, V>(op, one, s);
+    for (int k = 0; k < V; ++k)
+      if (at + k >= b0 && at + k < b1 && ((bits[0] >> k) & 1u))
+        absorb_one(op, l, cst, acc_at(a[0], k), acc_at(b[0], k), s[0], k);
+    if constexpr (is_masked<R>) {
+      src.keep_valid(a, b, bits);
+    } else {
+      src.keep(a, b);
+    }
+  };
+  if constexpr (is_masked<R>) {
+    if (planes_are_rows(op, g)) {
+      // One row per plane: a pack's lanes [0, length - pos) are valid, its length one load and
+      // clamp (SeqMask::row_length), no division. Sums fold the padded lanes as zeros, as the
+      // other loops do. Welford loads and folds a visit whose packs are all whole as the unmasked
+      // loop does, skips one with no valid lane, and loads and folds the others out of line (a
+      // visit that holds both: about one per thread and sample whose length is under L).
+      walk_planes<U, V, Wide, true>(
+          g, ch, first,
+          [&](const auto& at, const auto& where) {
+            constexpr int N = packs_in<decltype(at)>;
+            int rest[N];
+            bool whole = true, any = false;
+            CUBN_UNROLL
+            for (int u = 0; u < N; ++u) {
+              rest[u] = op.mask.row_length(where[u].n) - static_cast<int>(where[u].pos);
+              whole = whole && rest[u] >= V;
+              any = any || rest[u] > 0;
+            }
+            Pack<T, V> a[N], b[N];
+            if constexpr (zero_padded<R>) {
+              unsigned bits[N];
+              CUBN_UNROLL
+              for (int u = 0; u < N; ++u) bits[u] = SeqMask::first_lanes<V>(rest[u]);
+              load_valid_packs<R::kInputs>(in0, in1, at, bits, a, b);
+              side_t<R, T, V> s[N] = {};
+              load_valid_sides<T, V>(op, at, bits, s);
+              absorb_valid(op, l, cst, a, b, s, bits);
+              src.keep_valid(a, b, bits);
+            } else {
+              static_assert(!SideOf<R>::kSided && R::kInputs == 1,
+                            "a reduction with a side or two inputs folds padded lanes as zeros");
+              if (whole) {
+                load_packs<1, N, V>(in0, in1, at, a, b);
+                NoSide s[N];
+                absorb_packs(op, l, cst, a, b, s);
+                src.keep(a, b);
+                return;
+              }
+              if (!any) return;  // nothing to read, fold or keep
+              RowAt<N> w;
+              CUBN_UNROLL
+              for (int u = 0; u < N; ++u) {
+                w.at[u] = at[u];
+                w.rest[u] = rest[u];
+              }
+              const auto r =
+                  absorb_row_packs<V>(static_cast<const unmasked_t<R>&>(op), l, cst, in0, w);
+              l = r.l;
+              src.keep_valid(r.a, r.a, r.bits);
+            }
+          },
+          edge);
+      return l;
+    }
+  }
   rows_or_lanes<R>(plane_rows_fit<V>(op), [&](auto by_lane) {
     walk_planes<U, V, Wide, is_masked<R>>(
         g, ch, first,
@@ -842,27 +957,7 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
             src.keep(a, b);
           }
         },
-        [&](std::int64_t at, std::int64_t b0, std::int64_t b1) {
-          const std::int64_t one[1] = {at};
-          Pack<T, V> a[1], b[1];
-          unsigned bits[1] = {kAllLanes<V>};
-          if constexpr (is_masked<R>) {
-            pack_bits<V>(op, one, bits);
-            load_valid_packs<R::kInputs>(in0, in1, one, bits, a, b);
-          } else {
-            load_packs<R::kInputs, 1, V>(in0, in1, one, a, b);
-          }
-          side_t<R, T, V> s[1];
-          load_sides<T, V>(op, one, s);
-          for (int k = 0; k < V; ++k)
-            if (at + k >= b0 && at + k < b1 && ((bits[0] >> k) & 1u))
-              absorb_one(op, l, cst, acc_at(a[0], k), acc_at(b[0], k), s[0], k);
-          if constexpr (is_masked<R>) {
-            src.keep_valid(a, b, bits);
-          } else {
-            src.keep(a, b);
-          }
-        });
+        edge);
   });
   return l;
 }
@@ -1259,6 +1354,13 @@ CUBN_DEVICE bool column_rows_fit(const Op& op, const ChannelsLastGeometry& g) {
   }
 }
 
+/// Whether every column pack of a masked op lies in one time step (channels-last, rank 3: the
+/// steps are the sample's positions; C a multiple of V), so that it is whole or empty.
+template <int V, class Op>
+CUBN_DEVICE bool column_packs_whole(const Op& op, const ChannelsLastGeometry& g) {
+  return op.mask.inner == g.cols && op.mask.per_step == 1 && g.cols % V == 0;
+}
+
 /// The channel of period slot `slot` (32-bit: the period is below 2^31).
 CUBN_DEVICE std::int64_t slot_channel(const ChannelsLastGeometry& g, std::int64_t slot) {
   return static_cast<std::uint32_t>(slot) % static_cast<std::uint32_t>(g.cols) /
@@ -1317,16 +1419,10 @@ CUBN_DEVICE void absorb_valid_columns(const R& op, L& l, const Cst& cst, const T
     static_assert(!SideOf<R>::kSided && R::kInputs == 1,
                   "a reduction with a side or two inputs folds padded lanes as zeros");
     if (!whole_or_empty<V>(bits)) {
-      PackSet<T, V, N> p;
-      CUBN_UNROLL
-      for (int u = 0; u < N; ++u) {
-        p.a[u] = a[u];
-        p.bits[u] = bits[u];
-      }
       ChannelSet<typename R::Channel, V> c;
       CUBN_UNROLL
       for (int k = 0; k < V; ++k) c.c[k] = cst(k);
-      l = absorb_valid_column_lanes(static_cast<const typename R::Unmasked&>(op), l, c, p);
+      l = absorb_valid_column_lanes(static_cast<const unmasked_t<R>&>(op), l, c, pack_set(a, bits));
       return;
     }
     std::remove_reference_t<decltype(l.n[0])> f[N];
@@ -1368,9 +1464,53 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
   if (j0 < g.period_packs) {
     const auto cst = [&](int k) { return typename R::Channel(chan[opaque(t0.tx * V) + k]); };
     [[maybe_unused]] const auto off = static_cast<std::uint32_t>(j0 * V % g.cols);
-    rows_or_lanes<R>(column_rows_fit<V>(op, g), [&](auto by_lane) {
+    const std::int64_t q0 = split * t0.by + t0.ty, dq = splits * t0.by;
+    bool walked = false;
+    if constexpr (is_masked<R>) {
+      if (column_packs_whole<V>(op, g)) {
+        // Every pack one time step's, whole or empty (position r of sample n is valid where r <
+        // its length): one length load and compare a pack, no division. The empty packs are
+        // unread zeros, so sums fold every pack as the unmasked loop does; Welford, whose counts
+        // a zero would change, weights them 0 (absorb_flagged_columns), into columns of one count.
+        [[maybe_unused]] typename R::template Columns<V> one{};
+        walk_column<U, V, Wide, true>(
+            g, j0, q0, dq,
+            [&](const auto& at, const auto& where) {
+              constexpr int N = packs_in<decltype(at)>;
+              unsigned some[N];
+              bool any = false;
+              CUBN_UNROLL
+              for (int u = 0; u < N; ++u) {
+                const bool v = op.mask.step_valid(where[u].n, where[u].pos);
+                some[u] = v ? kAllLanes<V> : 0u;
+                any = any || v;
+              }
+              Pack<T, V> a[N], b[N];
+              load_valid_packs<R::kInputs>(in0, in1, at, some, a, b);
+              if constexpr (zero_padded<R>) {
+                if constexpr (SideOf<R>::kSided) {
+                  side_t<R, T, V> s[N] = {};
+                  load_valid_sides<T, V>(op, at, some, s);
+                  op.absorb_columns(l, cst, a, b, s);
+                } else {
+                  op.absorb_slot_columns(l, cst, a, b);
+                }
+              } else {
+                decltype(one.n) f[N];
+                CUBN_UNROLL
+                for (int u = 0; u < N; ++u) f[u] = some[u] != 0u ? 1 : 0;
+                if (any) op.absorb_flagged_columns(one, cst, a, f);
+              }
+              src.keep_valid(a, b, some);
+            },
+            seq_positions(op));
+        if constexpr (!zero_padded<R>) l = R::as_slots(one);
+        walked = true;
+      }
+    }
+    if (!walked) rows_or_lanes<R>(column_rows_fit<V>(op, g), [&](auto by_lane) {
       walk_column<U, V, Wide, is_masked<R>>(
-          g, j0, split * t0.by + t0.ty, splits * t0.by,
+          g, j0, q0, dq,
           [&](const auto& at, const auto&... where) {
             constexpr int N = packs_in<decltype(at)>;
             Pack<T, V> a[N], b[N];

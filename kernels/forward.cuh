@@ -313,6 +313,38 @@ struct WelfordOp {
     l.n = n;
   }
 
+  /// absorb_columns over the packs whose flag f[u] is 1 (every lane valid), skipping those whose
+  /// flag is 0 (not read, zeros): a masked loop whose packs are each whole or empty, so that every
+  /// slot keeps one count (channels-last, time steps of C values, C a multiple of V). At least one
+  /// flag must be 1. With every flag 1, absorb_columns bit for bit: the count U, its mean factor
+  /// 1 / U and weight U / n, and d - 1 * mb rounded once.
+  template <class T, int V, int U, class Cst>
+  CUBN_DEVICE void absorb_flagged_columns(Columns<V>& l, const Cst& c, const Pack<T, V> (&x)[U],
+                                          const Acc (&f)[U]) const {
+    static_assert(U <= 16, "group<U> of the columns is one leaf");
+    Acc cnt = Acc(0);
+    CUBN_UNROLL
+    for (int u = 0; u < U; ++u) cnt += f[u];
+    const Acc r = cnt == Acc(U) ? Acc(1) / Acc(U) : rcp_approx(cnt > Acc(1) ? cnt : Acc(1));
+    const Acc n = l.n + cnt;
+    const Acc w = cnt * rcp_approx(n);
+    CUBN_UNROLL
+    for (int k = 0; k < V; ++k) {
+      Acc d[U];
+      CUBN_UNROLL
+      for (int u = 0; u < U; ++u)
+        d[u] = kShifted<T> ? flag_shifted(x[u].v[k], c(k), f[u]) : acc_at(x[u], k);
+      const Acc mb = tree_sum<U>(d) * r;
+      Acc m2b = Acc(0);
+      CUBN_UNROLL
+      for (int u = 0; u < U; ++u) {
+        const Acc e = d[u] - f[u] * mb;
+        m2b += e * e;
+      }
+      fold(l.n, l.mean[k], l.m2[k], w, mb, m2b);
+    }
+    l.n = n;
+  }
   CUBN_DEVICE void absorb_one(Local& l, const Channel& c, Acc x, Acc) const {
     const Acc n = l.n + Acc(1);
     fold(l.n, l.mean, l.m2, rcp_approx(n), x - c.shift, Acc(0));
@@ -328,6 +360,19 @@ struct WelfordOp {
     Acc mean[V] = {};
     Acc m2[V] = {};
   };
+  /// Columns as SlotColumns (each slot the one count).
+  template <int V>
+  CUBN_DEVICE static SlotColumns<V> as_slots(const Columns<V>& c) {
+    SlotColumns<V> s;
+    CUBN_UNROLL
+    for (int k = 0; k < V; ++k) {
+      s.n[k] = c.n;
+      s.mean[k] = c.mean[k];
+      s.m2[k] = c.m2[k];
+    }
+    return s;
+  }
+
   template <class T, int V, int U, class Cst>
   CUBN_DEVICE void absorb_slot_columns(SlotColumns<V>& l, const Cst& c, const Pack<T, V> (&x)[U],
                                        const Pack<T, V> (&)[U]) const {

@@ -49,6 +49,32 @@ struct SeqMask : SeqGeometry {
   }
   /// Sample i's length, clamped to [0, L].
   CUBN_DEVICE std::int64_t length(std::int64_t i) const { return length_of(lengths, wide, l, i); }
+  /// Whether time step t of sample i is valid (t < its length), for a loop whose packs each lie
+  /// in one time step: the length read as its two 32-bit words (an int32 length's high word is its
+  /// sign) and compared in 64 bits, no clamp. One load (two for int64 lengths), two compares.
+  CUBN_DEVICE bool step_valid(int i, std::uint32_t t) const {
+    const auto* p = static_cast<const std::int32_t*>(lengths) +
+                    (static_cast<std::uint32_t>(i) << (wide ? 1 : 0));  // i < N < 2^31
+    const std::int32_t lo = p[0];
+    const std::int32_t hi = wide ? p[1] : (lo < 0 ? -1 : 0);
+    const auto len = static_cast<std::int64_t>((static_cast<std::uint64_t>(
+                                                    static_cast<std::uint32_t>(hi)) << 32) |
+                                               static_cast<std::uint32_t>(lo));
+    return static_cast<std::int64_t>(t) < len;
+  }
+  /// Sample i's length for a loop whose packs lie inside rows of l (so that a length over l is
+  /// as good as l): int32 lengths clamped below at 0, int64 ones saturated to [0, 2^31). One
+  /// 32-bit load (and for int64, a second of the high word: the device is little-endian), one
+  /// clamp, not length_of's two.
+  CUBN_DEVICE int row_length(int i) const {
+    const auto* p = static_cast<const std::int32_t*>(lengths) +
+                    (static_cast<std::uint32_t>(i) << (wide ? 1 : 0));  // i < N < 2^31
+    const int lo = p[0];
+    if (!wide) return lo < 0 ? 0 : lo;
+    const int hi = p[1];
+    constexpr int kBig = 0x7fffffff;
+    return hi == 0 ? (lo < 0 ? kBig : lo) : (hi > 0 ? kBig : 0);
+  }
   /// Whether element e is valid.
   CUBN_DEVICE bool valid(std::int64_t e) const {
     const std::int64_t row = quotient(by_inner, e), rl = quotient(by_l, row);
@@ -216,6 +242,18 @@ template <class Op>
 struct IsMasked<Op, std::void_t<decltype(Op::kMasked)>> : std::true_type {};
 template <class Op>
 constexpr bool is_masked = IsMasked<Op>::value;
+
+/// Op's unmasked op: Op itself where it is not a Masked<...>.
+template <class Op, class = void>
+struct UnmaskedOf {
+  using type = Op;
+};
+template <class Op>
+struct UnmaskedOf<Op, std::void_t<typename Op::Unmasked>> {
+  using type = typename Op::Unmasked;
+};
+template <class Op>
+using unmasked_t = typename UnmaskedOf<Op>::type;
 
 /// `op` masked like `like` (a Masked map op), or `op` itself where `like` is not masked: a
 /// kernel's reduction takes its fused map's mask.

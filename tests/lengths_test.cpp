@@ -16,6 +16,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cubn/cubn.hpp"
@@ -388,6 +389,18 @@ TYPED_TEST(Lengths, LengthsOutsideZeroToLAreClampedAndInPlaceEqualsOutOfPlace) {
       EXPECT_EQ(run_all(dims, order, d, dy, &in).differences(run_all(dims, order, d, dy, &want)),
                 "")
           << what;
+      // int64 lengths whose low word alone would say another length (3, a negative one, 2), and
+      // an int32 one at its most negative: the clamp reads the whole value
+      constexpr std::int64_t k32 = std::int64_t{1} << 32;
+      for (const auto& [odd, want_odd] :
+           {std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>>{
+                {3 - k32, (k32 >> 1) + 1, k32 + 2, 5}, {0, l, l, 5}},
+            {{std::numeric_limits<std::int32_t>::min(), 2, l + 1, 0}, {0, 2, l, 0}}}) {
+        std::vector<std::int64_t> a(odd.begin(), odd.begin() + dims[0]);
+        std::vector<std::int64_t> b(want_odd.begin(), want_odd.begin() + dims[0]);
+        EXPECT_EQ(run_all(dims, order, d, dy, &a).differences(run_all(dims, order, d, dy, &b)), "")
+            << what << lengths_string(a);
+      }
       EXPECT_EQ(
           run_all(dims, order, d, dy, &want, true).differences(run_all(dims, order, d, dy, &want)),
           "")

@@ -147,7 +147,8 @@ TEST(Welford, NanPropagates) {
 
 // The masked loops' Welford folds (WelfordOp::absorb_flagged_packs and
 // absorb_flagged_slot_columns, which kernels/channel_ops.cuh's absorb_valid calls where every pack
-// of a visit is whole or empty): packs flagged 0 hold the zeros of an unread pack and must count
+// of a visit is whole or empty, and absorb_flagged_columns, the channels-last loop whose packs are
+// all whole or empty): packs flagged 0 hold the zeros of an unread pack and must count
 // for nothing; with every flag 1 the fold must equal the unmasked one bit for bit (the lengths all
 // L case). Visits alternate between all flags 1 and each of the 15 other non-empty patterns of
 // U = 4 packs, so the folds run from empty and partial states through both of flagged_group's
@@ -169,6 +170,7 @@ void check_flagged_folds(unsigned seed) {
   for (unsigned pattern = 1; pattern < 15; ++pattern) {
     Op::Local masked{}, plain{};
     Op::SlotColumns<V> masked_cols{}, plain_cols{};
+    Op::Columns<V> masked_one{}, plain_one{};
     std::vector<float> kept, kept_slot[V];
     bool all_whole = true;  // every visit so far had every flag 1: plain is the unmasked fold
     for (int visit = 0; visit < 6; ++visit) {
@@ -187,11 +189,14 @@ void check_flagged_folds(unsigned seed) {
       }
       op.absorb_flagged_packs(masked, c, x, f);
       op.absorb_flagged_slot_columns(masked_cols, slot, x, f);
+      op.absorb_flagged_columns(masked_one, slot, x, f);
       if (flags == 15u && all_whole) {
         op.absorb_packs(plain, c, x, x);
         op.absorb_slot_columns(plain_cols, slot, x, x);
+        op.absorb_columns(plain_one, slot, x, x);
         EXPECT_EQ(std::memcmp(&masked, &plain, sizeof masked), 0) << "pattern " << pattern;
         EXPECT_EQ(std::memcmp(&masked_cols, &plain_cols, sizeof masked_cols), 0);
+        EXPECT_EQ(std::memcmp(&masked_one, &plain_one, sizeof masked_one), 0);
       }
       all_whole = all_whole && flags == 15u;
       State s = op.to_state(masked);
@@ -202,6 +207,9 @@ void check_flagged_folds(unsigned seed) {
         sk.mean += c.shift;
         const auto& v = kept_slot[k];
         expect_close(sk, cubn::ref::moments(v, 0, v.size()), v.size(), kSigma);
+        State ok = op.column_state(masked_one, k);
+        ok.mean += c.shift;
+        expect_close(ok, cubn::ref::moments(v, 0, v.size()), v.size(), kSigma);
       }
     }
   }
