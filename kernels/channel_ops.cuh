@@ -402,13 +402,54 @@ CUBN_DEVICE void absorb_valid(const R& op, L& l, const C& cst, Pack<T, V> (&a)[N
   }
 }
 
-/// Where a one-row visit's packs lie, for its out-of-line fold (absorb_row_packs), by value: each
-/// pack's first element, and its valid lanes from its first lane on (its sample's length less its
-/// position: at most 0 where none is valid, at least V where all are).
+/// Where a masked loop's pack lies in its variable-length batch, as the walkers track it (no
+/// division per pack): channels-first, its position in its plane and the plane's sample;
+/// channels-last, the position (time step) of its first value in its sample, and the sample.
+struct PlaneAt {
+  std::uint32_t pos;
+  int n;
+};
+
+/// Where the packs of a one-row loop's visit lie, for its out-of-line fold (absorb_row_packs), by
+/// value: each pack's first element, and its valid lanes from its first lane on (its sample's
+/// length less its position: at most 0 where none is valid, at least V where all are).
 template <int N>
 struct RowAt {
   std::int64_t at[N];
   int rest[N];
+  template <int V>
+  CUBN_DEVICE unsigned bits(int u) const {
+    return SeqMask::first_lanes<V>(rest[u]);
+  }
+};
+
+/// Where the packs of a visit lie, by value: each pack's first element, and its place as the
+/// walker tracks it.
+template <int N>
+struct VisitAt {
+  std::int64_t at[N];
+  PlaneAt w[N];
+
+  CUBN_DEVICE static VisitAt of(const std::int64_t (&at)[N], const PlaneAt (&w)[N]) {
+    VisitAt v;
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u) {
+      v.at[u] = at[u];
+      v.w[u] = w[u];
+    }
+    return v;
+  }
+};
+
+/// Where the packs of a visit of planes of several rows lie, for its out-of-line fold
+/// (absorb_row_packs), by value: their VisitAt, whose lanes SeqMask::plane_bits gives.
+template <int N>
+struct PlaneVisit : VisitAt<N> {
+  PlaneRows rows;
+  template <int V>
+  CUBN_DEVICE unsigned bits(int u) const {
+    return rows.template bits<V>(this->w[u].pos, this->w[u].n);
+  }
 };
 
 /// What absorb_row_packs gives back: the thread's accumulator, the packs (zero where no lane is
@@ -420,15 +461,17 @@ struct RowFold {
   unsigned bits[N];
 };
 
-/// The visit of a one-row loop of a Welford-like op that has a padded lane, out of line: the packs
-/// with a valid lane loaded, then absorb_valid's fold (whole and empty packs at once, a partly
-/// padded one lane by lane). R: the unmasked op, by value.
-template <int V, class R, class L, class C, class T, int N>
-CUBN_DEVICE_NOINLINE RowFold<L, T, V, N> absorb_row_packs(R op, L l, C cst, const T* in0,
-                                                          RowAt<N> w) {
+/// The visit of a row-wise loop of a Welford-like op that has a padded lane, out of line: the
+/// packs' valid lanes (W: RowAt or PlaneVisit), the packs with a valid lane loaded, then
+/// absorb_valid's fold (whole and empty packs at once, a partly padded one lane by lane). R: the
+/// unmasked op, by value.
+template <int V, class R, class L, class C, class T, class W>
+CUBN_DEVICE_NOINLINE auto absorb_row_packs(R op, L l, C cst, const T* in0, W w)
+    -> RowFold<L, T, V, packs_in<decltype(w.at)>> {
+  constexpr int N = packs_in<decltype(w.at)>;
   RowFold<L, T, V, N> r;
   CUBN_UNROLL
-  for (int u = 0; u < N; ++u) r.bits[u] = SeqMask::first_lanes<V>(w.rest[u]);
+  for (int u = 0; u < N; ++u) r.bits[u] = w.template bits<V>(u);
   load_valid_packs<1>(in0, in0, w.at, r.bits, r.a, r.a);
   NoSide s[N];
   absorb_valid(op, l, cst, r.a, r.a, s, r.bits);
@@ -745,14 +788,6 @@ struct FromGlobal {
 
 // ---- channels-first planes ----------------------------------------------------------------------
 
-/// Where a masked loop's pack lies in its variable-length batch, as the walkers track it (no
-/// division per pack): channels-first, its position in its plane and the plane's sample;
-/// channels-last, the position (time step) of its first value in its sample, and the sample.
-struct PlaneAt {
-  std::uint32_t pos;
-  int n;
-};
-
 /// Walks the whole packs every plane of channel `ch` holds (the main tiles), starting at tile
 /// `first` (< g.step) and advancing g.step tiles: visit(at[U]) for U tiles at once while U
 /// remain, then visit(at[1]) for each of the rest. No division in the loop: the pack within the
@@ -879,77 +914,30 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
       src.keep(a, b);
     }
   };
-  if constexpr (is_masked<R>) {
-    if (planes_are_rows(op, g)) {
-      // One row per plane: a pack's lanes [0, length - pos) are valid, its length one load and
-      // clamp (SeqMask::row_length), no division. Sums fold the padded lanes as zeros, as the
-      // other loops do. Welford loads and folds a visit whose packs are all whole as the unmasked
-      // loop does, skips one with no valid lane, and loads and folds the others out of line (a
-      // visit that holds both: about one per thread and sample whose length is under L).
-      walk_planes<U, V, Wide, true>(
-          g, ch, first,
-          [&](const auto& at, const auto& where) {
-            constexpr int N = packs_in<decltype(at)>;
-            int rest[N];
-            bool whole = true, any = false;
-            CUBN_UNROLL
-            for (int u = 0; u < N; ++u) {
-              rest[u] = op.mask.row_length(where[u].n) - static_cast<int>(where[u].pos);
-              whole = whole && rest[u] >= V;
-              any = any || rest[u] > 0;
-            }
-            Pack<T, V> a[N], b[N];
-            if constexpr (zero_padded<R>) {
-              unsigned bits[N];
-              CUBN_UNROLL
-              for (int u = 0; u < N; ++u) bits[u] = SeqMask::first_lanes<V>(rest[u]);
-              load_valid_packs<R::kInputs>(in0, in1, at, bits, a, b);
-              side_t<R, T, V> s[N] = {};
-              load_valid_sides<T, V>(op, at, bits, s);
-              absorb_valid(op, l, cst, a, b, s, bits);
-              src.keep_valid(a, b, bits);
-            } else {
-              static_assert(!SideOf<R>::kSided && R::kInputs == 1,
-                            "a reduction with a side or two inputs folds padded lanes as zeros");
-              if (whole) {
-                load_packs<1, N, V>(in0, in1, at, a, b);
-                NoSide s[N];
-                absorb_packs(op, l, cst, a, b, s);
-                src.keep(a, b);
-                return;
-              }
-              if (!any) return;  // nothing to read, fold or keep
-              RowAt<N> w;
-              CUBN_UNROLL
-              for (int u = 0; u < N; ++u) {
-                w.at[u] = at[u];
-                w.rest[u] = rest[u];
-              }
-              const auto r =
-                  absorb_row_packs<V>(static_cast<const unmasked_t<R>&>(op), l, cst, in0, w);
-              l = r.l;
-              src.keep_valid(r.a, r.a, r.bits);
-            }
-          },
-          edge);
-      return l;
-    }
-  }
-  rows_or_lanes<R>(plane_rows_fit<V>(op), [&](auto by_lane) {
+  // a masked loop's packs with their valid lanes `bits`: those with a valid lane loaded, folded
+  // (absorb_valid) and kept
+  const auto fold_valid = [&](const auto& at, const auto& bits) {
+    constexpr int N = packs_in<decltype(at)>;
+    Pack<T, V> a[N], b[N];
+    load_valid_packs<R::kInputs>(in0, in1, at, bits, a, b);
+    side_t<R, T, V> s[N] = {};
+    load_valid_sides<T, V>(op, at, bits, s);
+    absorb_valid(op, l, cst, a, b, s, bits);
+    src.keep_valid(a, b, bits);
+  };
+  // each pack's valid lanes from where the walker says it lies (masked: plane_bits, or ByLane
+  // lane by lane), or the unmasked loop
+  const auto by_bits = [&](auto by_lane) {
     walk_planes<U, V, Wide, is_masked<R>>(
         g, ch, first,
         [&](const auto& at, const auto&... where) {
           constexpr int N = packs_in<decltype(at)>;
-          Pack<T, V> a[N], b[N];
           if constexpr (is_masked<R>) {
             unsigned bits[N];
             plane_pack_bits<V, decltype(by_lane)::value>(op, at, where..., bits);
-            load_valid_packs<R::kInputs>(in0, in1, at, bits, a, b);
-            side_t<R, T, V> s[N] = {};
-            load_valid_sides<T, V>(op, at, bits, s);
-            absorb_valid(op, l, cst, a, b, s, bits);
-            src.keep_valid(a, b, bits);
+            fold_valid(at, bits);
           } else {
+            Pack<T, V> a[N], b[N];
             load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
             side_t<R, T, V> s[N];
             load_sides<T, V>(op, at, s);
@@ -958,7 +946,91 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
           }
         },
         edge);
-  });
+  };
+  if constexpr (is_masked<R>) {
+    // Row-wise: each pack's valid lanes from its first on (`rest`: none at most 0, all at least
+    // V). OneRow (one row per plane): its sample's length less its position, one load and clamp
+    // (SeqMask::row_length), no division; else (planes of several rows or samples, rows at least
+    // V long) SeqMask::plane_rest, two 32-bit quotients and the load. Sums (OneRow alone) fold
+    // the padded lanes as zeros, as the other loops do. Welford loads and folds a visit whose
+    // packs are all whole as the unmasked loop does, skips one with no valid lane, and loads and
+    // folds the others out of line (absorb_row_packs): a visit that holds both, about one per
+    // thread and row length boundary, or a pack that runs into the next row.
+    const auto row_wise = [&](auto one_row) {
+      constexpr bool kOneRow = decltype(one_row)::value;
+      walk_planes<U, V, Wide, true>(
+          g, ch, first,
+          [&](const auto& at, const auto& where) {
+            constexpr int N = packs_in<decltype(at)>;
+            int rest[N];
+            bool whole = true, any = false;
+            CUBN_UNROLL
+            for (int u = 0; u < N; ++u) {
+              if constexpr (kOneRow) {
+                rest[u] = op.mask.row_length(where[u].n) - static_cast<int>(where[u].pos);
+              } else {
+                rest[u] = op.mask.template plane_rest<V>(where[u].pos, where[u].n);
+              }
+              whole = whole && rest[u] >= V;
+              any = any || rest[u] > 0;
+            }
+            if constexpr (zero_padded<R>) {
+              unsigned bits[N];
+              CUBN_UNROLL
+              for (int u = 0; u < N; ++u) bits[u] = SeqMask::first_lanes<V>(rest[u]);
+              fold_valid(at, bits);
+            } else {
+              static_assert(!SideOf<R>::kSided && R::kInputs == 1,
+                            "a reduction with a side or two inputs folds padded lanes as zeros");
+              Pack<T, V> a[N], b[N];
+              if (whole) {
+                load_packs<1, N, V>(in0, in1, at, a, b);
+                NoSide s[N];
+                absorb_packs(op, l, cst, a, b, s);
+                // kept as a masked loop keeps them (one pack at a time: the map's fetch_valid
+                // takes its slots so; keep's all-or-none would leave the last ones unwritten)
+                unsigned all[N];
+                CUBN_UNROLL
+                for (int u = 0; u < N; ++u) all[u] = kAllLanes<V>;
+                src.keep_valid(a, b, all);
+                return;
+              }
+              if (!any) return;  // nothing to read, fold or keep
+              const auto fold = [&](const auto& w) {
+                const auto r =
+                    absorb_row_packs<V>(static_cast<const unmasked_t<R>&>(op), l, cst, in0, w);
+                l = r.l;
+                src.keep_valid(r.a, r.a, r.bits);
+              };
+              if constexpr (kOneRow) {
+                RowAt<N> w;
+                CUBN_UNROLL
+                for (int u = 0; u < N; ++u) {
+                  w.at[u] = at[u];
+                  w.rest[u] = rest[u];
+                }
+                fold(w);
+              } else {
+                fold(PlaneVisit<N>{VisitAt<N>::of(at, where), op.mask.plane_rows()});
+              }
+            }
+          },
+          edge);
+    };
+    if (planes_are_rows(op, g)) {
+      row_wise(std::true_type{});
+      return l;
+    }
+    if constexpr (!zero_padded<R>) {
+      if (plane_rows_fit<V>(op)) {
+        row_wise(std::false_type{});
+      } else {
+        by_bits(std::true_type{});
+      }
+      return l;
+    }
+  }
+  rows_or_lanes<R>(plane_rows_fit<V>(op), by_bits);
   return l;
 }
 
@@ -1393,6 +1465,43 @@ CUBN_DEVICE_NOINLINE L absorb_valid_column_lanes(R op, L l, ChannelSet<C, V> c,
   return l;
 }
 
+/// Where the packs of a visit of split columns lie, for its out-of-line fold (absorb_split_packs),
+/// by value: their VisitAt, the fields SeqMask::position_bits reads, and the packs' first value's
+/// place among their position's C values.
+template <int N>
+struct StepVisit : VisitAt<N> {
+  PositionRows rows;
+  std::uint32_t off;
+};
+
+/// A visit of split columns (WelfordOp::SplitColumns: packs that run into the next position at
+/// lane h) with a pack whose head and tail differ (or whose tail starts the next sample), out of
+/// line: the packs' lanes (position_bits), those with a valid lane loaded, then with their padded
+/// lanes zeroed each group's packs flagged by their lane 0 (head) or V - 1 (tail). R: the
+/// unmasked op, by value; `c`: the V slots' channel constants; gives back the columns and the
+/// packs as loaded.
+template <int V, class R, class L, class C, class T, int N>
+CUBN_DEVICE_NOINLINE RowFold<L, T, V, N> absorb_split_packs(R op, L l, ChannelSet<C, V> c,
+                                                            const T* in0, StepVisit<N> v) {
+  using Acc = std::remove_reference_t<decltype(l.n[0])>;
+  RowFold<L, T, V, N> r;
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) r.bits[u] = v.rows.template bits<V>(v.w[u].pos, v.w[u].n, v.off);
+  load_valid_packs<1>(in0, in0, v.at, r.bits, r.a, r.a);
+  Pack<T, V> a[N];
+  Acc fh[N], ft[N];
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) {
+    a[u] = keep_lanes(r.a[u], r.bits[u]);
+    fh[u] = (r.bits[u] & 1u) != 0u ? Acc(1) : Acc(0);
+    ft[u] = ((r.bits[u] >> (V - 1)) & 1u) != 0u ? Acc(1) : Acc(0);
+  }
+  const int h = v.off + V > v.rows.c ? static_cast<int>(v.rows.c - v.off) : V;
+  op.absorb_flagged_split_pair(l, [&](int k) { return c.c[k]; }, a, fh, ft, h);
+  r.l = l;
+  return r;
+}
+
 /// A masked reduction's fold of the column packs at `at`, with valid lanes `bits`, into slot
 /// columns (SlotColumns: a count per slot). Sums (zero_padded): padded lanes zeroed (a fused op's
 /// side's too), then as the unmasked loop folds them. Welford: where every pack is whole or empty,
@@ -1508,7 +1617,9 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
         walked = true;
       }
     }
-    if (!walked) rows_or_lanes<R>(column_rows_fit<V>(op, g), [&](auto by_lane) {
+    // each pack's valid lanes from where the walker says it lies (masked: position_bits, or
+    // ByLane lane by lane), or the unmasked loop
+    const auto by_bits = [&](auto by_lane) {
       walk_column<U, V, Wide, is_masked<R>>(
           g, j0, q0, dq,
           [&](const auto& at, const auto&... where) {
@@ -1528,7 +1639,54 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
             }
           },
           seq_positions(op));
-    });
+    };
+    if constexpr (is_masked<R> && !zero_padded<R>) {
+      if (!walked && column_rows_fit<V>(op, g)) {
+        // C >= V (ranks 4 and 5, or C not a multiple of V): a pack's head, its lanes below h (C -
+        // off where it runs past its position's C values, else V), is one position's, and its
+        // tail the next's, each whole or empty: one quotient and one length load a pack
+        // (SeqMask::step_pair), no straddle branch. A visit whose packs are each whole or empty
+        // folds at once into split columns (a count for the head's slots, one for the tail's); a
+        // visit with a pack of which one half is valid, out of line (absorb_split_lanes).
+        const auto cols = static_cast<std::uint32_t>(g.cols);
+        const int h = off + V > cols ? static_cast<int>(cols - off) : V;
+        const unsigned head_lanes = SeqMask::first_lanes<V>(h),
+                       tail_lanes = kAllLanes<V> & ~head_lanes;
+        typename R::template SplitColumns<V> two{};
+        walk_column<U, V, Wide, true>(
+            g, j0, q0, dq,
+            [&](const auto& at, const auto& where) {
+              constexpr int N = packs_in<decltype(at)>;
+              unsigned bits[N];
+              CUBN_UNROLL
+              for (int u = 0; u < N; ++u)
+                bits[u] = op.mask.step_lanes(where[u].pos, where[u].n, head_lanes, tail_lanes, 1u);
+              if (whole_or_empty<V>(bits)) {
+                Pack<T, V> a[N], b[N];
+                std::remove_reference_t<decltype(two.mean[0])> f[N];
+                if (!pack_flags(bits, f)) return;  // nothing to read, fold or keep
+                load_valid_packs<1>(in0, in1, at, bits, a, b);
+                op.absorb_flagged_split(two, cst, a, f, h);
+                src.keep_valid(a, b, bits);
+                return;
+              }
+              ChannelSet<typename R::Channel, V> c;
+              CUBN_UNROLL
+              for (int k = 0; k < V; ++k) c.c[k] = cst(k);
+              const StepVisit<N> v{VisitAt<N>::of(at, where), op.mask.position_rows(), off};
+              const auto r =
+                  absorb_split_packs<V>(static_cast<const unmasked_t<R>&>(op), two, c, in0, v);
+              two = r.l;
+              src.keep_valid(r.a, r.a, r.bits);
+            },
+            seq_positions(op));
+        l = R::as_slots(two, h);
+        walked = true;
+      }
+      if (!walked) by_bits(std::true_type{});
+    } else {
+      if (!walked) rows_or_lanes<R>(column_rows_fit<V>(op, g), by_bits);
+    }
   }
   // the thread's coordinates again, recomputed rather than held through the loop
   const ThreadTile tt(g.bx, opaque(static_cast<int>(threadIdx.x)));

@@ -186,6 +186,12 @@ struct WelfordOp {
     m2 += m2b + delta * delta * (n * w);
     mean += delta * w;
   }
+  /// fold with n * w given (nw), for slots that share it: the same operations.
+  CUBN_DEVICE static void fold_nw(Acc& mean, Acc& m2, Acc nw, Acc w, Acc mb, Acc m2b) {
+    const Acc delta = mb - mean;
+    m2 += m2b + delta * delta * nw;
+    mean += delta * w;
+  }
 
   /// The sum of d[0, N) in pairs (N a power of two).
   template <int N>
@@ -313,6 +319,34 @@ struct WelfordOp {
     l.n = n;
   }
 
+  /// The count of U packs' flags (flagged_group<U, 1>'s leaf), and in `r` its mean factor: 1 / U
+  /// with every flag 1 (group<U>'s rounding), else an approximate reciprocal.
+  template <int U>
+  CUBN_DEVICE static Acc flagged_count(const Acc (&f)[U], Acc& r) {
+    Acc cnt = Acc(0);
+    CUBN_UNROLL
+    for (int u = 0; u < U; ++u) cnt += f[u];
+    r = cnt == Acc(U) ? Acc(1) / Acc(U) : rcp_approx(cnt > Acc(1) ? cnt : Acc(1));
+    return cnt;
+  }
+  /// Slot k's leaf over U packs flagged f (flagged_count's r): the mean mb and M2 m2b of its
+  /// flagged values.
+  template <class T, int V, int U, class Cst>
+  CUBN_DEVICE static void flagged_leaf(const Pack<T, V> (&x)[U], const Cst& c, const Acc (&f)[U],
+                                       Acc r, int k, Acc& mb, Acc& m2b) {
+    Acc d[U];
+    CUBN_UNROLL
+    for (int u = 0; u < U; ++u)
+      d[u] = kShifted<T> ? flag_shifted(x[u].v[k], c(k), f[u]) : acc_at(x[u], k);
+    mb = tree_sum<U>(d) * r;
+    m2b = Acc(0);
+    CUBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      const Acc e = d[u] - f[u] * mb;
+      m2b += e * e;
+    }
+  }
+
   /// absorb_columns over the packs whose flag f[u] is 1 (every lane valid), skipping those whose
   /// flag is 0 (not read, zeros): a masked loop whose packs are each whole or empty, so that every
   /// slot keeps one count (channels-last, time steps of C values, C a multiple of V). At least one
@@ -322,28 +356,72 @@ struct WelfordOp {
   CUBN_DEVICE void absorb_flagged_columns(Columns<V>& l, const Cst& c, const Pack<T, V> (&x)[U],
                                           const Acc (&f)[U]) const {
     static_assert(U <= 16, "group<U> of the columns is one leaf");
-    Acc cnt = Acc(0);
-    CUBN_UNROLL
-    for (int u = 0; u < U; ++u) cnt += f[u];
-    const Acc r = cnt == Acc(U) ? Acc(1) / Acc(U) : rcp_approx(cnt > Acc(1) ? cnt : Acc(1));
+    Acc r;
+    const Acc cnt = flagged_count(f, r);
     const Acc n = l.n + cnt;
     const Acc w = cnt * rcp_approx(n);
     CUBN_UNROLL
     for (int k = 0; k < V; ++k) {
-      Acc d[U];
-      CUBN_UNROLL
-      for (int u = 0; u < U; ++u)
-        d[u] = kShifted<T> ? flag_shifted(x[u].v[k], c(k), f[u]) : acc_at(x[u], k);
-      const Acc mb = tree_sum<U>(d) * r;
-      Acc m2b = Acc(0);
-      CUBN_UNROLL
-      for (int u = 0; u < U; ++u) {
-        const Acc e = d[u] - f[u] * mb;
-        m2b += e * e;
-      }
+      Acc mb, m2b;
+      flagged_leaf(x, c, f, r, k, mb, m2b);
       fold(l.n, l.mean[k], l.m2[k], w, mb, m2b);
     }
     l.n = n;
+  }
+  /// Columns whose slots keep two counts: n[0] for the slots below h, n[1] for the others (a
+  /// masked channels-last loop whose packs run into the next time step at lane h, so that a
+  /// pack's head and its tail are each whole or empty; h = V where they do not).
+  template <int V>
+  struct SplitColumns {
+    Acc n[2] = {};
+    Acc mean[V] = {};
+    Acc m2[V] = {};
+  };
+  /// absorb_flagged_columns into split columns, the packs whose flag f[u] is 1 whole (head and
+  /// tail valid), the others empty (not read, zeros): at least one flag must be 1. Each slot takes
+  /// its group's count and weight. With every flag 1 in every visit the two counts stay equal and
+  /// each slot folds as absorb_columns does, bit for bit.
+  template <class T, int V, int U, class Cst>
+  CUBN_DEVICE void absorb_flagged_split(SplitColumns<V>& l, const Cst& c, const Pack<T, V> (&x)[U],
+                                        const Acc (&f)[U], int h) const {
+    static_assert(U <= 16, "group<U> of the columns is one leaf");
+    Acc r;
+    const Acc cnt = flagged_count(f, r);
+    const Acc n0 = l.n[0] + cnt, n1 = l.n[1] + cnt;
+    const Acc w0 = cnt * rcp_approx(n0), w1 = cnt * rcp_approx(n1);
+    const Acc nw0 = l.n[0] * w0, nw1 = l.n[1] * w1;
+    CUBN_UNROLL
+    for (int k = 0; k < V; ++k) {
+      Acc mb, m2b;
+      flagged_leaf(x, c, f, r, k, mb, m2b);
+      const bool head = k < h;
+      fold_nw(l.mean[k], l.m2[k], head ? nw0 : nw1, head ? w0 : w1, mb, m2b);
+    }
+    l.n[0] = n0;
+    l.n[1] = n1;
+  }
+  /// absorb_flagged_split where a pack's head and tail may differ: flags fh[u] for the slots
+  /// below h, ft[u] for the others, the packs' padded lanes zero. A group whose flags are all 0
+  /// leaves its slots as they are.
+  template <class T, int V, int U, class Cst>
+  CUBN_DEVICE void absorb_flagged_split_pair(SplitColumns<V>& l, const Cst& c,
+                                             const Pack<T, V> (&x)[U], const Acc (&fh)[U],
+                                             const Acc (&ft)[U], int h) const {
+    Acc rh, rt;
+    const Acc ch = flagged_count(fh, rh), ct = flagged_count(ft, rt);
+    const Acc n0 = l.n[0] + ch, n1 = l.n[1] + ct;
+    const Acc w0 = ch * rcp_approx(n0 > Acc(0) ? n0 : Acc(1));
+    const Acc w1 = ct * rcp_approx(n1 > Acc(0) ? n1 : Acc(1));
+    CUBN_UNROLL
+    for (int k = 0; k < V; ++k) {
+      const bool head = k < h;
+      Acc mb, m2b;
+      if (!(head ? ch > Acc(0) : ct > Acc(0))) continue;
+      flagged_leaf(x, c, head ? fh : ft, head ? rh : rt, k, mb, m2b);
+      fold(head ? l.n[0] : l.n[1], l.mean[k], l.m2[k], head ? w0 : w1, mb, m2b);
+    }
+    l.n[0] = n0;
+    l.n[1] = n1;
   }
   CUBN_DEVICE void absorb_one(Local& l, const Channel& c, Acc x, Acc) const {
     const Acc n = l.n + Acc(1);
@@ -373,6 +451,19 @@ struct WelfordOp {
     return s;
   }
 
+  /// Split columns as SlotColumns (slot k the count of its group).
+  template <int V>
+  CUBN_DEVICE static SlotColumns<V> as_slots(const SplitColumns<V>& c, int h) {
+    SlotColumns<V> s;
+    CUBN_UNROLL
+    for (int k = 0; k < V; ++k) {
+      s.n[k] = k < h ? c.n[0] : c.n[1];
+      s.mean[k] = c.mean[k];
+      s.m2[k] = c.m2[k];
+    }
+    return s;
+  }
+
   template <class T, int V, int U, class Cst>
   CUBN_DEVICE void absorb_slot_columns(SlotColumns<V>& l, const Cst& c, const Pack<T, V> (&x)[U],
                                        const Pack<T, V> (&)[U]) const {
@@ -394,24 +485,13 @@ struct WelfordOp {
   CUBN_DEVICE void absorb_flagged_slot_columns(SlotColumns<V>& l, const Cst& c,
                                                const Pack<T, V> (&x)[U], const Acc (&f)[U]) const {
     static_assert(U <= 16, "group<U> of the slot columns is one leaf");
-    // flagged_group<U, 1>'s leaf, its count and mean factor taken once for the V slots
-    Acc cnt = Acc(0);
-    CUBN_UNROLL
-    for (int u = 0; u < U; ++u) cnt += f[u];
-    const Acc r = cnt == Acc(U) ? Acc(1) / Acc(U) : rcp_approx(cnt > Acc(1) ? cnt : Acc(1));
+    // the count and mean factor taken once for the V slots
+    Acc r;
+    const Acc cnt = flagged_count(f, r);
     CUBN_UNROLL
     for (int k = 0; k < V; ++k) {
-      Acc d[U];
-      CUBN_UNROLL
-      for (int u = 0; u < U; ++u)
-        d[u] = kShifted<T> ? flag_shifted(x[u].v[k], c(k), f[u]) : acc_at(x[u], k);
-      const Acc mb = tree_sum<U>(d) * r;
-      Acc m2b = Acc(0);
-      CUBN_UNROLL
-      for (int u = 0; u < U; ++u) {
-        const Acc e = d[u] - f[u] * mb;
-        m2b += e * e;
-      }
+      Acc mb, m2b;
+      flagged_leaf(x, c, f, r, k, mb, m2b);
       const Acc n = l.n[k] + cnt;
       const Acc w = cnt * rcp_approx(n);
       fold(l.n[k], l.mean[k], l.m2[k], w, mb, m2b);

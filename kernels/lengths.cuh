@@ -28,6 +28,9 @@
 
 namespace cubn::kernels {
 
+struct PlaneRows;
+struct PositionRows;
+
 /// The valid elements of a padded tensor (see the file comment; the fields: geometry.hpp's
 /// SeqGeometry, which host/ fills).
 struct SeqMask : SeqGeometry {
@@ -75,6 +78,35 @@ struct SeqMask : SeqGeometry {
     constexpr int kBig = 0x7fffffff;
     return hi == 0 ? (lo < 0 ? kBig : lo) : (hi > 0 ? kBig : 0);
   }
+  /// The valid lanes from the first on of the V-element pack at position `pos` of a
+  /// channels-first plane that starts sample `n` (as plane_bits, rows at least V long): its row's
+  /// length (row_length) less its time step t = pos % l, so at most 0 where no lane is valid and
+  /// at least V where every one is; 1 (some lanes, for V > 1) where it runs into the next row,
+  /// whose lanes plane_bits takes. Two 32-bit quotients and one length load, no straddle branch
+  /// (sm_90 bn_stats_local, bench/sass_report.py: the loop of 4 packs from 424 to 269 instructions
+  /// for fp32, 501 to 337 for fp16, against plane_bits and the flagged fold).
+  template <int V>
+  CUBN_DEVICE int plane_rest(std::uint32_t pos, int n) const {
+    const auto lw = static_cast<std::uint32_t>(l);
+    const std::uint32_t row = quotient32(by_l32, pos), t = pos - row * lw;
+    const int len = row_length(n + static_cast<int>(quotient32(by_step32, row)));
+    return t + V > lw ? 1 : len - static_cast<int>(t);
+  }
+  /// The valid lanes of a channels-last pack (C >= V) whose head, its lanes in `head`, is
+  /// position r's (< S) of sample n and whose tail, the lanes in `tail` (none where it does not
+  /// run past the position's C values), the next position's: each all valid or all padded (time
+  /// step t = r % l against the length: row_length, a length over l as good as l). At a sample's
+  /// last position, where the tail would be the next sample's, returns `unknown` for a tail:
+  /// position_bits gives it out of line. One 32-bit quotient and one length load, no branch.
+  CUBN_DEVICE unsigned step_lanes(std::uint32_t r, int n, unsigned head, unsigned tail,
+                                  unsigned unknown) const {
+    const auto lw = static_cast<std::uint32_t>(l);
+    const std::uint32_t t = r - quotient32(by_l32, r) * lw;
+    const int len = row_length(n);
+    const bool next = t + 1 == lw ? len > 0 : static_cast<int>(t) + 1 < len;
+    const unsigned b = (static_cast<int>(t) < len ? head : 0u) | (next ? tail : 0u);
+    return tail != 0u && r + 1 == static_cast<std::uint32_t>(s) ? unknown : b;
+  }
   /// Whether element e is valid.
   CUBN_DEVICE bool valid(std::int64_t e) const {
     const std::int64_t row = quotient(by_inner, e), rl = quotient(by_l, row);
@@ -107,19 +139,10 @@ struct SeqMask : SeqGeometry {
   /// line (straddling_bits): the loops hold a call, not its second length load and branches
   /// (bench/sass_report.py: 9 to 27 instructions fewer per loop on sm_90).
   template <int V>
-  CUBN_DEVICE unsigned plane_bits(std::uint32_t pos, int n) const {
-    const auto lw = static_cast<std::uint32_t>(l);
-    const std::uint32_t row = quotient32(by_l32, pos), t = pos - row * lw;
-    const std::uint32_t q = quotient32(by_step32, row);
-    const int sample = n + static_cast<int>(q);
-    const int len = length32(sample);
-    if (t + V > lw) {
-      const bool last = row - q * static_cast<std::uint32_t>(per_step) + 1 ==
-                        static_cast<std::uint32_t>(per_step);
-      return straddling_bits<V>(lengths, wide, lw, t, len, last ? sample + 1 : -1);
-    }
-    return first_lanes<V>(len - static_cast<int>(t));
-  }
+  CUBN_DEVICE unsigned plane_bits(std::uint32_t pos, int n) const;
+  /// What plane_bits reads, by value (for an out-of-line caller: a SeqMask by value would be
+  /// copied to the stack in the loop).
+  CUBN_DEVICE PlaneRows plane_rows() const;
   /// The lanes of a pack from time step t of a row of length `len` (of l: the loops' narrow
   /// geometry) into the next row, whose length is `len` again, or that of sample `next` (>= 0:
   /// the row is its sample's last). Static, its fields by value: a member's `this` would put the
@@ -137,24 +160,9 @@ struct SeqMask : SeqGeometry {
   /// (the position's time step t = r % l against the length), and where it runs past the
   /// position's C values, the next position's (the next sample's first where r is the last).
   template <int V>
-  CUBN_DEVICE unsigned position_bits(std::uint32_t r, int n, std::uint32_t off) const {
-    constexpr unsigned kAll = (1u << V) - 1u;
-    const auto lw = static_cast<std::uint32_t>(l), cw = static_cast<std::uint32_t>(inner);
-    const std::uint32_t t = r - quotient32(by_l32, r) * lw;
-    const int len = length32(n);
-    unsigned b = static_cast<int>(t) < len ? kAll : 0u;
-    if (off + V > cw) {
-      const unsigned head = first_lanes<V>(cw - off);
-      bool next;
-      if (r + 1 == static_cast<std::uint32_t>(s)) {
-        next = length32(n + 1) > 0;  // n + 1 < N: the pack lies inside the tensor
-      } else {
-        next = t + 1 == lw ? len > 0 : static_cast<int>(t) + 1 < len;
-      }
-      b = (b & head) | (next ? kAll & ~head : 0u);
-    }
-    return b;
-  }
+  CUBN_DEVICE unsigned position_bits(std::uint32_t r, int n, std::uint32_t off) const;
+  /// What position_bits reads, by value (for an out-of-line caller).
+  CUBN_DEVICE PositionRows position_rows() const;
   /// bits() lane by lane, out of line: for rows shorter than a pack (channels-first L under V,
   /// channels-last C under V), where a pack may meet any number of rows and samples. The loops
   /// call it (a CALL, bench/sass_report.py's calls column) instead of holding V lanes' divisions.
@@ -212,6 +220,79 @@ struct SeqMask : SeqGeometry {
     return total * per_step;
   }
 };
+
+/// The fields SeqMask::plane_bits reads (SeqMask::plane_rows).
+struct PlaneRows {
+  const void* lengths;
+  FastDivisor32 by_l32, by_step32;
+  std::uint32_t l, per_step;
+  bool wide;
+
+  /// SeqMask::plane_bits.
+  template <int V>
+  CUBN_DEVICE unsigned bits(std::uint32_t pos, int n) const {
+    const std::uint32_t row = SeqMask::quotient32(by_l32, pos), t = pos - row * l;
+    const std::uint32_t q = SeqMask::quotient32(by_step32, row);
+    const int sample = n + static_cast<int>(q);
+    const int len = static_cast<int>(SeqMask::length_of(lengths, wide, l, sample));
+    if (t + V > l) {
+      const bool last = row - q * per_step + 1 == per_step;
+      return SeqMask::straddling_bits<V>(lengths, wide, l, t, len, last ? sample + 1 : -1);
+    }
+    return SeqMask::first_lanes<V>(len - static_cast<int>(t));
+  }
+};
+
+CUBN_DEVICE PlaneRows SeqMask::plane_rows() const {
+  return PlaneRows{lengths, by_l32, by_step32, static_cast<std::uint32_t>(l),
+                   static_cast<std::uint32_t>(per_step), wide};
+}
+
+template <int V>
+CUBN_DEVICE unsigned SeqMask::plane_bits(std::uint32_t pos, int n) const {
+  return plane_rows().template bits<V>(pos, n);
+}
+
+/// The fields SeqMask::position_bits reads (SeqMask::position_rows).
+struct PositionRows {
+  const void* lengths;
+  FastDivisor32 by_l32;
+  std::uint32_t l, c, s;
+  bool wide;
+
+  /// SeqMask::position_bits.
+  template <int V>
+  CUBN_DEVICE unsigned bits(std::uint32_t r, int n, std::uint32_t off) const {
+    constexpr unsigned kAll = (1u << V) - 1u;
+    const std::uint32_t t = r - SeqMask::quotient32(by_l32, r) * l;
+    const auto length = [&](int i) {
+      return static_cast<int>(SeqMask::length_of(lengths, wide, l, i));
+    };
+    const int len = length(n);
+    unsigned b = static_cast<int>(t) < len ? kAll : 0u;
+    if (off + V > c) {
+      const unsigned head = SeqMask::first_lanes<V>(c - off);
+      bool next;
+      if (r + 1 == s) {
+        next = length(n + 1) > 0;  // n + 1 < N: the pack lies inside the tensor
+      } else {
+        next = t + 1 == l ? len > 0 : static_cast<int>(t) + 1 < len;
+      }
+      b = (b & head) | (next ? kAll & ~head : 0u);
+    }
+    return b;
+  }
+};
+
+CUBN_DEVICE PositionRows SeqMask::position_rows() const {
+  return PositionRows{lengths, by_l32, static_cast<std::uint32_t>(l),
+                      static_cast<std::uint32_t>(inner), static_cast<std::uint32_t>(s), wide};
+}
+
+template <int V>
+CUBN_DEVICE unsigned SeqMask::position_bits(std::uint32_t r, int n, std::uint32_t off) const {
+  return position_rows().template bits<V>(r, n, off);
+}
 
 /// Op (a reduction or a map of channel_ops.cuh) over the valid elements of `mask` only. A
 /// reduction's channel constants come from the channel's first valid element (WelfordOp's shift

@@ -39,12 +39,17 @@ TYPED_TEST_SUITE(Lengths, DTypes);
 
 // The shapes every call is checked on (time last): rank 3 with C = 1, C not a multiple of any
 // vector width (channels-last then takes scalar accesses), L under a vector, a channel over
-// several blocks; ranks 4 and 5 with W as time.
+// several blocks; ranks 4 and 5 with W as time. Channels-last with C at least a vector and not a
+// multiple of it ({7, 6, 3} and {3, 5, 4, 7} for fp32, {5, 12, 37}, {3, 10, 3, 9} and
+// {4, 12, 5, 150} for every dtype): vectors that run into the next position; {4, 12, 5, 150}
+// also gives each thread several visits of U vectors (channels-first: rows of 150 in planes of
+// 5 rows, vectors that run into the next row).
 const std::vector<Dims>& shapes() {
-  static const std::vector<Dims> s = {{4, 3, 17},   {5, 16, 64},    {3, 40, 33},
-                                      {6, 3, 50},   {4, 1, 50},     {7, 6, 3},
-                                      {3, 5, 4, 7}, {2, 8, 6, 16},  {2, 3, 2, 3, 10},
-                                      {9, 2, 3000}};
+  static const std::vector<Dims> s = {{4, 3, 17},      {5, 16, 64},   {3, 40, 33},
+                                      {6, 3, 50},      {4, 1, 50},    {7, 6, 3},
+                                      {3, 5, 4, 7},    {2, 8, 6, 16}, {2, 3, 2, 3, 10},
+                                      {9, 2, 3000},    {5, 12, 37},   {3, 10, 3, 9},
+                                      {4, 12, 5, 150}};
   return s;
 }
 

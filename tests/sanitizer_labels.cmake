@@ -9,6 +9,8 @@
 # error path or an executor feature:
 #   DeterministicBitForBit (forward, backward, and their twins): the same calls again, to compare
 #     bits; the reference tests make each of these calls once;
+#   one_sm.Lengths* (tests/CMakeLists.txt): the Lengths calls again on a 1-SM device, whose fewer
+#     splits change how many visits a thread's loop makes, not which kernels, paths or accesses;
 #   OneWorkspaceServesCallsOfEveryShapeAndIsLeftReady: the edge shapes again with one workspace;
 #     the reference tests run every edge shape with a workspace of exactly the size asked for, so
 #     an access past it is found there;
@@ -17,7 +19,7 @@
 #     Proxies.BenchmarkFamilies* and Proxies.EveryLaunchIsNamedAfterItsKernel, the calls in the
 #     reference tests.
 set(cubn_sanitize_skip
-    "\\.DeterministicBitForBit$|\\.OneWorkspaceServesCallsOfEveryShapeAndIsLeftReady$|^Proxies\\.(FusedCallsMatchTheirByteModel|BytesMovedMatchTheModelAndWarpAccessesAreCoalesced)$")
+    "^one_sm\\.|\\.DeterministicBitForBit$|\\.OneWorkspaceServesCallsOfEveryShapeAndIsLeftReady$|^Proxies\\.(FusedCallsMatchTheirByteModel|BytesMovedMatchTheModelAndWarpAccessesAreCoalesced)$")
 
 # tsan (ThreadSanitizer): where blocks run on several host threads at once, the only place it can
 # see what crosses blocks:
@@ -45,12 +47,14 @@ set(cubn_tsan_tests
 # value (gtest_discover_tests' PROPERTIES splits it into separate arguments, and the variables
 # past the first were lost).
 set(cubn_persistent_environment "CUBN_TEST_PATH=persistent;CUBN_TEST_SMS=4")
+set(cubn_one_sm_environment "CUBN_TEST_SMS=1")
 set(cubn_concurrent_environment
     "CUBN_SIM_BLOCKS=concurrent;CUBN_TEST_PATH=streaming;CUBN_TEST_SMS=8")
 
 # each: the test list, its labels, the variable that holds its environment (none: -)
 foreach(list_and_labels "cubn_cpu_tests_TESTS;cpu;-"
                         "cubn_cpu_persistent_TESTS;cpu,persistent;cubn_persistent_environment"
+                        "cubn_cpu_one_sm_TESTS;cpu;cubn_one_sm_environment"
                         "cubn_cpu_concurrent_TESTS;cpu,concurrent;cubn_concurrent_environment")
   list(GET list_and_labels 0 list)
   list(GET list_and_labels 1 labels)
