@@ -452,31 +452,66 @@ struct PlaneVisit : VisitAt<N> {
   }
 };
 
-/// What absorb_row_packs gives back: the thread's accumulator, the packs (zero where no lane is
-/// valid) and their valid lanes.
-template <class L, class T, int V, int N>
+/// What an out-of-line fold of a visit gives back: the thread's accumulator, the packs of each
+/// input (Inputs: the op's; zero where no lane is valid, and a sum's padded lanes zero) and their
+/// valid lanes.
+template <class L, class T, int V, int N, int Inputs = 1>
 struct RowFold {
   L l;
   Pack<T, V> a[N];
+  Pack<T, V> b[Inputs == 2 ? N : 1];
   unsigned bits[N];
+  /// The second input's packs (the first's for a one-input op).
+  CUBN_DEVICE const Pack<T, V> (&second() const)[N] {
+    if constexpr (Inputs == 2) {
+      return b;
+    } else {
+      return a;
+    }
+  }
 };
 
-/// The visit of a row-wise loop of a Welford-like op that has a padded lane, out of line: the
-/// packs' valid lanes (W: RowAt or PlaneVisit), the packs with a valid lane loaded, then
-/// absorb_valid's fold (whole and empty packs at once, a partly padded one lane by lane). R: the
-/// unmasked op, by value.
+/// The visit of a row-wise loop that has a padded lane, out of line: the packs' valid lanes (W:
+/// RowAt or PlaneVisit), the packs (and sides) with a valid lane loaded, then absorb_valid's fold
+/// (sums: the padded lanes zeroed; Welford: whole and empty packs at once, a partly padded one
+/// lane by lane). R: the unmasked op, by value.
 template <int V, class R, class L, class C, class T, class W>
-CUBN_DEVICE_NOINLINE auto absorb_row_packs(R op, L l, C cst, const T* in0, W w)
-    -> RowFold<L, T, V, packs_in<decltype(w.at)>> {
+CUBN_DEVICE_NOINLINE auto absorb_row_packs(R op, L l, C cst, const T* in0, const T* in1, W w)
+    -> RowFold<L, T, V, packs_in<decltype(w.at)>, R::kInputs> {
   constexpr int N = packs_in<decltype(w.at)>;
-  RowFold<L, T, V, N> r;
+  RowFold<L, T, V, N, R::kInputs> r;
   CUBN_UNROLL
   for (int u = 0; u < N; ++u) r.bits[u] = w.template bits<V>(u);
-  load_valid_packs<1>(in0, in0, w.at, r.bits, r.a, r.a);
-  NoSide s[N];
-  absorb_valid(op, l, cst, r.a, r.a, s, r.bits);
+  if constexpr (R::kInputs == 2) {
+    load_valid_packs<2>(in0, in1, w.at, r.bits, r.a, r.b);
+    side_t<R, T, V> s[N] = {};
+    load_valid_sides<T, V>(op, w.at, r.bits, s);
+    absorb_valid(op, l, cst, r.a, r.b, s, r.bits);
+  } else {
+    static_assert(!SideOf<R>::kSided, "an op with one input and a side");
+    load_valid_packs<1>(in0, in0, w.at, r.bits, r.a, r.a);
+    NoSide s[N];
+    absorb_valid(op, l, cst, r.a, r.a, s, r.bits);
+  }
   r.l = l;
   return r;
+}
+
+/// A masked loop's visit whose packs are all valid: loaded and folded (fold(a, b, sides)) as the
+/// unmasked loop does, then kept as a masked loop keeps them (one pack at a time: the map's
+/// fetch_valid takes its slots so; keep's all-or-none would leave the last ones unwritten).
+template <int V, class R, class T, int N, class Src, class Fold>
+CUBN_DEVICE void fold_whole_visit(const R& op, const T* in0, const T* in1,
+                                  const std::int64_t (&at)[N], Src& src, const Fold& fold) {
+  Pack<T, V> a[N], b[N];
+  load_packs<R::kInputs, N, V>(in0, in1, at, a, b);
+  side_t<R, T, V> s[N];
+  load_sides<T, V>(op, at, s);
+  fold(a, b, s);
+  unsigned all[N];
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) all[u] = kAllLanes<V>;
+  src.keep_valid(a, b, all);
 }
 
 /// Whether a masked op's channels-first planes are each one row (a sample's L time steps: rank 3,
@@ -951,11 +986,12 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
     // Row-wise: each pack's valid lanes from its first on (`rest`: none at most 0, all at least
     // V). OneRow (one row per plane): its sample's length less its position, one load and clamp
     // (SeqMask::row_length), no division; else (planes of several rows or samples, rows at least
-    // V long) SeqMask::plane_rest, two 32-bit quotients and the load. Sums (OneRow alone) fold
-    // the padded lanes as zeros, as the other loops do. Welford loads and folds a visit whose
-    // packs are all whole as the unmasked loop does, skips one with no valid lane, and loads and
-    // folds the others out of line (absorb_row_packs): a visit that holds both, about one per
-    // thread and row length boundary, or a pack that runs into the next row.
+    // V long) SeqMask::plane_rest, two 32-bit quotients and the load. A visit whose packs are all
+    // whole is loaded and folded as the unmasked loop does, one with no valid lane skipped, and
+    // the others loaded and folded out of line (absorb_row_packs: sums with their padded lanes
+    // zeroed, Welford whole packs at once and a partly padded one lane by lane): a visit that
+    // holds both, about one per thread and row length boundary, or a pack that runs into the
+    // next row.
     const auto row_wise = [&](auto one_row) {
       constexpr bool kOneRow = decltype(one_row)::value;
       walk_planes<U, V, Wide, true>(
@@ -974,63 +1010,44 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
               whole = whole && rest[u] >= V;
               any = any || rest[u] > 0;
             }
-            if constexpr (zero_padded<R>) {
-              unsigned bits[N];
-              CUBN_UNROLL
-              for (int u = 0; u < N; ++u) bits[u] = SeqMask::first_lanes<V>(rest[u]);
-              fold_valid(at, bits);
-            } else {
-              static_assert(!SideOf<R>::kSided && R::kInputs == 1,
-                            "a reduction with a side or two inputs folds padded lanes as zeros");
-              Pack<T, V> a[N], b[N];
-              if (whole) {
-                load_packs<1, N, V>(in0, in1, at, a, b);
-                NoSide s[N];
+            if (whole) {
+              fold_whole_visit<V>(op, in0, in1, at, src, [&](const auto& a, const auto& b,
+                                                            const auto& s) {
                 absorb_packs(op, l, cst, a, b, s);
-                // kept as a masked loop keeps them (one pack at a time: the map's fetch_valid
-                // takes its slots so; keep's all-or-none would leave the last ones unwritten)
-                unsigned all[N];
-                CUBN_UNROLL
-                for (int u = 0; u < N; ++u) all[u] = kAllLanes<V>;
-                src.keep_valid(a, b, all);
-                return;
+              });
+              return;
+            }
+            if (!any) return;  // nothing to read, fold or keep
+            const auto fold = [&](const auto& w) {
+              const auto r = absorb_row_packs<V>(static_cast<const unmasked_t<R>&>(op), l, cst,
+                                                 in0, in1, w);
+              l = r.l;
+              src.keep_valid(r.a, r.second(), r.bits);
+            };
+            if constexpr (kOneRow) {
+              RowAt<N> w;
+              CUBN_UNROLL
+              for (int u = 0; u < N; ++u) {
+                w.at[u] = at[u];
+                w.rest[u] = rest[u];
               }
-              if (!any) return;  // nothing to read, fold or keep
-              const auto fold = [&](const auto& w) {
-                const auto r =
-                    absorb_row_packs<V>(static_cast<const unmasked_t<R>&>(op), l, cst, in0, w);
-                l = r.l;
-                src.keep_valid(r.a, r.a, r.bits);
-              };
-              if constexpr (kOneRow) {
-                RowAt<N> w;
-                CUBN_UNROLL
-                for (int u = 0; u < N; ++u) {
-                  w.at[u] = at[u];
-                  w.rest[u] = rest[u];
-                }
-                fold(w);
-              } else {
-                fold(PlaneVisit<N>{VisitAt<N>::of(at, where), op.mask.plane_rows()});
-              }
+              fold(w);
+            } else {
+              fold(PlaneVisit<N>{VisitAt<N>::of(at, where), op.mask.plane_rows()});
             }
           },
           edge);
     };
     if (planes_are_rows(op, g)) {
       row_wise(std::true_type{});
-      return l;
+    } else if (plane_rows_fit<V>(op)) {
+      row_wise(std::false_type{});
+    } else {
+      by_bits(std::true_type{});
     }
-    if constexpr (!zero_padded<R>) {
-      if (plane_rows_fit<V>(op)) {
-        row_wise(std::false_type{});
-      } else {
-        by_bits(std::true_type{});
-      }
-      return l;
-    }
+    return l;
   }
-  rows_or_lanes<R>(plane_rows_fit<V>(op), by_bits);
+  by_bits(std::false_type{});
   return l;
 }
 
@@ -1472,6 +1489,21 @@ template <int N>
 struct StepVisit : VisitAt<N> {
   PositionRows rows;
   std::uint32_t off;
+  template <int V>
+  CUBN_DEVICE unsigned bits(int u) const {
+    return rows.template bits<V>(this->w[u].pos, this->w[u].n, off);
+  }
+};
+
+/// The packs of a visit whose valid lanes the loop knows, for an out-of-line fold, by value.
+template <int N>
+struct LaneSet {
+  std::int64_t at[N];
+  unsigned lanes[N];
+  template <int V>
+  CUBN_DEVICE unsigned bits(int u) const {
+    return lanes[u];
+  }
 };
 
 /// A visit of split columns (WelfordOp::SplitColumns: packs that run into the next position at
@@ -1486,7 +1518,7 @@ CUBN_DEVICE_NOINLINE RowFold<L, T, V, N> absorb_split_packs(R op, L l, ChannelSe
   using Acc = std::remove_reference_t<decltype(l.n[0])>;
   RowFold<L, T, V, N> r;
   CUBN_UNROLL
-  for (int u = 0; u < N; ++u) r.bits[u] = v.rows.template bits<V>(v.w[u].pos, v.w[u].n, v.off);
+  for (int u = 0; u < N; ++u) r.bits[u] = v.template bits<V>(u);
   load_valid_packs<1>(in0, in0, v.at, r.bits, r.a, r.a);
   Pack<T, V> a[N];
   Acc fh[N], ft[N];
@@ -1539,6 +1571,37 @@ CUBN_DEVICE void absorb_valid_columns(const R& op, L& l, const Cst& cst, const T
   }
 }
 
+/// A visit of a sum's column packs (zero_padded) that holds a padded lane, out of line: the
+/// packs' valid lanes (W: LaneSet or StepVisit), then absorb_valid_columns (the packs and sides
+/// with a valid lane loaded, their padded lanes zeroed, folded as the unmasked loop folds). R:
+/// the unmasked op, by value; `c`: the V slots' channel constants.
+template <int V, class R, class L, class C, class T, class W>
+CUBN_DEVICE_NOINLINE auto absorb_padded_columns(R op, L l, ChannelSet<C, V> c, const T* in0,
+                                                const T* in1, W w)
+    -> RowFold<L, T, V, packs_in<decltype(w.at)>, 2> {
+  static_assert(zero_padded<R> && R::kInputs == 2, "a sum of two inputs");
+  constexpr int N = packs_in<decltype(w.at)>;
+  RowFold<L, T, V, N, 2> r;
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) r.bits[u] = w.template bits<V>(u);
+  absorb_valid_columns<V>(op, l, [&](int k) { return c.c[k]; }, in0, in1, w.at, r.bits, r.a, r.b);
+  r.l = l;
+  return r;
+}
+
+/// A masked Welford op's split columns (WelfordOp::SplitColumns); nothing for a sum, which folds
+/// into its columns.
+template <class R, int V, bool = zero_padded<R>>
+struct SplitColumnsOf {
+  using type = typename R::template SplitColumns<V>;
+};
+template <class R, int V>
+struct SplitColumnsOf<R, V, true> {
+  struct type {};
+};
+template <class R, int V>
+using split_columns_t = typename SplitColumnsOf<R, V>::type;
+
 /// A reduction's per-thread column accumulators: R's Columns, or its SlotColumns when masked.
 template <class R, int V>
 using columns_t = std::conditional_t<is_masked<R>, typename R::template SlotColumns<V>,
@@ -1574,49 +1637,6 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
     const auto cst = [&](int k) { return typename R::Channel(chan[opaque(t0.tx * V) + k]); };
     [[maybe_unused]] const auto off = static_cast<std::uint32_t>(j0 * V % g.cols);
     const std::int64_t q0 = split * t0.by + t0.ty, dq = splits * t0.by;
-    bool walked = false;
-    if constexpr (is_masked<R>) {
-      if (column_packs_whole<V>(op, g)) {
-        // Every pack one time step's, whole or empty (position r of sample n is valid where r <
-        // its length): one length load and compare a pack, no division. The empty packs are
-        // unread zeros, so sums fold every pack as the unmasked loop does; Welford, whose counts
-        // a zero would change, weights them 0 (absorb_flagged_columns), into columns of one count.
-        [[maybe_unused]] typename R::template Columns<V> one{};
-        walk_column<U, V, Wide, true>(
-            g, j0, q0, dq,
-            [&](const auto& at, const auto& where) {
-              constexpr int N = packs_in<decltype(at)>;
-              unsigned some[N];
-              bool any = false;
-              CUBN_UNROLL
-              for (int u = 0; u < N; ++u) {
-                const bool v = op.mask.step_valid(where[u].n, where[u].pos);
-                some[u] = v ? kAllLanes<V> : 0u;
-                any = any || v;
-              }
-              Pack<T, V> a[N], b[N];
-              load_valid_packs<R::kInputs>(in0, in1, at, some, a, b);
-              if constexpr (zero_padded<R>) {
-                if constexpr (SideOf<R>::kSided) {
-                  side_t<R, T, V> s[N] = {};
-                  load_valid_sides<T, V>(op, at, some, s);
-                  op.absorb_columns(l, cst, a, b, s);
-                } else {
-                  op.absorb_slot_columns(l, cst, a, b);
-                }
-              } else {
-                decltype(one.n) f[N];
-                CUBN_UNROLL
-                for (int u = 0; u < N; ++u) f[u] = some[u] != 0u ? 1 : 0;
-                if (any) op.absorb_flagged_columns(one, cst, a, f);
-              }
-              src.keep_valid(a, b, some);
-            },
-            seq_positions(op));
-        if constexpr (!zero_padded<R>) l = R::as_slots(one);
-        walked = true;
-      }
-    }
     // each pack's valid lanes from where the walker says it lies (masked: position_bits, or
     // ByLane lane by lane), or the unmasked loop
     const auto by_bits = [&](auto by_lane) {
@@ -1640,19 +1660,82 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
           },
           seq_positions(op));
     };
-    if constexpr (is_masked<R> && !zero_padded<R>) {
-      if (!walked && column_rows_fit<V>(op, g)) {
+    if constexpr (is_masked<R>) {
+      // A sum's visit (zero_padded) whose packs are all valid, loaded and folded as the unmasked
+      // loop does; one with no valid lane skipped; the others out of line (absorb_padded_columns:
+      // the padded lanes zeroed): about one a thread per length boundary.
+      [[maybe_unused]] const auto sum_visit = [&](const auto& at, bool all, bool any,
+                                                  const auto& padded) {
+        if (all) {
+          fold_whole_visit<V>(op, in0, in1, at, src, [&](const auto& a, const auto& b,
+                                                        const auto& s) {
+            absorb_columns(op, l, cst, a, b, s);
+          });
+          return;
+        }
+        if (!any) return;  // nothing to read, fold or keep
+        ChannelSet<typename R::Channel, V> c;
+        CUBN_UNROLL
+        for (int k = 0; k < V; ++k) c.c[k] = cst(k);
+        const auto r = absorb_padded_columns<V>(static_cast<const unmasked_t<R>&>(op), l, c, in0,
+                                                in1, padded());
+        l = r.l;
+        src.keep_valid(r.a, r.b, r.bits);
+      };
+      if (column_packs_whole<V>(op, g)) {
+        // Every pack one time step's, whole or empty (position r of sample n is valid where r <
+        // its length): one length load and compare a pack, no division. Sums: sum_visit. Welford,
+        // whose counts a zero would change, weights the empty ones 0 (absorb_flagged_columns),
+        // into columns of one count.
+        [[maybe_unused]] typename R::template Columns<V> one{};
+        walk_column<U, V, Wide, true>(
+            g, j0, q0, dq,
+            [&](const auto& at, const auto& where) {
+              constexpr int N = packs_in<decltype(at)>;
+              unsigned some[N];
+              bool any = false, all = true;
+              CUBN_UNROLL
+              for (int u = 0; u < N; ++u) {
+                const bool v = op.mask.step_valid(where[u].n, where[u].pos);
+                some[u] = v ? kAllLanes<V> : 0u;
+                any = any || v;
+                all = all && v;
+              }
+              if constexpr (zero_padded<R>) {
+                sum_visit(at, all, any, [&] {
+                  LaneSet<N> w;
+                  CUBN_UNROLL
+                  for (int u = 0; u < N; ++u) {
+                    w.at[u] = at[u];
+                    w.lanes[u] = some[u];
+                  }
+                  return w;
+                });
+              } else {
+                Pack<T, V> a[N], b[N];
+                load_valid_packs<R::kInputs>(in0, in1, at, some, a, b);
+                decltype(one.n) f[N];
+                CUBN_UNROLL
+                for (int u = 0; u < N; ++u) f[u] = some[u] != 0u ? 1 : 0;
+                if (any) op.absorb_flagged_columns(one, cst, a, f);
+                src.keep_valid(a, b, some);
+              }
+            },
+            seq_positions(op));
+        if constexpr (!zero_padded<R>) l = R::as_slots(one);
+      } else if (column_rows_fit<V>(op, g)) {
         // C >= V (ranks 4 and 5, or C not a multiple of V): a pack's head, its lanes below h (C -
         // off where it runs past its position's C values, else V), is one position's, and its
         // tail the next's, each whole or empty: one quotient and one length load a pack
-        // (SeqMask::step_pair), no straddle branch. A visit whose packs are each whole or empty
+        // (SeqMask::step_lanes), no straddle branch; a tail at a sample's last position is asked
+        // about out of line. Sums: sum_visit. Welford: a visit whose packs are each whole or empty
         // folds at once into split columns (a count for the head's slots, one for the tail's); a
-        // visit with a pack of which one half is valid, out of line (absorb_split_lanes).
+        // visit with a pack of which one half is valid, out of line (absorb_split_packs).
         const auto cols = static_cast<std::uint32_t>(g.cols);
         const int h = off + V > cols ? static_cast<int>(cols - off) : V;
         const unsigned head_lanes = SeqMask::first_lanes<V>(h),
                        tail_lanes = kAllLanes<V> & ~head_lanes;
-        typename R::template SplitColumns<V> two{};
+        [[maybe_unused]] split_columns_t<R, V> two{};
         walk_column<U, V, Wide, true>(
             g, j0, q0, dq,
             [&](const auto& at, const auto& where) {
@@ -1660,32 +1743,44 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
               unsigned bits[N];
               CUBN_UNROLL
               for (int u = 0; u < N; ++u)
-                bits[u] = op.mask.step_lanes(where[u].pos, where[u].n, head_lanes, tail_lanes, 1u);
-              if (whole_or_empty<V>(bits)) {
-                Pack<T, V> a[N], b[N];
-                std::remove_reference_t<decltype(two.mean[0])> f[N];
-                if (!pack_flags(bits, f)) return;  // nothing to read, fold or keep
-                load_valid_packs<1>(in0, in1, at, bits, a, b);
-                op.absorb_flagged_split(two, cst, a, f, h);
-                src.keep_valid(a, b, bits);
-                return;
+                bits[u] = op.mask.step_lanes(where[u].pos, where[u].n, head_lanes, tail_lanes);
+              const auto visit = [&] {
+                return StepVisit<N>{VisitAt<N>::of(at, where), op.mask.position_rows(), off};
+              };
+              if constexpr (zero_padded<R>) {
+                bool all = true, any = false;
+                CUBN_UNROLL
+                for (int u = 0; u < N; ++u) {
+                  all = all && bits[u] == kAllLanes<V>;
+                  any = any || bits[u] != 0u;
+                }
+                sum_visit(at, all, any, visit);
+              } else {
+                if (whole_or_empty<V>(bits)) {
+                  Pack<T, V> a[N], b[N];
+                  std::remove_reference_t<decltype(two.mean[0])> f[N];
+                  if (!pack_flags(bits, f)) return;  // nothing to read, fold or keep
+                  load_valid_packs<1>(in0, in1, at, bits, a, b);
+                  op.absorb_flagged_split(two, cst, a, f, h);
+                  src.keep_valid(a, b, bits);
+                  return;
+                }
+                ChannelSet<typename R::Channel, V> c;
+                CUBN_UNROLL
+                for (int k = 0; k < V; ++k) c.c[k] = cst(k);
+                const auto r = absorb_split_packs<V>(static_cast<const unmasked_t<R>&>(op), two,
+                                                     c, in0, visit());
+                two = r.l;
+                src.keep_valid(r.a, r.a, r.bits);
               }
-              ChannelSet<typename R::Channel, V> c;
-              CUBN_UNROLL
-              for (int k = 0; k < V; ++k) c.c[k] = cst(k);
-              const StepVisit<N> v{VisitAt<N>::of(at, where), op.mask.position_rows(), off};
-              const auto r =
-                  absorb_split_packs<V>(static_cast<const unmasked_t<R>&>(op), two, c, in0, v);
-              two = r.l;
-              src.keep_valid(r.a, r.a, r.bits);
             },
             seq_positions(op));
-        l = R::as_slots(two, h);
-        walked = true;
+        if constexpr (!zero_padded<R>) l = R::as_slots(two, h);
+      } else {
+        by_bits(std::true_type{});
       }
-      if (!walked) by_bits(std::true_type{});
     } else {
-      if (!walked) rows_or_lanes<R>(column_rows_fit<V>(op, g), by_bits);
+      by_bits(std::false_type{});
     }
   }
   // the thread's coordinates again, recomputed rather than held through the loop

@@ -96,16 +96,16 @@ struct SeqMask : SeqGeometry {
   /// position r's (< S) of sample n and whose tail, the lanes in `tail` (none where it does not
   /// run past the position's C values), the next position's: each all valid or all padded (time
   /// step t = r % l against the length: row_length, a length over l as good as l). At a sample's
-  /// last position, where the tail would be the next sample's, returns `unknown` for a tail:
-  /// position_bits gives it out of line. One 32-bit quotient and one length load, no branch.
-  CUBN_DEVICE unsigned step_lanes(std::uint32_t r, int n, unsigned head, unsigned tail,
-                                  unsigned unknown) const {
+  /// last position, where the tail would be the next sample's, returns 1 (neither whole nor
+  /// empty, for V > 1): position_bits gives its lanes out of line. One 32-bit quotient and one
+  /// length load, no branch.
+  CUBN_DEVICE unsigned step_lanes(std::uint32_t r, int n, unsigned head, unsigned tail) const {
     const auto lw = static_cast<std::uint32_t>(l);
     const std::uint32_t t = r - quotient32(by_l32, r) * lw;
     const int len = row_length(n);
     const bool next = t + 1 == lw ? len > 0 : static_cast<int>(t) + 1 < len;
     const unsigned b = (static_cast<int>(t) < len ? head : 0u) | (next ? tail : 0u);
-    return tail != 0u && r + 1 == static_cast<std::uint32_t>(s) ? unknown : b;
+    return tail != 0u && r + 1 == static_cast<std::uint32_t>(s) ? 1u : b;
   }
   /// Whether element e is valid.
   CUBN_DEVICE bool valid(std::int64_t e) const {
@@ -126,8 +126,6 @@ struct SeqMask : SeqGeometry {
     const int v = k <= 0 ? 0 : (k >= V ? V : static_cast<int>(k));
     return (1u << v) - 1u;
   }
-  /// Sample i's length, clamped to [0, L], as an int (L < 2^31: geometry.hpp kMaxSeqIndex).
-  CUBN_DEVICE int length32(int i) const { return static_cast<int>(length(i)); }
   /// The valid lanes of the V-element pack at position `pos` (< 2^31) of a channels-first plane
   /// that starts sample `n` (the plane walkers' packs, inside the plane), rows of l at least V
   /// long (packs_of(V)): lanes [0, length - t) of its row (t = pos % l) and, where it runs into
