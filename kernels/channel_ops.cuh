@@ -514,6 +514,11 @@ CUBN_DEVICE void fold_whole_visit(const R& op, const T* in0, const T* in1,
   src.keep_valid(a, b, all);
 }
 
+/// The most sequences whose lengths a streaming kernel's one-row loop keeps in shared memory (4
+/// KiB; untuned: batches of sequences are rarely larger, and a larger one takes the several-row
+/// loop).
+constexpr int kLengthTable = 1024;
+
 /// Whether a masked op's channels-first planes are each one row (a sample's L time steps: rank 3,
 /// C > 1, or N = 1): accumulate_planes' one-row loop, whose packs never leave their row.
 template <class Op>
@@ -992,7 +997,8 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
     // zeroed, Welford whole packs at once and a partly padded one lane by lane): a visit that
     // holds both, about one per thread and row length boundary, or a pack that runs into the
     // next row.
-    const auto row_wise = [&](auto one_row) {
+    // row_length(n): sample n's length as SeqMask::row_length gives it
+    const auto row_wise = [&](auto one_row, const auto& row_length) {
       constexpr bool kOneRow = decltype(one_row)::value;
       walk_planes<U, V, Wide, true>(
           g, ch, first,
@@ -1003,7 +1009,7 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
             CUBN_UNROLL
             for (int u = 0; u < N; ++u) {
               if constexpr (kOneRow) {
-                rest[u] = op.mask.row_length(where[u].n) - static_cast<int>(where[u].pos);
+                rest[u] = row_length(where[u].n) - static_cast<int>(where[u].pos);
               } else {
                 rest[u] = op.mask.template plane_rest<V>(where[u].pos, where[u].n);
               }
@@ -1038,10 +1044,31 @@ CUBN_DEVICE typename R::Local accumulate_planes(const T* in0, const T* in1,
           },
           edge);
     };
-    if (planes_are_rows(op, g)) {
-      row_wise(std::true_type{});
-    } else if (plane_rows_fit<V>(op)) {
-      row_wise(std::false_type{});
+    const bool rows = planes_are_rows(op, g);
+    const auto from_global = [&](int n) { return op.mask.row_length(n); };
+    if constexpr (std::is_same_v<Src, FromGlobal<R::kInputs>>) {
+      // A streaming kernel's block (every thread calls this once) first copies the lengths to
+      // shared memory, where the one-row loop reads them: one load a pack, no clamp or second
+      // word (bench/sass_report.py, sm_90 bn_stats_local: the fp16 loop of 4 packs from 279 to
+      // 250 instructions). A batch of more than kLengthTable sequences takes the loop of several
+      // rows, which reads them from global memory (that loop from shared memory too, a fourth
+      // copy, measured 337 to 331 for fp16, but the global copy it keeps rose to 355).
+      if (rows && op.mask.n <= kLengthTable) {
+        CUBN_SHARED(int, lengths, kLengthTable);
+        for (int i = static_cast<int>(threadIdx.x); i < op.mask.n; i += kBlockThreads)
+          lengths[i] = op.mask.row_length(i);
+        __syncthreads();
+        row_wise(std::true_type{}, [&](int n) { return static_cast<int>(lengths[n]); });
+        return l;
+      }
+    } else {
+      if (rows) {
+        row_wise(std::true_type{}, from_global);
+        return l;
+      }
+    }
+    if (plane_rows_fit<V>(op)) {
+      row_wise(std::false_type{}, from_global);
     } else {
       by_bits(std::true_type{});
     }

@@ -43,13 +43,15 @@ TYPED_TEST_SUITE(Lengths, DTypes);
 // multiple of it ({7, 6, 3} and {3, 5, 4, 7} for fp32, {5, 12, 37}, {3, 10, 3, 9} and
 // {4, 12, 5, 150} for every dtype): vectors that run into the next position; {4, 12, 5, 150}
 // also gives each thread several visits of U vectors (channels-first: rows of 150 in planes of
-// 5 rows, vectors that run into the next row).
+// 5 rows, vectors that run into the next row). {1100, 2, 9}: more sequences than a streaming
+// kernel keeps in shared memory (kernels/channel_ops.cuh kLengthTable), so that its one-row
+// planes take the loop of several rows.
 const std::vector<Dims>& shapes() {
   static const std::vector<Dims> s = {{4, 3, 17},      {5, 16, 64},   {3, 40, 33},
                                       {6, 3, 50},      {4, 1, 50},    {7, 6, 3},
                                       {3, 5, 4, 7},    {2, 8, 6, 16}, {2, 3, 2, 3, 10},
                                       {9, 2, 3000},    {5, 12, 37},   {3, 10, 3, 9},
-                                      {4, 12, 5, 150}};
+                                      {4, 12, 5, 150}, {1100, 2, 9}};
   return s;
 }
 
