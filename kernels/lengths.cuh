@@ -30,6 +30,7 @@ namespace cubn::kernels {
 
 struct PlaneRows;
 struct PositionRows;
+struct ElementRows;
 
 /// The valid elements of a padded tensor (see the file comment; the fields: geometry.hpp's
 /// SeqGeometry, which host/ fills).
@@ -108,10 +109,7 @@ struct SeqMask : SeqGeometry {
     return tail != 0u && r + 1 == static_cast<std::uint32_t>(s) ? 1u : b;
   }
   /// Whether element e is valid.
-  CUBN_DEVICE bool valid(std::int64_t e) const {
-    const std::int64_t row = quotient(by_inner, e), rl = quotient(by_l, row);
-    return row - rl * l < length(quotient(by_rows, rl));
-  }
+  CUBN_DEVICE bool valid(std::int64_t e) const;
   /// floor(n / f's divisor) for n in [0, 2^31) (geometry.hpp FastDivisor32).
   CUBN_DEVICE static std::uint32_t quotient32(const FastDivisor32& f, std::uint32_t n) {
 #if defined(__CUDA_ARCH__)
@@ -164,13 +162,13 @@ struct SeqMask : SeqGeometry {
   /// bits() lane by lane, out of line: for rows shorter than a pack (channels-first L under V,
   /// channels-last C under V), where a pack may meet any number of rows and samples. The loops
   /// call it (a CALL, bench/sass_report.py's calls column) instead of holding V lanes' divisions.
+  /// Static, what valid() reads by value (ElementRows): a member's `this` would put the kernel's
+  /// op in local memory, and every access through its pointers would be generic (LD/ST, not
+  /// LDG/STG; bench/sass_report.py: the masked map kernels' stack frames, and their loops' accesses).
   template <int V>
-  CUBN_DEVICE_NOINLINE unsigned bits_by_lane(std::int64_t at) const {
-    unsigned b = 0;
-    CUBN_NO_UNROLL
-    for (int k = 0; k < V; ++k) b |= (valid(at + k) ? 1u : 0u) << k;
-    return b;
-  }
+  CUBN_DEVICE unsigned bits_by_lane(std::int64_t at) const;
+  /// What valid() reads, by value.
+  CUBN_DEVICE ElementRows element_rows() const;
   /// The valid lanes of the V-element pack at element `at` (bit k: element at + k). Where a
   /// pack meets at most two rows (SeqGeometry::packs_of), without a loop over its lanes:
   /// channels-first, a row of L holds a prefix of valid lanes (from the row's time step t:
@@ -218,6 +216,39 @@ struct SeqMask : SeqGeometry {
     return total * per_step;
   }
 };
+
+/// The fields SeqMask::valid reads (SeqMask::element_rows).
+struct ElementRows {
+  const void* lengths;
+  FastDivisor by_inner, by_l, by_rows;
+  std::int64_t l;
+  bool wide;
+
+  /// SeqMask::valid.
+  CUBN_DEVICE bool valid(std::int64_t e) const {
+    const std::int64_t row = SeqMask::quotient(by_inner, e), rl = SeqMask::quotient(by_l, row);
+    return row - rl * l < SeqMask::length_of(lengths, wide, l, SeqMask::quotient(by_rows, rl));
+  }
+  /// SeqMask::bits_by_lane, out of line.
+  template <int V>
+  CUBN_DEVICE_NOINLINE static unsigned bits_by_lane(ElementRows r, std::int64_t at) {
+    unsigned b = 0;
+    CUBN_NO_UNROLL
+    for (int k = 0; k < V; ++k) b |= (r.valid(at + k) ? 1u : 0u) << k;
+    return b;
+  }
+};
+
+CUBN_DEVICE ElementRows SeqMask::element_rows() const {
+  return ElementRows{lengths, by_inner, by_l, by_rows, l, wide};
+}
+
+CUBN_DEVICE bool SeqMask::valid(std::int64_t e) const { return element_rows().valid(e); }
+
+template <int V>
+CUBN_DEVICE unsigned SeqMask::bits_by_lane(std::int64_t at) const {
+  return ElementRows::bits_by_lane<V>(element_rows(), at);
+}
 
 /// The fields SeqMask::plane_bits reads (SeqMask::plane_rows).
 struct PlaneRows {
