@@ -758,15 +758,17 @@ CUBN_DEVICE void store_valid(T* out, std::int64_t at, const Pack<T, V>& o, unsig
 
 /// A masked map's outputs for a pack with valid lanes `bits` (a, b and the side s zero where no
 /// lane is valid: not read): f of every lane, as the unmasked loop computes it, stored by
-/// store_valid; an op with a side (the fused epilogue) stores its outputs itself (its
-/// emit_valid<KV>, KV the kernel's pack width, as emit's).
+/// store_valid (`zero`: the mask's, Padding kZero); an op with a side (the fused epilogue) stores
+/// its outputs itself (its emit_valid<KV>, KV the kernel's pack width, as emit's). F may be the
+/// unmasked op (an out-of-line caller's: emit_padded_visit).
 template <int KV, class F, class T, int V, class S, class CoeffOf>
 CUBN_DEVICE void emit_valid(const F& f, T* out, std::int64_t at, const Pack<T, V>& a,
-                            const Pack<T, V>& b, const S& s, unsigned bits, const CoeffOf& coeff) {
+                            const Pack<T, V>& b, const S& s, unsigned bits, bool zero,
+                            const CoeffOf& coeff) {
   if constexpr (SideOf<F>::kSided) {
-    f.template emit_valid<KV>(out, at, a, b, s, bits, f.mask.zero, coeff);
+    f.template emit_valid<KV>(out, at, a, b, s, bits, zero, coeff);
   } else {
-    store_valid(out, at, apply_pack(f, a, b, coeff), bits, f.mask.zero);
+    store_valid(out, at, apply_pack(f, a, b, coeff), bits, zero);
   }
 }
 
@@ -781,7 +783,7 @@ CUBN_DEVICE void map_one_valid(const T* in0, const T* in1, T* out, const F& f, s
   load_valid_packs<F::kInputs>(in0, in1, one, bits, a, b);
   side_t<F, T, V> s[1] = {};
   load_valid_sides<T, V>(f, one, bits, s);
-  emit_valid<KV>(f, out, at, a[0], b[0], s[0], bits[0], coeff);
+  emit_valid<KV>(f, out, at, a[0], b[0], s[0], bits[0], f.mask.zero, coeff);
 }
 
 /// out = f(in0, in1) for the leftover elements, by one thread (of a kernel of pack width V).
@@ -825,6 +827,79 @@ struct FromGlobal {
   template <int N>
   CUBN_DEVICE void skip_valid(const unsigned (&)[N]) {}
 };
+
+/// The coefficients of an out-of-line map's packs (emit_padded_visit), by value: every lane's
+/// the same (a channels-first visit of one channel) ...
+template <class Q>
+struct SameCoeffs {
+  Q q;
+  CUBN_DEVICE const Q& at(int, int) const { return q; }
+};
+
+/// ... one channel's a pack (a channels-first visit across planes) ...
+template <class Q, int N>
+struct PackCoeffs {
+  Q q[N];
+  CUBN_DEVICE const Q& at(int u, int) const { return q[u]; }
+};
+
+/// ... or lane k's slot's, from the block's table (channels-last: lane k of each pack is slot k;
+/// Table: its CUBN_SHARED array, whose slot `base` is the thread's lane 0).
+template <class Q, class Table>
+struct SlotCoeffs {
+  Table* table;
+  int base;
+  CUBN_DEVICE Q at(int, int k) const { return Q((*table)[base + k]); }
+};
+
+/// Whether each of the packs of a masked map's visit that lie inside their plane (bit u of
+/// `inside`) is all valid, from where the walker says it lies (SeqMask::plane_rest: rows at least
+/// V long; a pack that runs into the next row counts as not).
+template <int V, class F, int N>
+CUBN_DEVICE bool plane_packs_valid(const F& f, const PlaneAt (&w)[N],
+                                   unsigned inside = kAllLanes<N>) {
+  bool all = true;
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u)
+    if ((inside >> u) & 1u) all = all && f.mask.template plane_rest<V>(w[u].pos, w[u].n) >= V;
+  return all;
+}
+
+/// A masked map's visit whose packs' valid lanes are `bits`: the packs with a valid lane and their
+/// sides fetched (src.fetch_valid), and f's outputs for the packs it takes (bit u of `take`) as
+/// emit_valid stores them (`zero`: the padded lanes 0, else left as they were). KV: the kernel's
+/// pack width.
+template <int KV, class T, int V, class F, class Src, int N, class CoeffOf>
+CUBN_DEVICE void emit_valid_visit(const F& f, bool zero, Src& src, const T* in0, const T* in1,
+                                  T* out, const std::int64_t (&at)[N], const unsigned (&bits)[N],
+                                  const CoeffOf& coeff, unsigned take = kAllLanes<N>) {
+  Pack<T, V> a[N], b[N];
+  src.fetch_valid(in0, in1, at, bits, a, b);
+  side_t<F, T, V> s[N] = {};
+  load_valid_sides<T, V>(f, at, bits, s);
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u)
+    if ((take >> u) & 1u)
+      emit_valid<KV>(f, out, at[u], a[u], b[u], s[u], bits[u], zero, [&](int k) {
+        return coeff(u, k);
+      });
+}
+
+/// A streaming masked map's visit that is not all valid, out of line: the loop holds a call, not
+/// each pack's selects and lane-by-lane stores. The valid lanes (W: PlaneVisit or StepVisit) of
+/// the packs it takes (bit u of `take`), then emit_valid_visit. F: the unmasked op, by value; Q:
+/// the packs' coefficients (SameCoeffs, PackCoeffs or SlotCoeffs).
+template <int KV, int V, class F, class T, class W, class Q>
+CUBN_DEVICE_NOINLINE void emit_padded_visit(F f, bool zero, const T* in0, const T* in1, T* out,
+                                            W w, unsigned take, Q q) {
+  constexpr int N = packs_in<decltype(w.at)>;
+  unsigned bits[N];
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) bits[u] = (take >> u) & 1u ? w.template bits<V>(u) : 0u;
+  FromGlobal<F::kInputs> src;
+  emit_valid_visit<KV, T, V>(f, zero, src, in0, in1, out, w.at, bits,
+                             [&](int u, int k) { return q.at(u, k); }, take);
+}
 
 // ---- channels-first planes ----------------------------------------------------------------------
 
@@ -1147,15 +1222,25 @@ CUBN_DEVICE void map_channel_planes(const T* in0, const T* in1, T* out,
           constexpr int N = packs_in<decltype(at)>;
           Pack<T, V> a[N], b[N];
           if constexpr (is_masked<F>) {
-            unsigned bits[N];
-            plane_pack_bits<V, decltype(by_lane)::value>(f, at, where..., bits);
-            src.fetch_valid(in0, in1, at, bits, a, b);
-            side_t<F, T, V> s[N] = {};
-            load_valid_sides<T, V>(f, at, bits, s);
-            CUBN_UNROLL
-            for (int u = 0; u < N; ++u)
-              emit_valid<V>(f, out, at[u], a[u], b[u], s[u], bits[u], coeff);
-            return;
+            if constexpr (!decltype(by_lane)::value &&
+                          std::is_same_v<Src, FromGlobal<F::kInputs>>) {
+              // streaming, rows at least a pack long: a visit whose packs are all valid as the
+              // unmasked loop (below), the others out of line
+              if (!plane_packs_valid<V>(f, where...)) {
+                emit_padded_visit<V, V>(static_cast<const unmasked_t<F>&>(f), f.mask.zero, in0,
+                                        in1, out,
+                                        PlaneVisit<N>{VisitAt<N>::of(at, where...),
+                                                      f.mask.plane_rows()},
+                                        kAllLanes<N>, SameCoeffs<typename F::Coeffs>{q});
+                return;
+              }
+            } else {
+              unsigned bits[N];
+              plane_pack_bits<V, decltype(by_lane)::value>(f, at, where..., bits);
+              emit_valid_visit<V, T, V>(f, f.mask.zero, src, in0, in1, out, at, bits,
+                                        [&](int, int k) { return coeff(k); });
+              return;
+            }
           }
           src.fetch(in0, in1, at, a, b);
           side_t<F, T, V> s[N];
@@ -1185,7 +1270,7 @@ CUBN_DEVICE void map_channel_planes(const T* in0, const T* in1, T* out,
             src.fetch_valid(in0, in1, one, bits, a, b);
             side_t<F, T, V> s[1] = {};
             load_valid_sides<T, V>(f, one, bits, s);
-            emit_valid<V>(f, out, at, a[0], b[0], s[0], bits[0], both);
+            emit_valid<V>(f, out, at, a[0], b[0], s[0], bits[0], f.mask.zero, both);
             return;
           }
           src.fetch(in0, in1, one, a, b);
@@ -1278,37 +1363,58 @@ CUBN_DEVICE void map_planes(const T* in0, const T* in1, T* out, const ChannelsFi
       Pack<T, V> a[U] = {}, b[U] = {};
       [[maybe_unused]] side_t<F, T, V> sd[U] = {};
       if constexpr (is_masked<F>) {
-        unsigned bits[U];
-        CUBN_UNROLL
-        for (int u = 0; u < U; ++u) {  // a pack across a plane boundary is not asked about: the
-          // next row may be past the last sample (its length past the array's end)
-          const std::int64_t one[1] = {at[u]};
-          const PlaneAt where[1] = {w[u]};
-          unsigned b[1] = {0};
-          if (whole[u]) plane_pack_bits<V, decltype(by_lane)::value>(f, one, where, b);
-          bits[u] = b[0];
+        if constexpr (!decltype(by_lane)::value) {
+          // rows at least a pack long: a visit whose packs inside their planes are all valid as
+          // the unmasked loop (below), the others out of line
+          unsigned inside = 0;
+          CUBN_UNROLL
+          for (int u = 0; u < U; ++u) inside |= whole[u] ? 1u << u : 0u;
+          if (!plane_packs_valid<V>(f, w, inside)) {
+            if constexpr (F::kInputs == 1) fetch();
+            PackCoeffs<typename F::Coeffs, U> qs;
+            CUBN_UNROLL
+            for (int u = 0; u < U; ++u) qs.q[u] = q[u];
+            emit_padded_visit<V, V>(static_cast<const unmasked_t<F>&>(f), f.mask.zero, in0, in1,
+                                    out, PlaneVisit<U>{VisitAt<U>::of(at, w), f.mask.plane_rows()},
+                                    inside, qs);
+            continue;
+          }
+        } else {
+          // rows shorter than a pack: each pack's lanes one by one, out of line
+          unsigned bits[U];
+          CUBN_UNROLL
+          for (int u = 0; u < U; ++u) {  // a pack across a plane boundary is not asked about: the
+            // next row may be past the last sample (its length past the array's end)
+            const std::int64_t one[1] = {at[u]};
+            const PlaneAt where[1] = {w[u]};
+            unsigned b1[1] = {0};
+            if (whole[u]) plane_pack_bits<V, true>(f, one, where, b1);
+            bits[u] = b1[0];
+          }
+          CUBN_UNROLL
+          for (int u = 0; u < U; ++u) {
+            a[u] = load_pack_if<V>(in0 + at[u], whole[u] && bits[u] != 0);
+            b[u] = F::kInputs == 2 ? load_pack_if<V>(in1 + at[u], whole[u] && bits[u] != 0) : a[u];
+          }
+          CUBN_UNROLL
+          for (int u = 0; u < U; ++u) {  // bits are 0 where the pack is not whole
+            // one pack at a time, as the unmasked loop (a whole array of sides here: GCC 12's SRA
+            // pass fails under -fsanitize=thread, an internal compiler error)
+            const std::int64_t one[1] = {at[u]};
+            const unsigned b1[1] = {bits[u]};
+            side_t<F, T, V> s1[1] = {};
+            load_valid_sides<T, V>(f, one, b1, s1);
+            sd[u] = s1[0];
+          }
+          if constexpr (F::kInputs == 1) fetch();
+          CUBN_UNROLL
+          for (int u = 0; u < U; ++u)
+            if (whole[u])
+              emit_valid<V>(f, out, at[u], a[u], b[u], sd[u], bits[u], f.mask.zero,
+                            [&](int) { return q[u]; });
         }
-        CUBN_UNROLL
-        for (int u = 0; u < U; ++u) {
-          a[u] = load_pack_if<V>(in0 + at[u], whole[u] && bits[u] != 0);
-          b[u] = F::kInputs == 2 ? load_pack_if<V>(in1 + at[u], whole[u] && bits[u] != 0) : a[u];
-        }
-        CUBN_UNROLL
-        for (int u = 0; u < U; ++u) {  // bits are 0 where the pack is not whole
-          // one pack at a time, as the unmasked loop (a whole array of sides here: GCC 12's SRA
-          // pass fails under -fsanitize=thread, an internal compiler error)
-          const std::int64_t one[1] = {at[u]};
-          const unsigned b1[1] = {bits[u]};
-          side_t<F, T, V> s1[1] = {};
-          load_valid_sides<T, V>(f, one, b1, s1);
-          sd[u] = s1[0];
-        }
-        if constexpr (F::kInputs == 1) fetch();
-        CUBN_UNROLL
-        for (int u = 0; u < U; ++u)
-          if (whole[u])
-            emit_valid<V>(f, out, at[u], a[u], b[u], sd[u], bits[u], [&](int) { return q[u]; });
-      } else {
+      }
+      if constexpr (!decltype(by_lane)::value) {  // the unmasked loop's
         CUBN_UNROLL
         for (int u = 0; u < U; ++u)
           if (whole[u]) load_inputs<F::kInputs>(in0, in1, at[u], a[u], b[u]);
@@ -1507,6 +1613,18 @@ CUBN_DEVICE_NOINLINE L absorb_valid_column_lanes(R op, L l, ChannelSet<C, V> c,
       if ((p.bits[u] >> k) & 1u)
         op.template absorb_lane<V>(l, c.c[k], acc_at(p.a[u], k), acc_at(p.a[u], k), k);
   return l;
+}
+
+/// Whether each of the packs of a masked op's channels-last visit (C >= V; walk_column's
+/// PlaneAt) is all valid: its head (the lanes in `head`) and its tail (the others) each whole or
+/// empty (SeqMask::step_lanes; a tail that starts the next sample counts as not).
+template <int V, class F, int N>
+CUBN_DEVICE bool step_packs_valid(const F& f, unsigned head, const PlaneAt (&w)[N]) {
+  bool all = true;
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u)
+    all = all && f.mask.step_lanes(w[u].pos, w[u].n, head, kAllLanes<V> & ~head) == kAllLanes<V>;
+  return all;
 }
 
 /// Where the packs of a visit of split columns lie, for its out-of-line fold (absorb_split_packs),
@@ -1900,6 +2018,9 @@ CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out, const Chan
     // loop would crowd out the packs in flight
     const auto q = [&](int k) { return Coeffs(table[opaque(tt.tx * V) + k]); };
     [[maybe_unused]] const auto off = static_cast<std::uint32_t>(j * V % g.cols);
+    // a masked pack's lanes of its first position (SeqMask::step_lanes' head; C >= V)
+    [[maybe_unused]] const unsigned head_lanes = SeqMask::first_lanes<V>(
+        off + V > static_cast<std::uint32_t>(g.cols) ? static_cast<int>(g.cols - off) : V);
     rows_or_lanes<F>(column_rows_fit<V>(f, g), [&](auto by_lane) {
       walk_column<U, V, Wide, is_masked<F>>(
           g, j, split * tt.by + tt.ty, splits * tt.by,
@@ -1907,15 +2028,27 @@ CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out, const Chan
             constexpr int N = packs_in<decltype(at)>;
             Pack<T, V> a[N], b[N];
             if constexpr (is_masked<F>) {
-              unsigned bits[N];
-              column_pack_bits<V, decltype(by_lane)::value>(f, off, at, where..., bits);
-              src.fetch_valid(in0, in1, at, bits, a, b);
-              side_t<F, T, V> s[N] = {};
-              load_valid_sides<T, V>(f, at, bits, s);
-              CUBN_UNROLL
-              for (int u = 0; u < N; ++u)
-                emit_valid<V>(f, out, at[u], a[u], b[u], s[u], bits[u], q);
-              return;
+              if constexpr (!decltype(by_lane)::value &&
+                            std::is_same_v<Src, FromGlobal<F::kInputs>>) {
+                // streaming, C >= V: each pack's head and tail whole or empty (SeqMask::step_lanes,
+                // one quotient and one length load); a visit whose packs are all valid as the
+                // unmasked loop (below), the others out of line
+                if (!step_packs_valid<V>(f, head_lanes, where...)) {
+                  emit_padded_visit<V, V>(
+                      static_cast<const unmasked_t<F>&>(f), f.mask.zero, in0, in1, out,
+                      StepVisit<N>{VisitAt<N>::of(at, where...), f.mask.position_rows(), off},
+                      kAllLanes<N>,
+                      SlotCoeffs<Coeffs, std::remove_reference_t<decltype(table)>>{&table,
+                                                                                  tt.tx * V});
+                  return;
+                }
+              } else {
+                unsigned bits[N];
+                column_pack_bits<V, decltype(by_lane)::value>(f, off, at, where..., bits);
+                emit_valid_visit<V, T, V>(f, f.mask.zero, src, in0, in1, out, at, bits,
+                                          [&](int, int k) { return q(k); });
+                return;
+              }
             }
             src.fetch(in0, in1, at, a, b);
             side_t<F, T, V> s[N];
