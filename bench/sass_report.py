@@ -236,8 +236,9 @@ def held(name):
     """Kernels that a benchmark shape with aligned pointers takes: the 16-byte vector
     instantiations (V = 16 bytes of T) of fp32, fp16 and bf16 (bench/cubn_bench.cu's dtypes),
     the fused epilogue's included. Not yet the masked ones (cubn::Lengths): their loops are
-    reported; the maps' are within the budget, the sums' and Welford statistics' not yet, and
-    some masked kernels spill (issue 24 leaves that to do; README)."""
+    reported; per 16 B of their twins' bytes the streaming maps' are within the budget or nearly,
+    their lane-by-lane copies, the sums', the Welford statistics' and the persistent kernels' not
+    yet, and some masked kernels spill (issue 24 leaves that to do; README)."""
     t, v = element_type(name)
     return (t, v) in {("float", 4), ("fp16", 8), ("bf16", 8)} and not masked(name)
 
