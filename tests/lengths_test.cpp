@@ -14,6 +14,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -203,13 +204,19 @@ void check_backward(const Dims& dims, MemoryOrder order, const std::vector<std::
 }
 
 TYPED_TEST(Lengths, TrainingBackwardMatchesTheReferenceOnTheValidPositions) {
-  unsigned seed = 200;
-  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
-    for (const Dims& dims : shapes()) {
-      ++seed;
-      check_backward<TypeParam>(dims, order, some_lengths(dims, seed), false,
-                                seed % 3 == 0 ? Padding::kUntouched : Padding::kZero, seed);
-    }
+  // the path the plan picks (these batches mostly fit the persistent kernel), then the streaming
+  // one: its own sums and dx kernels
+  for (const bool streaming : {false, true}) {
+    std::optional<ForcePath> forced;
+    if (streaming) forced.emplace(detail::Path::kStreaming);
+    unsigned seed = 200;
+    for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+      for (const Dims& dims : shapes()) {
+        ++seed;
+        check_backward<TypeParam>(dims, order, some_lengths(dims, seed), false,
+                                  seed % 3 == 0 ? Padding::kUntouched : Padding::kZero, seed);
+      }
+  }
 }
 
 TYPED_TEST(Lengths, FrozenBackwardMatchesTheReferenceOnTheValidPositions) {
