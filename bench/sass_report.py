@@ -324,14 +324,15 @@ def main():
             if masked(name):
                 tb = twin_bytes(a, loops_of.get((unmasked_name(name), arch)))
                 if tb:
-                    twin = f"{a['instructions'] * 16 / tb:.1f}"
                     per_twin = a["instructions"] * 16 / tb
+                    over = per_twin > args.budget
+                    twin = f"{per_twin:.1f}"
                     masked_loops += 1
-                    masked_over += per_twin > args.budget
+                    masked_over += over
                     if element_type(name) in {("float", 4), ("fp16", 8), ("bf16", 8)}:
                         e = summary.setdefault((name.split("<")[0], arch), [0, 0, 0.0])
                         e[0] += 1
-                        e[1] += per_twin > args.budget
+                        e[1] += over
                         e[2] = max(e[2], per_twin)
             print(f"| `{name}` | {arch} | {i + 1} | {a['instructions']} | {a['traffic']} | {per16:.1f} | "
                   f"{widths} | {a['in_flight']} | {a['mufu']} | {a['slow']} | "
