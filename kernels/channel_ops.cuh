@@ -1617,13 +1617,13 @@ CUBN_DEVICE_NOINLINE L absorb_valid_column_lanes(R op, L l, ChannelSet<C, V> c,
 
 /// Whether each of the packs of a masked op's channels-last visit (C >= V; walk_column's
 /// PlaneAt) is all valid: its head (the lanes in `head`) and its tail (the others) each whole or
-/// empty (SeqMask::step_lanes; a tail that starts the next sample counts as not).
+/// empty (SeqMask::step_test; a tail that starts the next sample counts as not).
 template <int V, class F, int N>
 CUBN_DEVICE bool step_packs_valid(const F& f, unsigned head, const PlaneAt (&w)[N]) {
   bool all = true;
   CUBN_UNROLL
   for (int u = 0; u < N; ++u)
-    all = all && f.mask.step_lanes(w[u].pos, w[u].n, head, kAllLanes<V> & ~head) == kAllLanes<V>;
+    all = all && f.mask.step_test(w[u].pos, w[u].n, head != kAllLanes<V>).all;
   return all;
 }
 
@@ -1649,7 +1649,35 @@ struct LaneSet {
   CUBN_DEVICE unsigned bits(int u) const {
     return lanes[u];
   }
+  CUBN_DEVICE static LaneSet of(const std::int64_t (&at)[N], const unsigned (&lanes)[N]) {
+    LaneSet w;
+    CUBN_UNROLL
+    for (int u = 0; u < N; ++u) {
+      w.at[u] = at[u];
+      w.lanes[u] = lanes[u];
+    }
+    return w;
+  }
 };
+
+/// A masked Welford op's visit of column packs each whole or empty (one time step's C values, C
+/// a multiple of V), some of them empty, out of line: the loop holds a call, not the flagged
+/// fold beside the unmasked one. The packs with a valid lane loaded, then folded with the empty
+/// ones weighted 0 (absorb_flagged_columns). R: the unmasked op, by value; gives back the columns
+/// and the packs as loaded.
+template <int V, class R, class L, class Q, class T, int N>
+CUBN_DEVICE_NOINLINE RowFold<L, T, V, N> absorb_flagged_column_packs(R op, L l, Q c, const T* in0,
+                                                                     LaneSet<N> w) {
+  RowFold<L, T, V, N> r;
+  CUBN_UNROLL
+  for (int u = 0; u < N; ++u) r.bits[u] = w.lanes[u];
+  load_valid_packs<1>(in0, in0, w.at, r.bits, r.a, r.a);
+  std::remove_reference_t<decltype(l.n)> f[N];
+  pack_flags(r.bits, f);
+  op.absorb_flagged_columns(l, [&](int k) { return c.at(0, k); }, r.a, f);
+  r.l = l;
+  return r;
+}
 
 /// A visit of split columns (WelfordOp::SplitColumns: packs that run into the next position at
 /// lane h) with a pack whose head and tail differ (or whose tail starts the next sample), out of
@@ -1657,9 +1685,9 @@ struct LaneSet {
 /// lanes zeroed each group's packs flagged by their lane 0 (head) or V - 1 (tail). R: the
 /// unmasked op, by value; `c`: the V slots' channel constants; gives back the columns and the
 /// packs as loaded.
-template <int V, class R, class L, class C, class T, int N>
-CUBN_DEVICE_NOINLINE RowFold<L, T, V, N> absorb_split_packs(R op, L l, ChannelSet<C, V> c,
-                                                            const T* in0, StepVisit<N> v) {
+template <int V, class R, class L, class Q, class T, int N>
+CUBN_DEVICE_NOINLINE RowFold<L, T, V, N> absorb_split_packs(R op, L l, Q c, const T* in0,
+                                                            StepVisit<N> v) {
   using Acc = std::remove_reference_t<decltype(l.n[0])>;
   RowFold<L, T, V, N> r;
   CUBN_UNROLL
@@ -1674,7 +1702,7 @@ CUBN_DEVICE_NOINLINE RowFold<L, T, V, N> absorb_split_packs(R op, L l, ChannelSe
     ft[u] = ((r.bits[u] >> (V - 1)) & 1u) != 0u ? Acc(1) : Acc(0);
   }
   const int h = v.off + V > v.rows.c ? static_cast<int>(v.rows.c - v.off) : V;
-  op.absorb_flagged_split_pair(l, [&](int k) { return c.c[k]; }, a, fh, ft, h);
+  op.absorb_flagged_split_pair(l, [&](int k) { return c.at(0, k); }, a, fh, ft, h);
   r.l = l;
   return r;
 }
@@ -1780,6 +1808,10 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
   __syncthreads();
   if (j0 < g.period_packs) {
     const auto cst = [&](int k) { return typename R::Channel(chan[opaque(t0.tx * V) + k]); };
+    // the same, by value for an out-of-line fold: the table's address, not V values read in the
+    // loop
+    [[maybe_unused]] const SlotCoeffs<typename R::Channel, std::remove_reference_t<decltype(chan)>>
+        slot_consts{&chan, opaque(t0.tx * V)};
     [[maybe_unused]] const auto off = static_cast<std::uint32_t>(j0 * V % g.cols);
     const std::int64_t q0 = split * t0.by + t0.ty, dq = splits * t0.by;
     // each pack's valid lanes from where the walker says it lies (masked: position_bits, or
@@ -1829,9 +1861,11 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
       };
       if (column_packs_whole<V>(op, g)) {
         // Every pack one time step's, whole or empty (position r of sample n is valid where r <
-        // its length): one length load and compare a pack, no division. Sums: sum_visit. Welford,
-        // whose counts a zero would change, weights the empty ones 0 (absorb_flagged_columns),
-        // into columns of one count.
+        // its length): one length load and compare a pack, no division. Sums: sum_visit. Welford
+        // into columns of one count: a visit whose packs are all valid as the unmasked loop, one
+        // with an empty pack out of line (absorb_flagged_column_packs: a zero would change the
+        // counts, so the empty ones are weighted 0; sm_90 fp16, bench/sass_report.py: 299 to 288
+        // instructions against that fold inline).
         [[maybe_unused]] typename R::template Columns<V> one{};
         walk_column<U, V, Wide, true>(
             g, j0, q0, dq,
@@ -1847,23 +1881,21 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
                 all = all && v;
               }
               if constexpr (zero_padded<R>) {
-                sum_visit(at, all, any, [&] {
-                  LaneSet<N> w;
-                  CUBN_UNROLL
-                  for (int u = 0; u < N; ++u) {
-                    w.at[u] = at[u];
-                    w.lanes[u] = some[u];
-                  }
-                  return w;
-                });
+                sum_visit(at, all, any, [&] { return LaneSet<N>::of(at, some); });
               } else {
-                Pack<T, V> a[N], b[N];
-                load_valid_packs<R::kInputs>(in0, in1, at, some, a, b);
-                decltype(one.n) f[N];
-                CUBN_UNROLL
-                for (int u = 0; u < N; ++u) f[u] = some[u] != 0u ? 1 : 0;
-                if (any) op.absorb_flagged_columns(one, cst, a, f);
-                src.keep_valid(a, b, some);
+                if (all) {
+                  fold_whole_visit<V>(op, in0, in1, at, src,
+                                      [&](const auto& a, const auto& b, const auto& s) {
+                                        absorb_columns(op, one, cst, a, b, s);
+                                      });
+                  return;
+                }
+                if (!any) return;  // nothing to read, fold or keep
+                const auto r =
+                    absorb_flagged_column_packs<V>(static_cast<const unmasked_t<R>&>(op), one,
+                                                   slot_consts, in0, LaneSet<N>::of(at, some));
+                one = r.l;
+                src.keep_valid(r.a, r.a, r.bits);
               }
             },
             seq_positions(op));
@@ -1872,49 +1904,43 @@ CUBN_DEVICE void column_partials(const T* in0, const T* in1, const ChannelsLastG
         // C >= V (ranks 4 and 5, or C not a multiple of V): a pack's head, its lanes below h (C -
         // off where it runs past its position's C values, else V), is one position's, and its
         // tail the next's, each whole or empty: one quotient and one length load a pack
-        // (SeqMask::step_lanes), no straddle branch; a tail at a sample's last position is asked
-        // about out of line. Sums: sum_visit. Welford: a visit whose packs are each whole or empty
-        // folds at once into split columns (a count for the head's slots, one for the tail's); a
-        // visit with a pack of which one half is valid, out of line (absorb_split_packs).
+        // (SeqMask::step_test), no straddle branch; a tail at a sample's last position is asked
+        // about out of line. Sums: sum_visit. Welford: a visit whose packs are all valid folds at
+        // once into split columns (a count for the head's slots, one for the tail's:
+        // absorb_whole_split); a visit with a padded pack, out of line (absorb_split_packs: the
+        // flagged fold of whole and empty packs beside the unmasked one would double the loop;
+        // sm_90 fp16, bench/sass_report.py: with step_test, 439 to 388 instructions).
         const auto cols = static_cast<std::uint32_t>(g.cols);
         const int h = off + V > cols ? static_cast<int>(cols - off) : V;
-        const unsigned head_lanes = SeqMask::first_lanes<V>(h),
-                       tail_lanes = kAllLanes<V> & ~head_lanes;
+        const bool tail = h < V;
         [[maybe_unused]] split_columns_t<R, V> two{};
         walk_column<U, V, Wide, true>(
             g, j0, q0, dq,
             [&](const auto& at, const auto& where) {
               constexpr int N = packs_in<decltype(at)>;
-              unsigned bits[N];
+              bool all = true, any = false;
               CUBN_UNROLL
-              for (int u = 0; u < N; ++u)
-                bits[u] = op.mask.step_lanes(where[u].pos, where[u].n, head_lanes, tail_lanes);
+              for (int u = 0; u < N; ++u) {
+                const auto v = op.mask.step_test(where[u].pos, where[u].n, tail);
+                all = all && v.all;
+                any = any || v.any;
+              }
               const auto visit = [&] {
                 return StepVisit<N>{VisitAt<N>::of(at, where), op.mask.position_rows(), off};
               };
               if constexpr (zero_padded<R>) {
-                bool all = true, any = false;
-                CUBN_UNROLL
-                for (int u = 0; u < N; ++u) {
-                  all = all && bits[u] == kAllLanes<V>;
-                  any = any || bits[u] != 0u;
-                }
                 sum_visit(at, all, any, visit);
               } else {
-                if (whole_or_empty<V>(bits)) {
-                  Pack<T, V> a[N], b[N];
-                  std::remove_reference_t<decltype(two.mean[0])> f[N];
-                  if (!pack_flags(bits, f)) return;  // nothing to read, fold or keep
-                  load_valid_packs<1>(in0, in1, at, bits, a, b);
-                  op.absorb_flagged_split(two, cst, a, f, h);
-                  src.keep_valid(a, b, bits);
+                if (all) {
+                  fold_whole_visit<V>(op, in0, in1, at, src,
+                                      [&](const auto& a, const auto&, const auto&) {
+                                        op.absorb_whole_split(two, cst, a, h);
+                                      });
                   return;
                 }
-                ChannelSet<typename R::Channel, V> c;
-                CUBN_UNROLL
-                for (int k = 0; k < V; ++k) c.c[k] = cst(k);
+                if (!any) return;  // nothing to read, fold or keep
                 const auto r = absorb_split_packs<V>(static_cast<const unmasked_t<R>&>(op), two,
-                                                     c, in0, visit());
+                                                     slot_consts, in0, visit());
                 two = r.l;
                 src.keep_valid(r.a, r.a, r.bits);
               }
@@ -2018,7 +2044,7 @@ CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out, const Chan
     // loop would crowd out the packs in flight
     const auto q = [&](int k) { return Coeffs(table[opaque(tt.tx * V) + k]); };
     [[maybe_unused]] const auto off = static_cast<std::uint32_t>(j * V % g.cols);
-    // a masked pack's lanes of its first position (SeqMask::step_lanes' head; C >= V)
+    // a masked pack's lanes of its first position (its head; C >= V)
     [[maybe_unused]] const unsigned head_lanes = SeqMask::first_lanes<V>(
         off + V > static_cast<std::uint32_t>(g.cols) ? static_cast<int>(g.cols - off) : V);
     rows_or_lanes<F>(column_rows_fit<V>(f, g), [&](auto by_lane) {
@@ -2030,7 +2056,7 @@ CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out, const Chan
             if constexpr (is_masked<F>) {
               if constexpr (!decltype(by_lane)::value &&
                             std::is_same_v<Src, FromGlobal<F::kInputs>>) {
-                // streaming, C >= V: each pack's head and tail whole or empty (SeqMask::step_lanes,
+                // streaming, C >= V: each pack's head and tail whole or empty (SeqMask::step_test,
                 // one quotient and one length load); a visit whose packs are all valid as the
                 // unmasked loop (below), the others out of line
                 if (!step_packs_valid<V>(f, head_lanes, where...)) {

@@ -400,6 +400,16 @@ struct WelfordOp {
     l.n[0] = n0;
     l.n[1] = n1;
   }
+  /// absorb_flagged_split with every flag 1 (its operations on the same operands, so the same
+  /// bits), the flags' count and mean factor constants.
+  template <class T, int V, int U, class Cst>
+  CUBN_DEVICE void absorb_whole_split(SplitColumns<V>& l, const Cst& c, const Pack<T, V> (&x)[U],
+                                      int h) const {
+    Acc f[U];
+    CUBN_UNROLL
+    for (int u = 0; u < U; ++u) f[u] = Acc(1);
+    absorb_flagged_split(l, c, x, f, h);
+  }
   /// absorb_flagged_split where a pack's head and tail may differ: flags fh[u] for the slots
   /// below h, ft[u] for the others, the packs' padded lanes zero. A group whose flags are all 0
   /// leaves its slots as they are.

@@ -53,26 +53,34 @@ struct SeqMask : SeqGeometry {
   }
   /// Sample i's length, clamped to [0, L].
   CUBN_DEVICE std::int64_t length(std::int64_t i) const { return length_of(lengths, wide, l, i); }
-  /// Whether time step t of sample i is valid (t < its length), for a loop whose packs each lie
-  /// in one time step: the length read as its two 32-bit words (an int32 length's high word is its
-  /// sign) and compared in 64 bits, no clamp. One load (two for int64 lengths), two compares.
-  CUBN_DEVICE bool step_valid(int i, std::uint32_t t) const {
-    const auto* p = static_cast<const std::int32_t*>(lengths) +
-                    (static_cast<std::uint32_t>(i) << (wide ? 1 : 0));  // i < N < 2^31
+  /// Sample i's length as 32-bit words: its low word, then for int64 lengths its high word (the
+  /// device is little-endian).
+  CUBN_DEVICE const std::int32_t* length_words(int i) const {
+    return static_cast<const std::int32_t*>(lengths) +
+           (static_cast<std::uint32_t>(i) << (wide ? 1 : 0));  // i < N < 2^31
+  }
+  /// Sample i's length for a test against a time step (t < it), no clamp: read as its two 32-bit
+  /// words (an int32 length's high word is its sign), compared in 64 bits. One load (two for
+  /// int64 lengths).
+  CUBN_DEVICE std::int64_t step_length(int i) const {
+    const std::int32_t* p = length_words(i);
     const std::int32_t lo = p[0];
     const std::int32_t hi = wide ? p[1] : (lo < 0 ? -1 : 0);
-    const auto len = static_cast<std::int64_t>((static_cast<std::uint64_t>(
-                                                    static_cast<std::uint32_t>(hi)) << 32) |
-                                               static_cast<std::uint32_t>(lo));
-    return static_cast<std::int64_t>(t) < len;
+    return static_cast<std::int64_t>(
+        (static_cast<std::uint64_t>(static_cast<std::uint32_t>(hi)) << 32) |
+        static_cast<std::uint32_t>(lo));
+  }
+  /// Whether time step t of sample i is valid (t < its length), for a loop whose packs each lie
+  /// in one time step: one load (two for int64 lengths), two compares.
+  CUBN_DEVICE bool step_valid(int i, std::uint32_t t) const {
+    return static_cast<std::int64_t>(t) < step_length(i);
   }
   /// Sample i's length for a loop whose packs lie inside rows of l (so that a length over l is
   /// as good as l): int32 lengths clamped below at 0, int64 ones saturated to [0, 2^31). One
   /// 32-bit load (and for int64, a second of the high word: the device is little-endian), one
   /// clamp, not length_of's two.
   CUBN_DEVICE int row_length(int i) const {
-    const auto* p = static_cast<const std::int32_t*>(lengths) +
-                    (static_cast<std::uint32_t>(i) << (wide ? 1 : 0));  // i < N < 2^31
+    const std::int32_t* p = length_words(i);
     const int lo = p[0];
     if (!wide) return lo < 0 ? 0 : lo;
     const int hi = p[1];
@@ -93,20 +101,28 @@ struct SeqMask : SeqGeometry {
     const int len = row_length(n + static_cast<int>(quotient32(by_step32, row)));
     return t + V > lw ? 1 : len - static_cast<int>(t);
   }
-  /// The valid lanes of a channels-last pack (C >= V) whose head, its lanes in `head`, is
-  /// position r's (< S) of sample n and whose tail, the lanes in `tail` (none where it does not
-  /// run past the position's C values), the next position's: each all valid or all padded (time
-  /// step t = r % l against the length: row_length, a length over l as good as l). At a sample's
-  /// last position, where the tail would be the next sample's, returns 1 (neither whole nor
-  /// empty, for V > 1): position_bits gives its lanes out of line. One 32-bit quotient and one
-  /// length load, no branch.
-  CUBN_DEVICE unsigned step_lanes(std::uint32_t r, int n, unsigned head, unsigned tail) const {
+  /// Of a channels-last pack (C >= V) whose head is position r's (< S) of sample n, and, where
+  /// `tail`, whose last lanes are the next position's: whether every lane is valid (`all`; a tail
+  /// that starts the next sample counts as not), and whether one may be (`any`: the head's
+  /// position valid, or a tail at a row's end, whose next row may be): of the pack as a whole,
+  /// its lanes left to position_bits out of line. One 32-bit quotient, one length load and 64-bit
+  /// compares, no branch (sm_90 bn_stats_channels_last fp16, bench/sass_report.py: the split
+  /// columns' loop of 4 packs from 439 to 388 instructions against the lanes' head and tail
+  /// selects, 458 where the tests branched).
+  struct StepTest {
+    bool all, any;
+  };
+  CUBN_DEVICE StepTest step_test(std::uint32_t r, int n, bool tail) const {
     const auto lw = static_cast<std::uint32_t>(l);
     const std::uint32_t t = r - quotient32(by_l32, r) * lw;
-    const int len = row_length(n);
-    const bool next = t + 1 == lw ? len > 0 : static_cast<int>(t) + 1 < len;
-    const unsigned b = (static_cast<int>(t) < len ? head : 0u) | (next ? tail : 0u);
-    return tail != 0u && r + 1 == static_cast<std::uint32_t>(s) ? 1u : b;
+    const std::int64_t len = step_length(n);
+    const bool end = t + 1 == lw, head = static_cast<std::int64_t>(t) < len;
+    // the tail's time step: the next one of the row, or at its end the next row's first (of the
+    // sample: one of the next sample's counts as not valid); bitwise, not branching, operators
+    const std::uint32_t next_t = end ? 0u : t + 1;
+    const bool next =
+        (static_cast<std::int64_t>(next_t) < len) & (r + 1 != static_cast<std::uint32_t>(s));
+    return {static_cast<bool>(tail ? head & next : head), static_cast<bool>(head | (tail & end))};
   }
   /// Whether element e is valid.
   CUBN_DEVICE bool valid(std::int64_t e) const;
