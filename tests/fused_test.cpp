@@ -587,12 +587,13 @@ TYPED_TEST(BackwardFused, LengthsFrozenMatchesTheReferenceOnTheValidPositions) {
 // dx, dz, dscale, doffset), as raw bytes, with `lengths` or without (null).
 template <class T>
 std::vector<std::vector<unsigned char>> fused_outputs(const Dims& dims, MemoryOrder order,
-                                                      const Variant& v, const Lengths* lengths) {
+                                                      const Variant& v, const Lengths* lengths,
+                                                      detail::Path path) {
   using P = param_of<T>;
   const Data<T> d = make_data<T>(dims, order, 11000);
   const TensorDesc desc = make_desc(dtype_of<T>(), order, dims);
   const std::size_t C = d.scale.size(), n = d.x.size();
-  const ForcePath streaming(detail::Path::kStreaming);  // calls with lengths never persist
+  const ForcePath forced(path);
   DeviceBuffer<T> x(d.x), zb(make_dy<T>(n, 11001)), dyb(make_dy<T>(n, 11002)), y(n), dx(n), dz(n);
   DeviceBuffer<P> sc(to_params<P>(d.scale)), of(to_params<P>(d.offset)), sm(C), si(C), ds(C),
       dof(C);
@@ -629,24 +630,27 @@ std::vector<std::vector<unsigned char>> fused_outputs(const Dims& dims, MemoryOr
 }
 
 // Every length L: the fused calls without lengths, bit for bit (the masked loops fold and store
-// whole vectors as the unmasked ones do).
+// whole vectors as the unmasked ones do), on the streaming kernels and on the persistent ones,
+// each against the unmasked call on that path.
 TYPED_TEST(BackwardFused, LengthsAllLIsTheUnmaskedFusedCallBitForBit) {
   using T = TypeParam;
-  for (const Variant& v : variants())
-    for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
-      for (const Dims& dims : {Dims{6, 16, 40}, Dims{3, 5, 4, 7}}) {
-        const DeviceLengths all(
-            std::vector<std::int64_t>(static_cast<std::size_t>(dims[0]), dims.back()), false,
-            Padding::kZero);
-        const auto with = fused_outputs<T>(dims, order, v, &all.arg);
-        const auto without = fused_outputs<T>(dims, order, v, nullptr);
-        const char* names[] = {"y",  "reserve", "saved mean", "saved invstd",
-                               "dx", "dz",      "dscale",     "doffset"};
-        for (std::size_t i = 0; i < with.size(); ++i)
-          EXPECT_TRUE(with[i] == without[i])
-              << case_name(to_string(dtype_of<T>()), v, dims, order) << ": " << names[i]
-              << " differs from the call without lengths";
-      }
+  for (const detail::Path path : {detail::Path::kStreaming, detail::Path::kPersistent})
+    for (const Variant& v : variants())
+      for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+        for (const Dims& dims : {Dims{6, 16, 40}, Dims{3, 5, 4, 7}}) {
+          const DeviceLengths all(
+              std::vector<std::int64_t>(static_cast<std::size_t>(dims[0]), dims.back()), false,
+              Padding::kZero);
+          const auto with = fused_outputs<T>(dims, order, v, &all.arg, path);
+          const auto without = fused_outputs<T>(dims, order, v, nullptr, path);
+          const char* names[] = {"y",  "reserve", "saved mean", "saved invstd",
+                                 "dx", "dz",      "dscale",     "doffset"};
+          for (std::size_t i = 0; i < with.size(); ++i)
+            EXPECT_TRUE(with[i] == without[i])
+                << case_name(to_string(dtype_of<T>()), v, dims, order) << ": " << names[i]
+                << " differs from the call without lengths"
+                << (path == detail::Path::kPersistent ? " (persistent)" : " (streaming)");
+        }
 }
 
 TYPED_TEST(BackwardFused, OptionalOutputs) {

@@ -297,7 +297,8 @@ struct Outputs {
 // asked (y over x, dx over dy).
 template <class T>
 Outputs<T> run_all(const Dims& dims, MemoryOrder order, const Data<T>& d, const std::vector<T>& dy,
-                   const std::vector<std::int64_t>* lengths, bool in_place = false) {
+                   const std::vector<std::int64_t>* lengths, bool in_place = false,
+                   detail::Path path = detail::Path::kStreaming) {
   using P = param_of<T>;
   const TensorDesc desc = make_desc(dtype_of<T>(), order, dims);
   const std::size_t C = d.scale.size();
@@ -308,7 +309,7 @@ Outputs<T> run_all(const Dims& dims, MemoryOrder order, const Data<T>& d, const 
   if (lengths != nullptr) len = std::make_unique<DeviceLengths>(*lengths, wide, Padding::kZero);
   const cubn::Lengths arg = len ? len->arg : cubn::Lengths{};
   Outputs<T> o;
-  const ForcePath streaming(detail::Path::kStreaming);  // calls with lengths never persist
+  const ForcePath forced(path);  // the streaming kernels unless told
   DeviceBuffer<P> scale(to_params<P>(d.scale)), offset(to_params<P>(d.offset));
   DeviceBuffer<P> rmean(to_params<P>(d.running_mean)), rvar(to_params<P>(d.running_var));
   DeviceBuffer<P> smean(C), sinvstd(C), dscale(C), doffset(C);
@@ -372,17 +373,23 @@ Outputs<T> run_all(const Dims& dims, MemoryOrder order, const Data<T>& d, const 
 
 TYPED_TEST(Lengths, EveryLengthLIsTheUnmaskedCallBitForBit) {
   using T = TypeParam;
-  unsigned seed = 500;
-  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
-    for (const Dims& dims : shapes()) {
-      ++seed;
-      const Data<T> d = make_data<T>(dims, order, seed);
-      const std::vector<T> dy = make_dy<T>(d.x.size(), seed);
-      const std::vector<std::int64_t> full(static_cast<std::size_t>(dims[0]), dims.back());
-      EXPECT_EQ(run_all(dims, order, d, dy, &full).differences(run_all(dims, order, d, dy, nullptr)),
-                "")
-          << to_string(dtype_of<T>()) << " " << shape_string(dims, order);
-    }
+  // the streaming kernels, then the persistent ones (forced: these tensors are under their 2^31
+  // elements): each against the unmasked call on that path
+  for (const detail::Path path : {detail::Path::kStreaming, detail::Path::kPersistent}) {
+    unsigned seed = 500;
+    for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+      for (const Dims& dims : shapes()) {
+        ++seed;
+        const Data<T> d = make_data<T>(dims, order, seed);
+        const std::vector<T> dy = make_dy<T>(d.x.size(), seed);
+        const std::vector<std::int64_t> full(static_cast<std::size_t>(dims[0]), dims.back());
+        EXPECT_EQ(run_all(dims, order, d, dy, &full, false, path)
+                      .differences(run_all(dims, order, d, dy, nullptr, false, path)),
+                  "")
+            << to_string(dtype_of<T>()) << " " << shape_string(dims, order)
+            << (path == detail::Path::kPersistent ? " (persistent)" : " (streaming)");
+      }
+  }
 }
 
 TYPED_TEST(Lengths, LengthsOutsideZeroToLAreClampedAndInPlaceEqualsOutOfPlace) {
