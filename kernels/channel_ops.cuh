@@ -1616,14 +1616,14 @@ CUBN_DEVICE_NOINLINE L absorb_valid_column_lanes(R op, L l, ChannelSet<C, V> c,
 }
 
 /// Whether each of the packs of a masked op's channels-last visit (C >= V; walk_column's
-/// PlaneAt) is all valid: its head (the lanes in `head`) and its tail (the others) each whole or
-/// empty (SeqMask::step_test; a tail that starts the next sample counts as not).
-template <int V, class F, int N>
-CUBN_DEVICE bool step_packs_valid(const F& f, unsigned head, const PlaneAt (&w)[N]) {
+/// PlaneAt) is all valid: its head and, where `tail` (the packs run past their position's C
+/// values), its tail each whole or empty (SeqMask::step_test; a tail that starts the next sample
+/// counts as not).
+template <class F, int N>
+CUBN_DEVICE bool step_packs_valid(const F& f, bool tail, const PlaneAt (&w)[N]) {
   bool all = true;
   CUBN_UNROLL
-  for (int u = 0; u < N; ++u)
-    all = all && f.mask.step_test(w[u].pos, w[u].n, head != kAllLanes<V>).all;
+  for (int u = 0; u < N; ++u) all = all && f.mask.step_test(w[u].pos, w[u].n, tail).all;
   return all;
 }
 
@@ -2044,9 +2044,8 @@ CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out, const Chan
     // loop would crowd out the packs in flight
     const auto q = [&](int k) { return Coeffs(table[opaque(tt.tx * V) + k]); };
     [[maybe_unused]] const auto off = static_cast<std::uint32_t>(j * V % g.cols);
-    // a masked pack's lanes of its first position (its head; C >= V)
-    [[maybe_unused]] const unsigned head_lanes = SeqMask::first_lanes<V>(
-        off + V > static_cast<std::uint32_t>(g.cols) ? static_cast<int>(g.cols - off) : V);
+    // whether a masked pack runs past its position's C values into the next's (C >= V)
+    [[maybe_unused]] const bool tail = off + V > static_cast<std::uint32_t>(g.cols);
     rows_or_lanes<F>(column_rows_fit<V>(f, g), [&](auto by_lane) {
       walk_column<U, V, Wide, is_masked<F>>(
           g, j, split * tt.by + tt.ty, splits * tt.by,
@@ -2059,7 +2058,7 @@ CUBN_DEVICE void map_column_block(const T* in0, const T* in1, T* out, const Chan
                 // streaming, C >= V: each pack's head and tail whole or empty (SeqMask::step_test,
                 // one quotient and one length load); a visit whose packs are all valid as the
                 // unmasked loop (below), the others out of line
-                if (!step_packs_valid<V>(f, head_lanes, where...)) {
+                if (!step_packs_valid(f, tail, where...)) {
                   emit_padded_visit<V, V>(
                       static_cast<const unmasked_t<F>&>(f), f.mask.zero, in0, in1, out,
                       StepVisit<N>{VisitAt<N>::of(at, where...), f.mask.position_rows(), off},
