@@ -14,7 +14,6 @@
 #include <cstring>
 #include <limits>
 #include <memory>
-#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -120,13 +119,19 @@ void check_training(const Dims& dims, MemoryOrder order, const std::vector<std::
 }
 
 TYPED_TEST(Lengths, TrainingForwardMatchesTheReferenceOnTheValidPositions) {
-  unsigned seed = 100;
-  for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
-    for (const Dims& dims : shapes()) {
-      ++seed;
-      check_training<TypeParam>(dims, order, some_lengths(dims, seed), seed % 2 == 0,
-                                seed % 3 == 0 ? Padding::kUntouched : Padding::kZero, seed);
-    }
+  // the streaming kernels, then the persistent one (forced: which the plan picks depends on the
+  // shape and the device)
+  for (const detail::Path path : {detail::Path::kStreaming, detail::Path::kPersistent}) {
+    const ForcePath forced(path);
+    SCOPED_TRACE(path == detail::Path::kPersistent ? "persistent" : "streaming");
+    unsigned seed = 100;
+    for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
+      for (const Dims& dims : shapes()) {
+        ++seed;
+        check_training<TypeParam>(dims, order, some_lengths(dims, seed), seed % 2 == 0,
+                                  seed % 3 == 0 ? Padding::kUntouched : Padding::kZero, seed);
+      }
+  }
 }
 
 // The training backward with lengths: the forward's statistics of the valid positions (the
@@ -204,11 +209,11 @@ void check_backward(const Dims& dims, MemoryOrder order, const std::vector<std::
 }
 
 TYPED_TEST(Lengths, TrainingBackwardMatchesTheReferenceOnTheValidPositions) {
-  // the path the plan picks (these batches mostly fit the persistent kernel), then the streaming
-  // one: its own sums and dx kernels
-  for (const bool streaming : {false, true}) {
-    std::optional<ForcePath> forced;
-    if (streaming) forced.emplace(detail::Path::kStreaming);
+  // the streaming kernels (their own sums and dx kernels), then the persistent one (forced, as
+  // above)
+  for (const detail::Path path : {detail::Path::kStreaming, detail::Path::kPersistent}) {
+    const ForcePath forced(path);
+    SCOPED_TRACE(path == detail::Path::kPersistent ? "persistent" : "streaming");
     unsigned seed = 200;
     for (MemoryOrder order : {MemoryOrder::kChannelsFirst, MemoryOrder::kChannelsLast})
       for (const Dims& dims : shapes()) {
